@@ -1,0 +1,106 @@
+"""The `streamrec` command line.
+
+Cluster lifecycle commands live here. Every other package adds its own commands through
+the ``streamrec.cli`` entry-point group: each entry names a ``register(app)`` function,
+so infra never imports the packages above it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra import cluster
+from infra.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="streamrec: stream user actions into Delta, train generative recommenders, serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+ComponentNames = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Components to act on (kafka, mlflow, ray); all when omitted."),
+]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as error:  # pydantic and YAML errors: show them, not a traceback
+        console.print(f"[red]invalid settings:[/red] {error}")
+        raise typer.Exit(2) from error
+
+
+def _table(states: list[cluster.ComponentState]) -> Table:
+    table = Table(title="streamrec mini-cluster")
+    for column in ("component", "mode", "health", "address", "pid", "log"):
+        table.add_column(column)
+    for state in states:
+        health = f"[green]healthy[/green] ({state.detail})" if state.healthy else f"[red]down[/red] ({state.detail})"
+        table.add_row(state.name, state.mode, health, state.address, str(state.pid or "-"), state.log_file or "-")
+    return table
+
+
+@app.command()
+def up(components: ComponentNames = None) -> None:
+    """Start the local mini-cluster in the background (external components are checked)."""
+    settings = _settings()
+    try:
+        with console.status("starting components..."):
+            states = cluster.up(settings, components)
+    except cluster.ClusterError as error:
+        console.print(f"[red]up failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(_table(states))
+    console.print(f"home: {settings.home}")
+
+
+@app.command()
+def status(
+    components: ComponentNames = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show each component's health; exits 1 when any is down."""
+    states = cluster.status(_settings(), components)
+    if as_json:
+        print(json.dumps([state.__dict__ for state in states]))
+    else:
+        console.print(_table(states))
+    if not all(state.healthy for state in states):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(components: ComponentNames = None) -> None:
+    """Stop exactly the processes `up` started."""
+    stopped = cluster.down(_settings(), components)
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings as JSON."""
+    print(_settings().model_dump_json(indent=2))
+
+
+def _register_plugins() -> None:
+    for entry in sorted(entry_points(group="streamrec.cli"), key=lambda e: e.name):
+        entry.load()(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register_plugins()
+    app()
+
+
+if __name__ == "__main__":
+    main()

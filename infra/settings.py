@@ -1,0 +1,158 @@
+"""The one settings object of streamrec.
+
+Every setting is read from, in order of precedence: keyword arguments, environment
+variables named ``STREAMREC_<FIELD>``, the YAML file named by ``STREAMREC_CONFIG`` (or
+``./streamrec.yaml`` when it exists), then the defaults below. The same code runs on the
+local mini-cluster and on real clusters by changing these values only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+COMPONENTS = ("kafka", "mlflow", "ray")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+DEFAULT_CONFIG_FILE = Path("streamrec.yaml")
+
+
+class Settings(BaseSettings):
+    """Typed settings shared by every streamrec package."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="forbid")
+
+    home: Path = Field(Path(".streamrec"), description="Holds the lake, checkpoints, pids and logs.")
+    lake_uri: str = Field("", description="Root of the Delta tables; default <home>/lake. Any object-store URI.")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    topic: str = Field("user-actions", description="Topic of user-action events.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of the topic when streamrec creates it.")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow tracking server.")
+    ray_address: str = Field("127.0.0.1:6379", description="Ray GCS address (host:port) or ray:// client URI.")
+    ray_dashboard_port: int = Field(8265, description="Dashboard port of the local Ray head.")
+    ray_client_port: int = Field(10001, description="Ray client server port of the local Ray head.")
+    ray_num_cpus: int = Field(0, ge=0, description="CPUs the local Ray head offers; 0 = this machine's cores.")
+    spark_master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn or k8s://.")
+    spark_driver_memory: str = Field("4g", description="Driver memory of local Spark sessions.")
+    serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host.")
+    serve_port: int = Field(8000, description="Ray Serve HTTP port.")
+    dagster_port: int = Field(3000, description="Dagster webserver port.")
+    external: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Components to check but never start, even on loopback (e.g. kafka,mlflow).",
+    )
+    start_timeout_s: float = Field(90.0, gt=0, description="How long `up` waits for each component.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("STREAMREC_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"STREAMREC_CONFIG names {config_file}, which does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        elif DEFAULT_CONFIG_FILE.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=DEFAULT_CONFIG_FILE))
+        return tuple(sources)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        # Absolute, so subprocesses and Ray workers with another cwd see the same place.
+        return home.expanduser().resolve()
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _split_external(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("external")
+    @classmethod
+    def _known_components(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown components {unknown}; known: {list(COMPONENTS)}")
+        return value
+
+    # Derived locations -------------------------------------------------------------
+    @property
+    def lake(self) -> str:
+        """Root URI (or local path) of the Delta lake."""
+        return self.lake_uri or str(self.home / "lake")
+
+    def table_uri(self, name: str) -> str:
+        """URI of the Delta table ``name`` (e.g. ``bronze/events``) inside the lake."""
+        return f"{self.lake.rstrip('/')}/{name}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files of the processes `streamrec up` started."""
+        return self.home / "run"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    # Addresses ---------------------------------------------------------------------
+    @property
+    def kafka_hosts(self) -> list[tuple[str, int]]:
+        return [_host_port(server, 9092) for server in self.kafka_bootstrap.split(",")]
+
+    @property
+    def ray_gcs(self) -> tuple[str, int] | None:
+        """(host, port) of the Ray GCS, or None for a ``ray://`` client address."""
+        if "://" in self.ray_address:
+            return None
+        return _host_port(self.ray_address, 6379)
+
+    def is_local(self, component: str) -> bool:
+        """Whether `streamrec up` starts ``component`` here (loopback and not marked external)."""
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}")
+        if component in self.external:
+            return False
+        if component == "kafka":
+            return len(self.kafka_hosts) == 1 and self.kafka_hosts[0][0] in LOOPBACK_HOSTS
+        if component == "mlflow":
+            parsed = urlparse(self.mlflow_tracking_uri)
+            return parsed.scheme in ("http", "https") and parsed.hostname in LOOPBACK_HOSTS
+        gcs = self.ray_gcs
+        return gcs is not None and gcs[0] in LOOPBACK_HOSTS
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    address = address.strip()
+    if "://" in address:
+        address = address.split("://", 1)[1]
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, default_port
+    return host, int(port)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read the settings now (environment and YAML are read on every call)."""
+    return Settings(**overrides)

@@ -1,0 +1,195 @@
+"""`streamrec up/status/down` with real processes, on a private home and private ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from infra.processes import free_port, port_in_use, read_record
+from infra.settings import Settings
+
+STREAMREC = str(Path(sys.executable).parent / "streamrec")
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "STREAMREC_HOME": str(home),
+        "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "STREAMREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "STREAMREC_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STREAMREC_RAY_DASHBOARD_PORT": str(free_port()),
+        "STREAMREC_RAY_CLIENT_PORT": str(free_port()),
+        "STREAMREC_TOPIC": "lifecycle-test",
+        "COLUMNS": "200",
+    }
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STREAMREC, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    values = {key[len("STREAMREC_") :].lower(): value for key, value in env.items() if key.startswith("STREAMREC_")}
+    return Settings(**values)
+
+
+def _ports(settings: Settings) -> list[int]:
+    return [
+        settings.kafka_hosts[0][1],
+        int(settings.mlflow_tracking_uri.rsplit(":", 1)[1]),
+        settings.ray_gcs[1],
+        settings.ray_dashboard_port,
+        settings.ray_client_port,
+    ]
+
+
+def _pids(settings: Settings) -> dict[str, int]:
+    records = {name: read_record(settings.run_dir / f"{name}.pid") for name in ("kafka", "mlflow", "ray")}
+    return {name: record.pid for name, record in records.items() if record is not None}
+
+
+def _live_processes_in_group(pgid: int) -> list[int]:
+    live = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            live.append(int(entry.name))
+    return live
+
+
+def _round_trip_kafka(settings: Settings) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    sent = [f"message-{i}-{uuid.uuid4()}".encode() for i in range(20)]
+    for value in sent:
+        producer.send(settings.topic, key=b"user-1", value=value)
+    producer.flush()
+    producer.close()
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic)]
+    assert len(partitions) == settings.topic_partitions
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    received: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(received) < len(sent) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=1000).values():
+            received.extend(record.value for record in records)
+    consumer.close()
+    assert received == sent  # one key -> one partition -> produce order
+
+
+def _round_trip_mlflow(settings: Settings) -> None:
+    import requests
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    experiment_id = client.create_experiment(f"lifecycle-{uuid.uuid4().hex}")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "hr_10", 0.25)
+    client.set_terminated(run.info.run_id)
+    response = requests.get(
+        f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/runs/get", params={"run_id": run.info.run_id}, timeout=10
+    )
+    response.raise_for_status()
+    metrics = {m["key"]: m["value"] for m in response.json()["run"]["data"]["metrics"]}
+    assert metrics == {"hr_10": 0.25}
+
+
+RAY_TASK = """
+import ray, sys
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote
+def square(x):
+    return x * x
+print(sum(ray.get([square.remote(i) for i in range(10)])))
+"""
+
+
+def _round_trip_ray(settings: Settings) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RAY_TASK, settings.ray_address], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "285"
+
+
+@pytest.mark.slow
+def test_up_status_use_down(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    settings = _settings(env)
+    try:
+        started = _cli(env, "up")
+        assert started.returncode == 0, started.stdout + started.stderr
+        first_pids = _pids(settings)
+        assert set(first_pids) == {"kafka", "mlflow", "ray"}
+
+        status = _cli(env, "status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        states = json.loads(status.stdout)
+        assert [s["name"] for s in states] == ["kafka", "mlflow", "ray"]
+        assert all(s["healthy"] and s["mode"] == "local" for s in states), states
+
+        again = _cli(env, "up")  # running `up` twice is safe and starts nothing new
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already running" in again.stdout
+        assert _pids(settings) == first_pids
+
+        _round_trip_kafka(settings)
+        _round_trip_mlflow(settings)
+        _round_trip_ray(settings)
+        assert (settings.log_dir / "mlflow.log").stat().st_size > 0
+    finally:
+        stopped = _cli(env, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    for pid in first_pids.values():
+        assert _live_processes_in_group(pid) == []
+    for port in _ports(settings):
+        assert not port_in_use("127.0.0.1", port), f"port {port} still listening after down"
+    assert _pids(settings) == {}
+    after = _cli(env, "status")
+    assert after.returncode == 1
+
+
+def test_taken_port_names_port_and_component(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    port = int(env["STREAMREC_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = _cli(env, "up", "kafka")
+    assert result.returncode == 1
+    message = " ".join(result.stdout.split())
+    assert f"port {port}" in message and "kafka" in message
+    assert _pids(_settings(env)) == {}
+
+
+def test_external_component_is_checked_not_started(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    env["STREAMREC_EXTERNAL"] = "mlflow"
+    result = _cli(env, "up", "mlflow")
+    assert result.returncode == 1
+    assert "external mlflow" in " ".join(result.stdout.split())
+    assert _pids(_settings(env)) == {}
+
+
+def test_unknown_component_is_refused(tmp_path: Path) -> None:
+    result = _cli(_env(tmp_path / "home"), "up", "zookeeper")
+    assert result.returncode == 1
+    assert "zookeeper" in result.stdout
