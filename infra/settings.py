@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(0, ge=0, description="CPUs the local Ray head offers; 0 = this machine's cores.")
     spark_master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn or k8s://.")
     spark_driver_memory: str = Field("4g", description="Driver memory of local Spark sessions.")
+    spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions of streamrec jobs.")
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host.")
     serve_port: int = Field(8000, description="Ray Serve HTTP port.")
     dagster_port: int = Field(3000, description="Dagster webserver port.")
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
         description="Components to check but never start, even on loopback (e.g. kafka,mlflow).",
     )
     start_timeout_s: float = Field(90.0, gt=0, description="How long `up` waits for each component.")
+
+    # Ingestion settings ---------------------------------------------------------------
+
+    # Features settings ----------------------------------------------------------------
+
+    # Training settings ----------------------------------------------------------------
 
     @classmethod
     def settings_customise_sources(

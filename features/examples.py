@@ -1,0 +1,113 @@
+"""Torch-ready next-item examples: the contract between features/ and training/.
+
+One row per user and split. A row holds the user's history, right-padded with 0 to
+``max_len``: item indices, action ids (``ingestion.schema.ACTION_IDS``, 0 = padding) and
+timestamps (epoch ms), its length, and the item to predict after the history (``targets``;
+0 in the train split, where every position predicts the next one).
+
+``shard`` gives every Ray Train worker the same number of rows (the last rows are padded
+with copies marked ``valid=False``), so sharded embedding collectives never wait on a rank
+that ran out of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+BATCH_KEYS = ("item_indices", "action_ids", "timestamps", "lengths", "targets", "valid")
+
+
+@dataclass(frozen=True)
+class SequenceExamples:
+    """Padded next-item examples of one split; row i belongs to ``user_ids[i]``."""
+
+    user_ids: np.ndarray  # (N,) str
+    item_indices: np.ndarray  # (N, max_len) int64, right-padded with 0
+    action_ids: np.ndarray  # (N, max_len) int64, 0 = padding
+    timestamps: np.ndarray  # (N, max_len) int64 epoch ms, 0 = padding
+    lengths: np.ndarray  # (N,) int64, number of real positions
+    targets: np.ndarray  # (N,) int64 item index to predict after the history; 0 = none
+    num_items: int  # largest item index; embedding tables need num_items + 1 rows
+    versions: dict[str, int] = field(default_factory=dict)  # Delta versions read
+    valid: np.ndarray | None = None  # (N,) bool; False marks padding rows added by shard()
+
+    def __post_init__(self) -> None:
+        rows, max_len = self.item_indices.shape
+        for name in ("action_ids", "timestamps"):
+            if getattr(self, name).shape != (rows, max_len):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(rows, max_len)}")
+        for name in ("user_ids", "lengths", "targets"):
+            if len(getattr(self, name)) != rows:
+                raise ValueError(f"{name} has {len(getattr(self, name))} rows, expected {rows}")
+        if self.valid is None:
+            object.__setattr__(self, "valid", np.ones(rows, dtype=bool))
+        if rows and (self.lengths.min() < 0 or self.lengths.max() > max_len):
+            raise ValueError(f"lengths must lie in [0, {max_len}]")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.item_indices.shape[1])
+
+    def take(self, rows: np.ndarray) -> SequenceExamples:
+        """The examples at ``rows`` (an index array), in that order."""
+        return replace(
+            self,
+            user_ids=self.user_ids[rows],
+            item_indices=self.item_indices[rows],
+            action_ids=self.action_ids[rows],
+            timestamps=self.timestamps[rows],
+            lengths=self.lengths[rows],
+            targets=self.targets[rows],
+            valid=self.valid[rows],
+        )
+
+    def shard(self, rank: int, world_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False) -> SequenceExamples:
+        """This worker's rows: every rank gets ceil(N / world_size) rows.
+
+        With ``shuffle`` the rows are permuted by (seed, epoch) first, identically on every
+        rank, so the shards of one epoch are disjoint and cover every row.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        order = np.arange(len(self))
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        per_rank = math.ceil(len(self) / world_size) if len(self) else 0
+        mine = order[rank * per_rank : (rank + 1) * per_rank]
+        missing = per_rank - len(mine)
+        if missing == 0:
+            return self.take(mine)
+        filler = order[:missing] if len(order) else np.zeros(0, dtype=np.int64)
+        padded = self.take(np.concatenate([mine, filler]))
+        valid = padded.valid.copy()
+        valid[len(mine) :] = False
+        return replace(padded, valid=valid)
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of torch tensors keyed by BATCH_KEYS; the last batch may be smaller."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        order = np.arange(len(self))
+        if shuffle:
+            order = np.random.default_rng([seed, epoch, 1]).permutation(len(self))
+        for start in range(0, len(self), batch_size):
+            rows = order[start : start + batch_size]
+            yield {
+                "item_indices": torch.from_numpy(self.item_indices[rows]),
+                "action_ids": torch.from_numpy(self.action_ids[rows]),
+                "timestamps": torch.from_numpy(self.timestamps[rows]),
+                "lengths": torch.from_numpy(self.lengths[rows]),
+                "targets": torch.from_numpy(self.targets[rows]),
+                "valid": torch.from_numpy(self.valid[rows]),
+            }
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)

@@ -1,0 +1,40 @@
+"""Spark sessions configured from the settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def spark_session(settings: Settings, app_name: str) -> SparkSession:
+    """A Spark session on ``settings.spark_master`` with Arrow transfer enabled.
+
+    Local sessions keep their scratch space under the streamrec home, bind to 127.0.0.1
+    and run without the web UI.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+    )
+    if settings.spark_master.startswith("local"):
+        scratch = settings.home / "spark"
+        scratch.mkdir(parents=True, exist_ok=True)
+        builder = (
+            builder.config("spark.driver.memory", settings.spark_driver_memory)
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.ui.enabled", "false")
+            .config("spark.local.dir", str(scratch))
+            .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
+            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={scratch}")
+        )
+    return builder.getOrCreate()
