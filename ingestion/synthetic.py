@@ -1,0 +1,244 @@
+"""Synthetic user-action events with real sequential structure (no Kafka needed).
+
+The model (see docs/ingestion.md for the full description):
+
+* Items have Zipf popularity (item ``i<k>`` has rank k) and each belongs to one of
+  ``clusters`` latent topics. Every item has a few fixed *successors* in its cluster
+  ("people who took this next took that").
+* Users have activity of their own (some are heavy, most light) and a small set of
+  interest clusters that *drift*: at a session start, with probability ``drift``, one
+  interest is replaced by a random cluster.
+* A session picks a current cluster from the user's interests and shows items one by
+  one: mostly the successor of the previous item or a popular item of the current cluster
+  (clicked, viewed, liked, shared, purchased, or only seen as an impression), sometimes
+  an off-interest item (skipped, disliked or only seen). Now and then the session
+  switches to another of the user's clusters.
+* Sessions of many users interleave on one clock; ``ts`` grows strictly across the whole
+  stream, and ``generate_events`` yields events in that order.
+
+So next-item prediction from a user's recent items beats item popularity by far, which
+is what sequential recommenders (SASRec, HSTU) must show on it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+DAY_MS = 86_400_000
+SURFACES: tuple[str, ...] = ("home", "search", "related", "notifications")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Knobs of the synthetic event model; the defaults make a small, learnable catalogue."""
+
+    users: int = 1_000
+    items: int = 5_000
+    events: int = 100_000
+    seed: int = 0
+    clusters: int = 50
+    zipf_alpha: float = 1.05  # item popularity ~ 1 / rank**alpha
+    user_zipf_alpha: float = 0.6  # user activity ~ 1 / rank**alpha (a random rank per user)
+    interests_per_user: int = 3
+    drift: float = 0.1  # P(one interest is replaced) at each session start
+    mean_session_events: float = 12.0
+    follow_successor: float = 0.6  # P(next on-interest item is a successor of the previous)
+    successors_per_item: int = 3
+    switch_cluster: float = 0.08  # P(switching to another interest inside a session)
+    off_interest: float = 0.12  # P(an off-interest item is shown)
+    span_days: float = 28.0  # session starts spread over this much time
+    start_ms: int | None = None  # first session start; default: now - span_days - 1 day
+    id_prefix: str = ""  # event_id prefix; default "s<seed>-<start_ms>"
+    action_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "impression": 0.22,
+            "click": 0.30,
+            "view": 0.26,
+            "like": 0.10,
+            "share": 0.04,
+            "purchase": 0.08,
+        }
+    )  # response to an on-interest item; off-interest items get skip/dislike/impression
+
+    def __post_init__(self) -> None:
+        for name in ("users", "items", "clusters", "interests_per_user", "successors_per_item"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.events < 0:
+            raise ValueError("events must be >= 0")
+        if self.interests_per_user > self.clusters:
+            raise ValueError("interests_per_user must be <= clusters")
+        if self.mean_session_events < 1:
+            raise ValueError("mean_session_events must be >= 1")
+        for name in ("drift", "follow_successor", "switch_cluster", "off_interest"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if self.span_days <= 0:
+            raise ValueError("span_days must be > 0")
+
+
+class _Catalogue:
+    """Items: popularity, cluster membership, successors; users: activity weights."""
+
+    def __init__(self, config: SyntheticConfig, rng: random.Random) -> None:
+        self.cluster_of = [rng.randrange(config.clusters) for _ in range(config.items)]
+        popularity = [1.0 / (rank + 1) ** config.zipf_alpha for rank in range(config.items)]
+        self.global_cum = list(itertools.accumulate(popularity))
+        members: list[list[int]] = [[] for _ in range(config.clusters)]
+        for item, cluster in enumerate(self.cluster_of):
+            members[cluster].append(item)
+        # An empty cluster (tiny catalogues) borrows the globally most popular item.
+        self.members = [m or [0] for m in members]
+        self.member_cum = [list(itertools.accumulate(popularity[i] for i in m)) for m in self.members]
+        self.successors = [
+            self._successors(item, config.successors_per_item, rng) for item in range(config.items)
+        ]
+        user_ranks = list(range(config.users))
+        rng.shuffle(user_ranks)
+        self.user_cum = list(itertools.accumulate(1.0 / (r + 1) ** config.user_zipf_alpha for r in user_ranks))
+
+    def _successors(self, item: int, count: int, rng: random.Random) -> list[int]:
+        cluster = self.cluster_of[item]
+        candidates = [self.in_cluster(cluster, rng) for _ in range(count * 3)]
+        picked = [c for c in dict.fromkeys(candidates) if c != item][:count]
+        return picked or [self.members[cluster][0]]
+
+    def in_cluster(self, cluster: int, rng: random.Random) -> int:
+        cum = self.member_cum[cluster]
+        return self.members[cluster][bisect.bisect_left(cum, rng.random() * cum[-1])]
+
+    def any_item(self, rng: random.Random) -> int:
+        cum = self.global_cum
+        return bisect.bisect_left(cum, rng.random() * cum[-1])
+
+    def user(self, rng: random.Random) -> int:
+        cum = self.user_cum
+        return bisect.bisect_left(cum, rng.random() * cum[-1])
+
+
+class _Generator:
+    """Interleaves user sessions on one clock and yields their events in time order."""
+
+    def __init__(self, config: SyntheticConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.catalogue = _Catalogue(config, self.rng)
+        # By default the stream ends about now (a day of margin: the last sessions run on).
+        default_start = int(time.time() * 1000) - int((config.span_days + 1) * DAY_MS)
+        self.start_ms = config.start_ms if config.start_ms is not None else default_start
+        self.id_prefix = config.id_prefix or f"s{config.seed}-{self.start_ms}"
+        self.interests: dict[int, list[int]] = {}
+        self.busy_until: dict[int, int] = {}
+        actions = config.action_weights
+        self.positive_actions = list(actions)
+        self.positive_cum = list(itertools.accumulate(actions.values()))
+        expected_sessions = max(1.0, config.events / config.mean_session_events)
+        self.mean_session_gap_ms = config.span_days * DAY_MS / expected_sessions
+
+    def user_interests(self, user: int) -> list[int]:
+        rng, config = self.rng, self.config
+        interests = self.interests.get(user)
+        if interests is None:
+            interests = rng.sample(range(config.clusters), config.interests_per_user)
+            self.interests[user] = interests
+        elif rng.random() < config.drift:
+            outside = rng.randrange(config.clusters)
+            if outside not in interests:
+                interests[rng.randrange(len(interests))] = outside
+        return interests
+
+    def session(self, user: int, start: int) -> list[tuple[int, int, str, int | None, str]]:
+        """(ts, item, action, dwell_ms, surface) of one session, in time order."""
+        rng, config, catalogue = self.rng, self.config, self.catalogue
+        interests = self.user_interests(user)
+        weights = [1.0 / (rank + 1) for rank in range(len(interests))]  # first interest dominates
+        cluster = rng.choices(interests, weights)[0]
+        # Geometric on 1, 2, ... with mean mean_session_events.
+        stop = 1.0 / config.mean_session_events
+        length = 1 if stop >= 1.0 else 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - stop))
+        surface = rng.choice(SURFACES)
+        ts, previous = start, None
+        out = []
+        for _ in range(length):
+            if len(interests) > 1 and rng.random() < config.switch_cluster:
+                cluster = rng.choice([c for c in interests if c != cluster])
+                previous = None
+            if rng.random() < config.off_interest:
+                item = catalogue.any_item(rng)
+                for _retry in range(3):
+                    if catalogue.cluster_of[item] not in interests:
+                        break
+                    item = catalogue.any_item(rng)
+                draw = rng.random()
+                if draw < 0.55:
+                    action, dwell = "skip", int(rng.uniform(200, 2_500))
+                elif draw < 0.70:
+                    action, dwell = "dislike", int(rng.uniform(500, 5_000))
+                else:
+                    action, dwell = "impression", None
+                out.append((ts, item, action, dwell, surface))
+            else:
+                if previous is not None and rng.random() < config.follow_successor:
+                    item = rng.choice(catalogue.successors[previous])
+                    item_surface = "related"
+                else:
+                    item = catalogue.in_cluster(cluster, rng)
+                    item_surface = surface
+                index = bisect.bisect_left(self.positive_cum, rng.random() * self.positive_cum[-1])
+                action = self.positive_actions[min(index, len(self.positive_actions) - 1)]
+                dwell = None if action == "impression" else int(rng.lognormvariate(9.5, 0.8))  # ~13 s median
+                out.append((ts, item, action, dwell, item_surface))
+                if action != "impression":
+                    previous = item
+            ts += (dwell or 0) + int(rng.lognormvariate(8.5, 1.0)) + 1  # think time ~5 s median
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng, config = self.rng, self.config
+        heap: list[tuple[int, int, int, int, str, int | None, str]] = []
+        next_start = float(self.start_ms)
+        sequence = itertools.count()
+        last_ts = self.start_ms - 1
+        emitted = 0
+        while emitted < config.events:
+            if not heap or next_start <= heap[0][0]:
+                user = self.catalogue.user(rng)
+                start = max(int(next_start), self.busy_until.get(user, 0) + 1)
+                events = self.session(user, start)
+                self.busy_until[user] = events[-1][0]
+                for ts, item, action, dwell, surface in events:
+                    heapq.heappush(heap, (ts, next(sequence), user, item, action, dwell, surface))
+                next_start += rng.expovariate(1.0 / self.mean_session_gap_ms)
+                continue
+            ts, _, user, item, action, dwell, surface = heapq.heappop(heap)
+            last_ts = max(ts, last_ts + 1)  # strictly increasing across the stream
+            event: dict[str, Any] = {
+                "event_id": f"{self.id_prefix}-{emitted}",
+                "user_id": f"u{user}",
+                "item_id": f"i{item}",
+                "action": action,
+                "ts": last_ts,
+                "surface": surface,
+            }
+            if dwell is not None:
+                event["dwell_ms"] = dwell
+            yield event
+            emitted += 1
+
+
+def generate_events(config: SyntheticConfig) -> Iterator[dict[str, Any]]:
+    """Contract events (dicts) of the synthetic model, strictly increasing in ``ts``.
+
+    Deterministic for a given config (set ``start_ms`` to fix the clock as well); events
+    without ``dwell_ms`` (impressions) omit the key.
+    """
+    return iter(_Generator(config))
+
