@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; each area writes JSON to benchmarks/results/."""
