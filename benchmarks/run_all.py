@@ -21,7 +21,7 @@ def main() -> int:
         area = script.parent.name
         print(f"=== benchmark {area}", flush=True)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", f"benchmarks.{area}.run"], cwd=BENCHMARKS.parent)
+        result = subprocess.run([sys.executable, str(script)], cwd=BENCHMARKS.parent)
         seconds = time.monotonic() - started
         status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
         print(f"=== {area}: {status} in {seconds:.0f}s -> {BENCHMARKS / 'results' / (area + '.json')}", flush=True)
