@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Ingestion settings ---------------------------------------------------------------
 
     # Features settings ----------------------------------------------------------------
+    features_max_len: int = Field(
+        200, ge=1, description="Events kept per user in features/user_sequences (the last ones, in event order)."
+    )
 
     # Training settings ----------------------------------------------------------------
 

@@ -1,0 +1,22 @@
+"""Fixtures of the features tests: one Spark session and the local Ray head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from infra import cluster
+from infra.settings import Settings, get_settings
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[Settings]:
+    """The session's local Ray head (started once, shared with other areas), connected."""
+    import ray
+
+    settings = get_settings()
+    cluster.up(settings, ["ray"])
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, logging_level="warning", log_to_driver=False)
+    yield settings
