@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(90.0, gt=0, description="How long `up` waits for each component.")
 
     # Ingestion settings ---------------------------------------------------------------
+    ingest_max_event_bytes: int = Field(
+        65_536, ge=64, description="Kafka records whose value is larger than this are quarantined."
+    )
+    ingest_future_tolerance_s: float = Field(
+        3_600.0, ge=0, description="Events whose ts lies further ahead of the ingestion time are quarantined."
+    )
+    ingest_max_records_per_trigger: int = Field(
+        500_000, ge=1, description="Most Kafka records one ingest micro-batch reads (maxRecordsPerTrigger)."
+    )
+    ingest_trigger_interval_s: float = Field(
+        1.0, ge=0, description="Micro-batch trigger interval of `streamrec ingest`, in seconds."
+    )
+    ingest_starting_offsets: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new ingest stream (no checkpoint yet) starts in each partition."
+    )
 
     # Features settings ----------------------------------------------------------------
     features_max_len: int = Field(

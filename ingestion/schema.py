@@ -74,3 +74,14 @@ QUARANTINE_SCHEMA = pa.schema(
 EVENT_ORDER: tuple[str, ...] = ("user_id", "ts", "kafka_partition", "kafka_offset")
 """Deterministic event order: equal timestamps fall back to Kafka order (a user's events
 share one partition because the key is user_id)."""
+
+KAFKA_RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.binary(), nullable=True),
+        pa.field("value", pa.binary(), nullable=True),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("timestamp", _UTC_MICROS, nullable=True),
+    ]
+)
+"""Raw Kafka records, as the ``kafka`` Spark source yields them and validation reads them."""
