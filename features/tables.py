@@ -8,6 +8,7 @@ with. A build reads them back to know where to resume, so a crashed build re-run
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction
 
 from ingestion.schema import ACTIONS
@@ -70,3 +71,12 @@ def recorded_state(uri: str, version: int | None = None) -> tuple[int, int] | No
     if silver_version is None or max_len is None:
         return None
     return silver_version, max_len
+
+
+def rows_with(column: str, values: pa.Array | pa.ChunkedArray) -> pc.Expression:
+    """A dataset filter keeping rows whose string ``column`` is one of ``values``.
+
+    The column is cast to string first: delta-rs MERGE writes strings as string_view, and
+    pyarrow cannot compare string statistics of such files with a string value set.
+    """
+    return pc.field(column).cast(pa.string()).isin(values.cast(pa.string()))

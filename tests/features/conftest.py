@@ -20,3 +20,13 @@ def ray_head() -> Iterator[Settings]:
     if not ray.is_initialized():
         ray.init(address=settings.ray_address, logging_level="warning", log_to_driver=False)
     yield settings
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for every features test (builds reuse it)."""
+    from infra.spark import spark_session
+
+    session = spark_session(get_settings(), "streamrec-features-tests")
+    yield session
+    session.stop()

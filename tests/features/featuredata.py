@@ -70,3 +70,20 @@ def append_silver(settings: Settings, rows: pa.Table) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(uri).version()
+
+
+def table_rows(settings: Settings, name: str, key: str) -> list[dict]:
+    """Every row of feature table ``name``, sorted by ``key``."""
+    from deltalake import DeltaTable
+
+    return sorted(DeltaTable(settings.table_uri(name)).to_pyarrow_table().to_pylist(), key=lambda row: row[key])
+
+
+def sequences_by_item_id(settings: Settings) -> dict[str, tuple[list[str], list[str], list[int]]]:
+    """user_sequences with item ids instead of indices: comparable across vocabularies."""
+    item_of = {row["item_id"]: row for row in table_rows(settings, ITEM_VOCAB_TABLE, "item_index")}
+    item_of = {row["item_index"]: item_id for item_id, row in item_of.items()}
+    return {
+        row["user_id"]: ([item_of[index] for index in row["item_indices"]], row["actions"], row["timestamps"])
+        for row in table_rows(settings, USER_SEQUENCES_TABLE, "user_id")
+    }

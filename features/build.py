@@ -1,0 +1,267 @@
+"""`streamrec features build`: item_vocab, user_sequences and item_stats from silver/events.
+
+Full build (Spark): reads silver at its latest version, appends unseen items to the
+vocabulary, and overwrites user_sequences and item_stats. Incremental build (Arrow): reads
+only the silver rows added since the version each table recorded, appends their new items,
+and MERGEs the rebuilt rows of the users and items they touch. Each write records the silver
+version and max_len in its commit (``features.tables.build_record``), so a crashed build
+re-runs from where each table stopped. See docs/features.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+from features import arrow_jobs
+from features.silver import EVENT_COLUMNS, SilverChanges, rows_of_users, silver_changes
+from features.tables import (
+    ITEM_STATS_SCHEMA,
+    ITEM_STATS_TABLE,
+    ITEM_VOCAB_SCHEMA,
+    ITEM_VOCAB_TABLE,
+    USER_SEQUENCES_SCHEMA,
+    USER_SEQUENCES_TABLE,
+    build_record,
+    recorded_state,
+    rows_with,
+)
+from infra.lake import table_version
+from infra.settings import Settings
+from ingestion.schema import SILVER_TABLE
+
+FEATURE_TABLES = (ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, ITEM_STATS_TABLE)
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TableUpdate:
+    """What a build did to one feature table."""
+
+    table: str
+    version: int  # the table's version after the build
+    rows: int  # rows appended, merged or written
+    written: bool  # False when the table was already up to date
+
+
+@dataclass
+class BuildReport:
+    """The silver version a build read and what it did to each feature table."""
+
+    mode: str  # "full" or "incremental"
+    silver_version: int
+    new_silver_rows: int | None = None  # rows read by an incremental build
+    fallback_reason: str = ""  # why an incremental request ran a full build
+    tables: list[TableUpdate] = field(default_factory=list)
+
+    def versions(self) -> dict[str, int]:
+        """{table: version} of silver and every feature table after the build."""
+        return {SILVER_TABLE: self.silver_version, **{update.table: update.version for update in self.tables}}
+
+
+def build(settings: Settings, incremental: bool = False, log: Log = print) -> BuildReport:
+    """Bring the feature tables up to the latest silver/events version."""
+    silver_uri = settings.table_uri(SILVER_TABLE)
+    silver_version = table_version(silver_uri)
+    if silver_version is None:
+        raise FileNotFoundError(f"no silver/events table at {silver_uri}; run ingestion first")
+    log(f"read {SILVER_TABLE} version {silver_version}")
+    if incremental:
+        reason = _full_build_reason(settings, silver_version)
+        if not reason:
+            return _incremental_build(settings, silver_version, log)
+        log(f"incremental build not possible ({reason}): running a full build")
+        report = _full_build(settings, silver_version, log)
+        report.fallback_reason = reason
+        return report
+    return _full_build(settings, silver_version, log)
+
+
+def _full_build_reason(settings: Settings, silver_version: int) -> str:
+    """Why an incremental build must run as a full build, or '' when it can run."""
+    for name in FEATURE_TABLES:
+        state = recorded_state(settings.table_uri(name))
+        if state is None:
+            return f"{name} has no recorded build"
+        since, max_len = state
+        if name == USER_SEQUENCES_TABLE and max_len != settings.features_max_len:
+            return f"{name} was built with max_len {max_len}, the setting is now {settings.features_max_len}"
+        if since > silver_version:
+            return f"{name} reflects silver version {since}, newer than the current {silver_version}"
+    return ""
+
+
+# Full build (Spark) ---------------------------------------------------------------------
+
+
+def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildReport:
+    from features import spark_jobs
+    from infra.lake import read_delta
+    from infra.spark import spark_session
+
+    report = BuildReport(mode="full", silver_version=silver_version)
+    record = build_record(silver_version, settings.features_max_len)
+    started = time.monotonic()
+    spark = spark_session(settings, "streamrec-features")
+    log(f"spark session ready ({time.monotonic() - started:.1f}s)")
+    events = read_delta(spark, settings.table_uri(SILVER_TABLE), silver_version).select(*EVENT_COLUMNS).cache()
+    try:
+        vocab_uri = settings.table_uri(ITEM_VOCAB_TABLE)
+        vocab = _read_vocab(vocab_uri)
+        next_index = (pc.max(vocab.column("item_index")).as_py() or 0) + 1
+        added = spark_jobs.new_items(events, spark.createDataFrame(vocab.select(["item_id"])), next_index)
+        added_rows = _arrow(added, ITEM_VOCAB_SCHEMA, "item_index")
+        report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added_rows, record, log))
+        vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
+
+        sequences = _arrow(spark_jobs.user_sequences(events, vocab_df, settings.features_max_len), USER_SEQUENCES_SCHEMA, "user_id")
+        report.tables.append(_overwrite(settings, USER_SEQUENCES_TABLE, sequences, record, log))
+
+        stats = _arrow(spark_jobs.item_stats(events, vocab_df), ITEM_STATS_SCHEMA, "item_index")
+        report.tables.append(_overwrite(settings, ITEM_STATS_TABLE, stats, record, log))
+    finally:
+        events.unpersist()
+    return report
+
+
+def _arrow(frame: object, schema: pa.Schema, sort_key: str) -> pa.Table:
+    """A Spark DataFrame collected as Arrow with the table's schema, sorted by ``sort_key``."""
+    table = frame.toArrow()  # type: ignore[attr-defined]
+    return table.select(schema.names).cast(schema).sort_by(sort_key)
+
+
+# Incremental build (Arrow) ---------------------------------------------------------------
+
+
+def _incremental_build(settings: Settings, silver_version: int, log: Log) -> BuildReport:
+    report = BuildReport(mode="incremental", silver_version=silver_version)
+    record = build_record(silver_version, settings.features_max_len)
+    silver_uri = settings.table_uri(SILVER_TABLE)
+    changes: dict[int, SilverChanges] = {}
+
+    def changes_since(name: str) -> SilverChanges | None:
+        since = recorded_state(settings.table_uri(name))[0]  # type: ignore[index]
+        if since == silver_version:
+            return None
+        if since not in changes:
+            changes[since] = silver_changes(silver_uri, since, silver_version)
+            log(f"silver versions {since}..{silver_version}: {len(changes[since].new_rows):,} new rows")
+        return changes[since]
+
+    for name, update in (
+        (ITEM_VOCAB_TABLE, _update_vocab),
+        (USER_SEQUENCES_TABLE, _update_sequences),
+        (ITEM_STATS_TABLE, _update_stats),
+    ):
+        uri = settings.table_uri(name)
+        try:
+            delta = changes_since(name)
+        except OSError as error:  # files of the old version were vacuumed
+            delta, reason = None, f"cannot diff silver versions: {error}"
+        else:
+            reason = f"{delta.lost_rows} silver rows were removed" if delta and delta.lost_rows else ""
+        if reason:
+            log(f"incremental build not possible ({reason}): running a full build")
+            full = _full_build(settings, silver_version, log)
+            full.fallback_reason = reason
+            return full
+        if delta is None:
+            version = DeltaTable(uri).version()
+            log(f"{name}: up to date at version {version}")
+            report.tables.append(TableUpdate(name, version, 0, written=False))
+            continue
+        report.new_silver_rows = len(delta.new_rows)
+        report.tables.append(update(settings, delta, record, log))
+    return report
+
+
+def _update_vocab(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
+    uri = settings.table_uri(ITEM_VOCAB_TABLE)
+    return _append(settings, ITEM_VOCAB_TABLE, arrow_jobs.new_items(delta.new_rows, _read_vocab(uri)), record, log)
+
+
+def _update_sequences(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
+    uri = settings.table_uri(USER_SEQUENCES_TABLE)
+    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    users = pc.unique(delta.new_rows.column("user_id"))
+    stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("user_id", users))
+    # Users whose new events all come after their stored ones get them appended; users
+    # with a late event are rebuilt from every one of their silver rows.
+    late = arrow_jobs.late_users(stored, delta.new_rows)
+    appending = pc.invert(pc.is_in(stored.column("user_id"), value_set=late))
+    new_rows = delta.new_rows.filter(pc.invert(pc.is_in(delta.new_rows.column("user_id"), value_set=late)))
+    late_rows = rows_of_users(settings.table_uri(SILVER_TABLE), delta.until, late)
+    events = pa.concat_tables(
+        [
+            _events(arrow_jobs.stored_events(stored.filter(appending))),
+            _events(arrow_jobs.with_item_index(new_rows, vocab)),
+            _events(arrow_jobs.with_item_index(late_rows, vocab)),
+        ]
+    )
+    log(f"{USER_SEQUENCES_TABLE}: {len(users):,} users touched, {len(late):,} with late events rebuilt from silver")
+    rebuilt = arrow_jobs.sequences_from_events(events, settings.features_max_len)
+    return _merge(settings, USER_SEQUENCES_TABLE, rebuilt, "user_id", record, log)
+
+
+def _update_stats(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
+    uri = settings.table_uri(ITEM_STATS_TABLE)
+    increments = arrow_jobs.stats_of_events(delta.new_rows)
+    stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("item_id", increments.column("item_id")))
+    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    return _merge(settings, ITEM_STATS_TABLE, arrow_jobs.add_stats(stored, increments, vocab), "item_id", record, log)
+
+
+_EVENT_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_index", pa.int64()),
+        ("action", pa.string()),
+        ("ts", pa.int64()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+
+
+def _events(table: pa.Table) -> pa.Table:
+    return table.select(_EVENT_SCHEMA.names).cast(_EVENT_SCHEMA)
+
+
+# Delta writes ---------------------------------------------------------------------------
+
+
+def _read_vocab(uri: str) -> pa.Table:
+    if not DeltaTable.is_deltatable(uri):
+        return ITEM_VOCAB_SCHEMA.empty_table()
+    return DeltaTable(uri).to_pyarrow_table().cast(ITEM_VOCAB_SCHEMA)
+
+
+def _append(settings: Settings, name: str, rows: pa.Table, record: CommitProperties, log: Log) -> TableUpdate:
+    write_deltalake(settings.table_uri(name), rows, mode="append", commit_properties=record)
+    return _written(settings, name, len(rows), "appended", log)
+
+
+def _overwrite(settings: Settings, name: str, rows: pa.Table, record: CommitProperties, log: Log) -> TableUpdate:
+    write_deltalake(settings.table_uri(name), rows, mode="overwrite", commit_properties=record)
+    return _written(settings, name, len(rows), "written", log)
+
+
+def _merge(settings: Settings, name: str, rows: pa.Table, key: str, record: CommitProperties, log: Log) -> TableUpdate:
+    if len(rows) == 0:  # nothing to merge; still record the silver version
+        return _append(settings, name, rows, record, log)
+    merger = DeltaTable(settings.table_uri(name)).merge(
+        rows, f"t.{key} = s.{key}", source_alias="s", target_alias="t", commit_properties=record
+    )
+    merger.when_matched_update_all().when_not_matched_insert_all().execute()
+    return _written(settings, name, len(rows), "merged", log)
+
+
+def _written(settings: Settings, name: str, rows: int, verb: str, log: Log) -> TableUpdate:
+    version = DeltaTable(settings.table_uri(name)).version()
+    log(f"{name}: {rows:,} rows {verb} -> version {version}")
+    return TableUpdate(name, version, rows, written=True)

@@ -1,0 +1,65 @@
+"""`streamrec features ...` commands (registered through the streamrec.cli entry points)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `features` sub-app to the streamrec CLI."""
+    features = typer.Typer(help="Feature tables: item vocabulary, user sequences, item stats.", no_args_is_help=True)
+    features.command("build")(build)
+    features.command("versions")(versions)
+    app.add_typer(features, name="features")
+
+
+def build(
+    incremental: Annotated[
+        bool, typer.Option("--incremental", help="Apply only the silver rows added since the last build.")
+    ] = False,
+) -> None:
+    """Build the feature tables from the latest silver/events version; print versions read and written."""
+    from features.build import build as run_build
+    from infra.settings import get_settings
+
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
+
+    try:
+        report = run_build(get_settings(), incremental=incremental, log=log)
+    except FileNotFoundError as error:
+        console.print(f"[red]features build failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    table = Table(title=f"features build ({report.mode}) from silver/events version {report.silver_version}")
+    for column in ("table", "version", "rows", "change"):
+        table.add_column(column)
+    for update in report.tables:
+        change = "written" if update.written else "up to date"
+        table.add_row(update.table, str(update.version), f"{update.rows:,}", change)
+    console.print(table)
+    if report.fallback_reason:
+        console.print(f"ran a full build because {report.fallback_reason}")
+    console.print(f"done in {time.monotonic() - started:.1f}s")
+
+
+def versions() -> None:
+    """Print the latest feature versions training would read, as JSON."""
+    from features.reader import latest_versions
+    from infra.settings import get_settings
+
+    try:
+        found = latest_versions(get_settings())
+    except FileNotFoundError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from error
+    print(json.dumps(found.as_dict()))

@@ -1,0 +1,63 @@
+"""The full-build feature transforms, as Spark DataFrame jobs over silver events.
+
+``events`` is silver/events (at least ``silver.EVENT_COLUMNS``); ``vocab`` is
+features/item_vocab. Every function returns a DataFrame with the columns of its table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from features.tables import STAT_COLUMNS
+from ingestion.schema import ACTIONS, EVENT_ORDER
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+def new_items(events: DataFrame, vocab: DataFrame, next_index: int) -> DataFrame:
+    """Items of ``events`` missing from ``vocab``, indexed from ``next_index`` by (first_seen_ts, item_id)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first = events.groupBy("item_id").agg(F.min("ts").alias("first_seen_ts"))
+    unseen = first.join(vocab.select("item_id"), "item_id", "left_anti")
+    # One ordered window over the new items only: the vocabulary grows by the new items,
+    # which are few next to the events.
+    order = Window.orderBy("first_seen_ts", "item_id")
+    index = (F.row_number().over(order) + F.lit(next_index - 1)).cast("long")
+    return unseen.select("item_id", index.alias("item_index"), "first_seen_ts")
+
+
+def user_sequences(events: DataFrame, vocab: DataFrame, max_len: int) -> DataFrame:
+    """Per user the last ``max_len`` events in EVENT_ORDER: item_indices, actions, timestamps."""
+    from pyspark.sql import functions as F
+
+    order_keys = [name for name in EVENT_ORDER if name != "user_id"]
+    indexed = events.join(vocab.select("item_id", "item_index"), "item_id")
+    # Structs sort field by field: (ts, kafka_partition, kafka_offset) is the event order.
+    grouped = indexed.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct(*order_keys, "item_index", "action"))).alias("events")
+    )
+    start = F.greatest(F.size("events") - F.lit(max_len - 1), F.lit(1))
+    window = F.slice("events", start, F.lit(max_len))
+    return grouped.select(
+        "user_id",
+        window.getField("item_index").alias("item_indices"),
+        window.getField("action").alias("actions"),
+        window.getField("ts").alias("timestamps"),
+    )
+
+
+def item_stats(events: DataFrame, vocab: DataFrame) -> DataFrame:
+    """Per item: the number of events of each action (STAT_COLUMNS), first and last seen ts."""
+    from pyspark.sql import functions as F
+
+    counts = [
+        F.count(F.when(F.col("action") == action, True)).cast("long").alias(name)
+        for action, name in zip(ACTIONS, STAT_COLUMNS, strict=True)
+    ]
+    stats = events.groupBy("item_id").agg(
+        *counts, F.min("ts").alias("first_seen_ts"), F.max("ts").alias("last_seen_ts")
+    )
+    return stats.join(vocab.select("item_id", "item_index"), "item_id")
