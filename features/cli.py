@@ -40,7 +40,8 @@ def build(
     except FileNotFoundError as error:
         console.print(f"[red]features build failed:[/red] {error}")
         raise typer.Exit(1) from error
-    table = Table(title=f"features build ({report.mode}) from silver/events version {report.silver_version}")
+    console.print(f"features build ({report.mode}) from silver/events version {report.silver_version}:")
+    table = Table()
     for column in ("table", "version", "rows", "change"):
         table.add_column(column)
     for update in report.tables:
