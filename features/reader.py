@@ -80,11 +80,12 @@ def load_examples(
             f"the largest in item_vocab version {versions.item_vocab}; pass versions from latest_versions()"
         )
     chosen = select(flat, split, max_len, split_mode, split_ts)
+    items, action_ids, timestamps = gather([flat.items, flat.action_ids, flat.timestamps], chosen.starts, chosen.ends, max_len)
     return SequenceExamples(
         user_ids=user_ids[chosen.rows],
-        item_indices=gather(flat.items, chosen.starts, chosen.ends, max_len),
-        action_ids=gather(flat.action_ids, chosen.starts, chosen.ends, max_len),
-        timestamps=gather(flat.timestamps, chosen.starts, chosen.ends, max_len),
+        item_indices=items,
+        action_ids=action_ids,
+        timestamps=timestamps,
         lengths=(chosen.ends - chosen.starts).astype(np.int64),
         targets=chosen.targets.astype(np.int64),
         num_items=num_items,
@@ -95,7 +96,9 @@ def load_examples(
 def read_sequences(settings: Settings, version: int) -> tuple[np.ndarray, FlatSequences]:
     """User ids (sorted) and their flattened sequences at user_sequences ``version``."""
     table = DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE), version=version).to_pyarrow_table()
-    table = table.sort_by("user_id")
+    order = pc.sort_indices(table.column("user_id"))
+    if not np.array_equal(order.to_numpy(), np.arange(len(table))):  # full builds write sorted rows
+        table = table.take(order)
     lengths = pc.list_value_length(table.column("item_indices")).to_numpy(zero_copy_only=False)
     for column in ("actions", "timestamps"):
         if not np.array_equal(pc.list_value_length(table.column(column)).to_numpy(zero_copy_only=False), lengths):

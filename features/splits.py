@@ -25,7 +25,9 @@ from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
 
 SPLITS = ("train", "validation", "test")
 SPLIT_MODES = ("leave_last_out", "time")
-POSITIVE_IDS = np.array(sorted(ACTION_IDS[action] for action in POSITIVE_ACTIONS), dtype=np.int64)
+IS_POSITIVE = np.zeros(len(ACTION_IDS) + 1, dtype=bool)
+"""Lookup table: IS_POSITIVE[action_id] is True for POSITIVE_ACTIONS."""
+IS_POSITIVE[[ACTION_IDS[action] for action in POSITIVE_ACTIONS]] = True
 MIN_POSITIVES = 3
 
 
@@ -76,7 +78,7 @@ def select(flat: FlatSequences, split: str, max_len: int, split_mode: str, split
 
 
 def _leave_last_out(flat: FlatSequences, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    positive = np.isin(flat.action_ids, POSITIVE_IDS)
+    positive = IS_POSITIVE[flat.action_ids]
     positive_at = np.flatnonzero(positive)  # ascending, so grouped by row in row order
     counts = np.bincount(flat.row_of_event()[positive_at], minlength=flat.rows)
     last = np.cumsum(counts) - 1  # index into positive_at of each row's last positive
@@ -101,7 +103,7 @@ def _time_split(flat: FlatSequences, split: str, split_ts: int) -> tuple[np.ndar
         before = np.bincount(row_of_event[flat.timestamps < split_ts], minlength=flat.rows)
         rows = np.flatnonzero(before > 0)
         return rows, flat.offsets[rows] + before[rows], np.zeros(len(rows), dtype=np.int64)
-    candidates = np.flatnonzero(np.isin(flat.action_ids, POSITIVE_IDS) & (flat.timestamps >= split_ts))
+    candidates = np.flatnonzero(IS_POSITIVE[flat.action_ids] & (flat.timestamps >= split_ts))
     rows, first = np.unique(row_of_event[candidates], return_index=True)
     ends = candidates[first]
     has_history = ends > flat.offsets[rows]
@@ -109,13 +111,16 @@ def _time_split(flat: FlatSequences, split: str, split_ts: int) -> tuple[np.ndar
     return rows, ends, flat.items[ends]
 
 
-def gather(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
-    """(M, max_len) of ``values[starts[i]:ends[i]]`` per row, right-padded with 0."""
+def gather(columns: list[np.ndarray], starts: np.ndarray, ends: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Per column, (M, max_len) of ``column[starts[i]:ends[i]]`` in row i, right-padded with 0."""
+    rows = len(starts)
     lengths = ends - starts
-    out = np.zeros((len(starts), max_len), dtype=values.dtype)
-    total = int(lengths.sum())
-    if total:
-        row_begin = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        flat_index = np.arange(total) - row_begin + np.repeat(starts, lengths)
-        out[np.arange(max_len)[None, :] < lengths[:, None]] = values[flat_index]
-    return out
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    source = within + np.repeat(starts, lengths)
+    target = within + np.repeat(np.arange(rows) * max_len, lengths)
+    padded = []
+    for values in columns:
+        out = np.zeros(rows * max_len, dtype=values.dtype)
+        out[target] = values[source]
+        padded.append(out.reshape(rows, max_len))
+    return padded
