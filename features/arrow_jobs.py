@@ -4,7 +4,8 @@ An incremental build touches only the new silver rows and the feature rows of th
 and items they name: data no larger than what a full build already collects into the
 driver to write its tables. Running it with Arrow avoids Spark's fixed start and job
 overheads, which dominate such small updates. ``tests/features`` checks that each result
-equals the Spark full build (``features.spark_jobs``) on the same events.
+equals the Spark full build (``features.spark_jobs``) on the same events. ``new_items`` also
+numbers the new items a full build finds, so both builds assign indices the same way.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,9 @@ from features.tables import (
 from infra.lake import table_version
 from infra.settings import Settings
 from ingestion.schema import SILVER_TABLE
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 FEATURE_TABLES = (ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, ITEM_STATS_TABLE)
 Log = Callable[[str], None]
@@ -113,10 +117,9 @@ def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildRepor
     try:
         vocab_uri = settings.table_uri(ITEM_VOCAB_TABLE)
         vocab = _read_vocab(vocab_uri)
-        next_index = (pc.max(vocab.column("item_index")).as_py() or 0) + 1
-        added = spark_jobs.new_items(events, spark.createDataFrame(vocab.select(["item_id"])), next_index)
-        added_rows = _arrow(added, ITEM_VOCAB_SCHEMA, "item_index")
-        report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added_rows, record, log))
+        unseen = spark_jobs.unseen_items(events, spark.createDataFrame(vocab.select(["item_id"]))).toArrow()
+        added = arrow_jobs.new_items(unseen, vocab)
+        report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added, record, log))
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
         sequences = _arrow(spark_jobs.user_sequences(events, vocab_df, settings.features_max_len), USER_SEQUENCES_SCHEMA, "user_id")
@@ -129,10 +132,9 @@ def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildRepor
     return report
 
 
-def _arrow(frame: object, schema: pa.Schema, sort_key: str) -> pa.Table:
+def _arrow(frame: DataFrame, schema: pa.Schema, sort_key: str) -> pa.Table:
     """A Spark DataFrame collected as Arrow with the table's schema, sorted by ``sort_key``."""
-    table = frame.toArrow()  # type: ignore[attr-defined]
-    return table.select(schema.names).cast(schema).sort_by(sort_key)
+    return frame.toArrow().select(schema.names).cast(schema).sort_by(sort_key)
 
 
 # Incremental build (Arrow) ---------------------------------------------------------------

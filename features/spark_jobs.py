@@ -15,18 +15,16 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 
-def new_items(events: DataFrame, vocab: DataFrame, next_index: int) -> DataFrame:
-    """Items of ``events`` missing from ``vocab``, indexed from ``next_index`` by (first_seen_ts, item_id)."""
-    from pyspark.sql import Window
+def unseen_items(events: DataFrame, vocab: DataFrame) -> DataFrame:
+    """Items of ``events`` missing from ``vocab``: item_id and ts, the first time each was seen.
+
+    Indices are assigned on the driver (``arrow_jobs.new_items``), which collects these new
+    items anyway to append them to the vocabulary.
+    """
     from pyspark.sql import functions as F
 
-    first = events.groupBy("item_id").agg(F.min("ts").alias("first_seen_ts"))
-    unseen = first.join(vocab.select("item_id"), "item_id", "left_anti")
-    # One ordered window over the new items only: the vocabulary grows by the new items,
-    # which are few next to the events.
-    order = Window.orderBy("first_seen_ts", "item_id")
-    index = (F.row_number().over(order) + F.lit(next_index - 1)).cast("long")
-    return unseen.select("item_id", index.alias("item_index"), "first_seen_ts")
+    first = events.groupBy("item_id").agg(F.min("ts").alias("ts"))
+    return first.join(vocab.select("item_id"), "item_id", "left_anti")
 
 
 def user_sequences(events: DataFrame, vocab: DataFrame, max_len: int) -> DataFrame:
