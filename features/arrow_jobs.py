@@ -51,7 +51,8 @@ def sequences_from_events(events: pa.Table, max_len: int) -> pa.Table:
     ends = np.concatenate([boundary, [len(ordered)]])
     keep_from = np.maximum(starts, ends - max_len)
     lengths = ends - keep_from
-    keep = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(keep_from, lengths)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = within + np.repeat(keep_from, lengths)
     kept = ordered.take(keep)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     columns = {
@@ -90,7 +91,8 @@ def late_users(sequences: pa.Table, events: pa.Table) -> pa.Array:
     stored = pa.table({"user_id": sequences.column("user_id"), "last_ts": _last_ts(sequences)})
     first_new = events.group_by("user_id").aggregate([("ts", "min")])
     joined = first_new.join(stored, "user_id", join_type="inner")
-    return joined.filter(pc.less_equal(joined.column("ts_min"), joined.column("last_ts"))).column("user_id").combine_chunks()
+    late = joined.filter(pc.less_equal(joined.column("ts_min"), joined.column("last_ts")))
+    return late.column("user_id").combine_chunks()
 
 
 def _last_ts(sequences: pa.Table) -> pa.Array:

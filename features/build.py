@@ -122,7 +122,8 @@ def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildRepor
         report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added, record, log))
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
-        sequences = _arrow(spark_jobs.user_sequences(events, vocab_df, settings.features_max_len), USER_SEQUENCES_SCHEMA, "user_id")
+        sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features_max_len)
+        sequences = _arrow(sequences_df, USER_SEQUENCES_SCHEMA, "user_id")
         report.tables.append(_overwrite(settings, USER_SEQUENCES_TABLE, sequences, record, log))
 
         stats = _arrow(spark_jobs.item_stats(events, vocab_df), ITEM_STATS_SCHEMA, "item_index")

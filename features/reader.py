@@ -80,7 +80,8 @@ def load_examples(
             f"the largest in item_vocab version {versions.item_vocab}; pass versions from latest_versions()"
         )
     chosen = select(flat, split, max_len, split_mode, split_ts)
-    items, action_ids, timestamps = gather([flat.items, flat.action_ids, flat.timestamps], chosen.starts, chosen.ends, max_len)
+    columns = [flat.items, flat.action_ids, flat.timestamps]
+    items, action_ids, timestamps = gather(columns, chosen.starts, chosen.ends, max_len)
     return SequenceExamples(
         user_ids=user_ids[chosen.rows],
         item_indices=items,

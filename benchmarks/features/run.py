@@ -122,7 +122,9 @@ def reader_at_scale(home: Path, users: int, length: int, rng: np.random.Generato
         }
     ).cast(USER_SEQUENCES_SCHEMA)
     write_deltalake(settings.table_uri(USER_SEQUENCES_TABLE), sequences)
-    vocab = pa.table({"item_id": [f"i{index}" for index in range(1, 50_001)], "item_index": np.arange(1, 50_001), "first_seen_ts": np.zeros(50_000, dtype=np.int64)})
+    indices = np.arange(1, 50_001)
+    item_ids = pa.array(np.char.add("i", indices.astype(str)))
+    vocab = pa.table({"item_id": item_ids, "item_index": indices, "first_seen_ts": np.zeros(len(indices), dtype=np.int64)})
     write_deltalake(settings.table_uri(ITEM_VOCAB_TABLE), vocab.cast(ITEM_VOCAB_SCHEMA))
     del sequences
     _, plain_read_s = best_of(3, lambda: DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE)).to_pyarrow_table())
@@ -181,15 +183,17 @@ def main() -> None:
         ts = START_MS + days * DAY_MS + rng.integers(0, DAY_MS, new)
         late = rng.random(new) < 0.01
         ts[late] = START_MS + rng.integers(0, days * DAY_MS, late.sum())
-        write_deltalake(silver, silver_batch(rng, users, items, ts, first_id=args.events), mode="append", partition_by=["event_date"])
+        batch = silver_batch(rng, users, items, ts, first_id=args.events)
+        write_deltalake(silver, batch, mode="append", partition_by=["event_date"])
 
         report, incremental_s = timed(build, settings, incremental=True, log=quiet)
         assert report.mode == "incremental", report.fallback_reason
-        incremental = {name: table_snapshot(settings, name, key) for name, key in ((USER_SEQUENCES_TABLE, "user_id"), (ITEM_STATS_TABLE, "item_id"))}
+        keys = {USER_SEQUENCES_TABLE: "user_id", ITEM_STATS_TABLE: "item_id"}
+        incremental = {name: table_snapshot(settings, name, key) for name, key in keys.items()}
         print(f"incremental build of {new:,} events: {incremental_s:.2f}s", flush=True)
 
         _, rebuild_s = timed(build, settings, log=quiet)
-        equal = all(incremental[name].equals(table_snapshot(settings, name, key)) for name, key in ((USER_SEQUENCES_TABLE, "user_id"), (ITEM_STATS_TABLE, "item_id")))
+        equal = all(incremental[name].equals(table_snapshot(settings, name, key)) for name, key in keys.items())
         print(f"full rebuild: {rebuild_s:.1f}s; incremental == full rebuild: {equal}", flush=True)
 
         _, plain_read_s = best_of(3, lambda: DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE)).to_pyarrow_table())
@@ -203,7 +207,16 @@ def main() -> None:
     result = {
         "benchmark": "features",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "data": {"events": args.events, "users": args.users, "items": args.items, "item_zipf": 1.0, "user_zipf": 0.7, "new_events": new, "late_share_of_new": 0.01, "max_len": settings.features_max_len},
+        "data": {
+            "events": args.events,
+            "users": args.users,
+            "items": args.items,
+            "item_zipf": 1.0,
+            "user_zipf": 0.7,
+            "new_events": new,
+            "late_share_of_new": 0.01,
+            "max_len": settings.features_max_len,
+        },
         "spark_session_start_s": round(session_s, 3),
         "full_build_first_s": round(full_s, 3),
         "full_build_first_rows_per_s": round(args.events / full_s),

@@ -17,9 +17,12 @@ def ray_head() -> Iterator[Settings]:
 
     settings = get_settings()
     cluster.up(settings, ["ray"])
-    if not ray.is_initialized():
+    connected_here = not ray.is_initialized()
+    if connected_here:
         ray.init(address=settings.ray_address, logging_level="warning", log_to_driver=False)
     yield settings
+    if connected_here:  # disconnect before the session's cluster goes down
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
