@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
 
 from features import arrow_jobs
 from features.silver import EVENT_COLUMNS, SilverChanges, rows_of_users, silver_changes
@@ -164,7 +165,7 @@ def _incremental_build(settings: Settings, silver_version: int, log: Log) -> Bui
         uri = settings.table_uri(name)
         try:
             delta = changes_since(name)
-        except OSError as error:  # files of the old version were vacuumed
+        except (OSError, DeltaError) as error:  # old files vacuumed or old log entries cleaned up
             delta, reason = None, f"cannot diff silver versions: {error}"
         else:
             reason = f"{delta.lost_rows} silver rows were removed" if delta and delta.lost_rows else ""

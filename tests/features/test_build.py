@@ -175,3 +175,16 @@ def test_compacting_silver_adds_no_new_rows(settings: Settings) -> None:
     changes = silver_changes(settings.table_uri(SILVER_TABLE), before, after)
     assert (len(changes.new_rows), changes.lost_rows) == (0, 0)
     assert len(silver_changes(settings.table_uri(SILVER_TABLE), 0, after).new_rows) == 4
+
+
+def test_incremental_falls_back_to_full_when_old_silver_files_are_gone(settings: Settings) -> None:
+    append_silver(settings, silver_rows(EVENTS[:4]))
+    append_silver(settings, silver_rows(EVENTS[4:], first_offset=4))
+    build(settings, log=QUIET)
+    append_silver(settings, silver_rows([("u7", "c", "click", 9000)], first_offset=50))
+    silver = DeltaTable(settings.table_uri(SILVER_TABLE))
+    silver.optimize.compact()
+    silver.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    report = build(settings, incremental=True, log=QUIET)
+    assert report.mode == "full" and "cannot diff silver versions" in report.fallback_reason
+    assert "u7" in [row["user_id"] for row in table_rows(settings, USER_SEQUENCES_TABLE, "user_id")]
