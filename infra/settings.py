@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     )
 
     # Training settings ----------------------------------------------------------------
+    train_workers: int = Field(2, ge=1, description="Ray Train workers of `streamrec train` (--workers overrides).")
+    train_cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each Ray Train worker reserves.")
+    train_use_gpu: bool = Field(False, description="One GPU per worker: NCCL, bf16 autocast, Adam on the item table.")
+    train_max_failures: int = Field(
+        2, ge=0, description="Worker failures a run recovers from, each time from its last checkpoint."
+    )
+    train_storage: str = Field("", description="Ray Train run storage (checkpoints); default <home>/checkpoints. Any URI.")
+    mlflow_experiment: str = Field("streamrec", description="MLflow experiment of training runs.")
+    registered_model: str = Field("streamrec-retrieval", description="MLflow registered model of retrieval models.")
 
     @classmethod
     def settings_customise_sources(

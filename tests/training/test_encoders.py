@@ -1,0 +1,80 @@
+"""HSTU and SASRec encoders: causal, blind to trailing padding, sensitive to actions and time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.config import EncoderConfig
+from training.hstu import time_gap_buckets
+from training.model import RetrievalModel
+
+KINDS = ["hstu", "sasrec"]
+
+
+def _model(kind: str) -> RetrievalModel:
+    torch.manual_seed(0)
+    return RetrievalModel(EncoderConfig(kind=kind, dim=16, num_heads=2, max_len=8, dropout=0.0), num_items=20).eval()
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    items = torch.tensor([[3, 5, 7, 9, 11, 0]])
+    actions = torch.tensor([[2, 3, 7, 2, 4, 0]])
+    timestamps = torch.tensor([[0, 60_000, 120_000, 3_600_000, 90_000_000, 0]])
+    return items, actions, timestamps, torch.tensor([5])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_position_never_sees_later_events(kind: str) -> None:
+    model = _model(kind)
+    items, actions, timestamps, lengths = _inputs()
+    before = model(items, actions, timestamps, lengths)
+    changed_items = items.clone()
+    changed_items[0, 3] = 13
+    changed_actions = actions.clone()
+    changed_actions[0, 4] = 8
+    after = model(changed_items, changed_actions, timestamps, lengths)
+    assert torch.allclose(before[0, :3], after[0, :3], atol=1e-6)
+    assert not torch.allclose(before[0, 3:5], after[0, 3:5])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trailing_padding_changes_nothing(kind: str) -> None:
+    model = _model(kind)
+    items, actions, timestamps, lengths = _inputs()
+    full = model(items, actions, timestamps, lengths)
+    trimmed = model(items[:, :5], actions[:, :5], timestamps[:, :5], lengths)
+    assert torch.allclose(full[0, :5], trimmed[0], atol=1e-6)
+    assert not full[0, 5].any()  # padding positions are zero
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_action_type_is_an_input(kind: str) -> None:
+    model = _model(kind)
+    items, actions, timestamps, lengths = _inputs()
+    disliked = actions.clone()
+    disliked[0, 0] = 8
+    assert not torch.allclose(model(items, actions, timestamps, lengths)[0, 0], model(items, disliked, timestamps, lengths)[0, 0])
+
+
+def test_hstu_reads_time_gaps_through_its_bias() -> None:
+    model = _model("hstu")
+    for block in model.encoder.blocks:
+        torch.nn.init.normal_(block.time_bias)
+    items, actions, timestamps, lengths = _inputs()
+    later = timestamps.clone()
+    later[0, 1] += 86_400_000
+    assert not torch.allclose(model(items, actions, timestamps, lengths)[0, 1], model(items, actions, later, lengths)[0, 1])
+
+
+def test_time_gap_buckets_are_quarter_octaves_of_seconds() -> None:
+    timestamps = torch.tensor([[0, 999, 1_000, 3_000, 15_000, 10**12]])
+    buckets = time_gap_buckets(timestamps, num_buckets=64)
+    # gaps to position 0 in seconds: 0, 0.999, 1, 3, 15, 1e9 -> floor(4 * log2(1 + gap)), capped at 63
+    assert buckets[0, :, 0].tolist() == [0, 3, 4, 8, 16, 63]
+    assert torch.equal(buckets[0], buckets[0].T)
+
+
+def test_heads_must_divide_the_width() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        EncoderConfig(dim=50, num_heads=3)

@@ -1,0 +1,68 @@
+"""Sequential encoders: item embeddings of a right-padded history -> one hidden state per position.
+
+Encoders own no item table: they take the (B, L, D) embeddings of the history items, so
+the same encoder runs on a TorchRec table sharded by DistributedModelParallel (training)
+and on a plain ``nn.Embedding`` (the plain-PyTorch baseline, evaluation, serving).
+Position t's output sees positions <= t only (causal) and predicts the item at t + 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ingestion.schema import ACTION_IDS
+from training.config import EncoderConfig
+
+
+class InputEmbedding(nn.Module):
+    """Scaled item embedding + action-type embedding (+ absolute position), with dropout."""
+
+    def __init__(self, config: EncoderConfig, positional: bool) -> None:
+        super().__init__()
+        self.scale = math.sqrt(config.dim)
+        self.actions = nn.Embedding(len(ACTION_IDS) + 1, config.dim) if config.use_actions else None
+        self.positions = nn.Embedding(config.max_len, config.dim) if positional else None
+        self.dropout = nn.Dropout(config.dropout)
+        for table in (self.actions, self.positions):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, item_emb: torch.Tensor, action_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = item_emb * self.scale
+        if self.actions is not None:
+            x = x + self.actions(action_ids)
+        if self.positions is not None:
+            x = x + self.positions.weight[: x.shape[1]]
+        return self.dropout(x) * valid.unsqueeze(-1)
+
+
+class SequenceEncoder(nn.Module):
+    """Base of HSTU and SASRec: ``forward(item_emb, action_ids, timestamps, lengths)``."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(
+        self, item_emb: torch.Tensor, action_ids: torch.Tensor, timestamps: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L, D) hidden states; rows are zero beyond each sequence's length."""
+        length = item_emb.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"history of length {length} exceeds the encoder's max_len {self.config.max_len}")
+        valid = torch.arange(length, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return self.encode(item_emb, action_ids, timestamps, valid) * valid.unsqueeze(-1)
+
+    def encode(
+        self, item_emb: torch.Tensor, action_ids: torch.Tensor, timestamps: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def last_hidden(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, D) hidden state at each row's last real position (the next-item query)."""
+    index = (lengths - 1).clamp(min=0)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]

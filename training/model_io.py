@@ -1,0 +1,96 @@
+"""The exported model: a directory anyone can load without Ray, DMP or the training run.
+
+Layout (also the ``model/`` artifact of every MLflow run and registered version)::
+
+    model.json               format, encoder config, num_items, feature table versions read
+    weights.pt               state dict of training.model.RetrievalModel (torch.save)
+    item_embeddings.parquet  item_index (int64, 1..num_items), embedding (float32[dim], L2-normalised)
+
+Item indices are those of ``features/item_vocab`` at the recorded version (and every later
+one: the vocabulary is append-only), so ``item_index`` joins the vocabulary to get item ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from training.config import EncoderConfig
+from training.model import PLAIN_WEIGHT, TABLE_WEIGHT, RetrievalModel
+
+FORMAT = 1
+METADATA_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+EMBEDDINGS_FILE = "item_embeddings.parquet"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What model.json records."""
+
+    encoder: EncoderConfig
+    num_items: int
+    feature_versions: dict[str, int] = field(default_factory=dict)
+
+
+def plain_weights(sharded_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full (gathered) ShardedRetrievalModel state dict renamed for RetrievalModel."""
+    return {PLAIN_WEIGHT if key == TABLE_WEIGHT else key: value for key, value in sharded_state.items()}
+
+
+def sharded_weights(plain_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A RetrievalModel state dict renamed for ShardedRetrievalModel (the inverse of plain_weights)."""
+    return {TABLE_WEIGHT if key == PLAIN_WEIGHT else key: value for key, value in plain_state.items()}
+
+
+def save_model(directory: Path, info: ModelInfo, weights: dict[str, torch.Tensor]) -> Path:
+    """Write the model directory from RetrievalModel ``weights``; returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": FORMAT,
+        "encoder": info.encoder.model_dump(),
+        "num_items": info.num_items,
+        "feature_versions": info.feature_versions,
+    }
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    torch.save(weights, directory / WEIGHTS_FILE)
+    table = torch.nn.functional.normalize(weights[PLAIN_WEIGHT].float(), dim=-1)[1:].numpy()
+    dim = table.shape[1]
+    embeddings = pa.FixedSizeListArray.from_arrays(pa.array(table.reshape(-1), pa.float32()), dim)
+    pq.write_table(
+        pa.table({"item_index": pa.array(np.arange(1, len(table) + 1), pa.int64()), "embedding": embeddings}),
+        directory / EMBEDDINGS_FILE,
+    )
+    return directory
+
+
+def read_info(directory: Path) -> ModelInfo:
+    """The metadata of a model directory."""
+    metadata = json.loads((directory / METADATA_FILE).read_text())
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{directory} holds model format {metadata.get('format')}, this code reads {FORMAT}")
+    return ModelInfo(
+        encoder=EncoderConfig(**metadata["encoder"]),
+        num_items=int(metadata["num_items"]),
+        feature_versions={key: int(value) for key, value in metadata["feature_versions"].items()},
+    )
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The RetrievalModel state dict of a model directory (on CPU)."""
+    return torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+
+
+def load_model(directory: Path | str) -> tuple[RetrievalModel, ModelInfo]:
+    """The plain model of a model directory, in eval mode, and its metadata."""
+    directory = Path(directory)
+    info = read_info(directory)
+    model = RetrievalModel(info.encoder, info.num_items)
+    model.load_state_dict(read_weights(directory))
+    return model.eval(), info

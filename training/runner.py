@@ -1,0 +1,310 @@
+"""The driver of a training run: Ray Train, then test evaluation, MLflow artifacts and registry.
+
+``train`` pins the feature table versions, opens an MLflow run, writes the run's job to
+its Ray Train storage folder (so ``--resume NAME`` repeats exactly the same job), and runs
+``training.worker.train_worker`` on ``workers`` Ray Train workers. Ray Train restores the
+latest checkpoint after a worker failure (FailureConfig) and when a run with the same
+name is started again (``--resume``). Afterwards the driver takes the checkpoint with the
+best validation metric, evaluates it on the test split, logs the model directory, a
+training-curve PNG and the metrics, and registers a new version of the retrieval model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from features.reader import FeatureVersions, latest_versions, load_examples
+from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
+from infra.settings import Settings
+from training import tracking
+from training.config import TrainConfig
+from training.evaluation import model_scorer, popularity_scorer, split_ranks
+from training.metrics import prefixed, ranking_metrics
+from training.model_io import load_model, read_info, read_weights
+from training.worker import MODEL_DIR, TRAIN_STATE_FILE, TrainJob, train_worker
+
+JOB_FILE = "streamrec_job.json"
+Log = Callable[[str], None]
+
+
+class TrainingError(RuntimeError):
+    """A run could not start or did not finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a finished run produced."""
+
+    run_name: str
+    run_id: str
+    model_version: str
+    best_epoch: int
+    metrics: dict[str, float]  # best_val_* and test_*
+    history: list[dict[str, float]]
+
+
+def train(
+    settings: Settings,
+    config: TrainConfig,
+    *,
+    workers: int | None = None,
+    resume: str | None = None,
+    warm_start: str | None = None,
+    log: Log = print,
+) -> TrainOutcome:
+    """Train ``config`` on Ray (or resume the run named ``resume``) and register the model."""
+    import ray
+
+    storage = settings.train_storage or str(settings.checkpoint_dir)
+    workers = workers or settings.train_workers
+    if resume:
+        job_record = _read_job(storage, resume)
+        config = TrainConfig.model_validate(job_record["config"])
+        versions = FeatureVersions(**job_record["versions"])
+        run_name, run_id, warm_start = resume, job_record["run_id"], job_record["warm_start"]
+        log(f"resuming run {run_name} (MLflow run {run_id})")
+    else:
+        versions = latest_versions(settings)
+        run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = tracking.start_run(
+            settings,
+            run_name,
+            params=_params(config, versions, workers, warm_start),
+            tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
+        )
+        _write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": asdict(versions),
+                                       "run_id": run_id, "warm_start": warm_start})  # fmt: skip
+    log(f"run {run_name}: {config.encoder.kind}, {workers} worker(s), features {versions.as_dict()}")
+
+    _connect(settings)
+    _check_resources(settings, workers)
+    job = TrainJob(
+        settings=settings,
+        config=config,
+        versions=versions,
+        run_id=run_id,
+        use_gpu=settings.train_use_gpu,
+        warm_start=ray.put(_warm_start_state(settings, warm_start, log)) if warm_start else None,
+        fault_marker=str(settings.home / "train-faults" / run_name) if config.fail_once_after_epoch else None,
+    )
+    try:
+        result = _trainer(settings, job, workers, storage, run_name).fit()
+    except ray.train.TrainingFailedError as error:
+        tracking.client(settings).set_terminated(run_id, "FAILED")
+        raise TrainingError(f"run {run_name} failed: {error}\ncontinue it with `streamrec train --resume {run_name}`") from error
+    return _finish(settings, config, versions, run_name, run_id, result, log)
+
+
+def _params(config: TrainConfig, versions: FeatureVersions, workers: int, warm_start: str | None) -> dict[str, str]:
+    params = config.flat_params()
+    params.update({f"version.{table}": str(version) for table, version in versions.as_dict().items()})
+    params.update(workers=str(workers), warm_start=warm_start or "")
+    return params
+
+
+def _connect(settings: Settings) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, logging_level=logging.WARNING)
+
+
+def _check_resources(settings: Settings, workers: int) -> None:
+    """Fail at once, with the remedy, when the cluster can never hold the worker group."""
+    import ray
+
+    offered = ray.cluster_resources()
+    cpus = workers * settings.train_cpus_per_worker
+    if offered.get("CPU", 0.0) < cpus:
+        raise TrainingError(
+            f"{workers} worker(s) x {settings.train_cpus_per_worker} CPU need {cpus:g} CPUs but the Ray cluster at "
+            f"{settings.ray_address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
+            "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
+        )
+    if settings.train_use_gpu and offered.get("GPU", 0.0) < workers:
+        raise TrainingError(f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}")
+
+
+def _trainer(settings: Settings, job: TrainJob, workers: int, storage: str, run_name: str) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources: dict[str, float] = {"CPU": settings.train_cpus_per_worker}
+    if settings.train_use_gpu:
+        resources["GPU"] = 1.0
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if settings.train_use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            # Worker failures restart from the last checkpoint; a worker group that cannot
+            # start (no resources in time) fails the run instead of retrying forever.
+            failure_config=FailureConfig(max_failures=settings.train_max_failures, controller_failure_limit=0),
+            # The best checkpoint by the selection metric and the latest (for resuming) are kept.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=f"val_{job.config.selection_metric}",
+                checkpoint_score_order="max",
+            ),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def _warm_start_state(settings: Settings, version: str, log: Log) -> tuple[Any, dict[str, Any]]:
+    """(ModelInfo, weights) of a registered model version, for the workers to start from."""
+    directory = tracking.download_version(settings, version)
+    info = read_info(directory)
+    log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
+    return info, read_weights(directory)
+
+
+def _finish(
+    settings: Settings,
+    config: TrainConfig,
+    versions: FeatureVersions,
+    run_name: str,
+    run_id: str,
+    result: Any,
+    log: Log,
+) -> TrainOutcome:
+    selection = f"val_{config.selection_metric}"
+    best = result.get_best_checkpoint(selection, "max")
+    if best is None or result.checkpoint is None:
+        raise TrainingError(f"run {run_name} reported no checkpoint")
+    output = Path(tempfile.mkdtemp(prefix="streamrec-run-"))
+    with best.as_directory() as directory:
+        shutil.copytree(Path(directory) / MODEL_DIR, output / MODEL_DIR)
+    with result.checkpoint.as_directory() as directory:
+        progress = _read_progress(Path(directory) / TRAIN_STATE_FILE)
+    best_epoch = int(progress["best_epoch"])
+    history = progress["history"]
+    best_val = {f"best_{key}": value for key, value in history[best_epoch - 1].items() if key.startswith("val_")}
+
+    log(f"evaluating the best epoch ({best_epoch}) on the test split")
+    model, _ = load_model(output / MODEL_DIR)
+    test = load_examples(settings, "test", versions, max_len=config.encoder.max_len)
+    test_ranks = split_ranks(
+        model_scorer(model, test.num_items),
+        test,
+        batch_size=config.eval_batch_size,
+        sampled=config.sampled_eval,
+        negatives=config.eval_negatives,
+        seed=config.seed,
+    )
+    metrics = {**best_val, **prefixed(ranking_metrics(test_ranks, config.eval_ks), "test")}
+    tracking.log_metrics(settings, run_id, {**metrics, "best_epoch": float(best_epoch)}, step=best_epoch)
+
+    plot_curves(history, config.selection_metric, output / "training_curve.png")
+    (output / "metrics.json").write_text(json.dumps({"best_epoch": best_epoch, "metrics": metrics, "history": history}, indent=2))
+    tracking.log_artifacts(settings, run_id, output)
+    version = tracking.register(
+        settings, run_id, MODEL_DIR, tags={"model": config.encoder.kind, "run_name": run_name, "best_epoch": str(best_epoch)}
+    )
+    tracking.set_tags(settings, run_id, {"registered_version": version})
+    tracking.client(settings).set_terminated(run_id, "FINISHED")
+    shutil.rmtree(output, ignore_errors=True)
+    log(f"registered {settings.registered_model} version {version}")
+    return TrainOutcome(run_name, run_id, version, best_epoch, metrics, history)
+
+
+def _read_progress(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["progress"]
+
+
+def plot_curves(history: list[dict[str, float]], selection_metric: str, path: Path) -> Path:
+    """A PNG of the train loss and the validation HR@10 / selection metric per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(row["epoch"]) for row in history]
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o")
+    loss_axis.set(title="train loss", xlabel="epoch")
+    for key in dict.fromkeys(["val_hr_10", f"val_{selection_metric}"]):
+        if key in history[0]:
+            metric_axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
+    metric_axis.set(title="validation", xlabel="epoch")
+    metric_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _write_job(storage: str, run_name: str, record: dict[str, Any]) -> None:
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    filesystem.create_dir(f"{root}/{run_name}", recursive=True)
+    with filesystem.open_output_stream(f"{root}/{run_name}/{JOB_FILE}") as stream:
+        stream.write(json.dumps(record, indent=2).encode())
+
+
+def _read_job(storage: str, run_name: str) -> dict[str, Any]:
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    path = f"{root}/{run_name}/{JOB_FILE}"
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        raise TrainingError(f"no run named {run_name!r} under {storage} (missing {JOB_FILE})")
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())
+
+
+def train_popularity(settings: Settings, config: TrainConfig, log: Log = print) -> dict[str, float]:
+    """The popularity baseline as an MLflow run (val and test metrics; nothing to register)."""
+    versions = latest_versions(settings)
+    run_id = tracking.start_run(
+        settings,
+        f"popularity-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        params={"model": "popularity", **{f"version.{t}": str(v) for t, v in versions.as_dict().items()}},
+        tags={"model": "popularity"},
+    )
+    train_split = load_examples(settings, "train", versions, max_len=config.encoder.max_len)
+    metrics: dict[str, float] = {}
+    for split, name in (("validation", "val"), ("test", "test")):
+        examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)
+        scorer = popularity_scorer(train_split, examples.num_items)
+        ranks = split_ranks(scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed)
+        metrics.update(prefixed(ranking_metrics(ranks, config.eval_ks), name))
+    tracking.log_metrics(settings, run_id, metrics, step=0)
+    tracking.client(settings).set_terminated(run_id, "FINISHED")
+    log(f"popularity baseline logged as MLflow run {run_id}")
+    return metrics
+
+
+def evaluate_version(
+    settings: Settings, version: str, split: str = "test", *, latest_features: bool = False, sampled: bool = False
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Metrics of a registered model version on ``split`` and the feature versions read.
+
+    By default the split is read at the feature versions the model was trained on; with
+    ``latest_features`` at the newest ones (items the model has never seen then rank last).
+    """
+    directory = tracking.download_version(settings, version)
+    model, info = load_model(directory)
+    versions = latest_versions(settings) if latest_features else _feature_versions(info.feature_versions)
+    examples = load_examples(settings, split, versions, max_len=info.encoder.max_len)
+    ranks = split_ranks(model_scorer(model, examples.num_items), examples, sampled=sampled)
+    name = "val" if split == "validation" else split
+    return prefixed(ranking_metrics(ranks), name), versions.as_dict()
+
+
+def _feature_versions(recorded: dict[str, int]) -> FeatureVersions:
+    """FeatureVersions from the {table: version} form a model directory records."""
+    return FeatureVersions(item_vocab=recorded[ITEM_VOCAB_TABLE], user_sequences=recorded[USER_SEQUENCES_TABLE])
