@@ -79,9 +79,10 @@ KAFKA_RECORD_SCHEMA = pa.schema(
     [
         pa.field("key", pa.binary(), nullable=True),
         pa.field("value", pa.binary(), nullable=True),
-        pa.field("partition", pa.int32(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=True),
+        pa.field("offset", pa.int64(), nullable=True),
         pa.field("timestamp", _UTC_MICROS, nullable=True),
     ]
 )
-"""Raw Kafka records, as the ``kafka`` Spark source yields them and validation reads them."""
+"""Raw Kafka records, as the Kafka Spark source yields them and validation reads them
+(all fields nullable, as Spark hands them over)."""

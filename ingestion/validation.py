@@ -69,9 +69,11 @@ def validate_records(
 ) -> Validated:
     """Split raw Kafka records (columns key, value, partition, offset) into bronze and quarantine rows.
 
-    ``ingested_at`` (default now) stamps both outputs and is the clock far-future
-    timestamps are judged by. ``fast=False`` parses every record with the per-record
-    parser (the reference the fast path is tested against).
+    ``ingested_at`` (default now) stamps both outputs. A ts is "in the future" when it lies
+    beyond a record's Kafka timestamp (column ``timestamp``; ``ingested_at`` for records
+    without one) by more than the tolerance, so validating the same records again gives
+    the same answer. ``fast=False`` parses every record with the per-record parser (the
+    reference the fast path is tested against).
     """
     if isinstance(records, pa.RecordBatch):
         records = pa.Table.from_batches([records])
@@ -94,7 +96,8 @@ def validate_records(
 
     events, event_rows = _parse(texts, rows, reasons, fast)
     good = np.ones(len(event_rows), dtype=bool)
-    for position, reason in _rule_reasons(events, ingested_at, limits.future_tolerance_ms).items():
+    clock = _reference_ms(records, ingested_at).take(pa.array(event_rows, pa.int64()))
+    for position, reason in _rule_reasons(events, clock, limits.future_tolerance_ms).items():
         reasons[int(event_rows[position])] = reason
         good[position] = False
 
@@ -307,10 +310,23 @@ def _show(value: object) -> str:
 # --- rules on typed events ------------------------------------------------------------
 
 
-def _rule_reasons(events: pa.Table, ingested_at: datetime, future_tolerance_ms: int) -> dict[int, str]:
-    """{position: reason of the first rule the event breaks} for the events that break one."""
-    now_ms = int(ingested_at.timestamp() * 1000)
-    tolerance = f"{future_tolerance_ms / 1000:g} s after the ingestion time {ingested_at.isoformat(timespec='milliseconds')}"
+def _reference_ms(records: pa.Table, ingested_at: datetime) -> pa.Array:
+    """Per record the clock (epoch ms) its ts is judged by: its Kafka timestamp, else ingested_at."""
+    fallback = pa.scalar(int(ingested_at.timestamp() * 1000), pa.int64())
+    if "timestamp" not in records.column_names:
+        return pa.repeat(fallback, records.num_rows)
+    kafka_ms = pc.cast(pc.cast(records["timestamp"], pa.timestamp("ms", tz="UTC")), pa.int64())
+    known = pc.and_(pc.is_valid(kafka_ms), pc.greater(pc.fill_null(kafka_ms, 0), 0))
+    return _arrays([pc.if_else(known, kafka_ms, fallback)])[0]
+
+
+def _rule_reasons(events: pa.Table, clock_ms: pa.Array, future_tolerance_ms: int) -> dict[int, str]:
+    """{position: reason of the first rule the event breaks} for the events that break one.
+
+    ``clock_ms`` holds per event the time (epoch ms) far-future timestamps are judged by.
+    """
+    tolerance = f"{future_tolerance_ms / 1000:g} s after its Kafka timestamp "
+    events = events.append_column("clock_ms", clock_ms)
     rules: list[tuple[Callable[[pa.Table], pa.Array], Callable[[pa.Table], pa.Array | str]]] = []
     for name in REQUIRED_FIELDS:
         rules.append((lambda t, n=name: t[n].is_null(), f"required field '{name}' is null"))
@@ -321,8 +337,9 @@ def _rule_reasons(events: pa.Table, ingested_at: datetime, future_tolerance_ms: 
          lambda t: _join("action '", pc.utf8_slice_codeunits(t["action"], 0, _MAX_SHOWN), f"' is not one of {', '.join(ACTIONS)}")),
         (lambda t: pc.less(t["ts"], 0),
          lambda t: _join("ts ", pc.cast(t["ts"], pa.string()), " is negative (epoch milliseconds must be >= 0)")),
-        (lambda t: pc.greater(t["ts"], now_ms + future_tolerance_ms),
-         lambda t: _join("ts ", pc.cast(t["ts"], pa.string()), f" is more than {tolerance} (ingest_future_tolerance_s)")),
+        (lambda t: pc.greater(t["ts"], pc.add(t["clock_ms"], future_tolerance_ms)),
+         lambda t: _join("ts ", pc.cast(t["ts"], pa.string()), f" is more than {tolerance}",
+                         _iso_ms(t["clock_ms"]), " (ingest_future_tolerance_s)")),
         (lambda t: pc.less(t["dwell_ms"], 0),
          lambda t: _join("dwell_ms ", pc.cast(t["dwell_ms"], pa.string()), " is negative")),
     ]  # fmt: skip
@@ -340,6 +357,11 @@ def _rule_reasons(events: pa.Table, ingested_at: datetime, future_tolerance_ms: 
     names = [f"rule{index}" for index in range(len(rules))]
     reasons = pc.case_when(pa.StructArray.from_arrays(conditions, names), *messages).to_pylist()
     return dict(zip(positions.tolist(), reasons))
+
+
+def _iso_ms(epoch_ms: pa.Array | pa.ChunkedArray) -> pa.Array:
+    as_time = pc.cast(pc.cast(epoch_ms, pa.timestamp("ms", tz="UTC")), pa.timestamp("ms"))
+    return pc.strftime(as_time, format="%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mask(condition: pa.Array | pa.ChunkedArray) -> np.ndarray:

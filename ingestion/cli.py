@@ -1,0 +1,111 @@
+"""`streamrec produce ...` and `streamrec ingest`: the ingestion commands of the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Rate = Annotated[float, typer.Option(help="Events per second; 0 sends as fast as possible.", min=0)]
+BadFraction = Annotated[
+    float, typer.Option(help="Share of records replaced by malformed ones (every kind takes turns).", min=0, max=1)
+]
+
+
+def _settings():  # -> infra.settings.Settings
+    from infra.settings import get_settings
+
+    try:
+        return get_settings()
+    except Exception as error:  # pydantic and YAML errors: show them, not a traceback
+        typer.echo(f"invalid settings: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
+def _finish(summary) -> None:  # summary: ingestion.producer.ProduceSummary
+    print(summary.to_json())
+    if summary.failed:
+        typer.echo(f"{summary.failed} records were not acknowledged by the broker", err=True)
+        raise typer.Exit(1)
+
+
+def produce_synthetic(
+    users: Annotated[int, typer.Option(help="Number of users.", min=1)] = 1_000,
+    items: Annotated[int, typer.Option(help="Number of items.", min=1)] = 5_000,
+    events: Annotated[int, typer.Option(help="Number of records to send.", min=0)] = 100_000,
+    clusters: Annotated[int, typer.Option(help="Latent interest clusters.", min=1)] = 50,
+    span_days: Annotated[float, typer.Option(help="Days of simulated time the events cover.", min=0.001)] = 28.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    rate: Rate = 0.0,
+    bad_fraction: BadFraction = 0.0,
+) -> None:
+    """Send synthetic user actions (Zipf items, drifting interests, sessions) to the topic."""
+    from ingestion.producer import produce, with_bad_records
+    from ingestion.synthetic import SyntheticConfig, generate_events
+
+    settings = _settings()
+    config = SyntheticConfig(
+        users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed
+    )
+    records = with_bad_records(generate_events(config), bad_fraction, settings, seed)
+    _finish(produce(records, settings, rate=rate or None, total=events, description="synthetic"))
+
+
+def produce_replay(
+    path: Annotated[Path, typer.Argument(help="Dataset file.", exists=True, dir_okay=False)],
+    fmt: Annotated[str, typer.Option("--format", help="sasrec, movielens or csv.")] = "csv",
+    ts_unit: Annotated[str, typer.Option(help="Unit of csv timestamps: ms or s.")] = "ms",
+    id_prefix: Annotated[Optional[str], typer.Option(help="event_id prefix; default <format>-<file stem>.")] = None,
+    rate: Rate = 0.0,
+    bad_fraction: BadFraction = 0.0,
+) -> None:
+    """Replay a real interaction dataset in time order."""
+    from ingestion.producer import produce, with_bad_records
+    from ingestion.replay import FORMATS, read_replay, replay_events
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
+    if ts_unit not in ("ms", "s"):
+        raise typer.BadParameter("choose ms or s", param_hint="--ts-unit")
+    settings = _settings()
+    try:
+        frame = read_replay(path, fmt, ts_unit=ts_unit, id_prefix=id_prefix)  # type: ignore[arg-type]
+    except (ValueError, KeyError) as error:
+        typer.echo(f"cannot read {path} as {fmt}: {error}", err=True)
+        raise typer.Exit(2) from error
+    records = with_bad_records(replay_events(frame), bad_fraction, settings)
+    _finish(produce(records, settings, rate=rate or None, total=len(frame), description=f"replay {path.name}"))
+
+
+def ingest(
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once everything on the topic now is in bronze and silver.")
+    ] = False,
+    for_seconds: Annotated[
+        Optional[float], typer.Option("--for", help="Stop after this many seconds.", min=0)
+    ] = None,
+) -> None:
+    """Stream the topic into bronze/quarantine and keep silver caught up (exactly once, crash-safe)."""
+    from rich.console import Console
+
+    from ingestion.stream import IngestError, run_ingest
+
+    if until_idle and for_seconds is not None:
+        raise typer.BadParameter("use either --until-idle or --for", param_hint="--for")
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=console.print)
+    except IngestError as error:
+        console.print(f"[red]ingest failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    print(stats.to_json())
+
+
+def register(app: typer.Typer) -> None:
+    """Add `produce synthetic`, `produce replay` and `ingest` to the streamrec CLI."""
+    produce_app = typer.Typer(help="Send user-action events to Kafka.", no_args_is_help=True)
+    produce_app.command("synthetic")(produce_synthetic)
+    produce_app.command("replay")(produce_replay)
+    app.add_typer(produce_app, name="produce")
+    app.command("ingest")(ingest)

@@ -1,0 +1,145 @@
+"""Idempotent Delta writes of ingest micro-batches, and the incremental silver table.
+
+Every append commits its rows together with a Delta *app transaction* ``(app_id, version)``;
+an append whose version the table already records is skipped. The ingest stream uses one
+app id per stream (derived from the Spark query id kept in its checkpoint) and the
+micro-batch id as version, so a batch replayed after a crash is written at most once to
+bronze and to quarantine, whichever of the two writes it had reached.
+
+Silver is derived from bronze alone: its app transaction records the bronze version it
+has caught up with. Catching up reads the rows of the bronze files added since that
+version, keeps the earliest Kafka record of each event_id (by ingestion time, partition,
+offset), drops event_ids silver already holds, sorts the rest by ``EVENT_ORDER`` and
+appends them in one commit that also records the new bronze version. Silver is never
+rewritten: its rows only grow, so readers can follow it incrementally too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA
+
+PARTITION_BY = ["event_date"]
+SILVER_APP_ID = "streamrec-silver"
+_FIRST_RECORD_ORDER = [("ingested_at", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+
+
+def committed_version(uri: str, app_id: str) -> int | None:
+    """The last version ``app_id`` committed to the Delta table at ``uri`` (None: none yet)."""
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    return DeltaTable(uri).transaction_version(app_id)
+
+
+def append_once(uri: str, table: pa.Table, app_id: str, version: int, partition_by: list[str] | None = None) -> bool:
+    """Append ``table`` and record ``(app_id, version)`` in one commit, unless already recorded.
+
+    Returns whether it wrote. Empty tables are committed too, so the version is recorded.
+    """
+    done = committed_version(uri, app_id)
+    if done is not None and done >= version:
+        return False
+    write_deltalake(
+        uri,
+        table,
+        mode="append",
+        partition_by=partition_by,
+        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class SilverUpdate:
+    """What one catch-up did: bronze rows read, silver rows added, versions reached."""
+
+    bronze_version: int | None
+    silver_version: int | None
+    rows_read: int = 0
+    rows_added: int = 0
+
+
+class SilverMaintainer:
+    """Keeps ``silver/events`` = ``bronze/events`` deduplicated by event_id, incrementally.
+
+    The event_ids silver holds are cached between catch-ups (and reloaded when silver
+    changed behind our back), so a catch-up costs time in the size of the new bronze rows
+    plus one hash probe over the cached ids.
+    """
+
+    def __init__(self, bronze_uri: str, silver_uri: str) -> None:
+        self.bronze_uri = bronze_uri
+        self.silver_uri = silver_uri
+        self._ids: list[pa.Array] = []
+        self._ids_version: int | None = None
+
+    def caught_up(self) -> bool:
+        """Whether silver has every bronze version."""
+        if not DeltaTable.is_deltatable(self.bronze_uri):
+            return True
+        done = committed_version(self.silver_uri, SILVER_APP_ID)
+        return done is not None and done >= DeltaTable(self.bronze_uri).version()
+
+    def catch_up(self) -> SilverUpdate:
+        """Append to silver what bronze gained since the version silver records."""
+        if not DeltaTable.is_deltatable(self.bronze_uri):
+            return SilverUpdate(None, None)
+        bronze = DeltaTable(self.bronze_uri)
+        bronze_version = bronze.version()
+        done = committed_version(self.silver_uri, SILVER_APP_ID)
+        if done is not None and done >= bronze_version:
+            return SilverUpdate(bronze_version, DeltaTable(self.silver_uri).version())
+        read = _rows_added(self.bronze_uri, bronze, done)
+        fresh = _earliest_per_event(read)
+        fresh = fresh.filter(pc.invert(pc.is_in(fresh["event_id"], value_set=self._known_ids(fresh["event_id"]))))
+        fresh = fresh.sort_by([(name, "ascending") for name in EVENT_ORDER]).cast(SILVER_SCHEMA)
+        before = DeltaTable(self.silver_uri).version() if DeltaTable.is_deltatable(self.silver_uri) else None
+        append_once(self.silver_uri, fresh, SILVER_APP_ID, bronze_version, PARTITION_BY)
+        after = DeltaTable(self.silver_uri).version()
+        if self._ids_version == before and after == (before + 1 if before is not None else 0):
+            self._ids.append(fresh["event_id"].combine_chunks())
+            if len(self._ids) > 64:
+                self._ids = [pa.concat_arrays(self._ids)]
+            self._ids_version = after
+        return SilverUpdate(bronze_version, after, rows_read=read.num_rows, rows_added=fresh.num_rows)
+
+    def _known_ids(self, candidates: pa.ChunkedArray) -> pa.Array:
+        """The ``candidates`` silver already holds (probes the cached silver ids)."""
+        version = DeltaTable(self.silver_uri).version() if DeltaTable.is_deltatable(self.silver_uri) else None
+        if version != self._ids_version:
+            self._ids = [] if version is None else [_read_ids(self.silver_uri, version)]
+            self._ids_version = version
+        wanted = pc.unique(candidates.combine_chunks() if isinstance(candidates, pa.ChunkedArray) else candidates)
+        found = [ids.filter(pc.is_in(ids, value_set=wanted)) for ids in self._ids if len(ids)]
+        return pa.concat_arrays(found) if found else pa.array([], pa.string())
+
+
+def _read_ids(uri: str, version: int) -> pa.Array:
+    ids = DeltaTable(uri, version=version).to_pyarrow_dataset().to_table(columns=["event_id"])["event_id"]
+    return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+
+
+def _rows_added(uri: str, table: DeltaTable, since: int | None) -> pa.Table:
+    """Rows of the files ``table`` holds that the table at version ``since`` did not."""
+    dataset = table.to_pyarrow_dataset()
+    old = set() if since is None else {f.path for f in DeltaTable(uri, version=since).to_pyarrow_dataset().get_fragments()}
+    fragments = [fragment for fragment in dataset.get_fragments() if fragment.path not in old]
+    subset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem)
+    return subset.to_table(columns=SILVER_SCHEMA.names)
+
+
+def _earliest_per_event(rows: pa.Table) -> pa.Table:
+    """One row per event_id: the earliest Kafka record (ingestion time, partition, offset)."""
+    if rows.num_rows == 0:
+        return rows
+    rows = rows.sort_by(_FIRST_RECORD_ORDER)
+    rows = rows.append_column("_row", pa.array(np.arange(rows.num_rows)))
+    first = rows.group_by("event_id", use_threads=False).aggregate([("_row", "min")])["_row_min"]
+    return rows.take(first).drop_columns(["_row"])

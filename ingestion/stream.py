@@ -1,0 +1,181 @@
+"""`streamrec ingest`: Kafka -> Spark Structured Streaming -> bronze and quarantine -> silver.
+
+Each micro-batch (``foreachBatch``) is collected as Arrow, validated in bulk, and appended
+to ``bronze/events`` (valid events, partitioned by event_date) and ``quarantine/events``
+(invalid records with a reason), each append recording the micro-batch id as a Delta app
+transaction of this stream. Then silver catches up with bronze. Spark writes the batch's
+offsets to the checkpoint before the batch and its commit after it, so after a crash the
+batch is replayed with the same records, and the app transactions make the replay write
+only what the crash prevented. See docs/ingestion.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.settings import Settings
+from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, append_once
+from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
+from ingestion.validation import ValidationLimits, validate_records
+
+
+class IngestError(RuntimeError):
+    """The ingest stream cannot start or failed."""
+
+
+@dataclass
+class IngestStats:
+    """Totals of one `streamrec ingest` run."""
+
+    batches: int = 0
+    records: int = 0
+    valid: int = 0
+    invalid: int = 0
+    silver_added: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        """One line of JSON, with the average rate."""
+        rate = self.records / self.seconds if self.seconds else 0.0
+        return json.dumps({**asdict(self), "records_per_s": round(rate, 1)}, separators=(",", ":"))
+
+
+def checkpoint_path(settings: Settings) -> Path:
+    """Where the ingest stream of ``settings.topic`` keeps its Spark checkpoint."""
+    return settings.checkpoint_dir / f"ingest-{settings.topic}"
+
+
+class BatchWriter:
+    """The ``foreachBatch`` function: validate, append once to bronze and quarantine, catch silver up."""
+
+    def __init__(self, settings: Settings, checkpoint: Path, report: Callable[[str], None]) -> None:
+        self.limits = ValidationLimits.from_settings(settings)
+        self.bronze_uri = settings.table_uri(BRONZE_TABLE)
+        self.quarantine_uri = settings.table_uri(QUARANTINE_TABLE)
+        self.silver = SilverMaintainer(self.bronze_uri, settings.table_uri(SILVER_TABLE))
+        self.checkpoint = checkpoint
+        self.report = report
+        self.stats = IngestStats()
+        self._app_id: str | None = None
+        self._started = time.monotonic()
+
+    @property
+    def app_id(self) -> str:
+        """App-transaction id of this stream: one per checkpoint (Spark's query id lives there)."""
+        if self._app_id is None:
+            query_id = json.loads((self.checkpoint / "metadata").read_text())["id"]
+            self._app_id = f"streamrec-ingest-{query_id}"
+        return self._app_id
+
+    def __call__(self, batch: Any, batch_id: int) -> None:
+        clock = [time.monotonic()]
+
+        def lap() -> float:
+            clock.append(time.monotonic())
+            return clock[-1] - clock[-2]
+
+        records = batch.toArrow()
+        read_s = lap()
+        result = validate_records(records, self.limits)
+        validate_s = lap()
+        if result.valid.num_rows:
+            append_once(self.bronze_uri, result.valid, self.app_id, batch_id, PARTITION_BY)
+        if result.invalid.num_rows:
+            append_once(self.quarantine_uri, result.invalid, self.app_id, batch_id)
+        write_s = lap()
+        silver = self.silver.catch_up()
+        silver_s = lap()
+        seconds = clock[-1] - clock[0]
+        stats = self.stats
+        stats.batches += 1
+        stats.records += records.num_rows
+        stats.valid += result.valid.num_rows
+        stats.invalid += result.invalid.num_rows
+        stats.silver_added += silver.rows_added
+        stats.seconds = round(time.monotonic() - self._started, 3)
+        self.report(
+            f"batch {batch_id}: {records.num_rows:,} records in {seconds:.1f} s "
+            f"({records.num_rows / max(seconds, 1e-9):,.0f}/s): bronze +{result.valid.num_rows:,}, "
+            f"quarantine +{result.invalid.num_rows:,}, silver +{silver.rows_added:,} "
+            f"(read {read_s:.1f} s, validate {validate_s:.1f} s, write {write_s:.1f} s, silver {silver_s:.1f} s) "
+            f"| total {stats.records:,} records, {stats.records / max(stats.seconds, 1e-9):,.0f}/s"
+        )
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (released by the OS even on kill -9)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise IngestError(f"another `streamrec ingest` is running on {lock_file.with_suffix('')}") from error
+        yield
+
+
+def run_ingest(
+    settings: Settings,
+    *,
+    until_idle: bool = False,
+    duration_s: float | None = None,
+    report: Callable[[str], None] = print,
+) -> IngestStats:
+    """Run the ingest stream until idle (everything at the high watermarks is in bronze
+    and silver), for ``duration_s`` seconds, or until interrupted."""
+    from infra.spark import spark_session
+    from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
+
+    # Spark's Python workers must run this interpreter (it has pyarrow and kafka-python).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    checkpoint = checkpoint_path(settings)
+    with _exclusive(checkpoint.with_name(checkpoint.name + ".lock")):
+        spark = spark_session(settings, "streamrec-ingest")
+        spark.sparkContext.setLogLevel("ERROR")
+        spark.dataSource.register(KafkaDataSource)
+        writer = BatchWriter(settings, checkpoint, report)
+        stream = (
+            spark.readStream.format(SOURCE_NAME)
+            .option("bootstrap", settings.kafka_bootstrap)
+            .option("topic", settings.topic)
+            .option("startingOffsets", settings.ingest_starting_offsets)
+            .option("maxRecordsPerTrigger", str(settings.ingest_max_records_per_trigger))
+            .load()
+            .writeStream.foreachBatch(writer)
+            .option("checkpointLocation", str(checkpoint))
+            .queryName("streamrec-ingest")
+        )
+        if until_idle:
+            stream = stream.trigger(availableNow=True)
+        else:
+            stream = stream.trigger(processingTime=f"{settings.ingest_trigger_interval_s} seconds")
+        query = stream.start()
+        try:
+            query.awaitTermination(duration_s) if duration_s is not None else query.awaitTermination()
+        except KeyboardInterrupt:
+            report("interrupted: stopping after the running micro-batch")
+        finally:
+            _stop_between_batches(query)
+        if query.exception() is not None:
+            raise IngestError(f"the ingest stream failed: {query.exception()}")
+        update = writer.silver.catch_up()
+        writer.stats.silver_added += update.rows_added
+    return writer.stats
+
+
+def _stop_between_batches(query: Any, patience_s: float = 120.0) -> None:
+    """Stop ``query`` once no micro-batch is running (a stop mid-batch is safe, only wasteful)."""
+    deadline = time.monotonic() + patience_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if query.isActive:
+        query.stop()
