@@ -23,14 +23,21 @@ class ProcessRecord:
 
     def alive(self) -> bool:
         """True while the recorded process (not a later one reusing its pid) runs."""
-        try:
-            with open(f"/proc/{self.pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().split(b"\0")
-        except OSError:
-            return False
-        if _is_zombie(self.pid):
-            return False
-        return bool(cmdline) and os.path.basename(self.command[0]).encode() in b" ".join(cmdline)
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                with open(f"/proc/{self.pid}/cmdline", "rb") as handle:
+                    cmdline = handle.read()
+            except OSError:
+                return False
+            if _is_zombie(self.pid):
+                return False
+            # Right after Popen returns the child may still be inside exec(), when the kernel
+            # reports an empty command line for a moment: read again instead of answering "dead".
+            if cmdline or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return os.path.basename(self.command[0]).encode() in cmdline.replace(b"\0", b" ")
 
 
 def _is_zombie(pid: int) -> bool:
