@@ -54,7 +54,7 @@ class SyntheticConfig:
     successors_per_item: int = 3
     switch_cluster: float = 0.08  # P(switching to another interest inside a session)
     off_interest: float = 0.12  # P(an off-interest item is shown)
-    span_days: float = 28.0  # session starts spread over this much time
+    span_days: float = 28.0  # session starts spread over this much time (none later)
     start_ms: int | None = None  # first session start; default: now - span_days - 1 day
     id_prefix: str = ""  # event_id prefix; default "s<seed>-<start_ms>"
     action_weights: dict[str, float] = field(
@@ -140,8 +140,7 @@ class _Generator:
         actions = config.action_weights
         self.positive_actions = list(actions)
         self.positive_cum = list(itertools.accumulate(actions.values()))
-        expected_sessions = max(1.0, config.events / config.mean_session_events)
-        self.mean_session_gap_ms = config.span_days * DAY_MS / expected_sessions
+        self.end_ms = self.start_ms + int(config.span_days * DAY_MS)  # no session starts later
 
     def user_interests(self, user: int) -> list[int]:
         rng, config = self.rng, self.config
@@ -205,18 +204,23 @@ class _Generator:
         rng, config = self.rng, self.config
         heap: list[tuple[int, int, int, int, str, int | None, str]] = []
         next_start = float(self.start_ms)
+        generated = 0  # events of the sessions started so far
         sequence = itertools.count()
         last_ts = self.start_ms - 1
         emitted = 0
         while emitted < config.events:
-            if not heap or next_start <= heap[0][0]:
+            if generated < config.events and (not heap or next_start <= heap[0][0]):
                 user = self.catalogue.user(rng)
                 start = max(int(next_start), self.busy_until.get(user, 0) + 1)
                 events = self.session(user, start)
                 self.busy_until[user] = events[-1][0]
                 for ts, item, action, dwell, surface in events:
                     heapq.heappush(heap, (ts, next(sequence), user, item, action, dwell, surface))
-                next_start += rng.expovariate(1.0 / self.mean_session_gap_ms)
+                generated += len(events)
+                # Poisson session starts, paced so the remaining sessions fill the remaining span.
+                sessions_left = max(1.0, (config.events - generated) / config.mean_session_events)
+                mean_gap = max(self.end_ms - next_start, 1.0) / sessions_left
+                next_start = min(next_start + rng.expovariate(1.0 / mean_gap), float(self.end_ms))
                 continue
             ts, _, user, item, action, dwell, surface = heapq.heappop(heap)
             last_ts = max(ts, last_ts + 1)  # strictly increasing across the stream

@@ -39,12 +39,14 @@ def test_same_config_same_events_and_other_seed_other_events() -> None:
     assert {e["event_id"] for e in other}.isdisjoint({e["event_id"] for e in _events(events=2_000)})
 
 
-def test_default_clock_ends_before_now() -> None:
+@pytest.mark.parametrize("span_days", [28.0, 2.0])
+def test_default_clock_ends_before_now(span_days: float) -> None:
+    """Session starts never pass the span, however few sessions there are (no future ts)."""
     import time
 
-    events = list(generate_events(SyntheticConfig(users=50, items=200, events=5_000, span_days=2)))
+    events = list(generate_events(SyntheticConfig(users=50, items=200, events=3_000, seed=3, span_days=span_days)))
     now = time.time() * 1000
-    assert now - 4 * 86_400_000 < events[0]["ts"] < events[-1]["ts"] < now
+    assert now - (span_days + 2) * 86_400_000 < events[0]["ts"] < events[-1]["ts"] < now - 12 * 3_600_000
 
 
 def _positive_sequences(events: list[dict]) -> dict[str, list[str]]:
