@@ -87,7 +87,7 @@ def start(component: Component) -> ComponentState:
                 f"stop whatever listens on it or choose another port in the settings"
             )
     component.prepare()
-    record = spawn(component.command(), component.log_file, component.pid_file)
+    record = spawn(component.command(), component.log_file, component.pid_file, component.environment())
     health = _wait_healthy(component, timeout_s, record.alive)
     if not health.ok:
         alive = record.alive()

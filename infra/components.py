@@ -60,6 +60,10 @@ class Component(ABC):
     def prepare(self) -> None:
         """Create directories the local process needs."""
 
+    def environment(self) -> dict[str, str]:
+        """Extra environment variables of the local process."""
+        return {}
+
     def after_healthy(self) -> str:
         """Work once the component answers (e.g. create the topic); returns a note or ''."""
         return ""
@@ -164,6 +168,11 @@ class MlflowServer(Component):
 
     def prepare(self) -> None:
         (self.data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        # MLflow 3 otherwise starts ~8 job-queue worker processes (~1.3 GiB) that streamrec
+        # never uses; on a 2-core machine they compete with Spark and Ray.
+        return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
     def command(self) -> list[str]:
         host, port = self.ports()[0]

@@ -71,6 +71,10 @@ def _live_processes_in_group(pgid: int) -> list[int]:
     return live
 
 
+def _group_command_lines(pgid: int) -> list[str]:
+    return [Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid in _live_processes_in_group(pgid)]
+
+
 def _round_trip_kafka(settings: Settings) -> None:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -150,6 +154,8 @@ def test_up_status_use_down(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stdout + again.stderr
         assert "already running" in again.stdout
         assert _pids(settings) == first_pids
+        # MLflow's job-queue workers are switched off: streamrec never uses them.
+        assert not any("huey" in line for line in _group_command_lines(first_pids["mlflow"]))
 
         _round_trip_kafka(settings)
         _round_trip_mlflow(settings)
