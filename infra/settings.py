@@ -59,10 +59,10 @@ class Settings(BaseSettings):
         65_536, ge=64, description="Kafka records whose value is larger than this are quarantined."
     )
     ingest_future_tolerance_s: float = Field(
-        3_600.0, ge=0, description="Events whose ts lies further ahead of the ingestion time are quarantined."
+        3_600.0, ge=0, description="Events whose ts lies this far beyond their Kafka record timestamp are quarantined."
     )
     ingest_max_records_per_trigger: int = Field(
-        500_000, ge=1, description="Most Kafka records one ingest micro-batch reads (maxRecordsPerTrigger)."
+        250_000, ge=1, description="Most Kafka records one ingest micro-batch reads (maxRecordsPerTrigger)."
     )
     ingest_trigger_interval_s: float = Field(
         1.0, ge=0, description="Micro-batch trigger interval of `streamrec ingest`, in seconds."

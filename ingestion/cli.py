@@ -87,15 +87,26 @@ def ingest(
     ] = None,
 ) -> None:
     """Stream the topic into bronze/quarantine and keep silver caught up (exactly once, crash-safe)."""
+    import time
+
     from rich.console import Console
 
-    from ingestion.stream import IngestError, run_ingest
+    from ingestion.stream import BatchReport, IngestError, run_ingest
 
     if until_idle and for_seconds is not None:
         raise typer.BadParameter("use either --until-idle or --for", param_hint="--for")
-    console = Console(stderr=True, soft_wrap=True)
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    started, total = time.monotonic(), [0]
+
+    def show(item: BatchReport | str) -> None:
+        if isinstance(item, BatchReport):
+            total[0] += item.records
+            rate = total[0] / (time.monotonic() - started)
+            item = f"{item} | total {total[0]:,} records, {rate:,.0f}/s since start"
+        console.print(item, markup=False)
+
     try:
-        stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=console.print)
+        stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=show)
     except IngestError as error:
         console.print(f"[red]ingest failed:[/red] {error}")
         raise typer.Exit(1) from error

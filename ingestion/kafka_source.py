@@ -15,6 +15,8 @@ Rows: ``key`` binary, ``value`` binary, ``partition`` int, ``offset`` bigint, ``
 * ``bootstrap`` (required), ``topic`` (required);
 * ``startingOffsets``: ``earliest`` (default) or ``latest``, for a stream without checkpoint;
 * ``maxRecordsPerTrigger``: most records per micro-batch, shared among partitions by lag;
+* ``minPartitions``: split large partition ranges so a micro-batch has about this many
+  Spark tasks (default 0: one task per Kafka partition);
 * ``pollTimeoutMs``: how long a read may wait for the broker without progress (default 60000).
 
 The stream's offset is ``{"<partition>": <next offset>}``; Spark keeps it in the query's
@@ -42,6 +44,7 @@ from ingestion.schema import KAFKA_RECORD_SCHEMA
 SPARK_SCHEMA = "key binary, value binary, partition int, offset bigint, timestamp timestamp"
 SOURCE_NAME = "kafka_python"
 _ROWS_PER_ARROW_BATCH = 20_000
+_MIN_SPLIT = 10_000  # records: smaller ranges are not split further
 _WATERMARK_WAIT_S = 5.0
 
 
@@ -91,6 +94,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         max_records = options.get("maxrecordspertrigger")
         self.max_records = int(max_records) if max_records else None
         self.poll_timeout_ms = int(options.get("polltimeoutms", "60000"))
+        self.min_partitions = int(options.get("minpartitions", "0"))
         self._consumer: Any = None
         self._target: dict[str, int] | None = None  # set by Trigger.AvailableNow
 
@@ -128,11 +132,18 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ends
 
     def partitions(self, start: dict[str, int], end: dict[str, int]) -> list[KafkaRange]:
-        return [
-            KafkaRange(self.bootstrap, self.topic, int(p), start.get(p, 0), stop, self.poll_timeout_ms)
-            for p, stop in sorted(end.items(), key=lambda item: int(item[0]))
-            if stop > start.get(p, 0)
-        ]
+        ranges = [(int(p), start.get(p, 0), stop) for p, stop in end.items() if stop > start.get(p, 0)]
+        total = sum(stop - first for _, first, stop in ranges)
+        out = []
+        for partition, first, stop in sorted(ranges):
+            # Split big ranges so a batch has about minPartitions tasks (all cores busy, balanced).
+            pieces = max(1, min(round(self.min_partitions * (stop - first) / total), (stop - first) // _MIN_SPLIT))
+            bounds = [first + (stop - first) * i // pieces for i in range(pieces + 1)]
+            out += [
+                KafkaRange(self.bootstrap, self.topic, partition, a, b, self.poll_timeout_ms)
+                for a, b in zip(bounds, bounds[1:])
+            ]
+        return out
 
     def commit(self, end: dict[str, int]) -> None:
         """Offsets live in Spark's checkpoint; nothing to tell Kafka."""
@@ -205,16 +216,17 @@ def high_watermarks(consumer: Any, topic: str) -> dict[str, int]:
 
 
 def _share_limit(start: dict[str, int], ends: dict[str, int], max_rows: int) -> dict[str, int]:
-    """Ends that keep a micro-batch within ``max_rows``, shared among partitions by their lag."""
+    """Ends that give a micro-batch exactly ``max_rows`` records (when more wait), shared
+    among partitions in proportion to their lag (largest remainders get the leftovers)."""
     lags = {p: end - start.get(p, 0) for p, end in ends.items()}
     total = sum(lags.values())
     if total <= max_rows:
         return ends
-    limited = {}
-    for p, end in ends.items():
-        share = lags[p] * max_rows // total
-        limited[p] = start.get(p, 0) + max(share, min(lags[p], 1))
-    return limited
+    shares = {p: lag * max_rows // total for p, lag in lags.items()}
+    leftover = max_rows - sum(shares.values())
+    for p in sorted(lags, key=lambda p: lags[p] * max_rows % total, reverse=True)[:leftover]:
+        shares[p] += 1
+    return {p: start.get(p, 0) + shares[p] for p in ends}
 
 
 def read_range(part: KafkaRange) -> Iterator[pa.RecordBatch]:

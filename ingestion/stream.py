@@ -17,13 +17,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings
-from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, append_once
+from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate, append_once
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
 
@@ -54,10 +55,48 @@ def checkpoint_path(settings: Settings) -> Path:
     return settings.checkpoint_dir / f"ingest-{settings.topic}"
 
 
-class BatchWriter:
-    """The ``foreachBatch`` function: validate, append once to bronze and quarantine, catch silver up."""
+@dataclass(frozen=True)
+class BatchReport:
+    """What one micro-batch did and how long each step took (monotonic clock).
 
-    def __init__(self, settings: Settings, checkpoint: Path, report: Callable[[str], None]) -> None:
+    ``silver_added`` counts the rows of the silver catch-up that finished meanwhile.
+    """
+
+    batch_id: int
+    records: int
+    valid: int
+    invalid: int
+    silver_added: int
+    started: float
+    read_s: float
+    validate_s: float
+    write_s: float
+
+    @property
+    def seconds(self) -> float:
+        return self.read_s + self.validate_s + self.write_s
+
+    def __str__(self) -> str:
+        return (
+            f"batch {self.batch_id}: {self.records:,} records in {self.seconds:.1f} s "
+            f"({self.records / max(self.seconds, 1e-9):,.0f}/s): bronze +{self.valid:,}, "
+            f"quarantine +{self.invalid:,}, silver +{self.silver_added:,} (read {self.read_s:.1f} s, "
+            f"validate {self.validate_s:.1f} s, write {self.write_s:.1f} s)"
+        )
+
+
+Report = Callable[["BatchReport | str"], None]
+
+
+class BatchWriter:
+    """The ``foreachBatch`` function: validate, append once to bronze and quarantine, catch silver up.
+
+    Silver catches up in a background thread, one catch-up at a time, while Spark reads the
+    next micro-batch: silver is derived from bronze alone (and crash-safe on its own), so the
+    batch does not wait for it. ``finish`` waits for the last catch-up.
+    """
+
+    def __init__(self, settings: Settings, checkpoint: Path, report: Report) -> None:
         self.limits = ValidationLimits.from_settings(settings)
         self.bronze_uri = settings.table_uri(BRONZE_TABLE)
         self.quarantine_uri = settings.table_uri(QUARANTINE_TABLE)
@@ -67,6 +106,8 @@ class BatchWriter:
         self.stats = IngestStats()
         self._app_id: str | None = None
         self._started = time.monotonic()
+        self._silver_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver")
+        self._silver_run: Future[SilverUpdate] | None = None
 
     @property
     def app_id(self) -> str:
@@ -92,23 +133,36 @@ class BatchWriter:
         if result.invalid.num_rows:
             append_once(self.quarantine_uri, result.invalid, self.app_id, batch_id)
         write_s = lap()
-        silver = self.silver.catch_up()
-        silver_s = lap()
-        seconds = clock[-1] - clock[0]
+        done = BatchReport(
+            batch_id, records.num_rows, result.valid.num_rows, result.invalid.num_rows, self._start_silver(),
+            clock[0], read_s, validate_s, write_s,
+        )  # fmt: skip
         stats = self.stats
         stats.batches += 1
-        stats.records += records.num_rows
-        stats.valid += result.valid.num_rows
-        stats.invalid += result.invalid.num_rows
-        stats.silver_added += silver.rows_added
+        stats.records += done.records
+        stats.valid += done.valid
+        stats.invalid += done.invalid
         stats.seconds = round(time.monotonic() - self._started, 3)
-        self.report(
-            f"batch {batch_id}: {records.num_rows:,} records in {seconds:.1f} s "
-            f"({records.num_rows / max(seconds, 1e-9):,.0f}/s): bronze +{result.valid.num_rows:,}, "
-            f"quarantine +{result.invalid.num_rows:,}, silver +{silver.rows_added:,} "
-            f"(read {read_s:.1f} s, validate {validate_s:.1f} s, write {write_s:.1f} s, silver {silver_s:.1f} s) "
-            f"| total {stats.records:,} records, {stats.records / max(stats.seconds, 1e-9):,.0f}/s"
-        )
+        self.report(done)
+
+    def _start_silver(self) -> int:
+        """Start a silver catch-up unless one runs; rows the finished one added (its errors raise here)."""
+        added = 0
+        if self._silver_run is not None:
+            if not self._silver_run.done():
+                return 0
+            added = self._silver_run.result().rows_added
+            self.stats.silver_added += added
+        self._silver_run = self._silver_thread.submit(self.silver.catch_up)
+        return added
+
+    def finish(self) -> None:
+        """Wait for the running silver catch-up, then bring silver up to the latest bronze."""
+        if self._silver_run is not None:
+            self.stats.silver_added += self._silver_run.result().rows_added
+            self._silver_run = None
+        self._silver_thread.shutdown()
+        self.stats.silver_added += self.silver.catch_up().rows_added
 
 
 @contextmanager
@@ -128,7 +182,7 @@ def run_ingest(
     *,
     until_idle: bool = False,
     duration_s: float | None = None,
-    report: Callable[[str], None] = print,
+    report: Report = print,
 ) -> IngestStats:
     """Run the ingest stream until idle (everything at the high watermarks is in bronze
     and silver), for ``duration_s`` seconds, or until interrupted."""
@@ -149,6 +203,7 @@ def run_ingest(
             .option("topic", settings.topic)
             .option("startingOffsets", settings.ingest_starting_offsets)
             .option("maxRecordsPerTrigger", str(settings.ingest_max_records_per_trigger))
+            .option("minPartitions", str(spark.sparkContext.defaultParallelism))
             .load()
             .writeStream.foreachBatch(writer)
             .option("checkpointLocation", str(checkpoint))
@@ -167,8 +222,7 @@ def run_ingest(
             _stop_between_batches(query)
         if query.exception() is not None:
             raise IngestError(f"the ingest stream failed: {query.exception()}")
-        update = writer.silver.catch_up()
-        writer.stats.silver_added += update.rows_added
+        writer.finish()
     return writer.stats
 
 

@@ -15,10 +15,13 @@ and reject the same records (tests/ingestion/test_validation.py checks it).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -199,26 +202,40 @@ def _offsets_and_data(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fast_parse(texts: pa.Array, positions: np.ndarray, slow: list[int]) -> list[tuple[np.ndarray, pa.Table]]:
-    """Parse ``texts[positions]`` with pyarrow.json in chunks; isolate the records that fail.
-
-    A failing chunk is split around the row the parser names in its error (or into eighths
-    when it names none) until the failing records are alone; their positions go to ``slow``.
-    """
+    """Parse ``texts[positions]`` with pyarrow.json in chunks, on a few threads (the parser
+    releases the GIL); positions of records that fail go to ``slow``."""
+    chunks = [positions[i : i + _FAST_CHUNK] for i in range(0, len(positions), _FAST_CHUNK)]
     parsed: list[tuple[np.ndarray, pa.Table]] = []
-    pending = [positions[i : i + _FAST_CHUNK] for i in range(0, len(positions), _FAST_CHUNK)]
-    while pending:
-        chunk = pending.pop()
-        table, bad_row = _read_json_lines(texts.take(chunk))
-        if table is not None:
-            parsed.append((chunk, table))
-        elif bad_row is not None and bad_row < len(chunk):
-            slow.append(int(chunk[bad_row]))
-            pending.extend(part for part in (chunk[:bad_row], chunk[bad_row + 1 :]) if len(part))
-        elif len(chunk) <= _SMALLEST_FAST_CHUNK:
-            slow.extend(chunk.tolist())
-        else:
-            pending.extend(np.array_split(chunk, 8))
+    for chunk_parsed, chunk_slow in _parse_threads().map(lambda chunk: _parse_chunk(texts, chunk), chunks):
+        parsed += chunk_parsed
+        slow += chunk_slow
     return parsed
+
+
+@functools.cache
+def _parse_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="validate")
+
+
+def _parse_chunk(texts: pa.Array, chunk: np.ndarray) -> tuple[list[tuple[np.ndarray, pa.Table]], list[int]]:
+    """Parse ``texts[chunk]``; a failing part is split around the row the parser names in its
+    error (or into eighths when it names none) until the failing records are alone."""
+    parsed: list[tuple[np.ndarray, pa.Table]] = []
+    slow: list[int] = []
+    pending = [chunk]
+    while pending:
+        part = pending.pop()
+        table, bad_row = _read_json_lines(texts.take(part))
+        if table is not None:
+            parsed.append((part, table))
+        elif bad_row is not None and bad_row < len(part):
+            slow.append(int(part[bad_row]))
+            pending.extend(piece for piece in (part[:bad_row], part[bad_row + 1 :]) if len(piece))
+        elif len(part) <= _SMALLEST_FAST_CHUNK:
+            slow.extend(part.tolist())
+        else:
+            pending.extend(np.array_split(part, 8))
+    return parsed, slow
 
 
 def _read_json_lines(texts: pa.Array) -> tuple[pa.Table | None, int | None]:

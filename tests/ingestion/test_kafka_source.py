@@ -151,3 +151,32 @@ def test_a_running_query_follows_new_records(spark, kafka_broker: Settings, tmp_
             assert sum(seen) == 100 * (wave + 1)
     finally:
         query.stop()
+
+
+def test_read_limit_is_shared_by_lag_and_met_exactly() -> None:
+    from ingestion.kafka_source import _share_limit
+
+    start = {"0": 100, "1": 0, "2": 50}
+    ends = {"0": 400, "1": 7, "2": 50, "3": 993}
+    limited = _share_limit(start, ends, 250)
+    assert sum(limited[p] - start.get(p, 0) for p in limited) == 250
+    assert all(start.get(p, 0) <= limited[p] <= ends[p] for p in ends)
+    assert limited["3"] - 0 > limited["0"] - 100 > limited["1"] - 0  # more lag, bigger share
+    assert _share_limit(start, ends, 10_000) == ends
+    assert sum(_share_limit({}, {"0": 5, "1": 5}, 1).values()) == 1  # always progress
+
+
+def test_min_partitions_splits_big_ranges_into_contiguous_pieces(kafka_broker: Settings, tmp_path: Path) -> None:
+    settings = fresh_settings(tmp_path, partitions=1)
+    sent = send(settings, [encode_event(e) for e in events(30_000)])
+    reader = KafkaStreamReader({"bootstrap": settings.kafka_bootstrap, "topic": settings.topic, "minpartitions": "3"})
+    try:
+        end = reader.latestOffset({"0": 0}, ReadAllAvailable())
+        ranges = reader.partitions({"0": 0}, end)
+        assert [(r.start, r.end) for r in ranges] == [(0, 10_000), (10_000, 20_000), (20_000, 30_000)]
+        offsets = [o for r in ranges for b in read_range(r) for o in b["offset"].to_pylist()]
+        assert offsets == [s.offset for s in sent] == list(range(30_000))
+        small = reader.partitions({"0": 15_000}, end)  # pieces stay >= 10,000 records
+        assert [(r.start, r.end) for r in small] == [(15_000, 30_000)]
+    finally:
+        reader.stop()
