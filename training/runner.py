@@ -41,6 +41,10 @@ Log = Callable[[str], None]
 class TrainingError(RuntimeError):
     """A run could not start or did not finish; the message says why and what to do."""
 
+    def __init__(self, message: str, run_name: str | None = None) -> None:
+        super().__init__(message)
+        self.run_name = run_name  # set when the run exists and can be resumed
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -102,7 +106,8 @@ def train(
         result = _trainer(settings, job, workers, storage, run_name).fit()
     except ray.train.TrainingFailedError as error:
         tracking.client(settings).set_terminated(run_id, "FAILED")
-        raise TrainingError(f"run {run_name} failed: {error}\ncontinue it with `streamrec train --resume {run_name}`") from error
+        message = f"run {run_name} failed: {error}\ncontinue it with `streamrec train --resume {run_name}`"
+        raise TrainingError(message, run_name) from error
     return _finish(settings, config, versions, run_name, run_id, result, log)
 
 

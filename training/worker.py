@@ -45,6 +45,7 @@ from training.sharding import catalog_embeddings, dense_optimizer, gather_state,
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
+FAULT_DELAY_S = 6.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 print(f"early stop: no better val_{config.selection_metric} for {config.patience} epochs", flush=True)
             break
+        _maybe_inject_fault(job, epoch - 1, rank, world)
         started = time.perf_counter()
         shard = train.shard(rank, world, seed=config.seed, epoch=epoch, shuffle=True)
         loss = _train_epoch(dmp, optimizer, shard, job, epoch, rank, device)
@@ -127,7 +129,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             shown = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "val_hr_10", "val_ndcg_10"))
             print(f"epoch {epoch}/{config.epochs}: {shown} ({seconds:.1f}s, {metrics['train_sequences_per_s']:.0f} seq/s)", flush=True)
             bar.update(1)
-        _maybe_inject_fault(job, epoch, rank, world)
     if bar is not None:
         bar.close()
 
@@ -279,14 +280,20 @@ def _load_exactly(tensors: dict[str, Any], full: dict[str, torch.Tensor]) -> Non
         raise ValueError(f"checkpoint lacks {missing}")
 
 
-def _maybe_inject_fault(job: TrainJob, epoch: int, rank: int, world: int) -> None:
-    """Fault injection for tests of recovery: the last worker exits once after the given epoch."""
-    if job.config.fail_once_after_epoch != epoch or rank != world - 1 or job.fault_marker is None:
+def _maybe_inject_fault(job: TrainJob, finished_epoch: int, rank: int, world: int) -> None:
+    """Fault injection for tests of recovery: the last worker dies once, in the epoch after
+    ``fail_once_after_epoch``, as a crash a few seconds into an epoch would.
+
+    It first waits FAULT_DELAY_S, longer than the Ray Train controller takes to collect the
+    previous report (it polls workers every 2 s), so that checkpoint is registered.
+    """
+    if job.config.fail_once_after_epoch != finished_epoch or rank != world - 1 or job.fault_marker is None:
         return
     marker = Path(job.fault_marker)
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"worker {rank} exited after epoch {epoch}\n")
-    print(f"fault injection: worker {rank} exits after epoch {epoch}", flush=True)
+    marker.write_text(f"worker {rank} exited after epoch {finished_epoch}\n")
+    time.sleep(FAULT_DELAY_S)
+    print(f"fault injection: worker {rank} exits during epoch {finished_epoch + 1}", flush=True)
     os._exit(1)
