@@ -81,7 +81,8 @@ def validate_records(
     if isinstance(records, pa.RecordBatch):
         records = pa.Table.from_batches([records])
     ingested_at = ingested_at or datetime.now(UTC)
-    values = records.column("value").combine_chunks().cast(pa.binary())
+    values = _cast(records.column("value"), pa.binary())
+    texts = values.view(pa.string())  # no copy: only rows found to be UTF-8 are read as text
     reasons: dict[int, str] = {}
 
     lengths = pc.binary_length(values)
@@ -94,20 +95,24 @@ def validate_records(
             f"the value is {lengths[row].as_py()} bytes, over the limit of {limits.max_event_bytes} bytes"
             " (ingest_max_event_bytes)"
         )
-    rows = np.flatnonzero(~(missing | too_long))
-    rows, texts = _decode_utf8(values.take(rows), rows, reasons)
+    candidates = ~(missing | too_long)
+    for row, reason in _invalid_utf8(texts, candidates).items():
+        reasons[row] = reason
+        candidates[row] = False
 
-    events, event_rows = _parse(texts, rows, reasons, fast)
+    events, event_rows = _parse(texts, candidates, reasons, fast)
     good = np.ones(len(event_rows), dtype=bool)
     clock = _reference_ms(records, ingested_at).take(pa.array(event_rows, pa.int64()))
     for position, reason in _rule_reasons(events, clock, limits.future_tolerance_ms).items():
         reasons[int(event_rows[position])] = reason
         good[position] = False
-
-    events, event_rows = events.filter(pa.array(good)), event_rows[good]
-    order = np.argsort(event_rows, kind="stable")
+    if not good.all():
+        events, event_rows = events.filter(pa.array(good)), event_rows[good]
+    if len(event_rows) > 1 and not (np.diff(event_rows) > 0).all():  # back to Kafka order
+        order = np.argsort(event_rows, kind="stable")
+        events, event_rows = events.take(order), event_rows[order]
     return Validated(
-        valid=_bronze(events.take(order), records, event_rows[order], ingested_at),
+        valid=_bronze(events, records, event_rows, ingested_at),
         invalid=_quarantine(records, reasons, ingested_at),
     )
 
@@ -115,64 +120,65 @@ def validate_records(
 # --- decoding -------------------------------------------------------------------------
 
 
-def _decode_utf8(values: pa.Array, rows: np.ndarray, reasons: dict[int, str]) -> tuple[np.ndarray, pa.Array]:
-    """UTF-8 text of ``values``; records that are not valid UTF-8 get a reason and are dropped."""
-    try:
-        return rows, values.cast(pa.string())
-    except pa.ArrowInvalid:
-        pass
-    keep = []
-    for position, raw in enumerate(values.to_pylist()):
+def _invalid_utf8(texts: pa.Array, candidates: np.ndarray) -> dict[int, str]:
+    """{row: reason} for the candidate rows whose bytes are not valid UTF-8.
+
+    Arrow validates whole chunks; only a chunk that fails is decoded record by record.
+    """
+    invalid: dict[int, str] = {}
+    for start in range(0, len(texts), _FAST_CHUNK):
         try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            reasons[int(rows[position])] = (
-                f"the value is not valid UTF-8 ({error.reason} at byte {error.start}: {raw[error.start:error.start + 1]!r})"
-            )
-        else:
-            keep.append(position)
-    keep_array = np.array(keep, dtype=np.int64)
-    return rows[keep_array], values.take(keep_array).cast(pa.string())
+            texts.slice(start, _FAST_CHUNK).validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for row in np.flatnonzero(candidates[start : start + _FAST_CHUNK]) + start:
+            raw = texts.view(pa.binary())[int(row)].as_py()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                invalid[int(row)] = (
+                    f"the value is not valid UTF-8 ({error.reason} at byte {error.start}: {raw[error.start:error.start + 1]!r})"
+                )
+    return invalid
 
 
 # --- parsing --------------------------------------------------------------------------
 
 
-def _parse(
-    texts: pa.Array, rows: np.ndarray, reasons: dict[int, str], fast: bool
-) -> tuple[pa.Table, np.ndarray]:
-    """Typed event columns (EVENT_SCHEMA) of the records that parse, and their record rows."""
+def _parse(texts: pa.Array, candidates: np.ndarray, reasons: dict[int, str], fast: bool) -> tuple[pa.Table, np.ndarray]:
+    """Typed event columns (EVENT_SCHEMA) of the candidate rows that parse, and those rows."""
     tables: list[pa.Table] = []
     table_rows: list[np.ndarray] = []
-    slow: list[int] = []  # positions in texts
     if fast:
-        eligible = _fast_parse_eligible(texts)
-        positions = np.flatnonzero(eligible)
-        slow.extend(np.flatnonzero(~eligible).tolist())
-        for chunk_positions, table in _fast_parse(texts, positions, slow):
+        eligible = _fast_parse_eligible(texts) & candidates
+        slow = np.flatnonzero(candidates & ~eligible).tolist()
+        for rows, table in _fast_parse(texts, np.flatnonzero(eligible), slow):
             # A null required field may be missing or null: the slow parser tells which.
             incomplete = np.zeros(table.num_rows, dtype=bool)
             for name in REQUIRED_FIELDS:
                 incomplete |= table.column(name).is_null().to_numpy(zero_copy_only=False)
-            slow.extend(chunk_positions[incomplete].tolist())
-            tables.append(table.filter(pa.array(~incomplete)))
-            table_rows.append(rows[chunk_positions[~incomplete]])
+            if incomplete.any():
+                slow.extend(rows[incomplete].tolist())
+                table, rows = table.filter(pa.array(~incomplete)), rows[~incomplete]
+            tables.append(table)
+            table_rows.append(rows)
     else:
-        slow.extend(range(len(texts)))
+        slow = np.flatnonzero(candidates).tolist()
 
     slow_events: list[tuple] = []
     slow_rows: list[int] = []
-    for position in sorted(slow):
-        parsed = parse_event(texts[position].as_py())
+    for row in sorted(slow):
+        parsed = parse_event(texts[row].as_py())
         if isinstance(parsed, str):
-            reasons[int(rows[position])] = parsed
+            reasons[row] = parsed
         else:
             slow_events.append(parsed)
-            slow_rows.append(int(rows[position]))
-    names = EVENT_SCHEMA.names
-    columns = list(zip(*slow_events)) if slow_events else [[] for _ in names]
-    tables.append(pa.table([pa.array(c, f.type) for c, f in zip(columns, EVENT_SCHEMA)], schema=EVENT_SCHEMA))
-    table_rows.append(np.array(slow_rows, dtype=np.int64))
+            slow_rows.append(row)
+    if slow_events or not tables:
+        columns = list(zip(*slow_events)) if slow_events else [[] for _ in EVENT_SCHEMA.names]
+        tables.append(pa.table([pa.array(c, f.type) for c, f in zip(columns, EVENT_SCHEMA)], schema=EVENT_SCHEMA))
+        table_rows.append(np.array(slow_rows, dtype=np.int64))
     return pa.concat_tables(tables), np.concatenate(table_rows)
 
 
@@ -398,12 +404,13 @@ def _arrays(columns: Sequence[pa.Array | pa.ChunkedArray]) -> list[pa.Array]:
 
 
 def _bronze(events: pa.Table, records: pa.Table, rows: np.ndarray, ingested_at: datetime) -> pa.Table:
+    every_row = len(rows) == records.num_rows  # rows are ascending: then they are all rows
     take = pa.array(rows, pa.int64())
     ts = events["ts"]
     event_date = pc.cast(pc.cast(ts, pa.timestamp("ms", tz="UTC")), pa.date32())
     columns = {name: events[name] for name in EVENT_SCHEMA.names}
-    columns["kafka_partition"] = records["partition"].take(take)
-    columns["kafka_offset"] = records["offset"].take(take)
+    columns["kafka_partition"] = records["partition"] if every_row else records["partition"].take(take)
+    columns["kafka_offset"] = records["offset"] if every_row else records["offset"].take(take)
     columns["ingested_at"] = _constant(ingested_at, len(rows), BRONZE_SCHEMA.field("ingested_at").type)
     columns["event_date"] = event_date
     return pa.table([_cast(columns[f.name], f.type) for f in BRONZE_SCHEMA], schema=BRONZE_SCHEMA)

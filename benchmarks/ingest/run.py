@@ -2,11 +2,13 @@
 
 Starts its own Tansu broker (free port, temporary home), then in one run:
   1. produces N synthetic events (default 1M) to a topic of 4 partitions (producer rate reported);
-  2. baseline: one bare kafka-python consumer reads the whole topic (records/s);
+  2. baseline: one bare kafka-python consumer reads the whole topic (records/s), before and
+     again after step 3 (the ratio uses their mean, so load that changes meanwhile evens out);
   3. `streamrec ingest --until-idle` (in this process) from Kafka to bronze, silver included:
      sustained records/s over the micro-batches (first batch start to last batch end), the
      steady rate without the first (warm-up) batch, and the wall time with Spark's start;
-     the ratio of the sustained rate to the bare consumer's;
+     the ratio of the sustained rate to the bare consumer's; CPU time per record of the whole
+     process tree (JVM and Python workers included) next to the consumer's;
   4. freshness: while a streaming `ingest` runs, a producer sends events at a steady rate and
      a watcher polls bronze; freshness = time an event_id is visible in bronze - its send time
      (p50/p95/max).
@@ -45,6 +47,26 @@ RESULT = ROOT / "benchmarks" / "results" / "ingest.json"
 TARGETS = {"events_per_s": 50_000, "ratio_vs_bare_consumer": 0.6, "freshness_p95_s": 5.0}
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and all its descendants (Spark's JVM, Python
+    workers), reaped ones included: a measure the load of other programs does not inflate."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    tree, grew = {os.getpid()}, True
+    while grew:
+        children = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
 def create_topic(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -71,22 +93,25 @@ def bare_consumer(settings: Settings) -> dict:
     for tp in tps:
         consumer.seek(tp, 0)
     total, target, value_bytes = 0, sum(ends.values()), 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while total < target:
         for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
             total += len(records)
             value_bytes += sum(len(r.value) for r in records)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     consumer.close()
-    return {"records": total, "seconds": round(seconds, 2), "records_per_s": round(total / seconds), "value_mb": round(value_bytes / 1e6, 1)}
+    return {
+        "records": total, "seconds": round(seconds, 2), "records_per_s": round(total / seconds),
+        "cpu_us_per_record": round(cpu / total * 1e6, 2), "value_mb": round(value_bytes / 1e6, 1),
+    }  # fmt: skip
 
 
 def ingest_throughput(settings: Settings) -> dict:
     """`ingest --until-idle` over the produced topic; per-batch timings and sustained rates."""
     batches: list[BatchReport] = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), tree_cpu_seconds()
     run_ingest(settings, until_idle=True, report=lambda item: batches.append(item) if isinstance(item, BatchReport) else None)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, tree_cpu_seconds() - cpu
     records = sum(b.records for b in batches)
     span = batches[-1].started + batches[-1].seconds - batches[0].started
     steady = batches[1:]
@@ -96,6 +121,7 @@ def ingest_throughput(settings: Settings) -> dict:
         "batches": len(batches),
         "max_records_per_trigger": settings.ingest_max_records_per_trigger,
         "wall_seconds_with_spark_start": round(wall, 2),
+        "cpu_us_per_record_with_spark_start": round(cpu / records * 1e6, 2),
         "sustained_seconds": round(span, 2),
         "sustained_records_per_s": round(records / span),
         "steady_records_per_s": round(sum(b.records for b in steady) / steady_span) if steady else None,
@@ -184,16 +210,20 @@ def main() -> None:
         config = SyntheticConfig(users=20_000, items=50_000, events=args.events, seed=1)
         produced = produce((encode_event(e) for e in generate_events(config)), settings, total=args.events, show_progress=False)
         print(f"produced at {produced.rate:,.0f}/s; bare consumer ...", flush=True)
-        baseline = bare_consumer(settings)
-        print(f"bare consumer {baseline['records_per_s']:,}/s; ingest ...", flush=True)
+        before = bare_consumer(settings)
+        print(f"bare consumer {before['records_per_s']:,}/s; ingest ...", flush=True)
         ingest = ingest_throughput(settings)
-        print(f"ingest sustained {ingest['sustained_records_per_s']:,}/s; freshness ...", flush=True)
+        print(f"ingest sustained {ingest['sustained_records_per_s']:,}/s; bare consumer again ...", flush=True)
+        after = bare_consumer(settings)
+        print(f"bare consumer {after['records_per_s']:,}/s; freshness ...", flush=True)
         fresh_settings = settings.model_copy(update={"topic": "bench-freshness", "lake_uri": str(home / "lake-fresh")})
         create_topic(fresh_settings)
         fresh = freshness(fresh_settings, args.rate, args.seconds)
     finally:
         cluster.down(settings)
-    ratio = ingest["sustained_records_per_s"] / baseline["records_per_s"]
+    # The baseline runs before and after ingest; their mean evens out load that changed meanwhile.
+    baseline_rate = (before["records_per_s"] + after["records_per_s"]) / 2
+    ratio = ingest["sustained_records_per_s"] / baseline_rate
     result = {
         "benchmark": "ingest",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,9 +231,10 @@ def main() -> None:
         "events": args.events,
         "partitions": args.partitions,
         "producer_records_per_s": produced.rate,
-        "bare_consumer": baseline,
+        "bare_consumer": {"before_ingest": before, "after_ingest": after, "mean_records_per_s": round(baseline_rate)},
         "ingest": ingest,
         "ratio_vs_bare_consumer": round(ratio, 3),
+        "steady_ratio_vs_bare_consumer": round((ingest["steady_records_per_s"] or 0) / baseline_rate, 3),
         "freshness": fresh,
         "targets": TARGETS,
         "met": {
