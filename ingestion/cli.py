@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from ingestion.producer import OutRecord
 
 Rate = Annotated[float, typer.Option(help="Events per second; 0 sends as fast as possible.", min=0)]
 BadFraction = Annotated[
@@ -13,7 +18,7 @@ BadFraction = Annotated[
 ]
 
 
-def _settings():  # -> infra.settings.Settings
+def _settings() -> Settings:
     from infra.settings import get_settings
 
     try:
@@ -23,7 +28,15 @@ def _settings():  # -> infra.settings.Settings
         raise typer.Exit(2) from error
 
 
-def _finish(summary) -> None:  # summary: ingestion.producer.ProduceSummary
+def _send(records: Iterable[OutRecord], settings: Settings, **options: Any) -> None:
+    """Produce ``records``; print the JSON summary (exit 1 when the broker is unreachable or lost some)."""
+    from ingestion.producer import ProduceError, produce
+
+    try:
+        summary = produce(records, settings, **options)
+    except ProduceError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
     print(summary.to_json())
     if summary.failed:
         typer.echo(f"{summary.failed} records were not acknowledged by the broker", err=True)
@@ -41,7 +54,7 @@ def produce_synthetic(
     bad_fraction: BadFraction = 0.0,
 ) -> None:
     """Send synthetic user actions (Zipf items, drifting interests, sessions) to the topic."""
-    from ingestion.producer import produce, with_bad_records
+    from ingestion.producer import with_bad_records
     from ingestion.synthetic import SyntheticConfig, generate_events
 
     settings = _settings()
@@ -49,7 +62,7 @@ def produce_synthetic(
         users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed
     )
     records = with_bad_records(generate_events(config), bad_fraction, settings, seed)
-    _finish(produce(records, settings, rate=rate or None, total=events, description="synthetic"))
+    _send(records, settings, rate=rate or None, total=events, description="synthetic")
 
 
 def produce_replay(
@@ -61,7 +74,7 @@ def produce_replay(
     bad_fraction: BadFraction = 0.0,
 ) -> None:
     """Replay a real interaction dataset in time order."""
-    from ingestion.producer import produce, with_bad_records
+    from ingestion.producer import with_bad_records
     from ingestion.replay import FORMATS, read_replay, replay_events
 
     if fmt not in FORMATS:
@@ -75,7 +88,7 @@ def produce_replay(
         typer.echo(f"cannot read {path} as {fmt}: {error}", err=True)
         raise typer.Exit(2) from error
     records = with_bad_records(replay_events(frame), bad_fraction, settings)
-    _finish(produce(records, settings, rate=rate or None, total=len(frame), description=f"replay {path.name}"))
+    _send(records, settings, rate=rate or None, total=len(frame), description=f"replay {path.name}")
 
 
 def ingest(

@@ -168,11 +168,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def _high_watermarks(self) -> dict[str, int]:
         """{partition: end offset} of every current partition of the topic."""
         if self._consumer is None:
-            self._consumer = _consumer(self.bootstrap)
+            self._consumer = kafka_consumer(self.bootstrap)
         return high_watermarks(self._consumer, self.topic)
 
 
-def _consumer(bootstrap: str, **config: Any):  # -> kafka.KafkaConsumer
+def kafka_consumer(bootstrap: str, **config: Any):  # -> kafka.KafkaConsumer
+    """A group-less consumer for explicit assignment, with large fetches; never skips lost offsets."""
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
@@ -235,7 +236,7 @@ def read_range(part: KafkaRange) -> Iterator[pa.RecordBatch]:
     from kafka.errors import KafkaError
 
     tp = TopicPartition(part.topic, part.partition)
-    consumer = _consumer(part.bootstrap)
+    consumer = kafka_consumer(part.bootstrap)
     try:
         consumer.assign([tp])
         consumer.seek(tp, part.start)

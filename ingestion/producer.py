@@ -74,19 +74,28 @@ def with_bad_records(
             yield encode_event(event)
 
 
+class ProduceError(RuntimeError):
+    """The broker cannot be reached."""
+
+
 def open_producer(settings: Settings):  # -> kafka.KafkaProducer
     """A KafkaProducer tuned for throughput; every record is acknowledged by the leader."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
-    return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        linger_ms=20,
-        batch_size=1 << 20,
-        max_request_size=8 << 20,
-        compression_type=None,
-        request_timeout_ms=30_000,
-    )
+    try:
+        return KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=20,
+            batch_size=1 << 20,
+            max_request_size=8 << 20,
+            compression_type=None,
+            request_timeout_ms=30_000,
+            bootstrap_timeout_ms=5_000,
+        )
+    except KafkaError as error:
+        raise ProduceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
 
 
 def produce(

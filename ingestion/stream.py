@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -189,6 +190,7 @@ def run_ingest(
     from infra.spark import spark_session
     from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
 
+    _check_topic(settings)
     # Spark's Python workers must run this interpreter (it has pyarrow and kafka-python).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     checkpoint = checkpoint_path(settings)
@@ -221,9 +223,34 @@ def run_ingest(
         finally:
             _stop_between_batches(query)
         if query.exception() is not None:
-            raise IngestError(f"the ingest stream failed: {query.exception()}")
+            raise IngestError(f"the ingest stream failed: {_essence(str(query.exception()))}")
         writer.finish()
     return writer.stats
+
+
+def _check_topic(settings: Settings) -> None:
+    """Fail early, with a plain message, when the broker or the topic is not there."""
+    from kafka.errors import KafkaError
+
+    from ingestion.kafka_source import KafkaSourceError, high_watermarks, kafka_consumer
+
+    try:
+        consumer = kafka_consumer(settings.kafka_bootstrap, bootstrap_timeout_ms=5_000)
+    except (KafkaError, OSError, ValueError) as error:
+        raise IngestError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
+    try:
+        high_watermarks(consumer, settings.topic)
+    except KafkaSourceError as error:
+        raise IngestError(str(error)) from error
+    finally:
+        consumer.close()
+
+
+def _essence(message: str) -> str:
+    """The first line of a Spark error and the last Python exception line inside it."""
+    lines = message.strip().splitlines()
+    python_errors = [line.strip() for line in lines if re.match(r"^\s*\w+(\.\w+)*(Error|Exception): ", line)]
+    return " | ".join(dict.fromkeys(lines[:1] + python_errors[-1:]))
 
 
 def _stop_between_batches(query: Any, patience_s: float = 120.0) -> None:

@@ -129,3 +129,16 @@ def test_cli_refuses_both_modes() -> None:
     streamrec = str(Path(sys.executable).parent / "streamrec")
     done = subprocess.run([streamrec, "ingest", "--until-idle", "--for", "1"], capture_output=True, text=True)
     assert done.returncode != 0 and "either --until-idle or --for" in done.stderr
+
+
+def test_ingest_explains_a_missing_topic_or_broker(kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path) -> None:
+    from infra.processes import free_port
+
+    streamrec = str(Path(sys.executable).parent / "streamrec")
+    env = {**test_env, "PATH": "/usr/bin:/bin", "STREAMREC_LAKE_URI": str(tmp_path / "lake")}
+    missing = subprocess.run([streamrec, "ingest", "--until-idle"], env={**env, "STREAMREC_TOPIC": "no-such-topic"},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 1 and "topic no-such-topic does not exist" in missing.stderr
+    down = subprocess.run([streamrec, "ingest", "--until-idle"], env={**env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert down.returncode == 1 and "cannot reach Kafka" in down.stderr

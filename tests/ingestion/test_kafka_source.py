@@ -15,8 +15,8 @@ from ingestion.kafka_source import (
     SOURCE_NAME,
     KafkaSourceError,
     KafkaStreamReader,
-    _consumer,
     high_watermarks,
+    kafka_consumer,
     read_range,
 )
 from ingestion.producer import encode_event
@@ -48,7 +48,7 @@ def _coordinates(batches: list[pa.Table]) -> list[tuple[int, int]]:
 def test_high_watermarks_are_the_true_ends(kafka_broker: Settings, tmp_path: Path) -> None:
     settings = fresh_settings(tmp_path, partitions=3)
     sent = send(settings, [encode_event(e) for e in events(2_000)])
-    consumer = _consumer(settings.kafka_bootstrap)
+    consumer = kafka_consumer(settings.kafka_bootstrap)
     try:
         ends = high_watermarks(consumer, settings.topic)
         assert ends == {str(p): sum(1 for s in sent if s.partition == p) for p in range(3)}

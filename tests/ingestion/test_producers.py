@@ -13,7 +13,7 @@ from ingestdata import env_of, fresh_settings
 from test_validation import EXPECTED_REASONS
 
 from infra.settings import Settings
-from ingestion.kafka_source import KafkaRange, _consumer, high_watermarks, read_range
+from ingestion.kafka_source import KafkaRange, high_watermarks, kafka_consumer, read_range
 from ingestion.replay import rating_action, read_replay
 from ingestion.schema import KAFKA_RECORD_SCHEMA
 from ingestion.validation import ValidationLimits, validate_records
@@ -22,7 +22,7 @@ STREAMREC = str(Path(sys.executable).parent / "streamrec")
 
 
 def _topic_records(settings: Settings) -> pa.Table:
-    consumer = _consumer(settings.kafka_bootstrap)
+    consumer = kafka_consumer(settings.kafka_bootstrap)
     try:
         ends = high_watermarks(consumer, settings.topic)
     finally:
@@ -110,3 +110,11 @@ def _produce_fails(settings: Settings, test_env: dict[str, str], *args: str) -> 
     done = subprocess.run([STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     return done.stderr
+
+
+def test_an_unreachable_broker_is_a_plain_error(test_env: dict[str, str], tmp_path: Path) -> None:
+    from infra.processes import free_port
+
+    env = {**test_env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    done = subprocess.run([STREAMREC, "produce", "synthetic", "--events", "10"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "cannot reach Kafka" in done.stderr and "Traceback" not in done.stderr
