@@ -49,6 +49,11 @@ def train(
     dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the dense parameters.")] = None,
     negatives: Annotated[Optional[int], typer.Option(help="Uniform negatives per batch.")] = None,
+    in_batch_negatives: Annotated[Optional[int], typer.Option(help="Negatives drawn from the batch's targets.")] = None,
+    embedding_optimizer: Annotated[
+        Optional[str], typer.Option(help="Item-table optimizer: auto, adam (GPU), rowwise_adagrad, adagrad, sgd.")
+    ] = None,
+    embedding_lr: Annotated[Optional[float], typer.Option(help="Item-table learning rate.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature.")] = None,
     ntr_weight: Annotated[Optional[float], typer.Option(help="Weight of the not-to-recommend term; 0 disables.")] = None,
     sharding: Annotated[Optional[str], typer.Option(help="row_wise or table_wise sharding of the item table.")] = None,
@@ -77,7 +82,8 @@ def train(
     if model != "popularity":
         encoder["kind"] = model
     overrides = _given(
-        epochs=epochs, batch_size=batch_size, lr=lr, num_negatives=negatives, temperature=temperature,
+        epochs=epochs, batch_size=batch_size, lr=lr, num_negatives=negatives, in_batch_negatives=in_batch_negatives,
+        embedding_optimizer=embedding_optimizer, embedding_lr=embedding_lr, temperature=temperature,
         ntr_weight=ntr_weight, sharding=sharding, patience=patience, seed=seed,
     )  # fmt: skip
     if sampled_eval:

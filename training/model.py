@@ -29,6 +29,12 @@ PLAIN_WEIGHT = "item_embedding.weight"  # the same rows in RetrievalModel
 INIT_RANGE = 0.035  # item rows start uniform in [-r, r] (std 0.02, as the HSTU reference)
 
 
+def table_width(dim: int) -> int:
+    """Columns of the sharded item table: FBGEMM's fused kernels need a multiple of 4, so
+    dim 50 (the reference) is stored in 52 columns whose last 2 are never read."""
+    return -(-dim // 4) * 4
+
+
 def build_encoder(config: EncoderConfig) -> SequenceEncoder:
     """The encoder ``config.kind`` names."""
     encoders: dict[str, type[SequenceEncoder]] = {"hstu": HSTU, "sasrec": SASRec}
@@ -68,6 +74,7 @@ class ShardedRetrievalModel(nn.Module):
 
     Build it with ``table_device=torch.device("meta")``: DMP then allocates only each
     rank's shard of the table and initialises it uniform in [-INIT_RANGE, INIT_RANGE].
+    The table has ``table_width(dim)`` columns; lookups keep the first ``dim``.
     """
 
     def __init__(self, config: EncoderConfig, num_items: int, table_device: torch.device | None = None) -> None:
@@ -76,7 +83,7 @@ class ShardedRetrievalModel(nn.Module):
         self.num_items = num_items
         table = EmbeddingConfig(
             name=TABLE,
-            embedding_dim=config.dim,
+            embedding_dim=table_width(config.dim),
             num_embeddings=num_items + 1,
             feature_names=[HISTORY, CANDIDATES],
             weight_init_min=-INIT_RANGE,
@@ -90,9 +97,10 @@ class ShardedRetrievalModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden (B, L, D), history embeddings (B, L, D), candidate embeddings (C, D))."""
         embedded = self.item_table(lookups)
-        history_emb = embedded[HISTORY].to_padded_dense(action_ids.shape[1])
+        dim = self.config.dim
+        history_emb = embedded[HISTORY].to_padded_dense(action_ids.shape[1])[..., :dim]
         hidden = self.encoder(history_emb, action_ids, timestamps, lengths)
-        return hidden, history_emb, embedded[CANDIDATES].values()
+        return hidden, history_emb, embedded[CANDIDATES].values()[:, :dim]
 
 
 def lookup_input(item_indices: torch.Tensor, lengths: torch.Tensor, candidate_ids: torch.Tensor) -> KeyedJaggedTensor:

@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 
 from training.config import EncoderConfig
-from training.model import PLAIN_WEIGHT, TABLE_WEIGHT, RetrievalModel
+from training.model import PLAIN_WEIGHT, TABLE_WEIGHT, RetrievalModel, table_width
 
 FORMAT = 1
 METADATA_FILE = "model.json"
@@ -39,14 +40,20 @@ class ModelInfo:
     feature_versions: dict[str, int] = field(default_factory=dict)
 
 
-def plain_weights(sharded_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A full (gathered) ShardedRetrievalModel state dict renamed for RetrievalModel."""
-    return {PLAIN_WEIGHT if key == TABLE_WEIGHT else key: value for key, value in sharded_state.items()}
+def plain_weights(sharded_state: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
+    """A full (gathered) ShardedRetrievalModel state dict as RetrievalModel weights (``dim`` columns)."""
+    weights = {key: value for key, value in sharded_state.items() if key != TABLE_WEIGHT}
+    weights[PLAIN_WEIGHT] = sharded_state[TABLE_WEIGHT][:, :dim].contiguous()
+    return weights
 
 
 def sharded_weights(plain_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A RetrievalModel state dict renamed for ShardedRetrievalModel (the inverse of plain_weights)."""
-    return {TABLE_WEIGHT if key == PLAIN_WEIGHT else key: value for key, value in plain_state.items()}
+    """RetrievalModel weights as a ShardedRetrievalModel state dict (the inverse of plain_weights;
+    the table's unused padding columns are zero)."""
+    weights = {key: value for key, value in plain_state.items() if key != PLAIN_WEIGHT}
+    table = plain_state[PLAIN_WEIGHT]
+    weights[TABLE_WEIGHT] = F.pad(table, (0, table_width(table.shape[1]) - table.shape[1]))
+    return weights
 
 
 def save_model(directory: Path, info: ModelInfo, weights: dict[str, torch.Tensor]) -> Path:
@@ -60,7 +67,7 @@ def save_model(directory: Path, info: ModelInfo, weights: dict[str, torch.Tensor
     }
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     torch.save(weights, directory / WEIGHTS_FILE)
-    table = torch.nn.functional.normalize(weights[PLAIN_WEIGHT].float(), dim=-1)[1:].numpy()
+    table = F.normalize(weights[PLAIN_WEIGHT].float(), dim=-1)[1:].numpy()
     dim = table.shape[1]
     embeddings = pa.FixedSizeListArray.from_arrays(pa.array(table.reshape(-1), pa.float32()), dim)
     pq.write_table(

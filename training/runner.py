@@ -72,6 +72,8 @@ def train(
 
     storage = settings.train_storage or str(settings.checkpoint_dir)
     workers = workers or settings.train_workers
+    _connect(settings)
+    _check_resources(settings, workers)
     if resume:
         job_record = _read_job(storage, resume)
         config = TrainConfig.model_validate(job_record["config"])
@@ -81,6 +83,9 @@ def train(
     else:
         versions = latest_versions(settings)
         run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Fetched before a new run is created, so a bad version fails without leaving a run behind.
+    warm_state = _warm_start_state(settings, warm_start, log) if warm_start else None
+    if not resume:
         run_id = tracking.start_run(
             settings,
             run_name,
@@ -90,16 +95,13 @@ def train(
         _write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": asdict(versions),
                                        "run_id": run_id, "warm_start": warm_start})  # fmt: skip
     log(f"run {run_name}: {config.encoder.kind}, {workers} worker(s), features {versions.as_dict()}")
-
-    _connect(settings)
-    _check_resources(settings, workers)
     job = TrainJob(
         settings=settings,
         config=config,
         versions=versions,
         run_id=run_id,
         use_gpu=settings.train_use_gpu,
-        warm_start=ray.put(_warm_start_state(settings, warm_start, log)) if warm_start else None,
+        warm_start=ray.put(warm_state) if warm_state else None,
         fault_marker=str(settings.home / "train-faults" / run_name) if config.fail_once_after_epoch else None,
     )
     try:
@@ -133,7 +135,7 @@ def _check_resources(settings: Settings, workers: int) -> None:
     cpus = workers * settings.train_cpus_per_worker
     if offered.get("CPU", 0.0) < cpus:
         raise TrainingError(
-            f"{workers} worker(s) x {settings.train_cpus_per_worker} CPU need {cpus:g} CPUs but the Ray cluster at "
+            f"{workers} worker(s) x {settings.train_cpus_per_worker:g} CPU need {cpus:g} CPUs but the Ray cluster at "
             f"{settings.ray_address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
             "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
         )

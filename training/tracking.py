@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from infra.settings import Settings
@@ -66,7 +67,10 @@ def download_version(settings: Settings, version: str) -> Path:
         if not versions:
             raise LookupError(f"no versions of registered model {name!r} yet; run `streamrec train` first")
         version = str(max(int(v.version) for v in versions))
-    source = mlflow.get_model_version(name, version).source
+    try:
+        source = mlflow.get_model_version(name, version).source
+    except MlflowException as error:
+        raise LookupError(f"registered model {name!r} has no version {version!r}") from error
     target = tempfile.mkdtemp(prefix=f"streamrec-model-v{version}-")
     local = download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=settings.mlflow_tracking_uri)
     return Path(local)

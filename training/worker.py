@@ -206,7 +206,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """Full-catalogue (or sampled) metrics of the whole split, identical on every worker."""
     dmp.eval()
-    table = catalog_embeddings(dmp, num_items + 1)
+    table = catalog_embeddings(dmp, num_items + 1)[:, : config.encoder.dim]
     catalog = F.normalize(table.float(), dim=-1)
     encoder = dmp.module.encoder
 
@@ -245,7 +245,7 @@ def _checkpoint(
     if weights is None:
         return None
     directory = Path(tempfile.mkdtemp(prefix="streamrec-checkpoint-"))
-    save_model(directory / MODEL_DIR, info, plain_weights(weights))
+    save_model(directory / MODEL_DIR, info, plain_weights(weights, info.encoder.dim))
     state = {"progress": asdict(progress), "dense_optimizer": optimizer.state_dict(), "table_optimizer": table_state}
     torch.save(state, directory / TRAIN_STATE_FILE)
     return ray.train.Checkpoint.from_directory(directory)

@@ -23,7 +23,7 @@ from training.model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
 from training.sharding import catalog_embeddings, dense_optimizer, gather_state, load_state, shard_model
 from training.worker import table_optimizer_state
 
-NUM_ITEMS = 30
+NUM_ITEMS = 30  # dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
 
 
 def _train_steps(dmp, optimizer, rank: int) -> None:  # noqa: ANN001
@@ -52,7 +52,7 @@ def _check(rank: int, world: int, port: int, sharding: str, scratch: str) -> Non
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    config = TrainConfig(encoder=EncoderConfig(dim=8, max_len=6), sharding=sharding)
+    config = TrainConfig(encoder=EncoderConfig(dim=10, max_len=6), sharding=sharding)
     dmp = shard_model(ShardedRetrievalModel(config.encoder, NUM_ITEMS, torch.device("meta")), config, torch.device("cpu"), world)
     optimizer = dense_optimizer(dmp, config)
     initial = catalog_embeddings(dmp, NUM_ITEMS + 1)
@@ -76,7 +76,7 @@ def _check(rank: int, world: int, port: int, sharding: str, scratch: str) -> Non
     if rank == 0:
         assert all(torch.equal(restored[key], table_state[key]) for key in table_state)
 
-    older = {TABLE_WEIGHT: torch.full((11, 8), 0.5)}  # a vocabulary of items 0..10
+    older = {TABLE_WEIGHT: torch.full((11, 12), 0.5)}  # a vocabulary of items 0..10
     load_state({TABLE_WEIGHT: dmp.state_dict()[TABLE_WEIGHT]}, older)
     now = catalog_embeddings(dmp, NUM_ITEMS + 1)
     assert torch.equal(now[:11], older[TABLE_WEIGHT]) and torch.equal(now[11:], trained[11:])

@@ -128,3 +128,22 @@ def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_
     metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"]
     for key in ("test_hr_10", "test_ndcg_10", "test_mrr"):  # the same model on the same data as the run
         assert metrics[key] == pytest.approx(hstu_run.metrics[key], abs=1e-9)
+
+
+def test_impossible_requests_fail_at_once_without_leaving_a_run(settings: Settings) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, logging_level="warning")
+    client = tracking.client(settings)
+
+    def runs() -> int:
+        return len(client.search_runs([experiment.experiment_id for experiment in client.search_experiments()]))
+
+    runs_before = runs()
+    too_many = int(ray.cluster_resources()["CPU"]) + 1
+    with pytest.raises(TrainingError, match=f"{too_many} worker\\(s\\) x 1 CPU need"):
+        train(settings, tiny_config(), workers=too_many)
+    with pytest.raises(LookupError, match="no version '999'"):
+        train(settings, tiny_config(), warm_start="999")
+    assert runs() == runs_before

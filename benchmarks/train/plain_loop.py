@@ -1,0 +1,50 @@
+"""The baseline of the training benchmark: the same model in a plain single-process loop.
+
+No Ray, no DMP, no TorchRec: ``training.model.RetrievalModel`` (items in an ``nn.Embedding``)
+trained with one Adam over all parameters, on the same examples, batches, negatives and
+loss as a Ray Train worker. Only the training steps are timed, as in the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from features.examples import SequenceExamples
+from training.config import TrainConfig
+from training.loss import retrieval_loss
+from training.model import RetrievalModel
+
+
+def plain_epochs(config: TrainConfig, train: SequenceExamples, epochs: int, threads: int) -> list[float]:
+    """Sequences per second of each epoch of plain single-process training."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    model = RetrievalModel(config.encoder, train.num_items).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    generator = torch.Generator().manual_seed(config.seed)
+    rates = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        for batch in train.batches(config.batch_size, seed=config.seed, epoch=epoch, shuffle=True):
+            length = max(int(batch["lengths"].max()), 1)
+            items = batch["item_indices"][:, :length]
+            negatives = torch.randint(1, train.num_items + 1, (config.num_negatives,), generator=generator)
+            hidden = model(items, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"])
+            terms = retrieval_loss(
+                hidden,
+                model.item_embedding(items),
+                batch,
+                negatives,
+                model.item_embedding(negatives),
+                temperature=config.temperature,
+                in_batch_negatives=config.in_batch_negatives,
+                ntr_weight=config.ntr_weight,
+                generator=generator,
+            )
+            optimizer.zero_grad()
+            terms.total.backward()
+            optimizer.step()
+        rates.append(len(train) / (time.perf_counter() - started))
+    return rates
