@@ -78,7 +78,8 @@ def train(
 
     settings = _settings()
     base = yaml.safe_load(config.read_text()) if config else {}
-    encoder = {**base.pop("encoder", {}), **_given(dim=dim, num_blocks=blocks, num_heads=heads, max_len=max_len, dropout=dropout)}
+    given = _given(dim=dim, num_blocks=blocks, num_heads=heads, max_len=max_len, dropout=dropout)
+    encoder = {**base.pop("encoder", {}), **given}
     if model != "popularity":
         encoder["kind"] = model
     overrides = _given(
@@ -103,8 +104,14 @@ def train(
                 settings, train_config, workers=workers, resume=resume, warm_start=warm_start, log=console.print
             )
             metrics = result.metrics
-            outcome = {"model": train_config.encoder.kind, "run_name": result.run_name, "run_id": result.run_id,
-                       "model_version": result.model_version, "best_epoch": result.best_epoch, "metrics": metrics}  # fmt: skip
+            outcome = {
+                "model": train_config.encoder.kind,
+                "run_name": result.run_name,
+                "run_id": result.run_id,
+                "model_version": result.model_version,
+                "best_epoch": result.best_epoch,
+                "metrics": metrics,
+            }
     except (TrainingError, FileNotFoundError, LookupError, ValueError) as error:
         console.print(f"[red]training failed:[/red] {error}")
         raise typer.Exit(1) from error

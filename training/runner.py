@@ -217,10 +217,14 @@ def _finish(
     tracking.log_metrics(settings, run_id, {**metrics, "best_epoch": float(best_epoch)}, step=best_epoch)
 
     plot_curves(history, config.selection_metric, output / "training_curve.png")
-    (output / "metrics.json").write_text(json.dumps({"best_epoch": best_epoch, "metrics": metrics, "history": history}, indent=2))
+    summary = {"best_epoch": best_epoch, "metrics": metrics, "history": history}
+    (output / "metrics.json").write_text(json.dumps(summary, indent=2))
     tracking.log_artifacts(settings, run_id, output)
     version = tracking.register(
-        settings, run_id, MODEL_DIR, tags={"model": config.encoder.kind, "run_name": run_name, "best_epoch": str(best_epoch)}
+        settings,
+        run_id,
+        MODEL_DIR,
+        tags={"model": config.encoder.kind, "run_name": run_name, "best_epoch": str(best_epoch)},
     )
     tracking.set_tags(settings, run_id, {"registered_version": version})
     tracking.client(settings).set_terminated(run_id, "FINISHED")
@@ -287,7 +291,9 @@ def train_popularity(settings: Settings, config: TrainConfig, log: Log = print) 
     for split, name in (("validation", "val"), ("test", "test")):
         examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)
         scorer = popularity_scorer(train_split, examples.num_items)
-        ranks = split_ranks(scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed)
+        ranks = split_ranks(
+            scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed
+        )
         metrics.update(prefixed(ranking_metrics(ranks, config.eval_ks), name))
     tracking.log_metrics(settings, run_id, metrics, step=0)
     tracking.client(settings).set_terminated(run_id, "FINISHED")

@@ -40,8 +40,8 @@ from training.loss import retrieval_loss
 from training.metrics import prefixed, ranking_metrics
 from training.model import ShardedRetrievalModel, lookup_input
 from training.model_io import ModelInfo, plain_weights, read_weights, save_model, sharded_weights
-from training.tracking import log_metrics
 from training.sharding import catalog_embeddings, dense_optimizer, gather_state, load_state, shard_model
+from training.tracking import log_metrics
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -127,7 +127,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if bar is not None:
             log_metrics(job.settings, job.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             shown = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "val_hr_10", "val_ndcg_10"))
-            print(f"epoch {epoch}/{config.epochs}: {shown} ({seconds:.1f}s, {metrics['train_sequences_per_s']:.0f} seq/s)", flush=True)
+            rate = metrics["train_sequences_per_s"]
+            print(f"epoch {epoch}/{config.epochs}: {shown} ({seconds:.1f}s, {rate:.0f} seq/s)", flush=True)
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -212,7 +213,7 @@ def _evaluate(
 
     def scorer(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         length = max(int(batch["lengths"].max()), 1)
-        batch = {key: value[:, :length].to(device) if value.dim() == 2 else value.to(device) for key, value in batch.items()}
+        batch = {key: (value[:, :length] if value.dim() == 2 else value).to(device) for key, value in batch.items()}
         hidden = encoder(table[batch["item_indices"]], batch["action_ids"], batch["timestamps"], batch["lengths"])
         return F.normalize(last_hidden(hidden, batch["lengths"]).float(), dim=-1) @ catalog.T
 

@@ -11,11 +11,12 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from infra.settings import Settings
-from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE
+from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA, SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig
 from training.config import EncoderConfig, TrainConfig
 
 PARTITIONS = 4
+EVENT_KEYS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")
 START_MS = 1_700_000_000_000
 # 300 users, 1000 items in 20 clusters: small enough for about a second per epoch on 2
 # cores, structured enough that sequence models beat popularity by far.
@@ -35,7 +36,7 @@ def silver_table(events: Iterable[dict[str, Any]], first_offset: int = 0) -> pa.
     for offset, event in enumerate(events, start=first_offset):
         rows.append(
             {
-                **{key: event.get(key) for key in ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")},
+                **{key: event.get(key) for key in EVENT_KEYS},
                 "kafka_partition": zlib.crc32(event["user_id"].encode()) % PARTITIONS,
                 "kafka_offset": offset,
                 "ingested_at": ingested,
@@ -43,12 +44,13 @@ def silver_table(events: Iterable[dict[str, Any]], first_offset: int = 0) -> pa.
             }
         )
     table = pa.Table.from_pylist(rows, schema=SILVER_SCHEMA)
-    return table.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+    return table.sort_by([(column, "ascending") for column in EVENT_ORDER])
 
 
 def append_events(settings: Settings, events: Iterable[dict[str, Any]], first_offset: int = 0) -> None:
     """Append events to silver/events and bring the feature tables up to date (real build)."""
     from features.build import build
 
-    write_deltalake(settings.table_uri(SILVER_TABLE), silver_table(events, first_offset), mode="append", partition_by=["event_date"])
+    rows = silver_table(events, first_offset)
+    write_deltalake(settings.table_uri(SILVER_TABLE), rows, mode="append", partition_by=["event_date"])
     build(settings, incremental=True, log=lambda message: None)

@@ -54,7 +54,8 @@ def test_the_action_type_is_an_input(kind: str) -> None:
     items, actions, timestamps, lengths = _inputs()
     disliked = actions.clone()
     disliked[0, 0] = 8
-    assert not torch.allclose(model(items, actions, timestamps, lengths)[0, 0], model(items, disliked, timestamps, lengths)[0, 0])
+    before = model(items, actions, timestamps, lengths)[0, 0]
+    assert not torch.allclose(before, model(items, disliked, timestamps, lengths)[0, 0])
 
 
 def test_hstu_reads_time_gaps_through_its_bias() -> None:
