@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from infra.settings import Settings
@@ -14,9 +16,13 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     """A Spark session on ``settings.spark_master`` with Arrow transfer enabled.
 
     Local sessions keep their scratch space under the streamrec home, bind to 127.0.0.1
-    and run without the web UI.
+    and run without the web UI. Their Python workers run this interpreter (unless
+    ``PYSPARK_PYTHON`` says otherwise), so they see the same packages as the driver.
     """
     from pyspark.sql import SparkSession
+
+    if settings.spark_master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     builder = (
         SparkSession.builder.appName(app_name)

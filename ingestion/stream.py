@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -191,8 +189,6 @@ def run_ingest(
     from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
 
     _check_topic(settings)
-    # Spark's Python workers must run this interpreter (it has pyarrow and kafka-python).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     checkpoint = checkpoint_path(settings)
     with _exclusive(checkpoint.with_name(checkpoint.name + ".lock")):
         spark = spark_session(settings, "streamrec-ingest")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +15,6 @@ def spark(kafka_broker: Settings) -> Iterator[object]:
     from infra.spark import spark_session
     from ingestion.kafka_source import KafkaDataSource
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = spark_session(kafka_broker, "streamrec-ingestion-tests")
     session.sparkContext.setLogLevel("ERROR")
     session.dataSource.register(KafkaDataSource)

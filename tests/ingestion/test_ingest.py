@@ -31,6 +31,7 @@ def _assert_exact(settings: Settings, sent: list) -> None:
     valid = [s for s in sent if s.record.kind is None]
     invalid = [s for s in sent if s.record.kind is not None]
     assert coordinates(bronze) == sorted((s.partition, s.offset) for s in valid)
+    assert Counter(bronze["event_id"].to_pylist()) == Counter(_event_id(s) for s in valid)  # no extra copies
     assert coordinates(quarantine) == sorted((s.partition, s.offset) for s in invalid)
     by_place = {(s.partition, s.offset): s for s in invalid}
     for row in quarantine.to_pylist():
