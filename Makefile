@@ -28,7 +28,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: setup
-	$(BIN)/python -m workflows.demo
+	$(BIN)/python -m workflows.demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

@@ -79,4 +79,6 @@ def rows_with(column: str, values: pa.Array | pa.ChunkedArray) -> pc.Expression:
     The column is cast to string first: delta-rs MERGE writes strings as string_view, and
     pyarrow cannot compare string statistics of such files with a string value set.
     """
+    if isinstance(values, pa.ChunkedArray):  # one with no chunks would turn into a null-typed set
+        values = values.combine_chunks()
     return pc.field(column).cast(pa.string()).isin(values.cast(pa.string()))

@@ -8,6 +8,7 @@ so infra never imports the packages above it.
 from __future__ import annotations
 
 import json
+import logging
 from importlib.metadata import entry_points
 from typing import Annotated, Optional
 
@@ -96,8 +97,14 @@ def _register_plugins() -> None:
         entry.load()(app)
 
 
+def quiet_library_logs() -> None:
+    """Keep kafka-python's chatter (auto-commit notes, event-loop timing) off the console."""
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console-script entry point."""
+    quiet_library_logs()
     _register_plugins()
     app()
 

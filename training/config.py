@@ -88,6 +88,14 @@ class TrainConfig(BaseModel):
         lr = self.embedding_lr or (self.lr if name == "adam" else 0.05)
         return name, lr
 
+    def loss_options(self) -> dict[str, float | int]:
+        """The keyword options ``training.loss.retrieval_loss`` takes from this config."""
+        return {
+            "temperature": self.temperature,
+            "in_batch_negatives": self.in_batch_negatives,
+            "ntr_weight": self.ntr_weight,
+        }
+
     def flat_params(self) -> dict[str, str]:
         """Every field as a flat {name: value} map for MLflow params (encoder.* prefixed)."""
         params = {f"encoder.{key}": str(value) for key, value in self.encoder.model_dump().items()}

@@ -179,15 +179,7 @@ def _train_epoch(
                 lookups, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"]
             )
         terms = retrieval_loss(
-            hidden,
-            history_emb,
-            batch,
-            negatives,
-            negative_emb,
-            temperature=config.temperature,
-            in_batch_negatives=config.in_batch_negatives,
-            ntr_weight=config.ntr_weight,
-            generator=generator,
+            hidden, history_emb, batch, negatives, negative_emb, generator=generator, **config.loss_options()
         )
         optimizer.zero_grad()
         terms.total.backward()

@@ -1,22 +1,158 @@
-"""`make demo`: run the streamrec loop end to end on the local mini-cluster."""
+"""`make demo`: the streamrec loop end to end on the local mini-cluster.
+
+Starts the mini-cluster, streams synthetic user actions (a few of them malformed) into
+Kafka, ingests them exactly once into bronze/quarantine/silver, brings the feature tables
+up to date, trains the popularity baseline, SASRec and HSTU on Ray Train, registers the
+models in MLflow and prints what every stage made. Each stage names the `streamrec`
+command that does the same by hand. Running it again sends the very same events again:
+bronze records the re-sent records, silver keeps one copy of each event, the features
+stay as they were and training runs once more.
+
+    .venv/bin/python -m workflows.demo [--events 200000] [--epochs 8] [--workers 2]
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+
+from deltalake import DeltaTable
 from rich.console import Console
+from rich.table import Table
 
+from features.build import build as build_features
 from infra import cluster
-from infra.settings import get_settings
+from infra.cli import quiet_library_logs
+from infra.settings import Settings, get_settings
+from ingestion.kafka_source import high_watermarks, kafka_consumer
+from ingestion.producer import produce, with_bad_records
+from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
+from ingestion.stream import checkpoint_path, run_ingest
+from ingestion.synthetic import DAY_MS, SyntheticConfig, generate_events
+from training.config import EncoderConfig, TrainConfig
+from training.runner import train, train_popularity
 
-console = Console()
+console = Console(highlight=False)
+METRICS = ("test_hr_10", "test_ndcg_10", "test_hr_50", "test_ndcg_50", "test_mrr")
 
 
-def main() -> None:
-    """Start the mini-cluster and run every pipeline stage once, printing what each made."""
+def main(argv: list[str] | None = None) -> None:
+    """Run every stage once and print a summary of what each made."""
+    args = _parser().parse_args(argv)
+    quiet_library_logs()
     settings = get_settings()
-    console.rule("1. local mini-cluster")
+    started = time.monotonic()
+
+    _stage(1, "local mini-cluster", "streamrec up")
     for state in cluster.up(settings):
         console.print(f"{state.name:7} {state.mode:8} {state.address:28} {state.detail}")
-    console.print(f"\nThe cluster keeps running; stop it with `streamrec down`. Home: {settings.home}")
+
+    _stage(2, f"produce {args.events:,} synthetic events", f"streamrec produce synthetic --events {args.events}")
+    _forget_stream_of_a_lost_topic(settings)
+    synthetic = SyntheticConfig(
+        users=args.users, items=args.items, events=args.events, seed=args.seed, start_ms=_clock_start(settings, args.seed)
+    )
+    records = with_bad_records(generate_events(synthetic), args.bad_fraction, settings, args.seed)
+    sent = produce(records, settings, total=args.events, description="synthetic events")
+    console.print(f"sent {sent.sent:,} records ({sent.invalid:,} malformed) at {sent.rate:,.0f}/s")
+
+    _stage(3, "ingest into bronze, quarantine and silver (exactly once)", "streamrec ingest --until-idle")
+    ingested = run_ingest(settings, until_idle=True, report=lambda line: console.print(str(line), markup=False))
+    console.print(f"ingested {ingested.records:,} records in {ingested.seconds:.1f}s")
+    console.print(_lake_table(settings))
+
+    _stage(4, "feature tables", "streamrec features build --incremental")
+    report = build_features(settings, incremental=True, log=lambda line: console.print(line, markup=False))
+    console.print(f"feature versions: {report.versions()}")
+
+    _stage(5, "training on Ray Train (sharded item table), tracked in MLflow", "streamrec train --model hstu")
+    results: dict[str, dict[str, float]] = {}
+    versions: dict[str, str] = {}
+    results["popularity"] = train_popularity(settings, TrainConfig())
+    for kind in ("sasrec", "hstu"):
+        config = TrainConfig(encoder=EncoderConfig(kind=kind), epochs=args.epochs, seed=args.seed)
+        outcome = train(settings, config, workers=args.workers, log=console.print)
+        results[kind], versions[kind] = outcome.metrics, outcome.model_version
+
+    _stage(6, "summary", "streamrec evaluate latest")
+    console.print(_metrics_table(results, versions))
+    console.print(
+        f"registered model {settings.registered_model}: HSTU is version {versions['hstu']}, "
+        f"SASRec version {versions['sasrec']}"
+    )
+    console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   lake: {settings.lake}")
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="synthetic events to produce")
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of malformed records")
+    parser.add_argument("--epochs", type=int, default=15, help="most epochs of SASRec and HSTU")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _stage(number: int, title: str, command: str) -> None:
+    console.rule(f"{number}. {title}")
+    console.print(f"[dim]by hand: {command}[/dim]")
+
+
+def _clock_start(settings: Settings, seed: int) -> int:
+    """The synthetic clock's start for ``seed``, fixed at its first run, so a later run sends
+    the very same events (same event_ids): silver keeps one copy of each."""
+    path = settings.home / "demo" / "synthetic-clock.json"
+    starts = json.loads(path.read_text()) if path.exists() else {}
+    if str(seed) not in starts:
+        starts[str(seed)] = int(time.time() * 1000) - int((SyntheticConfig.span_days + 1) * DAY_MS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(starts))
+    return starts[str(seed)]
+
+
+def _forget_stream_of_a_lost_topic(settings: Settings) -> None:
+    """Set aside the ingest checkpoint when the topic is empty: the local broker keeps
+    topics in memory, so after `streamrec down`/`up` the stream's offsets point past the
+    end of the new topic. Bronze keeps its rows; silver drops events sent again."""
+    consumer = kafka_consumer(settings.kafka_bootstrap)
+    try:
+        empty = sum(high_watermarks(consumer, settings.topic).values()) == 0
+    finally:
+        consumer.close()
+    checkpoint = checkpoint_path(settings)
+    if empty and checkpoint.exists():
+        kept = checkpoint.with_name(f"{checkpoint.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+        checkpoint.rename(kept)
+        console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
+
+
+def _lake_table(settings: Settings) -> Table:
+    table = Table(title="lake tables")
+    for column in ("table", "rows", "example"):
+        table.add_column(column)
+    counts = {name: DeltaTable(settings.table_uri(name)).to_pyarrow_dataset().count_rows() for name in
+              (BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE)}  # fmt: skip
+    reasons = DeltaTable(settings.table_uri(QUARANTINE_TABLE)).to_pyarrow_dataset().head(1, columns=["reason"])
+    reason = reasons["reason"][0].as_py() if reasons.num_rows else ""
+    table.add_row(BRONZE_TABLE, f"{counts[BRONZE_TABLE]:,}", "every valid record, with its Kafka offset")
+    table.add_row(QUARANTINE_TABLE, f"{counts[QUARANTINE_TABLE]:,}", f"reason: {reason}")
+    table.add_row(SILVER_TABLE, f"{counts[SILVER_TABLE]:,}", "deduplicated by event_id, ordered by user and ts")
+    return table
+
+
+def _metrics_table(results: dict[str, dict[str, float]], versions: dict[str, str]) -> Table:
+    table = Table(title="test split: leave-last-out, full catalogue, seen items filtered")
+    table.add_column("model")
+    table.add_column("version")
+    for name in METRICS:
+        table.add_column(name.removeprefix("test_"), justify="right")
+    for model, metrics in results.items():
+        table.add_row(model, versions.get(model, "-"), *(f"{metrics[name]:.4f}" for name in METRICS))
+    return table
 
 
 if __name__ == "__main__":

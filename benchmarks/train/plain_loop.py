@@ -32,16 +32,9 @@ def plain_epochs(config: TrainConfig, train: SequenceExamples, epochs: int, thre
             items = batch["item_indices"][:, :length]
             negatives = torch.randint(1, train.num_items + 1, (config.num_negatives,), generator=generator)
             hidden = model(items, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"])
+            history_emb, negative_emb = model.item_embedding(items), model.item_embedding(negatives)
             terms = retrieval_loss(
-                hidden,
-                model.item_embedding(items),
-                batch,
-                negatives,
-                model.item_embedding(negatives),
-                temperature=config.temperature,
-                in_batch_negatives=config.in_batch_negatives,
-                ntr_weight=config.ntr_weight,
-                generator=generator,
+                hidden, history_emb, batch, negatives, negative_emb, generator=generator, **config.loss_options()
             )
             optimizer.zero_grad()
             terms.total.backward()

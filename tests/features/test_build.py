@@ -188,3 +188,15 @@ def test_incremental_falls_back_to_full_when_old_silver_files_are_gone(settings:
     report = build(settings, incremental=True, log=QUIET)
     assert report.mode == "full" and "cannot diff silver versions" in report.fallback_reason
     assert "u7" in [row["user_id"] for row in table_rows(settings, USER_SEQUENCES_TABLE, "user_id")]
+
+
+def test_incremental_build_after_a_silver_version_without_new_rows(settings: Settings) -> None:
+    # Ingestion commits a silver version that adds nothing when every event of a batch was
+    # a re-sent duplicate; the build must treat that as "no change", not fail.
+    append_silver(settings, silver_rows(EVENTS))
+    build(settings, log=QUIET)
+    full = _snapshot(settings)
+    append_silver(settings, silver_rows(EVENTS[:0]))
+    report = build(settings, incremental=True, log=QUIET)
+    assert report.mode == "incremental" and report.new_silver_rows == 0
+    assert _snapshot(settings) == full
