@@ -121,7 +121,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 raise KafkaSourceError(
                     f"partition {partition} of topic {self.topic} ends at offset {end}, before the stream's"
                     f" offset {offset}: the topic was recreated or truncated. Records would be lost;"
-                    " start the stream again with a new checkpoint."
+                    " move the stream's checkpoint aside to start again (bronze keeps its rows;"
+                    " silver drops re-sent events)."
                 )
         if isinstance(limit, ReadMaxRows):
             ends = _share_limit(start, ends, limit.max_rows)

@@ -185,6 +185,8 @@ def run_ingest(
 ) -> IngestStats:
     """Run the ingest stream until idle (everything at the high watermarks is in bronze
     and silver), for ``duration_s`` seconds, or until interrupted."""
+    from pyspark.errors import StreamingQueryException
+
     from infra.spark import spark_session
     from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
 
@@ -216,10 +218,14 @@ def run_ingest(
             query.awaitTermination(duration_s) if duration_s is not None else query.awaitTermination()
         except KeyboardInterrupt:
             report("interrupted: stopping after the running micro-batch")
+        except StreamingQueryException:
+            pass  # reported below, in a few plain words, from query.exception()
         finally:
             _stop_between_batches(query)
         if query.exception() is not None:
-            raise IngestError(f"the ingest stream failed: {_essence(str(query.exception()))}")
+            raise IngestError(
+                f"the ingest stream failed: {_essence(str(query.exception()))} (stream checkpoint: {checkpoint})"
+            )
         writer.finish()
     return writer.stats
 

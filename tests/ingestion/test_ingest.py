@@ -10,14 +10,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from deltalake import DeltaTable
+from kafka.admin import KafkaAdminClient, NewTopic
 from ingestdata import coordinates, encode_event, events, fresh_settings, mixed_records, send, table
 from test_validation import EXPECTED_REASONS, NOW, _events, _records
 
 from infra.settings import Settings
 from ingestion.lake_writer import SILVER_APP_ID, SilverMaintainer, append_once, committed_version
 from ingestion.schema import BRONZE_SCHEMA, BRONZE_TABLE, EVENT_ORDER, QUARANTINE_TABLE, SILVER_TABLE
-from ingestion.stream import checkpoint_path, run_ingest
+from ingestion.stream import IngestError, checkpoint_path, run_ingest
 from ingestion.validation import ValidationLimits, validate_records
 
 
@@ -143,3 +145,19 @@ def test_ingest_explains_a_missing_topic_or_broker(kafka_broker: Settings, test_
     down = subprocess.run([streamrec, "ingest", "--until-idle"], env={**env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert down.returncode == 1 and "cannot reach Kafka" in down.stderr
+
+
+def test_a_recreated_topic_stops_the_stream_naming_its_checkpoint(spark, kafka_broker: Settings, tmp_path: Path) -> None:
+    settings = fresh_settings(tmp_path, partitions=1)
+    send(settings, [encode_event(e) for e in events(50)])
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:  # what a restarted in-memory broker looks like: the same topic, empty again
+        admin.delete_topics([settings.topic])
+        admin.create_topics([NewTopic(settings.topic, 1, 1)])
+    finally:
+        admin.close()
+    send(settings, [encode_event(e) for e in events(10, seed=3)])
+    with pytest.raises(IngestError, match=re.escape(str(checkpoint_path(settings)))):
+        run_ingest(settings, until_idle=True, report=lambda line: None)
+    assert table(settings.table_uri(BRONZE_TABLE)).num_rows == 50  # nothing lost, nothing skipped
