@@ -165,15 +165,34 @@ class BatchWriter:
 
 
 @contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` (released by the OS even on kill -9)."""
+def _exclusive(checkpoint: Path) -> Iterator[None]:
+    """Hold the stream's exclusive lock beside ``checkpoint`` (released by the OS even on kill -9)."""
+    lock_file = checkpoint.with_name(checkpoint.name + ".lock")
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
-            raise IngestError(f"another `streamrec ingest` is running on {lock_file.with_suffix('')}") from error
+            raise IngestError(f"another `streamrec ingest` is running on {checkpoint}") from error
         yield
+
+
+def set_aside_checkpoint_of_empty_topic(settings: Settings) -> Path | None:
+    """Let the stream start over when its topic holds no records but it has a checkpoint.
+
+    The local broker keeps topics in memory: after a restart the topic is empty and the
+    checkpoint's offsets point past its end, which stops the stream. With no record on the
+    topic, starting over skips nothing; the new query's app-transaction ids keep bronze
+    exactly-once and silver drops re-sent events. The checkpoint is renamed, not deleted.
+    Returns where it went, or None when there was nothing to do.
+    """
+    checkpoint = checkpoint_path(settings)
+    if sum(_topic_ends(settings).values()) or not checkpoint.exists():
+        return None
+    kept = checkpoint.with_name(f"{checkpoint.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+    with _exclusive(checkpoint):
+        checkpoint.rename(kept)
+    return kept
 
 
 def run_ingest(
@@ -190,9 +209,9 @@ def run_ingest(
     from infra.spark import spark_session
     from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
 
-    _check_topic(settings)
+    _topic_ends(settings)  # fails early, in plain words, without a broker or topic
     checkpoint = checkpoint_path(settings)
-    with _exclusive(checkpoint.with_name(checkpoint.name + ".lock")):
+    with _exclusive(checkpoint):
         spark = spark_session(settings, "streamrec-ingest")
         spark.sparkContext.setLogLevel("ERROR")
         spark.dataSource.register(KafkaDataSource)
@@ -230,8 +249,8 @@ def run_ingest(
     return writer.stats
 
 
-def _check_topic(settings: Settings) -> None:
-    """Fail early, with a plain message, when the broker or the topic is not there."""
+def _topic_ends(settings: Settings) -> dict[str, int]:
+    """{partition: high watermark} of the topic; a plain IngestError without broker or topic."""
     from kafka.errors import KafkaError
 
     from ingestion.kafka_source import KafkaSourceError, high_watermarks, kafka_consumer
@@ -241,7 +260,7 @@ def _check_topic(settings: Settings) -> None:
     except (KafkaError, OSError, ValueError) as error:
         raise IngestError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
     try:
-        high_watermarks(consumer, settings.topic)
+        return high_watermarks(consumer, settings.topic)
     except KafkaSourceError as error:
         raise IngestError(str(error)) from error
     finally:

@@ -131,9 +131,7 @@ class _Generator:
         self.config = config
         self.rng = random.Random(config.seed)
         self.catalogue = _Catalogue(config, self.rng)
-        # By default the stream ends about now (a day of margin: the last sessions run on).
-        default_start = int(time.time() * 1000) - int((config.span_days + 1) * DAY_MS)
-        self.start_ms = config.start_ms if config.start_ms is not None else default_start
+        self.start_ms = config.start_ms if config.start_ms is not None else default_start_ms(config.span_days)
         self.id_prefix = config.id_prefix or f"s{config.seed}-{self.start_ms}"
         self.interests: dict[int, list[int]] = {}
         self.busy_until: dict[int, int] = {}
@@ -236,6 +234,12 @@ class _Generator:
                 event["dwell_ms"] = dwell
             yield event
             emitted += 1
+
+
+def default_start_ms(span_days: float) -> int:
+    """The clock's default start: ``span_days`` + 1 day ago, so the stream ends about a day
+    before now (the last sessions run on)."""
+    return int(time.time() * 1000) - int((span_days + 1) * DAY_MS)
 
 
 def generate_events(config: SyntheticConfig) -> Iterator[dict[str, Any]]:

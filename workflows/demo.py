@@ -8,7 +8,7 @@ command that does the same by hand. Running it again sends the very same events 
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
 
-    .venv/bin/python -m workflows.demo [--events 200000] [--epochs 8] [--workers 2]
+    .venv/bin/python -m workflows.demo [--events 200000] [--epochs 15] [--workers 2]
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from features.build import build as build_features
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
-from ingestion.kafka_source import high_watermarks, kafka_consumer
 from ingestion.producer import produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
-from ingestion.stream import checkpoint_path, run_ingest
-from ingestion.synthetic import DAY_MS, SyntheticConfig, generate_events
+from ingestion.stream import run_ingest, set_aside_checkpoint_of_empty_topic
+from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
 from training.config import EncoderConfig, TrainConfig
 from training.runner import train, train_popularity
 
@@ -49,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"{state.name:7} {state.mode:8} {state.address:28} {state.detail}")
 
     _stage(2, f"produce {args.events:,} synthetic events", f"streamrec produce synthetic --events {args.events}")
-    _forget_stream_of_a_lost_topic(settings)
+    kept = set_aside_checkpoint_of_empty_topic(settings)
+    if kept:
+        console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
     synthetic = SyntheticConfig(
         users=args.users, items=args.items, events=args.events, seed=args.seed, start_ms=_clock_start(settings, args.seed)
     )
@@ -108,35 +109,20 @@ def _clock_start(settings: Settings, seed: int) -> int:
     path = settings.home / "demo" / "synthetic-clock.json"
     starts = json.loads(path.read_text()) if path.exists() else {}
     if str(seed) not in starts:
-        starts[str(seed)] = int(time.time() * 1000) - int((SyntheticConfig.span_days + 1) * DAY_MS)
+        starts[str(seed)] = default_start_ms(SyntheticConfig.span_days)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(starts))
     return starts[str(seed)]
-
-
-def _forget_stream_of_a_lost_topic(settings: Settings) -> None:
-    """Set aside the ingest checkpoint when the topic is empty: the local broker keeps
-    topics in memory, so after `streamrec down`/`up` the stream's offsets point past the
-    end of the new topic. Bronze keeps its rows; silver drops events sent again."""
-    consumer = kafka_consumer(settings.kafka_bootstrap)
-    try:
-        empty = sum(high_watermarks(consumer, settings.topic).values()) == 0
-    finally:
-        consumer.close()
-    checkpoint = checkpoint_path(settings)
-    if empty and checkpoint.exists():
-        kept = checkpoint.with_name(f"{checkpoint.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
-        checkpoint.rename(kept)
-        console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
 
 
 def _lake_table(settings: Settings) -> Table:
     table = Table(title="lake tables")
     for column in ("table", "rows", "example"):
         table.add_column(column)
-    counts = {name: DeltaTable(settings.table_uri(name)).to_pyarrow_dataset().count_rows() for name in
-              (BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE)}  # fmt: skip
-    reasons = DeltaTable(settings.table_uri(QUARANTINE_TABLE)).to_pyarrow_dataset().head(1, columns=["reason"])
+    lake = {name: DeltaTable(settings.table_uri(name)).to_pyarrow_dataset() for name in
+            (BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE)}  # fmt: skip
+    counts = {name: dataset.count_rows() for name, dataset in lake.items()}
+    reasons = lake[QUARANTINE_TABLE].head(1, columns=["reason"])
     reason = reasons["reason"][0].as_py() if reasons.num_rows else ""
     table.add_row(BRONZE_TABLE, f"{counts[BRONZE_TABLE]:,}", "every valid record, with its Kafka offset")
     table.add_row(QUARANTINE_TABLE, f"{counts[QUARANTINE_TABLE]:,}", f"reason: {reason}")

@@ -19,7 +19,7 @@ from test_validation import EXPECTED_REASONS, NOW, _events, _records
 from infra.settings import Settings
 from ingestion.lake_writer import SILVER_APP_ID, SilverMaintainer, append_once, committed_version
 from ingestion.schema import BRONZE_SCHEMA, BRONZE_TABLE, EVENT_ORDER, QUARANTINE_TABLE, SILVER_TABLE
-from ingestion.stream import IngestError, checkpoint_path, run_ingest
+from ingestion.stream import IngestError, checkpoint_path, run_ingest, set_aside_checkpoint_of_empty_topic
 from ingestion.validation import ValidationLimits, validate_records
 
 
@@ -151,13 +151,32 @@ def test_a_recreated_topic_stops_the_stream_naming_its_checkpoint(spark, kafka_b
     settings = fresh_settings(tmp_path, partitions=1)
     send(settings, [encode_event(e) for e in events(50)])
     run_ingest(settings, until_idle=True, report=lambda line: None)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:  # what a restarted in-memory broker looks like: the same topic, empty again
-        admin.delete_topics([settings.topic])
-        admin.create_topics([NewTopic(settings.topic, 1, 1)])
-    finally:
-        admin.close()
+    _recreate_topic(settings)
     send(settings, [encode_event(e) for e in events(10, seed=3)])
     with pytest.raises(IngestError, match=re.escape(str(checkpoint_path(settings)))):
         run_ingest(settings, until_idle=True, report=lambda line: None)
     assert table(settings.table_uri(BRONZE_TABLE)).num_rows == 50  # nothing lost, nothing skipped
+
+
+def test_an_empty_new_topic_lets_the_stream_start_over(spark, kafka_broker: Settings, tmp_path: Path) -> None:
+    settings = fresh_settings(tmp_path, partitions=1)
+    send(settings, [encode_event(e) for e in events(50)])
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    assert set_aside_checkpoint_of_empty_topic(settings) is None  # records on the topic: keep going
+    _recreate_topic(settings)
+    kept = set_aside_checkpoint_of_empty_topic(settings)
+    assert kept is not None and kept.is_dir() and not checkpoint_path(settings).exists()
+    later = send(settings, [encode_event(e) for e in events(10, seed=3)])
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    bronze = table(settings.table_uri(BRONZE_TABLE))
+    assert bronze.num_rows == 60 and set(bronze["event_id"].to_pylist()) >= {_event_id(s) for s in later}
+
+
+def _recreate_topic(settings: Settings) -> None:
+    """What a restarted in-memory broker looks like: the same topic, empty again."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.delete_topics([settings.topic])
+        admin.create_topics([NewTopic(settings.topic, 1, 1)])
+    finally:
+        admin.close()

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from deltalake import DeltaTable
+from kafka.admin import KafkaAdminClient
 
 from infra.settings import Settings, get_settings
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
@@ -44,8 +45,6 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(mini
     silver_rows = _rows(settings, SILVER_TABLE)
 
     # A restarted local broker loses its topics: a new (empty) topic under the same name.
-    from kafka.admin import KafkaAdminClient
-
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         admin.delete_topics([settings.topic])
