@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass
 
 from infra.components import Component, Health, all_components
+from infra.errors import StreamrecError
 from infra.processes import log_tail, port_in_use, read_record, spawn, stop
 from infra.settings import Settings
 
 
-class ClusterError(RuntimeError):
+class ClusterError(StreamrecError):
     """A component could not be started or reached; the message says which and why."""
 
 

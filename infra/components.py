@@ -2,12 +2,12 @@
 
 Each component is either *local* (started by `streamrec up`, on loopback) or *external*
 (a real cluster named by settings, only probed). Probes talk the component's own protocol:
-a Kafka metadata request, MLflow's /health, Ray's cluster resources.
+a Kafka metadata request, MLflow's /health, Ray's node list from its state API (with the
+cluster's authentication token).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from abc import ABC, abstractmethod
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from infra import ray_access
 from infra.processes import free_port
 from infra.settings import Settings
 
@@ -60,8 +61,8 @@ class Component(ABC):
     def prepare(self) -> None:
         """Create directories the local process needs."""
 
-    def environment(self) -> dict[str, str]:
-        """Extra environment variables of the local process."""
+    def environment(self) -> dict[str, str | None]:
+        """Extra environment variables of the local process (None removes one)."""
         return {}
 
     def after_healthy(self) -> str:
@@ -169,7 +170,7 @@ class MlflowServer(Component):
     def prepare(self) -> None:
         (self.data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
 
-    def environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str | None]:
         # MLflow 3 otherwise starts ~8 job-queue worker processes (~1.3 GiB) that streamrec
         # never uses; on a 2-core machine they compete with Spark and Ray.
         return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -195,7 +196,7 @@ class MlflowServer(Component):
 
 
 class RayHead(Component):
-    """Ray head node (GCS, raylet, dashboard on 127.0.0.1)."""
+    """Ray head node (GCS, raylet, dashboard on 127.0.0.1), with token authentication by default."""
 
     name = "ray"
 
@@ -205,12 +206,20 @@ class RayHead(Component):
 
     def ports(self) -> list[tuple[str, int]]:
         gcs = self.settings.ray_gcs
-        assert gcs is not None, "a ray:// address is never local"
+        if gcs is None:
+            raise ValueError("a ray:// client address names an external cluster; it has no local ports")
         return [
             gcs,
             ("127.0.0.1", self.settings.ray_dashboard_port),
             ("127.0.0.1", self.settings.ray_client_port),
         ]
+
+    def prepare(self) -> None:
+        if ray_access.token_auth(self.settings):
+            ray_access.create_local_token(self.settings)
+
+    def environment(self) -> dict[str, str | None]:
+        return ray_access.ray_environment(self.settings)
 
     def command(self) -> list[str]:
         import os
@@ -227,33 +236,16 @@ class RayHead(Component):
         ]  # fmt: skip
 
     def probe(self) -> Health:
-        if self.local:
-            return self._probe_dashboard()
-        return self._probe_with_client()
-
-    def _probe_dashboard(self) -> Health:
-        url = f"http://127.0.0.1:{self.settings.ray_dashboard_port}/api/cluster_status"
         try:
-            payload = requests.get(url, timeout=5).json()
-        except (requests.RequestException, ValueError) as error:
-            return Health(False, f"no cluster status from {url}: {error.__class__.__name__}")
-        status = str(payload.get("data", {}).get("autoscalingStatus", ""))
-        cpus = re.search(r"([\d.]+)/([\d.]+) CPU", status)
-        if not cpus or float(cpus.group(2)) <= 0:
-            return Health(False, "Ray head has no node with resources yet")
-        return Health(True, f"{cpus.group(2)} CPU, {cpus.group(1)} in use")
-
-    def _probe_with_client(self) -> Health:
-        import ray
-
-        try:
-            ray.init(address=self.settings.ray_address, log_to_driver=False, logging_level="ERROR")
-            resources = ray.cluster_resources()
-        except Exception as error:  # ray raises many kinds; a probe reports them all
-            return Health(False, f"cannot reach Ray at {self.address}: {error}")
-        finally:
-            ray.shutdown()
-        return Health(True, f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+            nodes = ray_access.cluster_nodes(self.settings)
+        except ray_access.RayAccessError as error:
+            return Health(False, str(error))
+        cpus = ray_access.cluster_cpus(nodes)
+        if cpus <= 0:
+            return Health(False, "Ray answers but has no alive node with CPUs yet")
+        alive = sum(node.get("state") == "ALIVE" for node in nodes)
+        auth = "token auth" if ray_access.token_auth(self.settings) else "no auth"
+        return Health(True, f"{alive} node(s), {cpus:g} CPU, {auth}")
 
 
 def all_components(settings: Settings) -> list[Component]:

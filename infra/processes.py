@@ -56,8 +56,14 @@ def read_record(pid_file: Path) -> ProcessRecord | None:
         return None
 
 
-def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> ProcessRecord:
-    """Start ``command`` in its own session, detached from this shell, output to ``log_file``."""
+def spawn(
+    command: list[str], log_file: Path, pid_file: Path, env: dict[str, str | None] | None = None
+) -> ProcessRecord:
+    """Start ``command`` in its own session, detached from this shell, output to ``log_file``.
+
+    ``env`` adds to this process's environment; a None value removes the variable.
+    """
+    environment = {**os.environ, **(env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -69,7 +75,7 @@ def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env={name: value for name, value in environment.items() if value is not None},
             close_fds=True,
         )
     record = ProcessRecord(process.pid, command, str(log_file), time.time())

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = Field(8265, description="Dashboard port of the local Ray head.")
     ray_client_port: int = Field(10001, description="Ray client server port of the local Ray head.")
     ray_num_cpus: int = Field(0, ge=0, description="CPUs the local Ray head offers; 0 = this machine's cores.")
+    ray_auth: Literal["token", "disabled"] = Field(
+        "token", description="Ray token authentication of the local head and of every client; disabled = none."
+    )
+    ray_auth_token_file: str = Field(
+        "", description="File holding the Ray token; default <home>/ray/auth_token (made by `up` for the local head)."
+    )
     spark_master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn or k8s://.")
     spark_driver_memory: str = Field("4g", description="Driver memory of local Spark sessions.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions of streamrec jobs.")
@@ -150,6 +156,13 @@ class Settings(BaseSettings):
     def checkpoint_dir(self) -> Path:
         return self.home / "checkpoints"
 
+    @property
+    def ray_token_path(self) -> Path:
+        """File of the Ray authentication token (never the user's ~/.ray/auth_token by default)."""
+        if self.ray_auth_token_file:
+            return Path(self.ray_auth_token_file).expanduser().resolve()
+        return self.home / "ray" / "auth_token"
+
     # Addresses ---------------------------------------------------------------------
     @property
     def kafka_hosts(self) -> list[tuple[str, int]]:
@@ -161,6 +174,12 @@ class Settings(BaseSettings):
         if "://" in self.ray_address:
             return None
         return _host_port(self.ray_address, 6379)
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        """HTTP root of the Ray dashboard (its REST APIs): the cluster's host, the dashboard port."""
+        host = _host_port(self.ray_address, 6379)[0]
+        return f"http://{host}:{self.ray_dashboard_port}"
 
     def is_local(self, component: str) -> bool:
         """Whether `streamrec up` starts ``component`` here (loopback and not marked external)."""

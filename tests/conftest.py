@@ -4,6 +4,11 @@ At session start every ``STREAMREC_*`` address is pointed at free loopback ports
 temporary home, so tests never touch a developer's own cluster and may run beside it.
 In-process code and subprocesses (the `streamrec` CLI, Spark, Ray workers) all read
 these variables through ``infra.settings.get_settings()``.
+
+``HOME`` points at a temporary directory as well: Ray keeps (and, for a new local
+``ray.init()`` cluster, writes) its token at ~/.ray/auth_token, and a token there turns
+authentication on for every later `ray start` on the machine. The suite never reads or
+writes the real one; the test cluster's token lives in the temporary streamrec home.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ _TEST_ENV: dict[str, str] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     home = Path(tempfile.mkdtemp(prefix="streamrec-test-"))
+    (home / "user-home").mkdir()
     _TEST_ENV.update(
+        HOME=str(home / "user-home"),
         STREAMREC_HOME=str(home),
         STREAMREC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         STREAMREC_MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
@@ -35,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
         STREAMREC_DAGSTER_PORT=str(free_port()),
         STREAMREC_EXTERNAL="",
         STREAMREC_LAKE_URI="",
+        STREAMREC_RAY_AUTH="token",
+        STREAMREC_RAY_AUTH_TOKEN_FILE="",
     )
     os.environ.pop("STREAMREC_CONFIG", None)
     os.environ.update(_TEST_ENV)
@@ -47,7 +56,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def test_env() -> dict[str, str]:
-    """The STREAMREC_* variables of this test session (for subprocesses)."""
+    """The STREAMREC_* variables (and HOME) of this test session (for subprocesses)."""
     return dict(_TEST_ENV)
 
 

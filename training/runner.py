@@ -12,7 +12,6 @@ training-curve PNG and the metrics, and registers a new version of the retrieval
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ import pyarrow.fs
 
 from features.reader import FeatureVersions, latest_versions, load_examples
 from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
+from infra import ray_access
 from infra.settings import Settings
 from training import tracking
 from training.config import TrainConfig
@@ -121,10 +121,10 @@ def _params(config: TrainConfig, versions: FeatureVersions, workers: int, warm_s
 
 
 def _connect(settings: Settings) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_address, logging_level=logging.WARNING)
+    try:
+        ray_access.connect(settings)
+    except ray_access.RayAccessError as error:
+        raise TrainingError(str(error)) from error
 
 
 def _check_resources(settings: Settings, workers: int) -> None:

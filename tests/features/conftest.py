@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra import cluster
+from infra import cluster, ray_access
 from infra.settings import Settings, get_settings
 
 
@@ -19,7 +19,7 @@ def ray_head() -> Iterator[Settings]:
     cluster.up(settings, ["ray"])
     connected_here = not ray.is_initialized()
     if connected_here:
-        ray.init(address=settings.ray_address, logging_level="warning", log_to_driver=False)
+        ray_access.connect(settings, logging_level="warning", log_to_driver=False)
     yield settings
     if connected_here:  # disconnect before the session's cluster goes down
         ray.shutdown()

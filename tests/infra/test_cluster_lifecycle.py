@@ -117,8 +117,10 @@ def _round_trip_mlflow(settings: Settings) -> None:
 
 
 RAY_TASK = """
-import ray, sys
-ray.init(address=sys.argv[1], log_to_driver=False)
+import ray
+from infra import ray_access
+from infra.settings import get_settings
+ray_access.connect(get_settings(), log_to_driver=False)
 @ray.remote
 def square(x):
     return x * x
@@ -126,9 +128,9 @@ print(sum(ray.get([square.remote(i) for i in range(10)])))
 """
 
 
-def _round_trip_ray(settings: Settings) -> None:
+def _round_trip_ray(env: dict[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", RAY_TASK, settings.ray_address], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", RAY_TASK], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "285"
@@ -159,7 +161,7 @@ def test_up_status_use_down(tmp_path: Path) -> None:
 
         _round_trip_kafka(settings)
         _round_trip_mlflow(settings)
-        _round_trip_ray(settings)
+        _round_trip_ray(env)
         assert (settings.log_dir / "mlflow.log").stat().st_size > 0
     finally:
         stopped = _cli(env, "down")

@@ -15,6 +15,7 @@ import torch
 from lakedata import EVENTS, START_MS, append_events, tiny_config
 
 from features.reader import latest_versions
+from infra import ray_access
 from infra.settings import Settings, get_settings
 from ingestion.synthetic import SyntheticConfig, generate_events
 from training import tracking
@@ -131,10 +132,7 @@ def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_
 
 
 def test_impossible_requests_fail_at_once_without_leaving_a_run(settings: Settings) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_address, logging_level="warning")
+    ray_access.connect(settings, logging_level="warning")
     client = tracking.client(settings)
 
     def runs() -> int:
