@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra import cluster
+from infra import cluster, ray_access
 from infra.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -62,6 +62,8 @@ def up(components: ComponentNames = None) -> None:
         raise typer.Exit(1) from error
     console.print(_table(states))
     console.print(f"home: {settings.home}")
+    if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
+        console.print(f"Ray dashboard: {settings.ray_dashboard_url} (sign in with the token in {settings.ray_token_path})")
 
 
 @app.command()
