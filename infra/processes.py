@@ -11,6 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
+CREATE_TIME_TOLERANCE_S = 1.0
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -20,32 +24,17 @@ class ProcessRecord:
     command: list[str]
     log_file: str
     started_at: float
+    create_time: float  # when ``pid`` started (epoch s): tells a later process that reuses the pid apart
 
     def alive(self) -> bool:
         """True while the recorded process (not a later one reusing its pid) runs."""
-        deadline = time.monotonic() + 1.0
-        while True:
-            try:
-                with open(f"/proc/{self.pid}/cmdline", "rb") as handle:
-                    cmdline = handle.read()
-            except OSError:
-                return False
-            if _is_zombie(self.pid):
-                return False
-            # Right after Popen returns the child may still be inside exec(), when the kernel
-            # reports an empty command line for a moment: read again instead of answering "dead".
-            if cmdline or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        return os.path.basename(self.command[0]).encode() in cmdline.replace(b"\0", b" ")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
+        try:
+            process = psutil.Process(self.pid)
+            # psutil derives the start from the boot time, which moves when the wall clock is stepped.
+            same = abs(process.create_time() - self.create_time) < CREATE_TIME_TOLERANCE_S
+            return same and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
 
 def read_record(pid_file: Path) -> ProcessRecord | None:
@@ -78,7 +67,7 @@ def spawn(
             env={name: value for name, value in environment.items() if value is not None},
             close_fds=True,
         )
-    record = ProcessRecord(process.pid, command, str(log_file), time.time())
+    record = ProcessRecord(process.pid, command, str(log_file), time.time(), psutil.Process(process.pid).create_time())
     pid_file.write_text(json.dumps(asdict(record)))
     return record
 
@@ -92,22 +81,35 @@ def stop(record: ProcessRecord, grace_s: float = 15.0) -> None:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if not _group_alive(record.pid):
+            if not group_members(record.pid):
                 return
             time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for process in psutil.process_iter():
         try:
-            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (psutil.Error, ProcessLookupError):
             continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    return members
+
+
+def tree_cpu_seconds(process: psutil.Process | None = None) -> float:
+    """CPU seconds used so far by ``process`` (default: this one) and its live descendants,
+    plus the reaped children it waited for: a measure the load of other programs does not inflate."""
+    process = process or psutil.Process()
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def port_in_use(host: str, port: int) -> bool:

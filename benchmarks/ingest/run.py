@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from infra import cluster  # noqa: E402
-from infra.processes import free_port  # noqa: E402
+from infra.processes import free_port, tree_cpu_seconds  # noqa: E402
 from infra.settings import Settings, get_settings  # noqa: E402
 from ingestion.producer import encode_event, open_producer, produce  # noqa: E402
 from ingestion.schema import BRONZE_TABLE  # noqa: E402
@@ -46,26 +46,6 @@ from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "ingest.json"
 TARGETS = {"events_per_s": 50_000, "ratio_vs_bare_consumer": 0.6, "freshness_p95_s": 5.0}
-
-
-def tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process and all its descendants (Spark's JVM, Python
-    workers), reaped ones included: a measure the load of other programs does not inflate."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
-    tree, grew = {os.getpid()}, True
-    while grew:
-        children = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
-        tree |= children
-        grew = bool(children)
-    return sum(stats[pid][1] for pid in tree if pid in stats)
 
 
 def create_topic(settings: Settings) -> None:

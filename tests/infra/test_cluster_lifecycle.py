@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.processes import free_port, port_in_use, read_record
+from infra.processes import free_port, group_members, port_in_use, read_record
 from infra.settings import Settings
 
 STREAMREC = str(Path(sys.executable).parent / "streamrec")
@@ -57,22 +57,8 @@ def _pids(settings: Settings) -> dict[str, int]:
     return {name: record.pid for name, record in records.items() if record is not None}
 
 
-def _live_processes_in_group(pgid: int) -> list[int]:
-    live = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            live.append(int(entry.name))
-    return live
-
-
 def _group_command_lines(pgid: int) -> list[str]:
-    return [Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid in _live_processes_in_group(pgid)]
+    return [" ".join(process.cmdline()) for process in group_members(pgid)]
 
 
 def _round_trip_kafka(settings: Settings) -> None:
@@ -167,7 +153,7 @@ def test_up_status_use_down(tmp_path: Path) -> None:
         stopped = _cli(env, "down")
     assert stopped.returncode == 0, stopped.stderr
     for pid in first_pids.values():
-        assert _live_processes_in_group(pid) == []
+        assert group_members(pid) == []
     for port in _ports(settings):
         assert not port_in_use("127.0.0.1", port), f"port {port} still listening after down"
     assert _pids(settings) == {}
@@ -183,8 +169,8 @@ def test_taken_port_names_port_and_component(tmp_path: Path) -> None:
         blocker.listen()
         result = _cli(env, "up", "kafka")
     assert result.returncode == 1
-    message = " ".join(result.stdout.split())
-    assert f"port {port}" in message and "kafka" in message
+    message = " ".join(result.stderr.split())
+    assert f"port {port}" in message and "kafka" in message and "Traceback" not in message
     assert _pids(_settings(env)) == {}
 
 
@@ -193,11 +179,11 @@ def test_external_component_is_checked_not_started(tmp_path: Path) -> None:
     env["STREAMREC_EXTERNAL"] = "mlflow"
     result = _cli(env, "up", "mlflow")
     assert result.returncode == 1
-    assert "external mlflow" in " ".join(result.stdout.split())
+    assert "external mlflow" in " ".join(result.stderr.split())
     assert _pids(_settings(env)) == {}
 
 
 def test_unknown_component_is_refused(tmp_path: Path) -> None:
     result = _cli(_env(tmp_path / "home"), "up", "zookeeper")
     assert result.returncode == 1
-    assert "zookeeper" in result.stdout
+    assert "zookeeper" in result.stderr and "Traceback" not in result.stderr
