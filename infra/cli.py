@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra import cluster, ray_access
+from infra.errors import StreamrecError
 from infra.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -54,12 +55,8 @@ def _table(states: list[cluster.ComponentState]) -> Table:
 def up(components: ComponentNames = None) -> None:
     """Start the local mini-cluster in the background (external components are checked)."""
     settings = _settings()
-    try:
-        with console.status("starting components..."):
-            states = cluster.up(settings, components)
-    except cluster.ClusterError as error:
-        console.print(f"[red]up failed:[/red] {error}")
-        raise typer.Exit(1) from error
+    with console.status("starting components..."):
+        states = cluster.up(settings, components)
     console.print(_table(states))
     console.print(f"home: {settings.home}")
     if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
@@ -105,10 +102,14 @@ def quiet_library_logs() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a StreamrecError is printed as its message, exit status 1."""
     quiet_library_logs()
     _register_plugins()
-    app()
+    try:
+        app()
+    except StreamrecError as error:
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", markup=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

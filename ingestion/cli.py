@@ -30,13 +30,9 @@ def _settings() -> Settings:
 
 def _send(records: Iterable[OutRecord], settings: Settings, **options: Any) -> None:
     """Produce ``records``; print the JSON summary (exit 1 when the broker is unreachable or lost some)."""
-    from ingestion.producer import ProduceError, produce
+    from ingestion.producer import produce
 
-    try:
-        summary = produce(records, settings, **options)
-    except ProduceError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from error
+    summary = produce(records, settings, **options)
     print(summary.to_json())
     if summary.failed:
         typer.echo(f"{summary.failed} records were not acknowledged by the broker", err=True)
@@ -104,7 +100,7 @@ def ingest(
 
     from rich.console import Console
 
-    from ingestion.stream import BatchReport, IngestError, run_ingest
+    from ingestion.stream import BatchReport, run_ingest
 
     if until_idle and for_seconds is not None:
         raise typer.BadParameter("use either --until-idle or --for", param_hint="--for")
@@ -118,11 +114,7 @@ def ingest(
             item = f"{item} | total {total[0]:,} records, {rate:,.0f}/s since start"
         console.print(item, markup=False)
 
-    try:
-        stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=show)
-    except IngestError as error:
-        console.print(f"[red]ingest failed:[/red] {error}")
-        raise typer.Exit(1) from error
+    stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=show)
     print(stats.to_json())
 
 

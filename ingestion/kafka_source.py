@@ -39,6 +39,7 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
+from infra.errors import StreamrecError
 from ingestion.schema import KAFKA_RECORD_SCHEMA
 
 SPARK_SCHEMA = "key binary, value binary, partition int, offset bigint, timestamp timestamp"
@@ -48,7 +49,7 @@ _MIN_SPLIT = 10_000  # records: smaller ranges are not split further
 _WATERMARK_WAIT_S = 5.0
 
 
-class KafkaSourceError(RuntimeError):
+class KafkaSourceError(StreamrecError):
     """The topic cannot be read as the stream's offsets say (missing topic, lost records)."""
 
 

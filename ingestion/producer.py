@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infra.errors import StreamrecError
 from infra.settings import Settings
 from ingestion.malformed import malformed_kinds
 
@@ -74,7 +75,7 @@ def with_bad_records(
             yield encode_event(event)
 
 
-class ProduceError(RuntimeError):
+class ProduceError(StreamrecError):
     """The broker cannot be reached."""
 
 

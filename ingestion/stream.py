@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.errors import StreamrecError
 from infra.settings import Settings
 from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate, append_once
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
 
 
-class IngestError(RuntimeError):
+class IngestError(StreamrecError):
     """The ingest stream cannot start or failed."""
 
 
