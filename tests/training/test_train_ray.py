@@ -132,6 +132,8 @@ def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_
 
 
 def test_impossible_requests_fail_at_once_without_leaving_a_run(settings: Settings) -> None:
+    import ray
+
     ray_access.connect(settings, logging_level="warning")
     client = tracking.client(settings)
 
