@@ -1,14 +1,27 @@
-"""Delta tables of the lake: versions, and reading a pinned version into Spark.
+"""Delta tables of the lake: versions, idempotent appends, changes between versions, Spark reads.
 
-Delta tables are written with ``deltalake`` (delta-rs); Spark reads the Parquet files that
-make up a given table version, so jobs read exactly the snapshot they record.
+Delta tables are written with ``deltalake`` (delta-rs). Every package reaches the lake
+through these helpers:
+
+* ``append_once`` commits rows together with a Delta *app transaction* ``(app_id, version)``
+  and skips an append whose version the table already records, so a replayed write (a
+  micro-batch after a crash, a re-run build) lands at most once; ``committed_version``
+  reads the record back.
+* ``rows_between`` gives the rows of the files a table gained and lost between two
+  versions. On the append-only tables (bronze, silver) that is exactly "rows added since
+  version N" (a compaction removes and re-adds the same rows; callers cancel those by key).
+  It needs no table property, unlike Delta's change data feed, and reads only new files.
+* ``read_delta``: Spark reads the Parquet files of a given table version, so jobs read
+  exactly the snapshot they record.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from deltalake import DeltaTable
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -19,6 +32,49 @@ def table_version(uri: str) -> int | None:
     if not DeltaTable.is_deltatable(uri):
         return None
     return DeltaTable(uri).version()
+
+
+def committed_version(uri: str, app_id: str) -> int | None:
+    """The last version ``app_id`` committed to the Delta table at ``uri`` (None: none yet)."""
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    return DeltaTable(uri).transaction_version(app_id)
+
+
+def append_once(uri: str, table: pa.Table, app_id: str, version: int, partition_by: list[str] | None = None) -> bool:
+    """Append ``table`` and record ``(app_id, version)`` in one commit, unless already recorded.
+
+    Returns whether it wrote. Empty tables are committed too, so the version is recorded.
+    """
+    done = committed_version(uri, app_id)
+    if done is not None and done >= version:
+        return False
+    write_deltalake(
+        uri,
+        table,
+        mode="append",
+        partition_by=partition_by,
+        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+    )
+    return True
+
+
+def rows_between(uri: str, since: int | None, until: int, columns: list[str]) -> tuple[pa.Table, pa.Table]:
+    """(rows of files added, rows of files removed) from version ``since`` (None: no table) to ``until``."""
+    dataset = DeltaTable(uri, version=until).to_pyarrow_dataset()
+    new = {fragment.path: fragment for fragment in dataset.get_fragments()}
+    old = {}
+    if since is not None:
+        old = {fragment.path: fragment for fragment in DeltaTable(uri, version=since).to_pyarrow_dataset().get_fragments()}
+    added = [new[path] for path in new.keys() - old.keys()]
+    removed = [old[path] for path in old.keys() - new.keys()]
+    return _read(dataset, added, columns), _read(dataset, removed, columns)
+
+
+def _read(dataset: ds.FileSystemDataset, fragments: list[ds.Fragment], columns: list[str]) -> pa.Table:
+    """``columns`` of ``fragments`` (files of ``dataset``'s table), with the table's schema."""
+    subset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem)
+    return subset.to_table(columns=columns)
 
 
 def read_delta(spark: SparkSession, uri: str, version: int | None = None) -> DataFrame:

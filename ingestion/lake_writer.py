@@ -1,8 +1,7 @@
-"""Idempotent Delta writes of ingest micro-batches, and the incremental silver table.
+"""The incremental silver table, kept from bronze by the ingest stream.
 
-Every append commits its rows together with a Delta *app transaction* ``(app_id, version)``;
-an append whose version the table already records is skipped. The ingest stream uses one
-app id per stream (derived from the Spark query id kept in its checkpoint) and the
+Bronze and quarantine appends go through ``infra.lake.append_once``: the ingest stream uses
+one app id per stream (derived from the Spark query id kept in its checkpoint) and the
 micro-batch id as version, so a batch replayed after a crash is written at most once to
 bronze and to quarantine, whichever of the two writes it had reached.
 
@@ -21,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
+from infra.lake import append_once, committed_version, rows_between
 from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA
 
 PARTITION_BY = ["event_date"]
@@ -31,29 +30,17 @@ SILVER_APP_ID = "streamrec-silver"
 _FIRST_RECORD_ORDER = [("ingested_at", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
 
 
-def committed_version(uri: str, app_id: str) -> int | None:
-    """The last version ``app_id`` committed to the Delta table at ``uri`` (None: none yet)."""
-    if not DeltaTable.is_deltatable(uri):
-        return None
-    return DeltaTable(uri).transaction_version(app_id)
+def as_silver(rows: pa.Table) -> pa.Table:
+    """``rows`` (silver's columns, any order) in silver's schema and row order (``EVENT_ORDER``)."""
+    return rows.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA).sort_by([(name, "ascending") for name in EVENT_ORDER])
 
 
-def append_once(uri: str, table: pa.Table, app_id: str, version: int, partition_by: list[str] | None = None) -> bool:
-    """Append ``table`` and record ``(app_id, version)`` in one commit, unless already recorded.
-
-    Returns whether it wrote. Empty tables are committed too, so the version is recorded.
-    """
-    done = committed_version(uri, app_id)
-    if done is not None and done >= version:
-        return False
-    write_deltalake(
-        uri,
-        table,
-        mode="append",
-        partition_by=partition_by,
-        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
-    )
-    return True
+def append_silver(uri: str, rows: pa.Table) -> int:
+    """Append ``rows`` to the silver table at ``uri`` as ingestion does (schema, order,
+    partitioning), without an app transaction: for replays into the lake, tests and
+    benchmarks that bypass Kafka. Returns the new version."""
+    write_deltalake(uri, as_silver(rows), mode="append", partition_by=PARTITION_BY)
+    return DeltaTable(uri).version()
 
 
 @dataclass(frozen=True)
@@ -96,10 +83,10 @@ class SilverMaintainer:
         done = committed_version(self.silver_uri, SILVER_APP_ID)
         if done is not None and done >= bronze_version:
             return SilverUpdate(bronze_version, DeltaTable(self.silver_uri).version())
-        read = _rows_added(self.bronze_uri, bronze, done)
+        read = rows_between(self.bronze_uri, done, bronze_version, SILVER_SCHEMA.names)[0]  # bronze: append-only
         fresh = _earliest_per_event(read)
         fresh = fresh.filter(pc.invert(pc.is_in(fresh["event_id"], value_set=self._known_ids(fresh["event_id"]))))
-        fresh = fresh.sort_by([(name, "ascending") for name in EVENT_ORDER]).cast(SILVER_SCHEMA)
+        fresh = as_silver(fresh)
         before = DeltaTable(self.silver_uri).version() if DeltaTable.is_deltatable(self.silver_uri) else None
         append_once(self.silver_uri, fresh, SILVER_APP_ID, bronze_version, PARTITION_BY)
         after = DeltaTable(self.silver_uri).version()
@@ -124,15 +111,6 @@ class SilverMaintainer:
 def _read_ids(uri: str, version: int) -> pa.Array:
     ids = DeltaTable(uri, version=version).to_pyarrow_dataset().to_table(columns=["event_id"])["event_id"]
     return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
-
-
-def _rows_added(uri: str, table: DeltaTable, since: int | None) -> pa.Table:
-    """Rows of the files ``table`` holds that the table at version ``since`` did not."""
-    dataset = table.to_pyarrow_dataset()
-    old = set() if since is None else {f.path for f in DeltaTable(uri, version=since).to_pyarrow_dataset().get_fragments()}
-    fragments = [fragment for fragment in dataset.get_fragments() if fragment.path not in old]
-    subset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem)
-    return subset.to_table(columns=SILVER_SCHEMA.names)
 
 
 def _earliest_per_event(rows: pa.Table) -> pa.Table:

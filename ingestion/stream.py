@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import StreamrecError
+from infra.lake import append_once
 from infra.settings import Settings
-from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate, append_once
+from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
 

@@ -47,7 +47,8 @@ from features.tables import (  # noqa: E402
     USER_SEQUENCES_TABLE,
 )
 from infra.settings import Settings, get_settings  # noqa: E402
-from ingestion.schema import ACTIONS, SILVER_SCHEMA, SILVER_TABLE  # noqa: E402
+from ingestion.lake_writer import append_silver, as_silver  # noqa: E402
+from ingestion.schema import ACTIONS, SILVER_TABLE  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "features.json"
 ACTION_SHARES = {"impression": 0.45, "click": 0.2, "view": 0.15, "like": 0.06, "share": 0.02, "purchase": 0.02, "skip": 0.07, "dislike": 0.03}
@@ -87,7 +88,7 @@ def silver_batch(rng: np.random.Generator, users: np.ndarray, items: np.ndarray,
             "event_date": pc.cast(pa.array(ts // DAY_MS, pa.int32()), pa.date32()),
         }
     )
-    return table.cast(SILVER_SCHEMA).sort_by([("user_id", "ascending"), ("ts", "ascending"), ("kafka_offset", "ascending")])
+    return as_silver(table)
 
 
 def timed(function, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
@@ -162,7 +163,7 @@ def main() -> None:
             START_MS + rng.integers(0, days * DAY_MS, args.events),
             first_id=0,
         )
-        write_deltalake(silver, base, partition_by=["event_date"])
+        append_silver(silver, base)
         print(f"silver: {len(base):,} events written", flush=True)
 
         from infra.spark import spark_session
@@ -184,7 +185,7 @@ def main() -> None:
         late = rng.random(new) < 0.01
         ts[late] = START_MS + rng.integers(0, days * DAY_MS, late.sum())
         batch = silver_batch(rng, users, items, ts, first_id=args.events)
-        write_deltalake(silver, batch, mode="append", partition_by=["event_date"])
+        append_silver(silver, batch)
 
         report, incremental_s = timed(build, settings, incremental=True, log=quiet)
         assert report.mode == "incremental", report.fallback_reason

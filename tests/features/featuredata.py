@@ -10,6 +10,8 @@ from deltalake import write_deltalake
 
 from features.tables import ITEM_VOCAB_SCHEMA, ITEM_VOCAB_TABLE, USER_SEQUENCES_SCHEMA, USER_SEQUENCES_TABLE
 from infra.settings import Settings
+from ingestion.lake_writer import append_silver as append_to_silver
+from ingestion.lake_writer import as_silver
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE
 
 Event = tuple[str, str, str, int]  # (user_id, item_id, action, ts)
@@ -58,18 +60,12 @@ def silver_rows(events: Iterable[Event], *, first_offset: int = 0, partition: in
                 "event_date": dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).date(),
             }
         )
-    return pa.Table.from_pylist(rows, schema=SILVER_SCHEMA).sort_by(
-        [("user_id", "ascending"), ("ts", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
-    )
+    return as_silver(pa.Table.from_pylist(rows, schema=SILVER_SCHEMA))
 
 
 def append_silver(settings: Settings, rows: pa.Table) -> int:
-    """Append ``rows`` to silver/events (partitioned by event_date); the new version."""
-    uri = settings.table_uri(SILVER_TABLE)
-    write_deltalake(uri, rows, mode="append", partition_by=["event_date"])
-    from deltalake import DeltaTable
-
-    return DeltaTable(uri).version()
+    """Append ``rows`` to silver/events as ingestion does; the new version."""
+    return append_to_silver(settings.table_uri(SILVER_TABLE), rows)
 
 
 def table_rows(settings: Settings, name: str, key: str) -> list[dict]:

@@ -12,14 +12,34 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from ingestdata import (
+    coordinates,
+    encode_event,
+    events,
+    fresh_settings,
+    mixed_records,
+    send,
+    table,
+)
 from kafka.admin import KafkaAdminClient, NewTopic
-from ingestdata import coordinates, encode_event, events, fresh_settings, mixed_records, send, table
 from test_validation import EXPECTED_REASONS, NOW, _events, _records
 
+from infra.lake import append_once, committed_version
 from infra.settings import Settings
-from ingestion.lake_writer import SILVER_APP_ID, SilverMaintainer, append_once, committed_version
-from ingestion.schema import BRONZE_SCHEMA, BRONZE_TABLE, EVENT_ORDER, QUARANTINE_TABLE, SILVER_TABLE
-from ingestion.stream import IngestError, checkpoint_path, run_ingest, set_aside_checkpoint_of_empty_topic
+from ingestion.lake_writer import SILVER_APP_ID, SilverMaintainer
+from ingestion.schema import (
+    BRONZE_SCHEMA,
+    BRONZE_TABLE,
+    EVENT_ORDER,
+    QUARANTINE_TABLE,
+    SILVER_TABLE,
+)
+from ingestion.stream import (
+    IngestError,
+    checkpoint_path,
+    run_ingest,
+    set_aside_checkpoint_of_empty_topic,
+)
 from ingestion.validation import ValidationLimits, validate_records
 
 
