@@ -29,7 +29,7 @@ console = Console()
 
 ComponentNames = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Components to act on (kafka, mlflow, ray); all when omitted."),
+    typer.Argument(help="Components to act on (kafka, mlflow, ray; with the cluster profile also ray-worker, spark-master, spark-worker); all when omitted."),
 ]
 
 

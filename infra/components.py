@@ -13,6 +13,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -248,6 +249,136 @@ class RayHead(Component):
         return Health(True, f"{alive} node(s), {cpus:g} CPU, {auth}")
 
 
+class RayWorkerNode(Component):
+    """Cluster profile: a second Ray node joined with `ray start --address`, its own resources."""
+
+    name = "ray-worker"
+
+    @property
+    def address(self) -> str:
+        return self.settings.ray_address
+
+    def ports(self) -> list[tuple[str, int]]:
+        return []  # Ray picks free ports for every process of a joining node
+
+    def environment(self) -> dict[str, str | None]:
+        return ray_access.ray_environment(self.settings)
+
+    def command(self) -> list[str]:
+        return [
+            _venv_bin("ray"), "start", "--block", "--address", self.settings.ray_address,
+            "--node-ip-address", "127.0.0.1",
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--num-cpus", str(self.settings.ray_worker_num_cpus), "--disable-usage-stats",
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        try:
+            nodes = ray_access.cluster_nodes(self.settings)
+        except ray_access.RayAccessError as error:
+            return Health(False, str(error))
+        workers = [node for node in nodes if node.get("state") == "ALIVE" and not node.get("is_head_node")]
+        if not workers:
+            return Health(False, "no Ray worker node has joined the head yet")
+        return Health(True, f"{len(workers)} worker node(s), {ray_access.cluster_cpus(workers):g} CPU")
+
+
+def _spark_class() -> str:
+    """The `spark-class` launcher shipped in the pyspark wheel."""
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+
+
+def _spark_master_status(settings: Settings) -> dict[str, Any]:
+    """The standalone master's JSON status page; raises requests/ValueError errors."""
+    host = settings.spark_master.split("://", 1)[1].rsplit(":", 1)[0]
+    url = f"http://{host}:{settings.spark_master_webui_port}/json/"
+    response = requests.get(url, timeout=5)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+class SparkMaster(Component):
+    """Cluster profile: a Spark standalone master on loopback (jobs connect with spark://)."""
+
+    name = "spark-master"
+
+    @property
+    def address(self) -> str:
+        return self.settings.spark_master
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.settings.spark_master_port), ("127.0.0.1", self.settings.spark_master_webui_port)]
+
+    def environment(self) -> dict[str, str | None]:
+        # Loopback only; no REST submission server (it would take a fixed port, 6066).
+        return {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
+
+    def command(self) -> list[str]:
+        return [
+            _spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+            "--port", str(self.settings.spark_master_port), "--webui-port", str(self.settings.spark_master_webui_port),
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        try:
+            status = _spark_master_status(self.settings)
+        except (requests.RequestException, ValueError) as error:
+            return Health(False, f"no status from the Spark master: {error.__class__.__name__}")
+        if status.get("status") != "ALIVE":
+            return Health(False, f"Spark master is {status.get('status')}")
+        return Health(True, f"{status.get('aliveworkers', 0)} worker(s), {status.get('cores', 0)} cores")
+
+
+class SparkWorker(Component):
+    """Cluster profile: a Spark standalone worker whose executors run this project's Python."""
+
+    name = "spark-worker"
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.spark_worker_webui_port}"
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.settings.spark_worker_webui_port)]
+
+    @property
+    def work_dir(self) -> Path:
+        return self.settings.home / "spark" / "worker"
+
+    def prepare(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def environment(self) -> dict[str, str | None]:
+        return {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+
+    def command(self) -> list[str]:
+        return [
+            _spark_class(), "org.apache.spark.deploy.worker.Worker", self.settings.spark_master,
+            "--host", "127.0.0.1", "--webui-port", str(self.settings.spark_worker_webui_port),
+            "--cores", str(self.settings.spark_worker_cores), "--memory", self.settings.spark_worker_memory,
+            "--work-dir", str(self.work_dir),
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        try:
+            status = _spark_master_status(self.settings)
+        except (requests.RequestException, ValueError) as error:
+            return Health(False, f"no status from the Spark master: {error.__class__.__name__}")
+        mine = [
+            worker
+            for worker in status.get("workers", [])
+            if worker.get("state") == "ALIVE" and worker.get("webuiaddress") == self.address
+        ]
+        if not mine:
+            return Health(False, "the worker has not registered with the Spark master yet")
+        return Health(True, f"registered, {mine[0].get('cores')} cores, {mine[0].get('memory')} MB")
+
+
 def all_components(settings: Settings) -> list[Component]:
-    """The mini-cluster's components in start order."""
-    return [KafkaBroker(settings), MlflowServer(settings), RayHead(settings)]
+    """The mini-cluster's components in start order (the cluster profile adds its extra nodes)."""
+    components: list[Component] = [KafkaBroker(settings), MlflowServer(settings), RayHead(settings)]
+    if settings.profile == "cluster":
+        components += [RayWorkerNode(settings), SparkMaster(settings), SparkWorker(settings)]
+    return components

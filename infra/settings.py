@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,7 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-COMPONENTS = ("kafka", "mlflow", "ray")
+COMPONENTS = ("kafka", "mlflow", "ray", "ray-worker", "spark-master", "spark-worker")
+CLUSTER_PROFILE_COMPONENTS = ("ray-worker", "spark-master", "spark-worker")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 DEFAULT_CONFIG_FILE = Path("streamrec.yaml")
 
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="forbid")
 
     home: Path = Field(Path(".streamrec"), description="Holds the lake, checkpoints, pids and logs.")
+    profile: Literal["local", "cluster"] = Field(
+        "local",
+        description="local: one Ray node and in-process Spark. cluster: `up` also starts a Ray worker node and a "
+        "Spark standalone master and worker, and jobs use spark:// (multi-process clusters, as on real machines).",
+    )
     lake_uri: str = Field("", description="Root of the Delta tables; default <home>/lake. Any object-store URI.")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
     topic: str = Field("user-actions", description="Topic of user-action events.")
@@ -51,6 +57,14 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn or k8s://.")
     spark_driver_memory: str = Field("4g", description="Driver memory of local Spark sessions.")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions of streamrec jobs.")
+
+    # Cluster profile: the extra processes `up` starts -------------------------------
+    ray_worker_num_cpus: int = Field(1, ge=1, description="CPUs of the separately started Ray worker node.")
+    spark_master_port: int = Field(7077, description="Port of the local Spark standalone master.")
+    spark_master_webui_port: int = Field(8080, description="Web UI (and JSON status) port of the local Spark master.")
+    spark_worker_webui_port: int = Field(8081, description="Web UI port of the local Spark worker.")
+    spark_worker_cores: int = Field(1, ge=1, description="Cores the local Spark worker offers to executors.")
+    spark_worker_memory: str = Field("2g", description="Memory the local Spark worker offers to executors.")
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host.")
     serve_port: int = Field(8000, description="Ray Serve HTTP port.")
     dagster_port: int = Field(3000, description="Dagster webserver port.")
@@ -133,6 +147,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown components {unknown}; known: {list(COMPONENTS)}")
         return value
 
+    @model_validator(mode="after")
+    def _cluster_profile_spark(self) -> Settings:
+        # The cluster profile's jobs use the standalone master `up` starts, unless told otherwise.
+        if self.profile == "cluster" and self.spark_master.startswith("local"):
+            self.spark_master = f"spark://127.0.0.1:{self.spark_master_port}"
+        return self
+
     # Derived locations -------------------------------------------------------------
     @property
     def lake(self) -> str:
@@ -192,8 +213,19 @@ class Settings(BaseSettings):
         if component == "mlflow":
             parsed = urlparse(self.mlflow_tracking_uri)
             return parsed.scheme in ("http", "https") and parsed.hostname in LOOPBACK_HOSTS
+        if component in CLUSTER_PROFILE_COMPONENTS and self.profile != "cluster":
+            return False
+        if component in ("spark-master", "spark-worker"):
+            return self.spark_on_this_machine and self.spark_master.startswith("spark://")
         gcs = self.ray_gcs
         return gcs is not None and gcs[0] in LOOPBACK_HOSTS
+
+    @property
+    def spark_on_this_machine(self) -> bool:
+        """Whether Spark's executors run here: ``local[*]`` or a standalone master on loopback."""
+        if self.spark_master.startswith("local"):
+            return True
+        return self.spark_master.startswith("spark://") and _host_port(self.spark_master, 7077)[0] in LOOPBACK_HOSTS
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:

@@ -16,12 +16,14 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     """A Spark session on ``settings.spark_master`` with Arrow transfer enabled.
 
     Local sessions keep their scratch space under the streamrec home, bind to 127.0.0.1
-    and run without the web UI. Their Python workers run this interpreter (unless
-    ``PYSPARK_PYTHON`` says otherwise), so they see the same packages as the driver.
+    and run without the web UI. When the executors run on this machine (``local[*]`` or a
+    standalone master on loopback, as the cluster profile starts) their Python workers run
+    this interpreter (unless ``PYSPARK_PYTHON`` says otherwise), so they see the same
+    packages as the driver; on a real cluster ``PYSPARK_PYTHON`` names the executors' Python.
     """
     from pyspark.sql import SparkSession
 
-    if settings.spark_master.startswith("local"):
+    if settings.spark_on_this_machine:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     builder = (

@@ -86,3 +86,20 @@ def test_bad_values_are_refused(clean_env: pytest.MonkeyPatch) -> None:
         Settings(topic_partitions=0)
     with pytest.raises(ValidationError):
         Settings(no_such_setting=1)
+
+
+def test_cluster_profile_uses_its_standalone_spark_and_extra_nodes(clean_env: pytest.MonkeyPatch) -> None:
+    from infra.components import all_components
+
+    local = Settings()
+    assert [component.name for component in all_components(local)] == ["kafka", "mlflow", "ray"]
+    assert local.spark_master == "local[*]" and local.spark_on_this_machine
+
+    cluster = Settings(profile="cluster", spark_master_port=7177)
+    assert cluster.spark_master == "spark://127.0.0.1:7177"
+    assert [component.name for component in all_components(cluster)][3:] == ["ray-worker", "spark-master", "spark-worker"]
+    assert cluster.is_local("spark-master") and cluster.is_local("ray-worker")
+
+    remote = Settings(profile="cluster", spark_master="spark://spark.example.com:7077")
+    assert remote.spark_master == "spark://spark.example.com:7077"  # an explicit master is kept
+    assert not remote.is_local("spark-master") and not remote.spark_on_this_machine
