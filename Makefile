@@ -7,7 +7,7 @@ STAMP := $(VENV)/.streamrec-setup
 TORCHREC := torchrec==1.8.0
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup test demo bench up down status clean
+.PHONY: setup test lint demo bench up down status clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): pyproject.toml
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# ruff (lint and format check) and mypy, configured in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 demo: setup
 	$(BIN)/python -m workflows.demo $(DEMO_ARGS)

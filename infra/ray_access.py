@@ -100,7 +100,7 @@ def use_ray_auth(settings: Settings) -> None:
         else:
             os.environ[name] = value
     if "ray._raylet" in sys.modules and not sys.modules["ray"].is_initialized():
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()

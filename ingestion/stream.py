@@ -236,7 +236,10 @@ def run_ingest(
             stream = stream.trigger(processingTime=f"{settings.ingest_trigger_interval_s} seconds")
         query = stream.start()
         try:
-            query.awaitTermination(duration_s) if duration_s is not None else query.awaitTermination()
+            if duration_s is None:
+                query.awaitTermination()
+            else:
+                query.awaitTermination(duration_s)  # type: ignore[arg-type]  # seconds; Spark takes a float too
         except KeyboardInterrupt:
             report("interrupted: stopping after the running micro-batch")
         except StreamingQueryException:

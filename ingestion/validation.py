@@ -21,8 +21,10 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from datetime import UTC, datetime
 
 import numpy as np
@@ -96,9 +98,9 @@ def validate_records(
             " (ingest_max_event_bytes)"
         )
     candidates = ~(missing | too_long)
-    for row, reason in _invalid_utf8(texts, candidates).items():
-        reasons[row] = reason
-        candidates[row] = False
+    for bad_row, reason in _invalid_utf8(texts, candidates).items():
+        reasons[bad_row] = reason
+        candidates[bad_row] = False
 
     events, event_rows = _parse(texts, candidates, reasons, fast)
     good = np.ones(len(event_rows), dtype=bool)
@@ -176,7 +178,7 @@ def _parse(texts: pa.Array, candidates: np.ndarray, reasons: dict[int, str], fas
             slow_events.append(parsed)
             slow_rows.append(row)
     if slow_events or not tables:
-        columns = list(zip(*slow_events)) if slow_events else [[] for _ in EVENT_SCHEMA.names]
+        columns: list[Sequence[Any]] = list(zip(*slow_events)) if slow_events else [[] for _ in EVENT_SCHEMA.names]
         tables.append(pa.table([pa.array(c, f.type) for c, f in zip(columns, EVENT_SCHEMA)], schema=EVENT_SCHEMA))
         table_rows.append(np.array(slow_rows, dtype=np.int64))
     return pa.concat_tables(tables), np.concatenate(table_rows)
@@ -267,7 +269,11 @@ class _Object(dict):
     def __init__(self, pairs: list[tuple[str, object]]) -> None:
         super().__init__(pairs)
         seen: set[str] = set()
-        self.repeated = {key for key, _ in pairs if key in seen or seen.add(key)}
+        self.repeated: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                self.repeated.add(key)
+            seen.add(key)
 
 
 def _finite_float(text: str) -> float:
@@ -350,11 +356,11 @@ def _rule_reasons(events: pa.Table, clock_ms: pa.Array, future_tolerance_ms: int
     """
     tolerance = f"{future_tolerance_ms / 1000:g} s after its Kafka timestamp "
     events = events.append_column("clock_ms", clock_ms)
-    rules: list[tuple[Callable[[pa.Table], pa.Array], Callable[[pa.Table], pa.Array | str]]] = []
+    rules: list[tuple[Callable[[pa.Table], pa.Array], str | Callable[[pa.Table], pa.Array]]] = []
     for name in REQUIRED_FIELDS:
-        rules.append((lambda t, n=name: t[n].is_null(), f"required field '{name}' is null"))
+        rules.append((partial(_is_null, name), f"required field '{name}' is null"))
     for name in ID_FIELDS:
-        rules.append((lambda t, n=name: pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t[n])), 0), f"field '{name}' is empty"))
+        rules.append((partial(_is_blank, name), f"field '{name}' is empty"))
     rules += [
         (lambda t: pc.invert(pc.is_in(t["action"], pa.array(ACTIONS))),
          lambda t: _join("action '", pc.utf8_slice_codeunits(t["action"], 0, _MAX_SHOWN), f"' is not one of {', '.join(ACTIONS)}")),
@@ -380,6 +386,14 @@ def _rule_reasons(events: pa.Table, clock_ms: pa.Array, future_tolerance_ms: int
     names = [f"rule{index}" for index in range(len(rules))]
     reasons = pc.case_when(pa.StructArray.from_arrays(conditions, names), *messages).to_pylist()
     return dict(zip(positions.tolist(), reasons))
+
+
+def _is_null(name: str, events: pa.Table) -> pa.Array:
+    return events[name].is_null()
+
+
+def _is_blank(name: str, events: pa.Table) -> pa.Array:
+    return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(events[name])), 0)
 
 
 def _iso_ms(epoch_ms: pa.Array | pa.ChunkedArray) -> pa.Array:
