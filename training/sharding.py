@@ -4,6 +4,11 @@
   updates the touched rows during the backward pass, so no dense gradient of the table is
   ever built), asks the planner for the configured sharding (row-wise by default) and
   wraps the model in DMP; the encoder stays replicated and data-parallel (DDP).
+* ``initialise_table`` draws every row of the sharded table from generators keyed by
+  (seed, block of rows), so a row's initial value depends on the seed and its index alone:
+  never on the number of workers, the sharding, or which rank holds it. (DMP's own
+  initialisation draws each shard from its rank's random state, so row-wise shards of
+  ranks seeded alike started as copies of each other.)
 * ``gather_state`` collects every tensor of the model and of the table's optimizer as one
   full, unsharded tensor on rank 0; ``load_state`` copies full tensors back into whatever
   shards this rank holds. Checkpoints are therefore independent of world size and sharding
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torchrec.optim as trec_optim
@@ -29,7 +35,9 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from training.config import TrainConfig
-from training.model import CANDIDATES, HISTORY, TABLE, ShardedRetrievalModel
+from training.model import CANDIDATES, HISTORY, INIT_RANGE, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
+
+INIT_BLOCK_ROWS = 4096  # rows drawn from one generator; a rank draws only the blocks its shard touches
 
 TABLE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": trec_optim.Adam,
@@ -58,7 +66,34 @@ def shard_model(
         topology=topology, constraints=constraints, storage_reservation=FixedPercentageStorageReservation(0.15)
     )
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
-    return DistributedModelParallel(model, device=device, plan=plan, sharders=[sharder])
+    dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=[sharder])
+    initialise_table(dmp, config.seed, model.config.dim)
+    return dmp
+
+
+def initial_rows(first: int, count: int, width: int, dim: int, seed: int) -> torch.Tensor:
+    """Rows ``first .. first + count - 1`` of the initial item table: uniform in
+    [-INIT_RANGE, INIT_RANGE] in the first ``dim`` columns, 0 in the padding columns."""
+    blocks = []
+    for block in range(first // INIT_BLOCK_ROWS, (first + count - 1) // INIT_BLOCK_ROWS + 1):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, block]).generate_state(1)[0]))
+        rows = torch.zeros(INIT_BLOCK_ROWS, width)
+        rows[:, :dim] = torch.rand(INIT_BLOCK_ROWS, dim, generator=generator) * (2 * INIT_RANGE) - INIT_RANGE
+        blocks.append(rows)
+    start = first - (first // INIT_BLOCK_ROWS) * INIT_BLOCK_ROWS
+    return torch.cat(blocks)[start : start + count] if count else torch.zeros(0, width)
+
+
+def initialise_table(dmp: DistributedModelParallel, seed: int, dim: int) -> None:
+    """Overwrite this rank's shards of the item table with their ``initial_rows``."""
+    table = dmp.state_dict()[TABLE_WEIGHT]
+    width = table.size()[1]
+    for shard in cast(ShardedTensor, table).local_shards():
+        first, column = shard.metadata.shard_offsets
+        rows, columns = shard.tensor.shape
+        values = initial_rows(first, rows, width, dim, seed)[:, column : column + columns]
+        with torch.no_grad():
+            shard.tensor.copy_(values.to(shard.tensor.device, shard.tensor.dtype))
 
 
 def dense_optimizer(dmp: DistributedModelParallel, config: TrainConfig) -> torch.optim.Optimizer:

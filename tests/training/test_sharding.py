@@ -20,10 +20,17 @@ from infra.processes import free_port
 from training.config import EncoderConfig, TrainConfig
 from training.loss import retrieval_loss
 from training.model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
-from training.sharding import catalog_embeddings, dense_optimizer, gather_state, load_state, shard_model
+from training.sharding import (
+    catalog_embeddings,
+    dense_optimizer,
+    gather_state,
+    initial_rows,
+    load_state,
+    shard_model,
+)
 from training.worker import table_optimizer_state
 
-NUM_ITEMS = 30  # dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
+NUM_ITEMS = 40  # 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
 
 
 def _train_steps(dmp, optimizer, rank: int) -> None:  # noqa: ANN001
@@ -57,6 +64,10 @@ def _check(rank: int, world: int, port: int, sharding: str, scratch: str) -> Non
     dmp = shard_model(model, config, torch.device("cpu"), world)
     optimizer = dense_optimizer(dmp, config)
     initial = catalog_embeddings(dmp, NUM_ITEMS + 1)
+    # Every row drawn on its own: the same table for any world size and sharding, no two rows alike.
+    assert torch.equal(initial, initial_rows(0, NUM_ITEMS + 1, 12, 10, config.seed))
+    assert len(torch.unique(initial[:, :10], dim=0)) == NUM_ITEMS + 1
+    assert initial[:, 10:].abs().sum() == 0  # FBGEMM's padding columns are never read
     _train_steps(dmp, optimizer, rank)
     trained = catalog_embeddings(dmp, NUM_ITEMS + 1)
     assert not torch.equal(initial, trained)
@@ -84,6 +95,13 @@ def _check(rank: int, world: int, port: int, sharding: str, scratch: str) -> Non
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
-def test_sharded_state_round_trips_exactly(sharding: str, tmp_path: Path) -> None:
-    mp.spawn(_check, args=(2, free_port(), sharding, str(tmp_path)), nprocs=2)
+@pytest.mark.parametrize(("sharding", "world"), [("row_wise", 2), ("table_wise", 2), ("row_wise", 1)])
+def test_sharded_state_round_trips_exactly(sharding: str, world: int, tmp_path: Path) -> None:
+    mp.spawn(_check, args=(world, free_port(), sharding, str(tmp_path)), nprocs=world)
+
+
+def test_initial_rows_do_not_depend_on_how_they_are_cut() -> None:
+    whole = initial_rows(0, 10_000, 8, 6, seed=3)
+    pieces = torch.cat([initial_rows(0, 4_100, 8, 6, 3), initial_rows(4_100, 5_900, 8, 6, 3)])
+    assert torch.equal(whole, pieces)
+    assert not torch.equal(whole, initial_rows(0, 10_000, 8, 6, seed=4))
