@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 BATCH_KEYS = ("item_indices", "action_ids", "timestamps", "lengths", "targets", "valid")
+LENGTH_WINDOW_BATCHES = 50  # batches whose rows are sorted by length together (see ``batches``)
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,25 @@ class SequenceExamples:
         valid[len(mine) :] = False
         return replace(padded, valid=valid)
 
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of torch tensors keyed by BATCH_KEYS; the last batch may be smaller."""
+    def batches(
+        self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False, by_length: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of torch tensors keyed by BATCH_KEYS; the last batch may be smaller.
+
+        With ``by_length`` (and ``shuffle``) rows of similar length share a batch, so a batch
+        padded to its longest history carries little padding: the shuffled rows are cut into
+        windows of ``LENGTH_WINDOW_BATCHES`` batches, each window is sorted by length and cut
+        into batches, and the batches are served in a random order. The number of batches is
+        the same as without it, so every DMP rank still runs as many steps as the others.
+        """
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         order = np.arange(len(self))
         if shuffle:
-            order = np.random.default_rng([seed, epoch, 1]).permutation(len(self))
+            rng = np.random.default_rng([seed, epoch, 1])
+            order = rng.permutation(len(self))
+            if by_length:
+                order = self._length_grouped(order, batch_size, rng)
         for start in range(0, len(self), batch_size):
             rows = order[start : start + batch_size]
             yield {
@@ -108,6 +121,20 @@ class SequenceExamples:
                 "targets": torch.from_numpy(self.targets[rows]),
                 "valid": torch.from_numpy(self.valid[rows]),
             }
+
+    def _length_grouped(self, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """``order`` regrouped so each batch holds rows of similar length, batches shuffled."""
+        window = batch_size * LENGTH_WINDOW_BATCHES
+        grouped = [
+            chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            for chunk in (order[start : start + window] for start in range(0, len(order), window))
+        ]
+        rows = np.concatenate(grouped) if grouped else order
+        batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+        full = [batch for batch in batches if len(batch) == batch_size]
+        partial = [batch for batch in batches if len(batch) < batch_size]  # at most one: it stays last
+        served = [full[i] for i in rng.permutation(len(full))] + partial
+        return np.concatenate(served) if served else order
 
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)

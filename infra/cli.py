@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib.metadata import entry_points
 from typing import Annotated, Optional
 
@@ -97,8 +98,11 @@ def _register_plugins() -> None:
 
 
 def quiet_library_logs() -> None:
-    """Keep kafka-python's chatter (auto-commit notes, event-loop timing) off the console."""
+    """Keep libraries' chatter off the console: kafka-python's auto-commit notes and event-loop
+    timing, MLflow's run-URL banners and registry waits (streamrec prints its own summary)."""
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def main() -> None:

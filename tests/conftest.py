@@ -43,7 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
         STREAMREC_EXTERNAL="",
         STREAMREC_LAKE_URI="",
         STREAMREC_RAY_AUTH="token",
-        STREAMREC_RAY_AUTH_TOKEN_FILE="",
+        # Named explicitly: tests that give settings another home still reach the session's cluster.
+        STREAMREC_RAY_AUTH_TOKEN_FILE=str(home / "ray" / "auth_token"),
     )
     os.environ.pop("STREAMREC_CONFIG", None)
     os.environ.update(_TEST_ENV)

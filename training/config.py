@@ -46,6 +46,9 @@ class TrainConfig(BaseModel):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     epochs: int = Field(20, ge=1, description="Most epochs to train (early stopping may end sooner).")
     batch_size: int = Field(128, ge=1, description="Sequences per batch on each worker.")
+    length_bucketing: bool = Field(
+        True, description="Group training batches by history length, so batches carry little padding."
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the dense (data-parallel) parameters.")
     betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas of the dense parameters.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the dense parameters.")

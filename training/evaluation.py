@@ -1,78 +1,192 @@
-"""Evaluation of next-item retrieval on a split: the rank of each row's target.
+"""Evaluation of next-item retrieval on a split, under two protocols, from one scoring pass.
 
-A scorer maps a batch to (B, num_items + 1) scores. Items of the row's history and the
-padding index are masked out, then the target is ranked against the whole catalogue or,
-with ``sampled``, against ``negatives`` random unseen items. Rows without a target, with
-an empty history or marked invalid (shard padding) are skipped.
+Each evaluable row (a target, a non-empty history, not shard padding) gets the 0-based rank
+of its target among the catalogue (item index 0, padding, is never a candidate):
+
+* ``seen_filtered``: the items of the row's history are removed first, as the HSTU reference
+  evaluates. A target the user had already consumed (a *repeat*) can then never be hit: its
+  rank is infinite, so the best achievable HR is 1 - (share of repeated targets).
+* ``all_items``: nothing is removed; a repeated target competes like any other item.
+
+Scorers are linear: scores = queries(batch) @ items.T, covered by ``training.retriever.Retriever``
+(the models) and ``PopularityScorer`` (the baseline), and the catalogue is walked in chunks
+with running counts, so memory does not grow with the number of items. With ``sampled`` the
+target is ranked against ``negatives`` random candidates instead (of the unseen items, or of
+all items), for comparison with papers that report sampled metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from features.examples import SequenceExamples
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
-from training.metrics import mask_seen, sampled_ranks, target_ranks
-from training.model import RetrievalModel
+from training.metrics import mask_seen, ranking_metrics, sampled_ranks
+from training.retriever import DEFAULT_CHUNK_ITEMS
 
-Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+PROTOCOLS = ("seen_filtered", "all_items")
+
+
+class LinearScorer(Protocol):
+    """What evaluation needs of a scorer: queries and the item rows they are scored against."""
+
+    num_items: int
+
+    def queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def score_chunks(self, queries: torch.Tensor, chunk_items: int = ...) -> Iterator[tuple[int, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class SplitRanks:
+    """Target ranks of the evaluable rows of a split (0-based; inf = can never be hit)."""
+
+    seen_filtered: np.ndarray
+    all_items: np.ndarray
+    repeated: np.ndarray  # bool: the target is in the row's history
+
+    @staticmethod
+    def concatenate(parts: list[SplitRanks]) -> SplitRanks:
+        """The ranks of several shards of a split, as one."""
+        columns = zip(*((part.seen_filtered, part.all_items, part.repeated) for part in parts), strict=True)
+        return SplitRanks(*(np.concatenate(column) for column in columns))
 
 
 def split_ranks(
-    scorer: Scorer,
+    scorer: LinearScorer,
     examples: SequenceExamples,
     *,
     batch_size: int = 256,
     sampled: bool = False,
     negatives: int = 100,
     seed: int = 0,
-) -> np.ndarray:
-    """0-based target ranks of every evaluable row of ``examples``, in row order."""
+    chunk_items: int = DEFAULT_CHUNK_ITEMS,
+) -> SplitRanks:
+    """Ranks of every evaluable row of ``examples`` under both protocols, in row order."""
     generator = torch.Generator().manual_seed(seed)
-    ranks = []
-    with torch.no_grad():
-        for batch in examples.batches(batch_size):
-            keep = batch["valid"] & (batch["targets"] > 0) & (batch["lengths"] > 0)
-            if not keep.any():
-                continue
-            batch = {key: value[keep] for key, value in batch.items()}
-            scores = mask_seen(scorer(batch).float().cpu(), batch["item_indices"], batch["lengths"])
-            if sampled:
-                ranks.append(sampled_ranks(scores, batch["targets"], negatives, generator))
-            else:
-                ranks.append(target_ranks(scores, batch["targets"]))
-    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for batch in examples.batches(batch_size):
+        keep = batch["valid"] & (batch["targets"] > 0) & (batch["lengths"] > 0)
+        if not keep.any():
+            continue
+        batch = {key: value[keep] for key, value in batch.items()}
+        repeated = _in_history(batch["item_indices"], batch["lengths"], batch["targets"])
+        queries = scorer.queries(batch)
+        if sampled:
+            seen, everything = _sampled(scorer, queries, batch, negatives, generator, chunk_items)
+        else:
+            seen, everything = _full(scorer, queries, batch, chunk_items)
+        seen[repeated] = float("inf")
+        parts.append((seen, everything, repeated))
+    if not parts:
+        empty = np.zeros(0)
+        return SplitRanks(empty, empty, np.zeros(0, dtype=bool))
+    return SplitRanks(*(torch.cat(column).numpy() for column in zip(*parts, strict=True)))
 
 
-def model_scorer(model: RetrievalModel, num_items: int) -> Scorer:
-    """Cosine similarity of each row's query to every item of a plain model (eval mode).
+def split_metrics(ranks: SplitRanks, ks: tuple[int, ...], split: str) -> dict[str, float]:
+    """MLflow metrics of a split: ``{split}_{metric}`` (seen_filtered), ``{split}_all_{metric}``
+    (all_items), ``{split}_repeat_target_share`` and ``{split}_seen_filtered_hr_ceiling``."""
+    share = float(ranks.repeated.mean()) if len(ranks.repeated) else 0.0
+    metrics = {f"{split}_{name}": value for name, value in ranking_metrics(ranks.seen_filtered, ks).items()}
+    metrics.update({f"{split}_all_{name}": value for name, value in ranking_metrics(ranks.all_items, ks).items()})
+    metrics[f"{split}_repeat_target_share"] = share
+    metrics[f"{split}_seen_filtered_hr_ceiling"] = 1.0 - share
+    return metrics
 
-    Scores cover items 0..``num_items``; items newer than the model (a grown vocabulary)
-    score -inf. Histories must not hold items above ``num_items``.
+
+def _in_history(items: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    real = torch.arange(items.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return ((items == targets.unsqueeze(1)) & real).any(1)
+
+
+def _full(
+    scorer: LinearScorer, queries: torch.Tensor, batch: dict[str, torch.Tensor], chunk_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ranks over the whole catalogue: running counts of items placed before the target.
+
+    Two passes over the chunks: the first reads each target's score out of the very product
+    the second compares against, so ties and the target itself are judged exactly.
+
+    An item is before the target when it scores higher, or the same with a smaller index (a
+    deterministic tie-break, as a stable sort by descending score gives). Targets the scorer
+    does not know (newer than its vocabulary) can never be hit.
     """
-    model.eval()
-    catalog = model.item_vectors()
-    unknown = max(0, num_items - model.num_items)
-    device = catalog.device
+    targets = batch["targets"].to(queries.device)
+    known = targets <= scorer.num_items
+    rows = torch.arange(len(targets), device=queries.device)
+    target_scores = torch.full((len(targets),), float("-inf"), device=queries.device)
+    for start, scores in scorer.score_chunks(queries, chunk_items):
+        inside = known & (targets >= start) & (targets < start + scores.shape[1])
+        target_scores[inside] = scores[rows[inside], targets[inside] - start]
+    history = batch["item_indices"].masked_fill(
+        torch.arange(batch["item_indices"].shape[1]).unsqueeze(0) >= batch["lengths"].unsqueeze(1), 0
+    ).to(queries.device)
+    before_all = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
+    before_unseen = torch.zeros_like(before_all)
+    for start, scores in scorer.score_chunks(queries, chunk_items):
+        columns = torch.arange(start, start + scores.shape[1], device=queries.device).unsqueeze(0)
+        ahead = (scores > target_scores.unsqueeze(1)) | (
+            (scores == target_scores.unsqueeze(1)) & (columns < targets.unsqueeze(1))
+        )
+        ahead &= columns != targets.unsqueeze(1)
+        before_all += ahead.sum(1)
+        seen = torch.zeros_like(ahead)
+        local = history - start
+        inside = (local >= 0) & (local < scores.shape[1]) & (history > 0)
+        seen[rows.unsqueeze(1).expand_as(local)[inside], local[inside]] = True
+        before_unseen += (ahead & ~seen).sum(1)
+    unknown = torch.full_like(target_scores, float("inf"))
+    return (
+        torch.where(known, before_unseen.double(), unknown.double()).cpu(),
+        torch.where(known, before_all.double(), unknown.double()).cpu(),
+    )
 
-    def scorer(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # Items newer than the model read as row 0, which training never updates.
-        inputs = {**batch, "item_indices": batch["item_indices"].masked_fill(batch["item_indices"] > model.num_items, 0)}
-        scores = model.user_vectors({key: value.to(device) for key, value in inputs.items()}) @ catalog.T
-        return F.pad(scores, (0, unknown), value=float("-inf"))
 
-    return scorer
+def _sampled(
+    scorer: LinearScorer,
+    queries: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    negatives: int,
+    generator: torch.Generator,
+    chunk_items: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks among ``negatives`` random candidates: unseen items, or any items."""
+    scores = torch.cat([chunk for _, chunk in scorer.score_chunks(queries, chunk_items)], dim=1).float().cpu()
+    targets = batch["targets"].clamp(max=scorer.num_items)
+    unseen = sampled_ranks(mask_seen(scores, batch["item_indices"], batch["lengths"]), targets, negatives, generator)
+    anything = sampled_ranks(scores, targets, negatives, generator)
+    unknown = batch["targets"] > scorer.num_items
+    return (
+        unseen.double().masked_fill(unknown, float("inf")),
+        anything.double().masked_fill(unknown, float("inf")),
+    )
 
 
-def popularity_scorer(train: SequenceExamples, num_items: int) -> Scorer:
+class PopularityScorer:
     """The popularity baseline: how often each item was a positive event in the train split."""
-    positive_ids = np.array([ACTION_IDS[action] for action in POSITIVE_ACTIONS])
-    real = np.arange(train.max_len)[None, :] < train.lengths[:, None]
-    chosen = real & np.isin(train.action_ids, positive_ids) & train.valid[:, None]
-    counts = np.bincount(train.item_indices[chosen], minlength=num_items + 1)[: num_items + 1]
-    scores = torch.from_numpy(counts.astype(np.float32))
-    return lambda batch: scores.unsqueeze(0).expand(len(batch["targets"]), -1)
+
+    def __init__(self, train: SequenceExamples, num_items: int) -> None:
+        positive_ids = np.array([ACTION_IDS[action] for action in POSITIVE_ACTIONS])
+        real = np.arange(train.max_len)[None, :] < train.lengths[:, None]
+        chosen = real & np.isin(train.action_ids, positive_ids) & train.valid[:, None]
+        counts = np.bincount(train.item_indices[chosen], minlength=num_items + 1)[: num_items + 1]
+        self.counts = torch.from_numpy(counts.astype(np.float32))
+        self.num_items = num_items
+
+    def queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.ones(len(batch["targets"]), 1)
+
+    def score_chunks(
+        self, queries: torch.Tensor, chunk_items: int = DEFAULT_CHUNK_ITEMS
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.num_items + 1, chunk_items):
+            scores = queries @ self.counts[start : start + chunk_items].unsqueeze(0)
+            if start == 0:
+                scores[:, 0] = float("-inf")
+            yield start, scores

@@ -3,8 +3,8 @@
 A rank is 0-based: the number of candidates placed before the target. Scores equal to the
 target's count as before it when their item index is smaller (a deterministic tie-break,
 as a stable sort by descending score would give). Items already in the user's history and
-the padding index 0 are never candidates (``mask_seen``); a target the user had already
-seen therefore ranks last, as in the HSTU reference evaluation.
+the padding index 0 are never candidates under the ``seen_filtered`` protocol (``mask_seen``;
+see ``training.evaluation``). A rank of inf is a target that can never be hit.
 """
 
 from __future__ import annotations
@@ -24,14 +24,6 @@ def mask_seen(scores: torch.Tensor, item_indices: torch.Tensor, lengths: torch.T
     return masked
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B,) 0-based rank of ``targets`` (B,) among all columns of ``scores`` (B, N)."""
-    target_scores = scores.gather(1, targets.unsqueeze(1))
-    columns = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
-    ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets.unsqueeze(1)))
-    return ahead.sum(1)
-
-
 def sampled_ranks(
     scores: torch.Tensor, targets: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -49,7 +41,10 @@ def sampled_ranks(
     return ahead.sum(1)
 
 
-def ranking_metrics(ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = (10, 50, 200)) -> dict[str, float]:
+DEFAULT_KS = (10, 50, 200)
+
+
+def ranking_metrics(ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """{hr_K, ndcg_K for K in ks, mrr} averaged over ``ranks`` (0-based); empty ranks give 0."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if len(ranks) == 0:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import EncoderConfig
-from training.model import PLAIN_WEIGHT, TABLE_WEIGHT, RetrievalModel, table_width
+from training.model import PLAIN_WEIGHT, RetrievalModel
 
 FORMAT = 1
 METADATA_FILE = "model.json"
@@ -38,22 +38,6 @@ class ModelInfo:
     encoder: EncoderConfig
     num_items: int
     feature_versions: dict[str, int] = field(default_factory=dict)
-
-
-def plain_weights(sharded_state: dict[str, torch.Tensor], dim: int) -> dict[str, torch.Tensor]:
-    """A full (gathered) ShardedRetrievalModel state dict as RetrievalModel weights (``dim`` columns)."""
-    weights = {key: value for key, value in sharded_state.items() if key != TABLE_WEIGHT}
-    weights[PLAIN_WEIGHT] = sharded_state[TABLE_WEIGHT][:, :dim].contiguous()
-    return weights
-
-
-def sharded_weights(plain_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """RetrievalModel weights as a ShardedRetrievalModel state dict (the inverse of plain_weights;
-    the table's unused padding columns are zero)."""
-    weights = {key: value for key, value in plain_state.items() if key != PLAIN_WEIGHT}
-    table = plain_state[PLAIN_WEIGHT]
-    weights[TABLE_WEIGHT] = F.pad(table, (0, table_width(table.shape[1]) - table.shape[1]))
-    return weights
 
 
 def save_model(directory: Path, info: ModelInfo, weights: dict[str, torch.Tensor]) -> Path:

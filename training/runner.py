@@ -29,9 +29,11 @@ from infra import ray_access
 from infra.settings import Settings
 from training import tracking
 from training.config import TrainConfig
-from training.evaluation import model_scorer, popularity_scorer, split_ranks
-from training.metrics import prefixed, ranking_metrics
-from training.model_io import load_model, read_info, read_weights
+from training.evaluation import PopularityScorer, split_metrics, split_ranks
+from training.metrics import DEFAULT_KS
+from training.model_io import read_info, read_weights
+from training.progress import EpochFollower
+from training.retriever import Retriever
 from training.worker import MODEL_DIR, TRAIN_STATE_FILE, TrainJob, train_worker
 
 JOB_FILE = "streamrec_job.json"
@@ -105,7 +107,8 @@ def train(
         fault_marker=str(settings.home / "train-faults" / run_name) if config.fail_once_after_epoch else None,
     )
     try:
-        result = _trainer(settings, job, workers, storage, run_name).fit()
+        with EpochFollower(settings, run_id, config.epochs, log):
+            result = _trainer(settings, job, workers, storage, run_name).fit()
     except ray.train.TrainingFailedError as error:
         tracking.client(settings).set_terminated(run_id, "FAILED")
         message = f"run {run_name} failed: {error}\ncontinue it with `streamrec train --resume {run_name}`"
@@ -122,7 +125,8 @@ def _params(config: TrainConfig, versions: FeatureVersions, workers: int, warm_s
 
 def _connect(settings: Settings) -> None:
     try:
-        ray_access.connect(settings)
+        # Workers' output (Ray's, FBGEMM's, torch's) stays in Ray's worker logs; progress comes from MLflow.
+        ray_access.connect(settings, log_to_driver=False)
     except ray_access.RayAccessError as error:
         raise TrainingError(str(error)) from error
 
@@ -200,20 +204,21 @@ def _finish(
         progress = _read_progress(Path(directory) / TRAIN_STATE_FILE)
     best_epoch = int(progress["best_epoch"])
     history = progress["history"]
+    if len(history) < config.epochs:
+        log(f"stopped early after epoch {len(history)}: no better val_{config.selection_metric} for {config.patience} epochs")
     best_val = {f"best_{key}": value for key, value in history[best_epoch - 1].items() if key.startswith("val_")}
 
     log(f"evaluating the best epoch ({best_epoch}) on the test split")
-    model, _ = load_model(output / MODEL_DIR)
     test = load_examples(settings, "test", versions, max_len=config.encoder.max_len)
     test_ranks = split_ranks(
-        model_scorer(model, test.num_items),
+        Retriever.from_directory(output / MODEL_DIR),
         test,
         batch_size=config.eval_batch_size,
         sampled=config.sampled_eval,
         negatives=config.eval_negatives,
         seed=config.seed,
     )
-    metrics = {**best_val, **prefixed(ranking_metrics(test_ranks, config.eval_ks), "test")}
+    metrics = {**best_val, **split_metrics(test_ranks, config.eval_ks, "test")}
     tracking.log_metrics(settings, run_id, {**metrics, "best_epoch": float(best_epoch)}, step=best_epoch)
 
     plot_curves(history, config.selection_metric, output / "training_curve.png")
@@ -290,11 +295,11 @@ def train_popularity(settings: Settings, config: TrainConfig, log: Log = print) 
     metrics: dict[str, float] = {}
     for split, name in (("validation", "val"), ("test", "test")):
         examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)
-        scorer = popularity_scorer(train_split, examples.num_items)
+        scorer = PopularityScorer(train_split, examples.num_items)
         ranks = split_ranks(
             scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed
         )
-        metrics.update(prefixed(ranking_metrics(ranks, config.eval_ks), name))
+        metrics.update(split_metrics(ranks, config.eval_ks, name))
     tracking.log_metrics(settings, run_id, metrics, step=0)
     tracking.client(settings).set_terminated(run_id, "FINISHED")
     log(f"popularity baseline logged as MLflow run {run_id}")
@@ -310,12 +315,13 @@ def evaluate_version(
     ``latest_features`` at the newest ones (items the model has never seen then rank last).
     """
     directory = tracking.download_version(settings, version)
-    model, info = load_model(directory)
+    retriever = Retriever.from_directory(directory)
+    info = read_info(directory)
     versions = latest_versions(settings) if latest_features else _feature_versions(info.feature_versions)
     examples = load_examples(settings, split, versions, max_len=info.encoder.max_len)
-    ranks = split_ranks(model_scorer(model, examples.num_items), examples, sampled=sampled)
+    ranks = split_ranks(retriever, examples, sampled=sampled)
     name = "val" if split == "validation" else split
-    return prefixed(ranking_metrics(ranks), name), versions.as_dict()
+    return split_metrics(ranks, DEFAULT_KS, name), versions.as_dict()
 
 
 def _feature_versions(recorded: dict[str, int]) -> FeatureVersions:

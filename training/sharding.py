@@ -35,7 +35,8 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from training.config import TrainConfig
-from training.model import CANDIDATES, HISTORY, INIT_RANGE, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
+from training.model import INIT_RANGE
+from training.sharded_model import CANDIDATES, HISTORY, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
 
 INIT_BLOCK_ROWS = 4096  # rows drawn from one generator; a rank draws only the blocks its shard touches
 

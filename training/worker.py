@@ -7,6 +7,9 @@ against the full catalogue, and all workers report one checkpoint: the exported 
 plus the optimizer states, gathered on rank 0 (see ``training.sharding``). Rank 0 logs
 the epoch's metrics to the MLflow run the driver opened.
 
+Workers print nothing: their output (and Ray's) stays in Ray's worker logs; the driver
+shows one line per epoch from the metrics rank 0 logs to MLflow (``training.progress``).
+
 A worker restarted by Ray Train (FailureConfig) or a ``--resume``d run finds the last
 checkpoint through ``ray.train.get_checkpoint()`` and continues with the next epoch.
 """
@@ -27,19 +30,17 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torchrec.distributed import DistributedModelParallel
 
 from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
 from training.config import TrainConfig
-from training.encoders import last_hidden
-from training.evaluation import split_ranks
+from training.evaluation import SplitRanks, split_metrics, split_ranks
 from training.loss import retrieval_loss
-from training.metrics import prefixed, ranking_metrics
-from training.model import ShardedRetrievalModel, lookup_input
-from training.model_io import ModelInfo, plain_weights, read_weights, save_model, sharded_weights
+from training.model_io import ModelInfo, read_weights, save_model
+from training.retriever import Retriever
+from training.sharded_model import ShardedRetrievalModel, lookup_input, plain_weights, sharded_weights
 from training.sharding import catalog_embeddings, dense_optimizer, gather_state, load_state, shard_model
 from training.tracking import log_metrics
 
@@ -99,22 +100,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     progress = _restore(dmp, optimizer, job, num_items)
     info = ModelInfo(encoder=encoder, num_items=num_items, feature_versions=job.versions.as_dict())
     if rank == 0 and progress.epoch:
-        print(f"resuming after epoch {progress.epoch} (best so far: epoch {progress.best_epoch})", flush=True)
         log_metrics(job.settings, job.run_id, {"resumed_from_epoch": float(progress.epoch)}, step=progress.epoch)
 
     val_shard = val.shard(rank, world)
-    bar = _progress_bar(config.epochs, progress.epoch) if rank == 0 else None
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         if config.patience and progress.stale_epochs >= config.patience:
-            if rank == 0:
-                print(f"early stop: no better val_{config.selection_metric} for {config.patience} epochs", flush=True)
             break
         _maybe_inject_fault(job, epoch - 1, rank, world)
         started = time.perf_counter()
         shard = train.shard(rank, world, seed=config.seed, epoch=epoch, shuffle=True)
         loss = _train_epoch(dmp, optimizer, shard, job, epoch, rank, device)
         seconds = time.perf_counter() - started
-        val_metrics = prefixed(_evaluate(dmp, val_shard, config, num_items, device, rank), "val")
+        val_metrics = _evaluate(dmp, val_shard, config, num_items, rank)
         metrics = {
             "epoch": float(epoch),
             "train_loss": loss,
@@ -124,23 +121,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         }
         progress.record(epoch, metrics, f"val_{config.selection_metric}")
         ray.train.report(metrics, checkpoint=_checkpoint(dmp, optimizer, progress, info))
-        if bar is not None:
+        if rank == 0:  # the driver follows the run's progress through these MLflow metrics
             log_metrics(job.settings, job.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            shown = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "val_hr_10", "val_ndcg_10"))
-            rate = metrics["train_sequences_per_s"]
-            print(f"epoch {epoch}/{config.epochs}: {shown} ({seconds:.1f}s, {rate:.0f} seq/s)", flush=True)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-
-def _progress_bar(epochs: int, done: int) -> Any:
-    """An epoch progress bar that Ray draws on the driver's console."""
-    from ray.experimental.tqdm_ray import tqdm
-
-    bar = tqdm(total=epochs, desc="training epochs", unit="epoch")
-    bar.update(done)
-    return bar
 
 
 def _quiet_libraries() -> None:
@@ -165,7 +147,9 @@ def _train_epoch(
     num_items = dmp.module.num_items
     seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
-    batches = shard.batches(config.batch_size, seed=config.seed, epoch=epoch, shuffle=True)
+    batches = shard.batches(
+        config.batch_size, seed=config.seed, epoch=epoch, shuffle=True, by_length=config.length_bucketing
+    )
     dmp.train()
     total = torch.zeros(2, dtype=torch.float64)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=job.use_gpu)
@@ -194,33 +178,24 @@ def _evaluate(
     shard: SequenceExamples,
     config: TrainConfig,
     num_items: int,
-    device: torch.device,
     rank: int,
 ) -> dict[str, float]:
-    """Full-catalogue (or sampled) metrics of the whole split, identical on every worker."""
+    """Validation metrics (both protocols) of the whole split, identical on every worker."""
     dmp.eval()
     table = catalog_embeddings(dmp, num_items + 1)[:, : config.encoder.dim]
-    catalog = F.normalize(table.float(), dim=-1)
-    encoder = dmp.module.encoder
-
-    def scorer(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        length = max(int(batch["lengths"].max()), 1)
-        batch = {key: (value[:, :length] if value.dim() == 2 else value).to(device) for key, value in batch.items()}
-        hidden = encoder(table[batch["item_indices"]], batch["action_ids"], batch["timestamps"], batch["lengths"])
-        return F.normalize(last_hidden(hidden, batch["lengths"]).float(), dim=-1) @ catalog.T
-
+    retriever = Retriever(dmp.module.encoder, table)
     ranks = split_ranks(
-        scorer,
+        retriever,
         shard,
         batch_size=config.eval_batch_size,
         sampled=config.sampled_eval,
         negatives=config.eval_negatives,
         seed=config.seed + rank,
     )
-    everyone: list[np.ndarray | None] = [None] * dist.get_world_size()
+    everyone: list[SplitRanks | None] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, ranks)
     dmp.train()
-    return ranking_metrics(np.concatenate([r for r in everyone if r is not None]), config.eval_ks)
+    return split_metrics(SplitRanks.concatenate([r for r in everyone if r is not None]), config.eval_ks, "val")
 
 
 def table_optimizer_state(dmp: DistributedModelParallel) -> dict[str, Any]:

@@ -27,7 +27,10 @@ def plain_epochs(config: TrainConfig, train: SequenceExamples, epochs: int, thre
     rates = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        for batch in train.batches(config.batch_size, seed=config.seed, epoch=epoch, shuffle=True):
+        batches = train.batches(
+            config.batch_size, seed=config.seed, epoch=epoch, shuffle=True, by_length=config.length_bucketing
+        )
+        for batch in batches:
             length = max(int(batch["lengths"].max()), 1)
             items = batch["item_indices"][:, :length]
             negatives = torch.randint(1, train.num_items + 1, (config.num_negatives,), generator=generator)

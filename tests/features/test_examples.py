@@ -82,3 +82,23 @@ def test_inconsistent_shapes_are_refused() -> None:
             targets=examples.targets,
             num_items=3,
         )
+
+
+def test_length_grouped_batches_cover_every_row_with_less_padding() -> None:
+    rng = np.random.default_rng(0)
+    base = _examples(1_000, max_len=50)
+    examples = SequenceExamples(**{**base.__dict__, "lengths": rng.integers(1, 51, 1_000)})
+    plain = list(examples.batches(32, seed=1, epoch=2, shuffle=True))
+    grouped = list(examples.batches(32, seed=1, epoch=2, shuffle=True, by_length=True))
+    assert len(grouped) == len(plain) == examples.num_batches(32)
+    users = np.concatenate([batch["targets"].numpy() for batch in grouped])
+    assert sorted(users.tolist()) == sorted(examples.targets.tolist())  # every row exactly once
+
+    def padded_positions(batches: list) -> int:  # what a batch padded to its longest row costs
+        return sum(int(batch["lengths"].max()) * len(batch["lengths"]) for batch in batches)
+
+    assert padded_positions(grouped) < 0.7 * padded_positions(plain)
+    again = list(examples.batches(32, seed=1, epoch=2, shuffle=True, by_length=True))
+    assert all(np.array_equal(a["targets"], b["targets"]) for a, b in zip(grouped, again, strict=True))
+    other_epoch = list(examples.batches(32, seed=1, epoch=3, shuffle=True, by_length=True))
+    assert not np.array_equal(grouped[0]["targets"], other_epoch[0]["targets"])

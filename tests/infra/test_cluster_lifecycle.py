@@ -20,8 +20,9 @@ STREAMREC = str(Path(sys.executable).parent / "streamrec")
 
 
 def _env(home: Path) -> dict[str, str]:
+    inherited = {key: value for key, value in os.environ.items() if key != "STREAMREC_RAY_AUTH_TOKEN_FILE"}
     return {
-        **os.environ,
+        **inherited,
         "STREAMREC_HOME": str(home),
         "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "STREAMREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",

@@ -67,6 +67,7 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "COLUMNS": "200",
     }
     env.pop("STREAMREC_SPARK_MASTER", None)  # the profile's default: the standalone master `up` starts
+    env.pop("STREAMREC_RAY_AUTH_TOKEN_FILE", None)  # its own head, its own token
     (root / "user-home").mkdir()
     settings = _settings(env)
     broker = KafkaBroker(settings)

@@ -52,7 +52,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "STREAMREC_RAY_NUM_CPUS": "1",
         "COLUMNS": "200",
     }
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "STREAMREC_RAY_AUTH_TOKEN_FILE"):
         env.pop(name, None)  # as on a user's machine: nothing set by hand
     env.update(extra)
     return env

@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import mask_seen, prefixed, ranking_metrics, sampled_ranks, target_ranks
-
-
-def test_target_ranks_count_higher_scores_and_break_ties_by_index() -> None:
-    scores = torch.tensor(
-        [
-            [0.0, 0.9, 0.1, 0.5, 0.3],  # target 3 (0.5): only item 1 is higher -> rank 1
-            [0.0, 0.2, 0.2, 0.2, 0.1],  # target 2 ties with 1 (smaller index, ahead) and 3 (behind) -> 1
-            [0.0, 0.1, 0.2, 0.3, 0.4],  # target 4 is the best -> 0
-        ]
-    )
-    assert target_ranks(scores, torch.tensor([3, 2, 4])).tolist() == [1, 1, 0]
+from training.metrics import mask_seen, prefixed, ranking_metrics, sampled_ranks
 
 
 def test_mask_seen_removes_history_and_padding_only() -> None:
@@ -32,11 +21,6 @@ def test_mask_seen_removes_history_and_padding_only() -> None:
     assert torch.isinf(masked[2, [0, 1, 2, 3]]).all() and masked[2, [4, 5]].tolist() == [4.0, 5.0]
 
 
-def test_a_seen_target_ranks_behind_every_unseen_item() -> None:
-    scores = mask_seen(torch.tensor([[0.0, 0.9, 0.1, 0.5]]), torch.tensor([[1, 0]]), torch.tensor([1]))
-    assert target_ranks(scores, torch.tensor([1])).item() == 3  # behind items 2 and 3 and padding 0
-
-
 def test_ranking_metrics_by_hand() -> None:
     ranks = np.array([0, 4, 9, 10, 60])
     metrics = ranking_metrics(ranks, ks=(10, 50))
@@ -47,6 +31,11 @@ def test_ranking_metrics_by_hand() -> None:
     assert metrics["ndcg_50"] == pytest.approx(ndcg_10 + 1 / math.log2(12) / 5)
     assert metrics["mrr"] == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11 + 1 / 61) / 5)
     assert sorted(metrics) == ["hr_10", "hr_50", "mrr", "ndcg_10", "ndcg_50"]
+
+
+def test_a_rank_that_can_never_hit_counts_zero() -> None:
+    metrics = ranking_metrics(np.array([0, np.inf]), ks=(10,))
+    assert metrics == {"hr_10": 0.5, "ndcg_10": 0.5, "mrr": 0.5}
 
 
 def test_metric_keys_for_mlflow() -> None:

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from infra.processes import free_port
 from training.config import EncoderConfig, TrainConfig
 from training.loss import retrieval_loss
-from training.model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
+from training.sharded_model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
 from training.sharding import (
     catalog_embeddings,
     dense_optimizer,

@@ -21,6 +21,7 @@ from ingestion.synthetic import SyntheticConfig, generate_events
 from training import tracking
 from training.model import PLAIN_WEIGHT
 from training.model_io import load_model, read_weights
+from training.retriever import Retriever
 from training.runner import TrainingError, TrainOutcome, train, train_popularity
 
 METRIC_KEYS = {f"{split}_{name}" for split in ("val", "test") for name in
@@ -61,14 +62,14 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
 
     model_version = client.get_model_version("streamrec-retrieval", hstu_run.model_version)
     assert model_version.run_id == hstu_run.run_id
-    model, info = load_model(tracking.download_version(settings, hstu_run.model_version))
+    _, info = load_model(tracking.download_version(settings, hstu_run.model_version))
     assert info.feature_versions == versions
     directory = tracking.download_version(settings, hstu_run.model_version)
     embeddings = pq.read_table(directory / "item_embeddings.parquet")
     assert embeddings.column("item_index").to_pylist() == list(range(1, info.num_items + 1))
     vectors = np.stack(embeddings.column("embedding").to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(vectors, model.item_vectors()[1:].detach().numpy(), atol=1e-6)
+    assert np.allclose(vectors, Retriever.from_directory(directory).item_vectors[1:].numpy(), atol=1e-6)
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(settings: Settings) -> None:
