@@ -34,7 +34,7 @@ from training.runner import train, train_popularity
 
 console = Console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
-PROTOCOLS = {"seen filtered": "test_", "all items": "test_all_"}  # label: MLflow key prefix
+PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,17 +136,17 @@ def _metrics_table(results: dict[str, dict[str, float]], versions: dict[str, str
     share = any_run["test_repeat_target_share"]
     table = Table(
         title="test split: leave-last-out, full catalogue",
-        caption=f"seen filtered: the user's history is removed, so the {share:.0%} of targets the user had "
-        f"already consumed are misses (HR ceiling {1 - share:.2f}); all items: nothing removed",
+        caption=f"filtered: the user's history is removed (as the HSTU reference), so the {share:.0%} of targets "
+        f"the user had already consumed are misses (HR ceiling {1 - share:.2f}); all: nothing removed",
     )
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("version")
-    table.add_column("protocol")
+    table.add_column("protocol", no_wrap=True)
     for name in METRICS:
         table.add_column(name, justify="right")
     for model, metrics in results.items():
         for label, prefix in PROTOCOLS.items():
-            first = label == "seen filtered"
+            first = label == "filtered"
             table.add_row(
                 model if first else "",
                 versions.get(model, "-") if first else "",

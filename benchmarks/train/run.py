@@ -8,12 +8,16 @@ reference hyperparameters (dim 50, 2 blocks, 1 head, max_len 200, batch 128, 128
 2. For HSTU and SASRec, train sequences/s (the training steps of an epoch, after the first)
    * in the plain single-process loop (``plain_loop.py``: nn.Embedding, no Ray, no DMP), with
      as many torch threads as one Ray worker has CPUs;
-   * with ``streamrec train`` on 1 and on 2 Ray Train workers (DMP, row-wise item table).
+   * with ``streamrec train`` on 1 worker without and with length bucketing (same data, same
+     run: the speed-up of grouping batches by length), and on 2 workers with it.
    The headline ratio is plain / Ray+DMP at 1 worker (per-sample overhead; target <= 1.3).
-3. Quality: HSTU and SASRec trained on 2 workers (model selected on validation, early
-   stopping) and the popularity baseline, HR@10 / NDCG@10 on the test split; the same on a
-   dataset given with ``--dataset PATH --format sasrec|movielens`` (replayed as events into
-   silver, then the feature build).
+3. Quality: HSTU and SASRec trained on 2 workers for each of ``--seeds`` (model selected on
+   validation, early stopping) and the popularity baseline: test metrics under both
+   protocols (seen items filtered, all items), mean and standard deviation, and whether HSTU
+   beats SASRec beyond one standard deviation; the same on a dataset given with
+   ``--dataset PATH --format sasrec|movielens`` (replayed as events into silver, then the
+   feature build). The JSON records the hyperparameters that ran (the resolved item-table
+   optimizer included) and the arguments.
 
     .venv/bin/python benchmarks/train/run.py [--events 100000] [--dataset ml-1m/ratings.dat --format movielens]
 
@@ -41,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
-from deltalake import write_deltalake  # noqa: E402
 
 from benchmarks.train.plain_loop import plain_epochs  # noqa: E402
 from features.build import build  # noqa: E402
@@ -49,6 +52,7 @@ from features.reader import latest_versions, load_examples  # noqa: E402
 from infra import cluster  # noqa: E402
 from infra.processes import free_port  # noqa: E402
 from infra.settings import Settings, get_settings  # noqa: E402
+from ingestion.lake_writer import append_silver  # noqa: E402
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE  # noqa: E402
 from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
 from training.config import EncoderConfig, TrainConfig  # noqa: E402
@@ -72,10 +76,7 @@ def write_silver(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
         }
         for offset, event in enumerate(events)
     ]
-    table = pa.Table.from_pylist(rows, schema=SILVER_SCHEMA).sort_by(
-        [("user_id", "ascending"), ("ts", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
-    )
-    write_deltalake(settings.table_uri(SILVER_TABLE), table, mode="append", partition_by=["event_date"])
+    append_silver(settings.table_uri(SILVER_TABLE), pa.Table.from_pylist(rows, schema=SILVER_SCHEMA))
     return len(rows)
 
 
@@ -99,44 +100,87 @@ def steady_rate(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
-def throughput(settings: Settings, config: TrainConfig, epochs: int) -> dict[str, float]:
-    """Plain loop vs Ray Train + DMP on 1 and 2 workers, same data and model."""
+def throughput(settings: Settings, config: TrainConfig, epochs: int) -> dict[str, Any]:
+    """Plain loop vs Ray Train + DMP, and length bucketing off vs on; same data and model."""
     speed = config.model_copy(update={"epochs": epochs, "patience": 0})
+    unbucketed = speed.model_copy(update={"length_bucketing": False})
     examples = load_examples(settings, "train", latest_versions(settings), max_len=config.encoder.max_len)
-    plain = steady_rate(plain_epochs(speed, examples, epochs, threads=max(1, int(settings.train_cpus_per_worker))))
+    threads = max(1, int(settings.train_cpus_per_worker))
+    plain = steady_rate(plain_epochs(speed, examples, epochs, threads=threads))
     ray = {}
-    for workers in (1, 2):
-        run = train(settings, speed, workers=workers)
-        ray[workers] = steady_rate([row["train_sequences_per_s"] for row in run.history])
+    for name, run_config, workers in (("1_worker_unbucketed", unbucketed, 1), ("1_worker", speed, 1),
+                                      ("2_workers", speed, 2)):  # fmt: skip
+        run = train(settings, run_config, workers=workers)
+        ray[name] = steady_rate([row["train_sequences_per_s"] for row in run.history])
     return {
         "plain_loop_seq_per_s": round(plain, 1),
-        "ray_dmp_1_worker_seq_per_s": round(ray[1], 1),
-        "ray_dmp_2_workers_seq_per_s": round(ray[2], 1),
-        "overhead_ratio_1_worker": round(plain / ray[1], 3),
+        "ray_dmp_1_worker_unbucketed_seq_per_s": round(ray["1_worker_unbucketed"], 1),
+        "ray_dmp_1_worker_seq_per_s": round(ray["1_worker"], 1),
+        "ray_dmp_2_workers_seq_per_s": round(ray["2_workers"], 1),
+        "bucketing_speedup_1_worker": round(ray["1_worker"] / ray["1_worker_unbucketed"], 3),
+        "overhead_ratio_1_worker": round(plain / ray["1_worker"], 3),
         "overhead_target": OVERHEAD_TARGET,
-        "meets_target": plain / ray[1] <= OVERHEAD_TARGET,
-        "speedup_2_workers": round(ray[2] / ray[1], 3),
+        "meets_target": plain / ray["1_worker"] <= OVERHEAD_TARGET,
+        "speedup_2_workers": round(ray["2_workers"] / ray["1_worker"], 3),
     }
 
 
-def quality(settings: Settings, epochs: int, patience: int) -> dict[str, dict[str, float]]:
-    """Test HR/NDCG@10 (and the rest) of HSTU, SASRec (2 workers) and popularity."""
-    table: dict[str, dict[str, float]] = {}
+QUALITY_KEYS = ("hr_10", "ndcg_10", "hr_50", "mrr")
+PROTOCOL_PREFIXES = {"seen_filtered": "test_", "all_items": "test_all_"}
+
+
+def quality(settings: Settings, epochs: int, patience: int, seeds: list[int]) -> dict[str, Any]:
+    """Test metrics of HSTU and SASRec (2 workers) over ``seeds``, and popularity: per seed,
+    mean and standard deviation, both protocols; selection on validation, test read once."""
+    table: dict[str, Any] = {}
     for kind in KINDS:
-        run = train(settings, TrainConfig(encoder=EncoderConfig(kind=kind), epochs=epochs, patience=patience), workers=2)
-        table[kind] = {key: round(value, 4) for key, value in run.metrics.items() if key.startswith("test_")}
-        table[kind]["best_epoch"] = run.best_epoch
+        runs = []
+        for seed in seeds:
+            config = TrainConfig(encoder=EncoderConfig(kind=kind), epochs=epochs, patience=patience, seed=seed)
+            run = train(settings, config, workers=2)
+            runs.append({"seed": seed, "best_epoch": run.best_epoch, **{k: v for k, v in run.metrics.items()
+                                                                         if k.startswith("test_")}})  # fmt: skip
+        table[kind] = {"runs": runs, **summary(runs)}
     popularity = train_popularity(settings, TrainConfig())
-    table["popularity"] = {key: round(value, 4) for key, value in popularity.items() if key.startswith("test_")}
+    table["popularity"] = {"runs": [popularity], **summary([popularity])}
     return table
 
 
-def print_quality(name: str, table: dict[str, dict[str, float]]) -> None:
-    print(f"\n{name}: test metrics (full catalogue, seen items filtered)")
-    print(f"{'model':<12}{'HR@10':>8}{'NDCG@10':>9}{'HR@50':>8}{'MRR':>8}")
-    for model, metrics in table.items():
-        hr10, ndcg10, hr50, mrr = (metrics[f"test_{key}"] for key in ("hr_10", "ndcg_10", "hr_50", "mrr"))
-        print(f"{model:<12}{hr10:>8.4f}{ndcg10:>9.4f}{hr50:>8.4f}{mrr:>8.4f}")
+def summary(runs: list[dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{protocol: {metric: {mean, std}}} over runs (std 0 for one run)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for protocol, prefix in PROTOCOL_PREFIXES.items():
+        out[protocol] = {}
+        for key in QUALITY_KEYS:
+            values = [run[prefix + key] for run in runs]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[protocol][key] = {"mean": round(statistics.fmean(values), 4), "std": round(std, 4)}
+    out["repeat_target_share"] = {"value": {"mean": round(runs[0]["test_repeat_target_share"], 4), "std": 0.0}}
+    return out
+
+
+def comparison(table: dict[str, Any]) -> dict[str, Any]:
+    """Whether HSTU beats SASRec beyond one standard deviation (of either), per protocol, NDCG@10."""
+    verdicts = {}
+    for protocol in PROTOCOL_PREFIXES:
+        hstu, sasrec = (table[kind][protocol]["ndcg_10"] for kind in KINDS)
+        gap = hstu["mean"] - sasrec["mean"]
+        verdicts[protocol] = {
+            "hstu_minus_sasrec_ndcg_10": round(gap, 4),
+            "beyond_one_std": abs(gap) > max(hstu["std"], sasrec["std"]),
+            "winner": "hstu" if gap > 0 else "sasrec",
+        }
+    return verdicts
+
+
+def print_quality(name: str, table: dict[str, Any]) -> None:
+    print(f"\n{name}: test metrics, mean ± std over seeds (selection on validation)")
+    print(f"{'model':<12}{'protocol':<15}" + "".join(f"{key:>18}" for key in QUALITY_KEYS))
+    for model in (*KINDS, "popularity"):
+        for protocol in PROTOCOL_PREFIXES:
+            cells = [table[model][protocol][key] for key in QUALITY_KEYS]
+            print(f"{model:<12}{protocol:<15}" + "".join(f"{c['mean']:>11.4f}±{c['std']:.4f}" for c in cells))
+    print(f"repeated test targets: {table['hstu']['repeat_target_share']['value']['mean']:.1%}")
 
 
 def main() -> None:
@@ -147,6 +191,8 @@ def main() -> None:
     parser.add_argument("--speed-epochs", type=int, default=4, help="epochs per throughput run (the first is not timed)")
     parser.add_argument("--quality-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the quality table")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the quality table")
     parser.add_argument("--dataset", type=Path, help="an extra dataset for the quality table")
     parser.add_argument("--format", choices=("sasrec", "movielens", "csv"), default="sasrec")
     args = parser.parse_args()
@@ -165,17 +211,23 @@ def main() -> None:
     started = time.perf_counter()
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "hyperparameters": TrainConfig().model_dump(mode="json"),
+        "hyperparameters": {
+            **TrainConfig().model_dump(mode="json"),
+            "resolved_table_optimizer": dict(zip(("name", "lr"), TrainConfig().table_optimizer(use_gpu=False))),
+        },
+        "arguments": {key: str(value) for key, value in vars(args).items()},
     }
     try:
         cluster.up(settings, ["mlflow", "ray"])
         synthetic = SyntheticConfig(users=args.users, items=args.items, events=args.events, seed=0)
         print(f"synthetic data: {synthetic.users} users, {synthetic.items} items, {synthetic.events} events", flush=True)
         result["synthetic_data"] = build_lake(settings, generate_events(synthetic))
-        result["throughput"] = {
-            kind: throughput(settings, TrainConfig(encoder=EncoderConfig(kind=kind)), args.speed_epochs) for kind in KINDS
-        }
-        result["quality"] = {"synthetic": quality(settings, args.quality_epochs, args.patience)}
+        if not args.skip_throughput:
+            result["throughput"] = {
+                kind: throughput(settings, TrainConfig(encoder=EncoderConfig(kind=kind)), args.speed_epochs)
+                for kind in KINDS
+            }
+        result["quality"] = {"synthetic": quality(settings, args.quality_epochs, args.patience, args.seeds)}
         if args.dataset:
             from ingestion.replay import read_replay, replay_events
 
@@ -183,23 +235,22 @@ def main() -> None:
             frame = read_replay(args.dataset, args.format)
             result["dataset"] = {"path": str(args.dataset), "format": args.format,
                                  **build_lake(dataset, replay_events(frame))}  # fmt: skip
-            result["quality"][args.dataset.name] = quality(dataset, args.quality_epochs, args.patience)
+            result["quality"][args.dataset.name] = quality(dataset, args.quality_epochs, args.patience, args.seeds)
     finally:
         import ray
 
         ray.shutdown()
         cluster.down(settings, ["mlflow", "ray"])
         shutil.rmtree(home, ignore_errors=True)
-    synthetic_quality = result["quality"]["synthetic"]
-    hstu_ndcg, sasrec_ndcg = (synthetic_quality[kind]["test_ndcg_10"] for kind in KINDS)
-    result["hstu_ndcg_10_at_least_sasrec"] = hstu_ndcg >= sasrec_ndcg
+    result["hstu_vs_sasrec"] = {name: comparison(table) for name, table in result["quality"].items()}
     result["seconds"] = round(time.perf_counter() - started, 1)
 
     print("\nthroughput (train sequences/s; overhead = plain loop / Ray+DMP at 1 worker)")
-    for kind, figures in result["throughput"].items():
+    for kind, figures in result.get("throughput", {}).items():
         print(f"{kind:<8}{json.dumps(figures)}")
     for name, table in result["quality"].items():
         print_quality(name, table)
+        print(f"HSTU vs SASRec (NDCG@10): {json.dumps(result['hstu_vs_sasrec'][name])}")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nresults: {RESULT}")
