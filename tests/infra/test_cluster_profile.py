@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 def _settings(env: dict[str, str]) -> Settings:
     values = {key[len("STREAMREC_") :].lower(): value for key, value in env.items() if key.startswith("STREAMREC_")}
+    values.setdefault("ray_auth_token_file", "")  # as in ``env``: not the test session's token file
     return Settings(**values)
 
 
