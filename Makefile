@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/mypy
 
 demo: setup
-	$(BIN)/python -m workflows.demo $(DEMO_ARGS)
+	$(BIN)/streamrec demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

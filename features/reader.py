@@ -41,8 +41,13 @@ class FeatureVersions:
     user_sequences: int
 
     def as_dict(self) -> dict[str, int]:
-        """{table name: version}, the form ``SequenceExamples.versions`` holds."""
+        """{table name: version}: the one shape versions are saved in (runs, jobs, model.json)."""
         return {ITEM_VOCAB_TABLE: self.item_vocab, USER_SEQUENCES_TABLE: self.user_sequences}
+
+    @classmethod
+    def from_dict(cls, versions: dict[str, int]) -> FeatureVersions:
+        """The inverse of ``as_dict``."""
+        return cls(item_vocab=int(versions[ITEM_VOCAB_TABLE]), user_sequences=int(versions[USER_SEQUENCES_TABLE]))
 
 
 def latest_versions(settings: Settings) -> FeatureVersions:

@@ -11,27 +11,21 @@ only what the crash prevented. See docs/ingestion.md.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.errors import StreamrecError
 from infra.lake import append_once
 from infra.settings import Settings
+from ingestion.checkpoints import checkpoint_path, exclusive, topic_ends
+from ingestion.errors import IngestError, error_digest
 from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
-
-
-class IngestError(StreamrecError):
-    """The ingest stream cannot start or failed."""
 
 
 @dataclass
@@ -49,11 +43,6 @@ class IngestStats:
         """One line of JSON, with the average rate."""
         rate = self.records / self.seconds if self.seconds else 0.0
         return json.dumps({**asdict(self), "records_per_s": round(rate, 1)}, separators=(",", ":"))
-
-
-def checkpoint_path(settings: Settings) -> Path:
-    """Where the ingest stream of ``settings.topic`` keeps its Spark checkpoint."""
-    return settings.checkpoint_dir / f"ingest-{settings.topic}"
 
 
 @dataclass(frozen=True)
@@ -166,37 +155,6 @@ class BatchWriter:
         self.stats.silver_added += self.silver.catch_up().rows_added
 
 
-@contextmanager
-def _exclusive(checkpoint: Path) -> Iterator[None]:
-    """Hold the stream's exclusive lock beside ``checkpoint`` (released by the OS even on kill -9)."""
-    lock_file = checkpoint.with_name(checkpoint.name + ".lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise IngestError(f"another `streamrec ingest` is running on {checkpoint}") from error
-        yield
-
-
-def set_aside_checkpoint_of_empty_topic(settings: Settings) -> Path | None:
-    """Let the stream start over when its topic holds no records but it has a checkpoint.
-
-    The local broker keeps topics in memory: after a restart the topic is empty and the
-    checkpoint's offsets point past its end, which stops the stream. With no record on the
-    topic, starting over skips nothing; the new query's app-transaction ids keep bronze
-    exactly-once and silver drops re-sent events. The checkpoint is renamed, not deleted.
-    Returns where it went, or None when there was nothing to do.
-    """
-    checkpoint = checkpoint_path(settings)
-    if sum(_topic_ends(settings).values()) or not checkpoint.exists():
-        return None
-    kept = checkpoint.with_name(f"{checkpoint.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
-    with _exclusive(checkpoint):
-        checkpoint.rename(kept)
-    return kept
-
-
 def run_ingest(
     settings: Settings,
     *,
@@ -211,9 +169,9 @@ def run_ingest(
     from infra.spark import spark_session
     from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
 
-    _topic_ends(settings)  # fails early, in plain words, without a broker or topic
+    topic_ends(settings)  # fails early, in plain words, without a broker or topic
     checkpoint = checkpoint_path(settings)
-    with _exclusive(checkpoint):
+    with exclusive(checkpoint):
         spark = spark_session(settings, "streamrec-ingest")
         spark.sparkContext.setLogLevel("ERROR")
         spark.dataSource.register(KafkaDataSource)
@@ -248,35 +206,10 @@ def run_ingest(
             _stop_between_batches(query)
         if query.exception() is not None:
             raise IngestError(
-                f"the ingest stream failed: {_essence(str(query.exception()))} (stream checkpoint: {checkpoint})"
+                f"the ingest stream failed: {error_digest(str(query.exception()))} (stream checkpoint: {checkpoint})"
             )
         writer.finish()
     return writer.stats
-
-
-def _topic_ends(settings: Settings) -> dict[str, int]:
-    """{partition: high watermark} of the topic; a plain IngestError without broker or topic."""
-    from kafka.errors import KafkaError
-
-    from ingestion.kafka_source import KafkaSourceError, high_watermarks, kafka_consumer
-
-    try:
-        consumer = kafka_consumer(settings.kafka_bootstrap, bootstrap_timeout_ms=5_000)
-    except (KafkaError, OSError, ValueError) as error:
-        raise IngestError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
-    try:
-        return high_watermarks(consumer, settings.topic)
-    except KafkaSourceError as error:
-        raise IngestError(str(error)) from error
-    finally:
-        consumer.close()
-
-
-def _essence(message: str) -> str:
-    """The first line of a Spark error and the last Python exception line inside it."""
-    lines = message.strip().splitlines()
-    python_errors = [line.strip() for line in lines if re.match(r"^\s*\w+(\.\w+)*(Error|Exception): ", line)]
-    return " | ".join(dict.fromkeys(lines[:1] + python_errors[-1:]))
 
 
 def _stop_between_batches(query: Any, patience_s: float = 120.0) -> None:

@@ -21,11 +21,11 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

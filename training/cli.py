@@ -73,7 +73,8 @@ def train(
     import yaml
 
     from training.config import EncoderConfig, TrainConfig
-    from training.runner import TrainingError, train_popularity
+    from training.errors import TrainingError
+    from training.popularity import train_popularity
     from training.runner import train as run_training
 
     settings = _settings()
@@ -136,7 +137,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a registered retrieval model version on a split (full catalogue by default)."""
-    from training.runner import evaluate_version
+    from training.version_eval import evaluate_version
 
     settings = _settings()
     if split not in ("test", "validation"):

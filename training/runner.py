@@ -1,5 +1,8 @@
 """The driver of a training run: Ray Train, then test evaluation, MLflow artifacts and registry.
 
+(The popularity baseline is ``training.popularity``; evaluating a registered version,
+``training.version_eval``; job records, ``training.jobs``.)
+
 ``train`` pins the feature table versions, opens an MLflow run, writes the run's job to
 its Ray Train storage folder (so ``--resume NAME`` repeats exactly the same job), and runs
 ``training.worker.train_worker`` on ``workers`` Ray Train workers. Ray Train restores the
@@ -17,35 +20,25 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
-
 from features.reader import FeatureVersions, latest_versions, load_examples
-from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
 from infra import ray_access
 from infra.settings import Settings
 from training import tracking
 from training.config import TrainConfig
-from training.evaluation import PopularityScorer, split_metrics, split_ranks
-from training.metrics import DEFAULT_KS
+from training.errors import TrainingError
+from training.evaluation import split_metrics, split_ranks
+from training.jobs import read_job, write_job
 from training.model_io import read_info, read_weights
+from training.plots import plot_curves
 from training.progress import EpochFollower
 from training.retriever import Retriever
 from training.worker import MODEL_DIR, TRAIN_STATE_FILE, TrainJob, train_worker
 
-JOB_FILE = "streamrec_job.json"
 Log = Callable[[str], None]
-
-
-class TrainingError(RuntimeError):
-    """A run could not start or did not finish; the message says why and what to do."""
-
-    def __init__(self, message: str, run_name: str | None = None) -> None:
-        super().__init__(message)
-        self.run_name = run_name  # set when the run exists and can be resumed
 
 
 @dataclass(frozen=True)
@@ -77,9 +70,9 @@ def train(
     _connect(settings)
     _check_resources(settings, workers)
     if resume:
-        job_record = _read_job(storage, resume)
+        job_record = read_job(storage, resume)
         config = TrainConfig.model_validate(job_record["config"])
-        versions = FeatureVersions(**job_record["versions"])
+        versions = FeatureVersions.from_dict(job_record["versions"])
         run_name, run_id, warm_start = resume, job_record["run_id"], job_record["warm_start"]
         log(f"resuming run {run_name} (MLflow run {run_id})")
     else:
@@ -93,9 +86,10 @@ def train(
             run_name,
             params=_params(config, versions, workers, warm_start),
             tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
+            feature_versions=versions.as_dict(),
         )
-        _write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": asdict(versions),
-                                       "run_id": run_id, "warm_start": warm_start})  # fmt: skip
+        write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": versions.as_dict(),
+                                      "run_id": run_id, "warm_start": warm_start})  # fmt: skip
     log(f"run {run_name}: {config.encoder.kind}, {workers} worker(s), features {versions.as_dict()}")
     job = TrainJob(
         settings=settings,
@@ -178,10 +172,11 @@ def _trainer(settings: Settings, job: TrainJob, workers: int, storage: str, run_
 
 def _warm_start_state(settings: Settings, version: str, log: Log) -> tuple[Any, dict[str, Any]]:
     """(ModelInfo, weights) of a registered model version, for the workers to start from."""
-    directory = tracking.download_version(settings, version)
-    info = read_info(directory)
+    with tracking.downloaded_version(settings, version) as directory:
+        info = read_info(directory)
+        weights = read_weights(directory)
     log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
-    return info, read_weights(directory)
+    return info, weights
 
 
 def _finish(
@@ -193,11 +188,33 @@ def _finish(
     result: Any,
     log: Log,
 ) -> TrainOutcome:
+    """Test the best checkpoint, log artifacts, register the model; the MLflow run ends
+    FINISHED, or FAILED when any step fails, and no temporary directory stays behind."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamrec-run-") as scratch:
+            outcome = _evaluate_and_register(settings, config, versions, run_name, run_id, result, Path(scratch), log)
+    except BaseException:
+        tracking.client(settings).set_terminated(run_id, "FAILED")
+        raise
+    tracking.client(settings).set_terminated(run_id, "FINISHED")
+    log(f"registered {settings.registered_model} version {outcome.model_version}")
+    return outcome
+
+
+def _evaluate_and_register(
+    settings: Settings,
+    config: TrainConfig,
+    versions: FeatureVersions,
+    run_name: str,
+    run_id: str,
+    result: Any,
+    output: Path,
+    log: Log,
+) -> TrainOutcome:
     selection = f"val_{config.selection_metric}"
     best = result.get_best_checkpoint(selection, "max")
     if best is None or result.checkpoint is None:
         raise TrainingError(f"run {run_name} reported no checkpoint")
-    output = Path(tempfile.mkdtemp(prefix="streamrec-run-"))
     with best.as_directory() as directory:
         shutil.copytree(Path(directory) / MODEL_DIR, output / MODEL_DIR)
     with result.checkpoint.as_directory() as directory:
@@ -205,7 +222,7 @@ def _finish(
     best_epoch = int(progress["best_epoch"])
     history = progress["history"]
     if len(history) < config.epochs:
-        log(f"stopped early after epoch {len(history)}: no better val_{config.selection_metric} for {config.patience} epochs")
+        log(f"stopped early after epoch {len(history)}: no better {selection} for {config.patience} epochs")
     best_val = {f"best_{key}": value for key, value in history[best_epoch - 1].items() if key.startswith("val_")}
 
     log(f"evaluating the best epoch ({best_epoch}) on the test split")
@@ -232,9 +249,6 @@ def _finish(
         tags={"model": config.encoder.kind, "run_name": run_name, "best_epoch": str(best_epoch)},
     )
     tracking.set_tags(settings, run_id, {"registered_version": version})
-    tracking.client(settings).set_terminated(run_id, "FINISHED")
-    shutil.rmtree(output, ignore_errors=True)
-    log(f"registered {settings.registered_model} version {version}")
     return TrainOutcome(run_name, run_id, version, best_epoch, metrics, history)
 
 
@@ -244,86 +258,3 @@ def _read_progress(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)["progress"]
 
 
-def plot_curves(history: list[dict[str, float]], selection_metric: str, path: Path) -> Path:
-    """A PNG of the train loss and the validation HR@10 / selection metric per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(row["epoch"]) for row in history]
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o")
-    loss_axis.set(title="train loss", xlabel="epoch")
-    for key in dict.fromkeys(["val_hr_10", f"val_{selection_metric}"]):
-        if key in history[0]:
-            metric_axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
-    metric_axis.set(title="validation", xlabel="epoch")
-    metric_axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def _write_job(storage: str, run_name: str, record: dict[str, Any]) -> None:
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
-    filesystem.create_dir(f"{root}/{run_name}", recursive=True)
-    with filesystem.open_output_stream(f"{root}/{run_name}/{JOB_FILE}") as stream:
-        stream.write(json.dumps(record, indent=2).encode())
-
-
-def _read_job(storage: str, run_name: str) -> dict[str, Any]:
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
-    path = f"{root}/{run_name}/{JOB_FILE}"
-    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        raise TrainingError(f"no run named {run_name!r} under {storage} (missing {JOB_FILE})")
-    with filesystem.open_input_stream(path) as stream:
-        return json.loads(stream.read())
-
-
-def train_popularity(settings: Settings, config: TrainConfig, log: Log = print) -> dict[str, float]:
-    """The popularity baseline as an MLflow run (val and test metrics; nothing to register)."""
-    versions = latest_versions(settings)
-    run_id = tracking.start_run(
-        settings,
-        f"popularity-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-        params={"model": "popularity", **{f"version.{t}": str(v) for t, v in versions.as_dict().items()}},
-        tags={"model": "popularity"},
-    )
-    train_split = load_examples(settings, "train", versions, max_len=config.encoder.max_len)
-    metrics: dict[str, float] = {}
-    for split, name in (("validation", "val"), ("test", "test")):
-        examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)
-        scorer = PopularityScorer(train_split, examples.num_items)
-        ranks = split_ranks(
-            scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed
-        )
-        metrics.update(split_metrics(ranks, config.eval_ks, name))
-    tracking.log_metrics(settings, run_id, metrics, step=0)
-    tracking.client(settings).set_terminated(run_id, "FINISHED")
-    log(f"popularity baseline logged as MLflow run {run_id}")
-    return metrics
-
-
-def evaluate_version(
-    settings: Settings, version: str, split: str = "test", *, latest_features: bool = False, sampled: bool = False
-) -> tuple[dict[str, float], dict[str, int]]:
-    """Metrics of a registered model version on ``split`` and the feature versions read.
-
-    By default the split is read at the feature versions the model was trained on; with
-    ``latest_features`` at the newest ones (items the model has never seen then rank last).
-    """
-    directory = tracking.download_version(settings, version)
-    retriever = Retriever.from_directory(directory)
-    info = read_info(directory)
-    versions = latest_versions(settings) if latest_features else _feature_versions(info.feature_versions)
-    examples = load_examples(settings, split, versions, max_len=info.encoder.max_len)
-    ranks = split_ranks(retriever, examples, sampled=sampled)
-    name = "val" if split == "validation" else split
-    return split_metrics(ranks, DEFAULT_KS, name), versions.as_dict()
-
-
-def _feature_versions(recorded: dict[str, int]) -> FeatureVersions:
-    """FeatureVersions from the {table: version} form a model directory records."""
-    return FeatureVersions(item_vocab=recorded[ITEM_VOCAB_TABLE], user_sequences=recorded[USER_SEQUENCES_TABLE])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -19,16 +22,50 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
-def start_run(settings: Settings, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-    """Create a run in the ``mlflow_experiment`` experiment (created if missing); returns its id."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment in the view its kind names
+MODEL_TRAINING_KIND = "custom_model_development"  # the runs/metrics view, not the GenAI traces view
+
+
+def experiment_id(settings: Settings) -> str:
+    """The ``mlflow_experiment`` experiment (created if missing), marked as model training."""
     mlflow = client(settings)
     experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(settings.mlflow_experiment)
-    run = mlflow.create_run(experiment_id, run_name=run_name, tags=tags)
+    if experiment is None:
+        identifier = mlflow.create_experiment(
+            settings.mlflow_experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
+    else:
+        identifier = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # an experiment made by an older streamrec
+            mlflow.set_experiment_tag(identifier, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return str(identifier)
+
+
+def start_run(
+    settings: Settings, run_name: str, params: dict[str, str], tags: dict[str, str], feature_versions: dict[str, int]
+) -> str:
+    """Create a run in the ``mlflow_experiment`` experiment, with its params and the feature
+    table versions it reads as dataset inputs; returns its id."""
+    mlflow = client(settings)
+    run = mlflow.create_run(experiment_id(settings), run_name=run_name, tags=tags)
+    log_feature_inputs(settings, run.info.run_id, feature_versions)
     items = sorted(params.items())
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         mlflow.log_batch(run.info.run_id, params=[Param(key, value) for key, value in items[start : start + 100]])
     return run.info.run_id
+
+
+def log_feature_inputs(settings: Settings, run_id: str, versions: dict[str, int]) -> None:
+    """Log each feature table the run read as an MLflow dataset input: a Delta source (table
+    path and version), so the runs table's Dataset column shows what data a model saw."""
+    inputs = []
+    for table, version in sorted(versions.items()):
+        source = DeltaDatasetSource(path=settings.table_uri(table), delta_table_version=version)
+        dataset = Dataset(
+            name=f"{table}@v{version}", digest=f"v{version}", source_type="delta", source=source.to_json()
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")]))
+    client(settings).log_inputs(run_id, datasets=inputs)
 
 
 def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step: int) -> None:
@@ -58,8 +95,10 @@ def register(settings: Settings, run_id: str, artifact_path: str, tags: dict[str
     return str(version.version)
 
 
-def download_version(settings: Settings, version: str) -> Path:
-    """Download the model directory of a registered version (``latest`` = newest) to a temp dir."""
+@contextmanager
+def downloaded_version(settings: Settings, version: str) -> Iterator[Path]:
+    """The model directory of a registered version (``latest`` = newest), downloaded to a
+    temporary directory that is removed when the block ends."""
     mlflow = client(settings)
     name = settings.registered_model
     if version == "latest":
@@ -71,6 +110,6 @@ def download_version(settings: Settings, version: str) -> Path:
         source = mlflow.get_model_version(name, version).source
     except MlflowException as error:
         raise LookupError(f"registered model {name!r} has no version {version!r}") from error
-    target = tempfile.mkdtemp(prefix=f"streamrec-model-v{version}-")
-    local = download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=settings.mlflow_tracking_uri)
-    return Path(local)
+    with tempfile.TemporaryDirectory(prefix=f"streamrec-model-v{version}-") as target:
+        local = download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=settings.mlflow_tracking_uri)
+        yield Path(local)

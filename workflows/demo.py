@@ -8,14 +8,14 @@ command that does the same by hand. Running it again sends the very same events 
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
 
-    .venv/bin/python -m workflows.demo [--events 200000] [--epochs 15] [--workers 2]
+    .venv/bin/streamrec demo [--events 200000] [--epochs 15] [--workers 2]   (what `make demo` runs)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 
 from deltalake import DeltaTable
 from rich.console import Console
@@ -25,21 +25,35 @@ from features.build import build as build_features
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
+from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
 from ingestion.producer import produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
-from ingestion.stream import run_ingest, set_aside_checkpoint_of_empty_topic
+from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
 from training.config import EncoderConfig, TrainConfig
-from training.runner import train, train_popularity
+from training.popularity import train_popularity
+from training.runner import train
 
 console = Console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
 PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
 
 
-def main(argv: list[str] | None = None) -> None:
+@dataclass(frozen=True)
+class DemoOptions:
+    """Sizes of one demo run (the `streamrec demo` options)."""
+
+    events: int = 200_000
+    users: int = 2_000
+    items: int = 5_000
+    bad_fraction: float = 0.01
+    epochs: int = 15
+    workers: int = 2
+    seed: int = 0
+
+
+def run_demo(args: DemoOptions) -> None:
     """Run every stage once and print a summary of what each made."""
-    args = _parser().parse_args(argv)
     quiet_library_logs()
     settings = get_settings()
     started = time.monotonic()
@@ -85,18 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   lake: {settings.lake}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200_000, help="synthetic events to produce")
-    parser.add_argument("--users", type=int, default=2_000)
-    parser.add_argument("--items", type=int, default=5_000)
-    parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of malformed records")
-    parser.add_argument("--epochs", type=int, default=15, help="most epochs of SASRec and HSTU")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
 
 
 def _stage(number: int, title: str, command: str) -> None:
@@ -155,7 +157,3 @@ def _metrics_table(results: dict[str, dict[str, float]], versions: dict[str, str
                 end_section=not first,
             )
     return table
-
-
-if __name__ == "__main__":
-    main()

@@ -56,7 +56,8 @@ from ingestion.lake_writer import append_silver  # noqa: E402
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE  # noqa: E402
 from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
 from training.config import EncoderConfig, TrainConfig  # noqa: E402
-from training.runner import train, train_popularity  # noqa: E402
+from training.popularity import train_popularity  # noqa: E402
+from training.runner import train  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "train.json"
 KINDS = ("hstu", "sasrec")

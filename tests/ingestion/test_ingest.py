@@ -26,6 +26,8 @@ from test_validation import EXPECTED_REASONS, NOW, _events, _records
 
 from infra.lake import append_once, committed_version
 from infra.settings import Settings
+from ingestion.checkpoints import checkpoint_path, set_aside_checkpoint_of_empty_topic
+from ingestion.errors import IngestError
 from ingestion.lake_writer import SILVER_APP_ID, SilverMaintainer
 from ingestion.schema import (
     BRONZE_SCHEMA,
@@ -34,12 +36,7 @@ from ingestion.schema import (
     QUARANTINE_TABLE,
     SILVER_TABLE,
 )
-from ingestion.stream import (
-    IngestError,
-    checkpoint_path,
-    run_ingest,
-    set_aside_checkpoint_of_empty_topic,
-)
+from ingestion.stream import run_ingest
 from ingestion.validation import ValidationLimits, validate_records
 
 

@@ -14,7 +14,7 @@ from ingestdata import encode_event, env_of, events, fresh_settings, mixed_recor
 from test_ingest import _assert_exact
 
 from infra.settings import Settings
-from ingestion.stream import checkpoint_path
+from ingestion.checkpoints import checkpoint_path
 
 STREAMREC = str(Path(sys.executable).parent / "streamrec")
 

@@ -19,13 +19,17 @@ from infra import ray_access
 from infra.settings import Settings, get_settings
 from ingestion.synthetic import SyntheticConfig, generate_events
 from training import tracking
+from training.errors import TrainingError
 from training.model import PLAIN_WEIGHT
 from training.model_io import load_model, read_weights
+from training.popularity import train_popularity
 from training.retriever import Retriever
-from training.runner import TrainingError, TrainOutcome, train, train_popularity
+from training.runner import TrainOutcome, train
 
-METRIC_KEYS = {f"{split}_{name}" for split in ("val", "test") for name in
-               ("hr_10", "hr_50", "hr_200", "ndcg_10", "ndcg_50", "ndcg_200", "mrr")}  # fmt: skip
+METRIC_KEYS = {f"{split}_{protocol}{name}" for split in ("val", "test") for protocol in ("", "all_") for name in
+               ("hr_10", "hr_50", "hr_200", "ndcg_10", "ndcg_50", "ndcg_200", "mrr")} | {
+               f"{split}_{name}" for split in ("val", "test")
+               for name in ("repeat_target_share", "seen_filtered_hr_ceiling")}  # fmt: skip
 
 
 def _history(settings: Settings, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -56,20 +60,30 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
     assert {key: int(value) for key, value in run.data.params.items() if key.startswith("version.")} == {
         f"version.{table}": version for table, version in versions.items()
     }
+    # The UI opens the experiment in its model-training view, and the Dataset column shows the lineage.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {item.dataset.name: item.dataset for item in run.inputs.dataset_inputs}
+    assert set(inputs) == {f"{table}@v{version}" for table, version in versions.items()}
+    for table, version in versions.items():
+        source = json.loads(inputs[f"{table}@v{version}"].source)
+        assert inputs[f"{table}@v{version}"].source_type == "delta"
+        assert source["path"] == settings.table_uri(table) and source["delta_table_version"] == version
     assert run.data.params["encoder.kind"] == "hstu" and run.data.params["workers"] == "2"
     artifacts = {item.path for item in client.list_artifacts(hstu_run.run_id)}
     assert {"model", "training_curve.png", "metrics.json"} <= artifacts
 
     model_version = client.get_model_version("streamrec-retrieval", hstu_run.model_version)
     assert model_version.run_id == hstu_run.run_id
-    _, info = load_model(tracking.download_version(settings, hstu_run.model_version))
-    assert info.feature_versions == versions
-    directory = tracking.download_version(settings, hstu_run.model_version)
-    embeddings = pq.read_table(directory / "item_embeddings.parquet")
-    assert embeddings.column("item_index").to_pylist() == list(range(1, info.num_items + 1))
-    vectors = np.stack(embeddings.column("embedding").to_numpy(zero_copy_only=False))
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(vectors, Retriever.from_directory(directory).item_vectors[1:].numpy(), atol=1e-6)
+    with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
+        _, info = load_model(directory)
+        assert info.feature_versions == versions
+        embeddings = pq.read_table(directory / "item_embeddings.parquet")
+        assert embeddings.column("item_index").to_pylist() == list(range(1, info.num_items + 1))
+        vectors = np.stack(embeddings.column("embedding").to_numpy(zero_copy_only=False))
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert np.allclose(vectors, Retriever.from_directory(directory).item_vectors[1:].numpy(), atol=1e-6)
+    assert not directory.exists()  # the download does not outlive its block
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(settings: Settings) -> None:
@@ -99,7 +113,8 @@ def test_resume_continues_an_interrupted_run_where_it_stopped(settings: Settings
 def test_warm_start_keeps_known_item_rows_and_adds_new_items(
     settings: Settings, hstu_run: TrainOutcome, tmp_path: Path
 ) -> None:
-    source = read_weights(tracking.download_version(settings, hstu_run.model_version))[PLAIN_WEIGHT]
+    with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
+        source = read_weights(directory)[PLAIN_WEIGHT]
     # A copy of the lake gets a day of new events naming 200 items the vocabulary lacks.
     shutil.copytree(settings.home / "lake", tmp_path / "lake")
     grown = get_settings(home=tmp_path, train_workers=2)
@@ -109,7 +124,8 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
 
     # Tiny learning rates: after one epoch every row is still (almost) where it started.
     run = train(grown, tiny_config(epochs=1, lr=1e-9, embedding_lr=1e-9), warm_start=hstu_run.model_version)
-    table = read_weights(tracking.download_version(grown, run.model_version))[PLAIN_WEIGHT]
+    with tracking.downloaded_version(grown, run.model_version) as directory:
+        table = read_weights(directory)[PLAIN_WEIGHT]
     known = len(source)
     assert len(table) > known  # the vocabulary grew
     assert torch.allclose(table[1:known], source[1:], atol=1e-4)  # known items keep their learned rows

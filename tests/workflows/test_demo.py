@@ -1,4 +1,4 @@
-"""`make demo` end to end on the real mini-cluster, with small data and one epoch."""
+"""`make demo` (`streamrec demo`) end to end on the real mini-cluster, with small data and one epoch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ EVENTS = 4_000
 def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     args = ["--events", str(EVENTS), "--users", "150", "--items", "300", "--epochs", "1", "--bad-fraction", "0.02"]
     return subprocess.run(
-        [sys.executable, "-m", "workflows.demo", *args],
+        [str(Path(sys.executable).parent / "streamrec"), "demo", *args],
         env=env,
         cwd=Path(__file__).parents[2],
         capture_output=True,
