@@ -70,7 +70,9 @@ class SequenceExamples:
             valid=self.valid[rows],
         )
 
-    def shard(self, rank: int, world_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False) -> SequenceExamples:
+    def shard(
+        self, rank: int, world_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False
+    ) -> SequenceExamples:
         """This worker's rows: every rank gets ceil(N / world_size) rows.
 
         With ``shuffle`` the rows are permuted by (seed, epoch) first, identically on every

@@ -65,7 +65,9 @@ def rows_between(uri: str, since: int | None, until: int, columns: list[str]) ->
     new = {fragment.path: fragment for fragment in dataset.get_fragments()}
     old = {}
     if since is not None:
-        old = {fragment.path: fragment for fragment in DeltaTable(uri, version=since).to_pyarrow_dataset().get_fragments()}
+        old = {
+            fragment.path: fragment for fragment in DeltaTable(uri, version=since).to_pyarrow_dataset().get_fragments()
+        }
     added = [new[path] for path in new.keys() - old.keys()]
     removed = [old[path] for path in old.keys() - new.keys()]
     return _read(dataset, added, columns), _read(dataset, removed, columns)

@@ -58,7 +58,9 @@ def topic_ends(settings: Settings) -> dict[str, int]:
     try:
         consumer = kafka_consumer(settings.kafka_bootstrap, bootstrap_timeout_ms=5_000)
     except (KafkaError, OSError, ValueError) as error:
-        raise IngestError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
+        raise IngestError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)"
+        ) from error
     try:
         return high_watermarks(consumer, settings.topic)
     except KafkaSourceError as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -54,9 +54,7 @@ def produce_synthetic(
     from ingestion.synthetic import SyntheticConfig, generate_events
 
     settings = _settings()
-    config = SyntheticConfig(
-        users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed
-    )
+    config = SyntheticConfig(users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed)
     records = with_bad_records(generate_events(config), bad_fraction, settings, seed)
     _send(records, settings, rate=rate or None, total=events, description="synthetic")
 
@@ -65,7 +63,7 @@ def produce_replay(
     path: Annotated[Path, typer.Argument(help="Dataset file.", exists=True, dir_okay=False)],
     fmt: Annotated[str, typer.Option("--format", help="sasrec, movielens or csv.")] = "csv",
     ts_unit: Annotated[str, typer.Option(help="Unit of csv timestamps: ms or s.")] = "ms",
-    id_prefix: Annotated[Optional[str], typer.Option(help="event_id prefix; default <format>-<file stem>.")] = None,
+    id_prefix: Annotated[str | None, typer.Option(help="event_id prefix; default <format>-<file stem>.")] = None,
     rate: Rate = 0.0,
     bad_fraction: BadFraction = 0.0,
 ) -> None:
@@ -91,9 +89,7 @@ def ingest(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Stop once everything on the topic now is in bronze and silver.")
     ] = False,
-    for_seconds: Annotated[
-        Optional[float], typer.Option("--for", help="Stop after this many seconds.", min=0)
-    ] = None,
+    for_seconds: Annotated[float | None, typer.Option("--for", help="Stop after this many seconds.", min=0)] = None,
 ) -> None:
     """Stream the topic into bronze/quarantine and keep silver caught up (exactly once, crash-safe)."""
     import time

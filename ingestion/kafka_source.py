@@ -30,6 +30,7 @@ Spark input partition, and ``read()`` yields Arrow record batches.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             bounds = [first + (stop - first) * i // pieces for i in range(pieces + 1)]
             out += [
                 KafkaRange(self.bootstrap, self.topic, partition, a, b, self.poll_timeout_ms)
-                for a, b in zip(bounds, bounds[1:])
+                for a, b in itertools.pairwise(bounds)
             ]
         return out
 

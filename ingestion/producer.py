@@ -96,7 +96,9 @@ def open_producer(settings: Settings):  # -> kafka.KafkaProducer
             bootstrap_timeout_ms=5_000,
         )
     except KafkaError as error:
-        raise ProduceError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)") from error
+        raise ProduceError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)"
+        ) from error
 
 
 def produce(

@@ -86,7 +86,8 @@ def _movielens(path: Path) -> pd.DataFrame:
     raw = path.read_bytes()
     if b"::" in raw[:1_000]:
         frame = pd.read_csv(io.BytesIO(raw.replace(b"::", b"\t")), sep="\t", header=None,
-                            names=["user_id", "item_id", "rating", "ts"], dtype={"user_id": str, "item_id": str})  # fmt: skip
+                            names=["user_id", "item_id", "rating", "ts"],
+                            dtype={"user_id": str, "item_id": str})  # fmt: skip
     else:
         frame = pd.read_csv(io.BytesIO(raw), dtype={"userId": str, "movieId": str})
         frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id", "timestamp": "ts"})

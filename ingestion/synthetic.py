@@ -98,9 +98,7 @@ class _Catalogue:
         # An empty cluster (tiny catalogues) borrows the globally most popular item.
         self.members = [m or [0] for m in members]
         self.member_cum = [list(itertools.accumulate(popularity[i] for i in m)) for m in self.members]
-        self.successors = [
-            self._successors(item, config.successors_per_item, rng) for item in range(config.items)
-        ]
+        self.successors = [self._successors(item, config.successors_per_item, rng) for item in range(config.items)]
         user_ranks = list(range(config.users))
         rng.shuffle(user_ranks)
         self.user_cum = list(itertools.accumulate(1.0 / (r + 1) ** config.user_zipf_alpha for r in user_ranks))
@@ -249,4 +247,3 @@ def generate_events(config: SyntheticConfig) -> Iterator[dict[str, Any]]:
     without ``dwell_ms`` (impressions) omit the key.
     """
     return iter(_Generator(config))
-

@@ -139,9 +139,8 @@ def _invalid_utf8(texts: pa.Array, candidates: np.ndarray) -> dict[int, str]:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                invalid[int(row)] = (
-                    f"the value is not valid UTF-8 ({error.reason} at byte {error.start}: {raw[error.start:error.start + 1]!r})"
-                )
+                byte = raw[error.start : error.start + 1]
+                invalid[int(row)] = f"the value is not valid UTF-8 ({error.reason} at byte {error.start}: {byte!r})"
     return invalid
 
 
@@ -178,8 +177,11 @@ def _parse(texts: pa.Array, candidates: np.ndarray, reasons: dict[int, str], fas
             slow_events.append(parsed)
             slow_rows.append(row)
     if slow_events or not tables:
-        columns: list[Sequence[Any]] = list(zip(*slow_events)) if slow_events else [[] for _ in EVENT_SCHEMA.names]
-        tables.append(pa.table([pa.array(c, f.type) for c, f in zip(columns, EVENT_SCHEMA)], schema=EVENT_SCHEMA))
+        columns: list[Sequence[Any]] = (
+            list(zip(*slow_events, strict=True)) if slow_events else [[] for _ in EVENT_SCHEMA.names]
+        )
+        arrays = [pa.array(c, f.type) for c, f in zip(columns, EVENT_SCHEMA, strict=True)]
+        tables.append(pa.table(arrays, schema=EVENT_SCHEMA))
         table_rows.append(np.array(slow_rows, dtype=np.int64))
     return pa.concat_tables(tables), np.concatenate(table_rows)
 
@@ -363,7 +365,8 @@ def _rule_reasons(events: pa.Table, clock_ms: pa.Array, future_tolerance_ms: int
         rules.append((partial(_is_blank, name), f"field '{name}' is empty"))
     rules += [
         (lambda t: pc.invert(pc.is_in(t["action"], pa.array(ACTIONS))),
-         lambda t: _join("action '", pc.utf8_slice_codeunits(t["action"], 0, _MAX_SHOWN), f"' is not one of {', '.join(ACTIONS)}")),
+         lambda t: _join("action '", pc.utf8_slice_codeunits(t["action"], 0, _MAX_SHOWN),
+                         f"' is not one of {', '.join(ACTIONS)}")),
         (lambda t: pc.less(t["ts"], 0),
          lambda t: _join("ts ", pc.cast(t["ts"], pa.string()), " is negative (epoch milliseconds must be >= 0)")),
         (lambda t: pc.greater(t["ts"], pc.add(t["clock_ms"], future_tolerance_ms)),
@@ -385,7 +388,7 @@ def _rule_reasons(events: pa.Table, clock_ms: pa.Array, future_tolerance_ms: int
     messages = [pa.scalar(m) if isinstance(m, str) else _arrays([m])[0] for m in messages]
     names = [f"rule{index}" for index in range(len(rules))]
     reasons = pc.case_when(pa.StructArray.from_arrays(conditions, names), *messages).to_pylist()
-    return dict(zip(positions.tolist(), reasons))
+    return dict(zip(positions.tolist(), reasons, strict=True))
 
 
 def _is_null(name: str, events: pa.Table) -> pa.Array:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -39,33 +39,35 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 def train(
     model: Annotated[str, typer.Option(help="hstu, sasrec or popularity (the baseline, no Ray).")] = "hstu",
-    workers: Annotated[Optional[int], typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch on each worker.")] = None,
-    dim: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
-    blocks: Annotated[Optional[int], typer.Option(help="Attention blocks.")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
-    max_len: Annotated[Optional[int], typer.Option(help="History length the encoder reads.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the dense parameters.")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="Uniform negatives per batch.")] = None,
-    in_batch_negatives: Annotated[Optional[int], typer.Option(help="Negatives drawn from the batch's targets.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per batch on each worker.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Embedding width.")] = None,
+    blocks: Annotated[int | None, typer.Option(help="Attention blocks.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
+    max_len: Annotated[int | None, typer.Option(help="History length the encoder reads.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate of the dense parameters.")] = None,
+    negatives: Annotated[int | None, typer.Option(help="Uniform negatives per batch.")] = None,
+    in_batch_negatives: Annotated[int | None, typer.Option(help="Negatives drawn from the batch's targets.")] = None,
     embedding_optimizer: Annotated[
-        Optional[str], typer.Option(help="Item-table optimizer: auto, adam (GPU), rowwise_adagrad, adagrad, sgd.")
+        str | None, typer.Option(help="Item-table optimizer: auto, adam (GPU), rowwise_adagrad, adagrad, sgd.")
     ] = None,
-    embedding_lr: Annotated[Optional[float], typer.Option(help="Item-table learning rate.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature.")] = None,
-    ntr_weight: Annotated[Optional[float], typer.Option(help="Weight of the not-to-recommend term; 0 disables.")] = None,
-    sharding: Annotated[Optional[str], typer.Option(help="row_wise or table_wise sharding of the item table.")] = None,
+    embedding_lr: Annotated[float | None, typer.Option(help="Item-table learning rate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softmax temperature.")] = None,
+    ntr_weight: Annotated[float | None, typer.Option(help="Weight of the not-to-recommend term; 0 disables.")] = None,
+    sharding: Annotated[str | None, typer.Option(help="row_wise or table_wise sharding of the item table.")] = None,
     sampled_eval: Annotated[bool, typer.Option("--sampled-eval", help="Rank against 100 random negatives.")] = False,
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs; 0 = never.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs; 0 = never.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: Annotated[
-        Optional[Path], typer.Option(help="YAML or JSON TrainConfig; options given on the command line win.")
+        Path | None, typer.Option(help="YAML or JSON TrainConfig; options given on the command line win.")
     ] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the run with this name from its last checkpoint.")] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue the run with this name from its last checkpoint.")
+    ] = None,
     warm_start: Annotated[
-        Optional[str], typer.Option(help="Start from this registered model version (or 'latest').")
+        str | None, typer.Option(help="Start from this registered model version (or 'latest').")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:

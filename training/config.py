@@ -57,7 +57,9 @@ class TrainConfig(BaseModel):
         description="Fused optimizer of the sharded item table, applied in backward; auto = adam on GPU, "
         "rowwise_adagrad on CPU (FBGEMM's CPU kernels have no Adam).",
     )
-    embedding_lr: float = Field(0.0, ge=0, description="Learning rate of the item table; 0 = lr for adam, 0.05 otherwise.")
+    embedding_lr: float = Field(
+        0.0, ge=0, description="Learning rate of the item table; 0 = lr for adam, 0.05 otherwise."
+    )
     num_negatives: int = Field(128, ge=1, description="Uniform random negatives per batch (shared by its positions).")
     in_batch_negatives: int = Field(128, ge=0, description="Negatives drawn from the batch's own target items.")
     temperature: float = Field(0.05, gt=0, description="Softmax temperature over cosine similarities.")

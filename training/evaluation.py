@@ -124,9 +124,11 @@ def _full(
     for start, scores in scorer.score_chunks(queries, chunk_items):
         inside = known & (targets >= start) & (targets < start + scores.shape[1])
         target_scores[inside] = scores[rows[inside], targets[inside] - start]
-    history = batch["item_indices"].masked_fill(
-        torch.arange(batch["item_indices"].shape[1]).unsqueeze(0) >= batch["lengths"].unsqueeze(1), 0
-    ).to(queries.device)
+    history = (
+        batch["item_indices"]
+        .masked_fill(torch.arange(batch["item_indices"].shape[1]).unsqueeze(0) >= batch["lengths"].unsqueeze(1), 0)
+        .to(queries.device)
+    )
     before_all = torch.zeros(len(targets), dtype=torch.long, device=queries.device)
     before_unseen = torch.zeros_like(before_all)
     for start, scores in scorer.score_chunks(queries, chunk_items):

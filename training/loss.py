@@ -86,7 +86,9 @@ def retrieval_loss(
 
     target_logits = (queries * targets).sum(-1, keepdim=True) / temperature
     candidate_logits = queries @ candidate_emb.T / temperature
-    candidate_logits = candidate_logits.masked_fill(candidate_ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf"))
+    candidate_logits = candidate_logits.masked_fill(
+        candidate_ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf")
+    )
     log_normaliser = torch.logsumexp(torch.cat([target_logits, candidate_logits], dim=1), dim=1)
 
     zero = hidden.sum().float() * 0.0  # keeps every parameter in the graph when nothing is scored

@@ -37,7 +37,9 @@ def sampled_ranks(
     negatives = torch.multinomial(allowed.float(), num_negatives, replacement=False, generator=generator)
     target_scores = scores.gather(1, targets.unsqueeze(1))
     negative_scores = scores.gather(1, negatives)
-    ahead = (negative_scores > target_scores) | ((negative_scores == target_scores) & (negatives < targets.unsqueeze(1)))
+    ahead = (negative_scores > target_scores) | (
+        (negative_scores == target_scores) & (negatives < targets.unsqueeze(1))
+    )
     return ahead.sum(1)
 
 
@@ -61,4 +63,3 @@ def ranking_metrics(ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = DEFAUL
 def prefixed(metrics: dict[str, float], split: str) -> dict[str, float]:
     """MLflow keys of ``metrics``: ``{split}_hr_10``, ``{split}_mrr``, ... (split = val or test)."""
     return {f"{split}_{name}": value for name, value in metrics.items()}
-

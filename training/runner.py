@@ -138,7 +138,9 @@ def _check_resources(settings: Settings, workers: int) -> None:
             "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
         )
     if settings.train_use_gpu and offered.get("GPU", 0.0) < workers:
-        raise TrainingError(f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}")
+        raise TrainingError(
+            f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}"
+        )
 
 
 def _trainer(settings: Settings, job: TrainJob, workers: int, storage: str, run_name: str) -> Any:
@@ -152,7 +154,9 @@ def _trainer(settings: Settings, job: TrainJob, workers: int, storage: str, run_
         train_worker,
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if settings.train_use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,
@@ -256,5 +260,3 @@ def _read_progress(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=False)["progress"]
-
-

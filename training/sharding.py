@@ -149,7 +149,7 @@ def gather_state(tensors: dict[str, torch.Tensor | ShardedTensor]) -> dict[str, 
         for key, (size, shards) in part.items():
             for offsets, tensor in shards:
                 target = full.setdefault(key, torch.zeros(size, dtype=tensor.dtype))
-                target[tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape))] = tensor
+                target[tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape, strict=True))] = tensor
     return full
 
 
@@ -183,6 +183,6 @@ def _copy_rows(shard: torch.Tensor, source: torch.Tensor, offsets: list[int]) ->
     """Fill ``shard`` (at ``offsets`` of the full tensor) from ``source``'s overlapping rows."""
     first = offsets[0]
     rows = max(0, min(shard.shape[0], source.shape[0] - first))
-    columns = tuple(slice(offset, offset + size) for offset, size in zip(offsets[1:], shard.shape[1:]))
+    columns = tuple(slice(offset, offset + size) for offset, size in zip(offsets[1:], shard.shape[1:], strict=True))
     with torch.no_grad():
         shard[:rows].copy_(source[(slice(first, first + rows), *columns)])

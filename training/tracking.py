@@ -71,7 +71,9 @@ def log_feature_inputs(settings: Settings, run_id: str, versions: dict[str, int]
 def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log ``metrics`` at ``step`` (an epoch) in one request."""
     stamp = int(time.time() * 1000)
-    client(settings).log_batch(run_id, metrics=[Metric(key, float(value), stamp, step) for key, value in metrics.items()])
+    client(settings).log_batch(
+        run_id, metrics=[Metric(key, float(value), stamp, step) for key, value in metrics.items()]
+    )
 
 
 def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:

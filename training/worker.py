@@ -129,7 +129,11 @@ def _quiet_libraries() -> None:
     """Keep the driver's console to progress and results: FBGEMM's info logs (to the root
     logger) and known deprecation notices of torchrec's internals are dropped."""
     logging.getLogger().setLevel(logging.WARNING)
-    for message in ("Please use DTensor instead", "`broadcast_buffers` is deprecated", "is_fx_tracing will return true"):
+    for message in (
+        "Please use DTensor instead",
+        "`broadcast_buffers` is deprecated",
+        "is_fx_tracing will return true",
+    ):
         warnings.filterwarnings("ignore", message=f".*{message}.*")
 
 

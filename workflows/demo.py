@@ -67,7 +67,11 @@ def run_demo(args: DemoOptions) -> None:
     if kept:
         console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
     synthetic = SyntheticConfig(
-        users=args.users, items=args.items, events=args.events, seed=args.seed, start_ms=_clock_start(settings, args.seed)
+        users=args.users,
+        items=args.items,
+        events=args.events,
+        seed=args.seed,
+        start_ms=_clock_start(settings, args.seed),
     )
     records = with_bad_records(generate_events(synthetic), args.bad_fraction, settings, args.seed)
     sent = produce(records, settings, total=args.events, description="synthetic events")

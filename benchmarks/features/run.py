@@ -51,7 +51,16 @@ from ingestion.lake_writer import append_silver, as_silver  # noqa: E402
 from ingestion.schema import ACTIONS, SILVER_TABLE  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "features.json"
-ACTION_SHARES = {"impression": 0.45, "click": 0.2, "view": 0.15, "like": 0.06, "share": 0.02, "purchase": 0.02, "skip": 0.07, "dislike": 0.03}
+ACTION_SHARES = {
+    "impression": 0.45,
+    "click": 0.2,
+    "view": 0.15,
+    "like": 0.06,
+    "share": 0.02,
+    "purchase": 0.02,
+    "skip": 0.07,
+    "dislike": 0.03,
+}
 DAY_MS = 86_400_000
 START_MS = 1_700_000_000_000
 PARTITIONS = 4
@@ -63,7 +72,9 @@ def zipf_choice(rng: np.random.Generator, n: int, exponent: float, size: int, of
     return rng.choice(n, size=size, p=weights / weights.sum()) + offset
 
 
-def silver_batch(rng: np.random.Generator, users: np.ndarray, items: np.ndarray, ts: np.ndarray, first_id: int) -> pa.Table:
+def silver_batch(
+    rng: np.random.Generator, users: np.ndarray, items: np.ndarray, ts: np.ndarray, first_id: int
+) -> pa.Table:
     """Silver rows (SILVER_SCHEMA) for the given user/item numbers and timestamps."""
     count = len(users)
     actions = rng.choice(np.array(ACTIONS), size=count, p=[ACTION_SHARES[action] for action in ACTIONS])
@@ -125,7 +136,9 @@ def reader_at_scale(home: Path, users: int, length: int, rng: np.random.Generato
     write_deltalake(settings.table_uri(USER_SEQUENCES_TABLE), sequences)
     indices = np.arange(1, 50_001)
     item_ids = pa.array(np.char.add("i", indices.astype(str)))
-    vocab = pa.table({"item_id": item_ids, "item_index": indices, "first_seen_ts": np.zeros(len(indices), dtype=np.int64)})
+    vocab = pa.table(
+        {"item_id": item_ids, "item_index": indices, "first_seen_ts": np.zeros(len(indices), dtype=np.int64)}
+    )
     write_deltalake(settings.table_uri(ITEM_VOCAB_TABLE), vocab.cast(ITEM_VOCAB_SCHEMA))
     del sequences
     _, plain_read_s = best_of(3, lambda: DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE)).to_pyarrow_table())
@@ -238,7 +251,7 @@ def main() -> None:
             "ratio_to_plain_read": round(reader_s / plain_read_s, 2),
         },
         "reader_at_scale": at_scale,
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

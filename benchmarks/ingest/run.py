@@ -91,7 +91,9 @@ def ingest_throughput(settings: Settings) -> dict:
     """`ingest --until-idle` over the produced topic; per-batch timings and sustained rates."""
     batches: list[BatchReport] = []
     started, cpu = time.perf_counter(), tree_cpu_seconds()
-    run_ingest(settings, until_idle=True, report=lambda item: batches.append(item) if isinstance(item, BatchReport) else None)
+    run_ingest(
+        settings, until_idle=True, report=lambda item: batches.append(item) if isinstance(item, BatchReport) else None
+    )
     wall, cpu = time.perf_counter() - started, tree_cpu_seconds() - cpu
     records = sum(b.records for b in batches)
     span = batches[-1].started + batches[-1].seconds - batches[0].started
@@ -107,10 +109,15 @@ def ingest_throughput(settings: Settings) -> dict:
         "all_batches_seconds": round(span, 2),
         "all_batches_records_per_s": round(records / span),
         "batch_steps_s": [
-            {"records": b.records, "gap_before": round(b.started - (p.started + p.seconds), 2) if p else None,
-             "read": round(b.read_s, 2), "validate": round(b.validate_s, 2), "write": round(b.write_s, 2)}
-            for p, b in zip([None, *batches[:-1]], batches)
-        ],  # fmt: skip
+            {
+                "records": b.records,
+                "gap_before": round(b.started - (p.started + p.seconds), 2) if p else None,
+                "read": round(b.read_s, 2),
+                "validate": round(b.validate_s, 2),
+                "write": round(b.write_s, 2),
+            }
+            for p, b in zip([None, *batches[:-1]], batches, strict=True)
+        ],
     }
 
 
@@ -123,7 +130,9 @@ def freshness(settings: Settings, rate: float, seconds: float) -> dict:
     seen: dict[str, float] = {}
     stop = threading.Event()
     ingest = threading.Thread(
-        target=run_ingest, kwargs={"settings": settings, "duration_s": seconds + 30, "report": lambda item: None}, daemon=True
+        target=run_ingest,
+        kwargs={"settings": settings, "duration_s": seconds + 30, "report": lambda item: None},
+        daemon=True,
     )
     ingest.start()
     uri = settings.table_uri(BRONZE_TABLE)
@@ -183,14 +192,20 @@ def main() -> None:
 
     load_before = os.getloadavg()
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-ingest-"))
-    os.environ.update(STREAMREC_HOME=str(home), STREAMREC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}", STREAMREC_EXTERNAL="")
+    os.environ.update(
+        STREAMREC_HOME=str(home), STREAMREC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}", STREAMREC_EXTERNAL=""
+    )
     overrides = {"ingest_max_records_per_trigger": args.max_records_per_trigger} if args.max_records_per_trigger else {}
-    settings = get_settings(topic="bench-throughput", topic_partitions=args.partitions, lake_uri=str(home / "lake"), **overrides)
+    settings = get_settings(
+        topic="bench-throughput", topic_partitions=args.partitions, lake_uri=str(home / "lake"), **overrides
+    )
     try:
         cluster.up(settings, ["kafka"])
         print(f"producing {args.events:,} events ...", flush=True)
         config = SyntheticConfig(users=20_000, items=50_000, events=args.events, seed=1)
-        produced = produce((encode_event(e) for e in generate_events(config)), settings, total=args.events, show_progress=False)
+        produced = produce(
+            (encode_event(e) for e in generate_events(config)), settings, total=args.events, show_progress=False
+        )
         print(f"produced at {produced.rate:,.0f}/s; bare consumer ...", flush=True)
         before = bare_consumer(settings)
         print(f"bare consumer {before['records_per_s']:,}/s; ingest ...", flush=True)
@@ -210,9 +225,14 @@ def main() -> None:
         "benchmark": "ingest",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
-        },  # fmt: skip
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_1_5_15_min": {
+                "before": [round(x, 2) for x in load_before],
+                "after": [round(x, 2) for x in os.getloadavg()],
+            },
+        },
         "events": args.events,
         "partitions": args.partitions,
         "producer_records_per_s": produced.rate,

@@ -66,14 +66,15 @@ OVERHEAD_TARGET = 1.3
 
 def write_silver(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
     """Append contract events to silver/events (as ingestion would leave them); returns the count."""
-    ingested = dt.datetime.now(dt.timezone.utc)
+    ingested = dt.datetime.now(dt.UTC)
+    fields = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")
     rows = [
         {
-            **{key: event.get(key) for key in ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")},
+            **{key: event.get(key) for key in fields},
             "kafka_partition": zlib.crc32(event["user_id"].encode()) % 4,
             "kafka_offset": offset,
             "ingested_at": ingested,
-            "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.timezone.utc).date(),
+            "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.UTC).date(),
         }
         for offset, event in enumerate(events)
     ]
@@ -189,7 +190,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--speed-epochs", type=int, default=4, help="epochs per throughput run (the first is not timed)")
+    parser.add_argument(
+        "--speed-epochs", type=int, default=4, help="epochs per throughput run (the first is not timed)"
+    )
     parser.add_argument("--quality-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the quality table")
@@ -214,14 +217,18 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "hyperparameters": {
             **TrainConfig().model_dump(mode="json"),
-            "resolved_table_optimizer": dict(zip(("name", "lr"), TrainConfig().table_optimizer(use_gpu=False))),
+            "resolved_table_optimizer": dict(
+                zip(("name", "lr"), TrainConfig().table_optimizer(use_gpu=False), strict=True)
+            ),
         },
         "arguments": {key: str(value) for key, value in vars(args).items()},
     }
     try:
         cluster.up(settings, ["mlflow", "ray"])
         synthetic = SyntheticConfig(users=args.users, items=args.items, events=args.events, seed=0)
-        print(f"synthetic data: {synthetic.users} users, {synthetic.items} items, {synthetic.events} events", flush=True)
+        print(
+            f"synthetic data: {synthetic.users} users, {synthetic.items} items, {synthetic.events} events", flush=True
+        )
         result["synthetic_data"] = build_lake(settings, generate_events(synthetic))
         if not args.skip_throughput:
             result["throughput"] = {

@@ -56,8 +56,8 @@ def silver_rows(events: Iterable[Event], *, first_offset: int = 0, partition: in
                 "surface": None,
                 "kafka_partition": partition,
                 "kafka_offset": offset,
-                "ingested_at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
-                "event_date": dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).date(),
+                "ingested_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+                "event_date": dt.datetime.fromtimestamp(ts / 1000, dt.UTC).date(),
             }
         )
     return as_silver(pa.Table.from_pylist(rows, schema=SILVER_SCHEMA))

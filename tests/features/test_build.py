@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-
 from featuredata import Event, append_silver, sequences_by_item_id, silver_rows, table_rows
+
 from features.build import build
 from features.reader import load_examples
 from features.silver import silver_changes
@@ -52,7 +52,10 @@ def test_full_build_known_answers(settings: Settings) -> None:
     assert report.versions() == {SILVER_TABLE: 0, ITEM_VOCAB_TABLE: 0, USER_SEQUENCES_TABLE: 0, ITEM_STATS_TABLE: 0}
 
     # Dense from 1 in (first_seen_ts, item_id) order; a and z tie at first_seen 100 vs 700.
-    vocab = [(row["item_id"], row["item_index"], row["first_seen_ts"]) for row in table_rows(settings, ITEM_VOCAB_TABLE, "item_index")]
+    vocab = [
+        (row["item_id"], row["item_index"], row["first_seen_ts"])
+        for row in table_rows(settings, ITEM_VOCAB_TABLE, "item_index")
+    ]
     assert vocab == [("a", 1, 100), ("c", 2, 500), ("z", 3, 700), ("d", 4, 800), ("e", 5, 3000)]
 
     sequences = {row["user_id"]: row for row in table_rows(settings, USER_SEQUENCES_TABLE, "user_id")}
@@ -100,7 +103,12 @@ def test_vocabulary_indices_never_change(settings: Settings) -> None:
 def _random_events(rng: random.Random, users: int, count: int, start_ts: int, first_item: int = 0) -> list[Event]:
     actions = ["click", "view", "skip", "impression", "like", "dislike", "purchase"]
     return [
-        (f"u{rng.randrange(users)}", f"i{rng.randrange(first_item, first_item + 30)}", rng.choice(actions), start_ts + rng.randrange(0, 50) * 10)
+        (
+            f"u{rng.randrange(users)}",
+            f"i{rng.randrange(first_item, first_item + 30)}",
+            rng.choice(actions),
+            start_ts + rng.randrange(0, 50) * 10,
+        )
         for _ in range(count)
     ]
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from featuredata import append_silver, silver_rows
+
 from infra.settings import get_settings
 
 STREAMREC = str(Path(sys.executable).parent / "streamrec")

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from featuredata import write_sequences
 
 from features.reader import FeatureVersions, latest_versions, load_examples
 from infra.settings import Settings, get_settings
 from ingestion.schema import ACTION_IDS
-from featuredata import write_sequences
 
 # u1: 4 positives (click, view, like, purchase) with negatives and an impression between.
 # u2: 2 positives -> train only.  u3: one event -> train only.
 USERS = {
-    "u1": [(1, "click", 10), (2, "skip", 20), (3, "view", 30), (4, "like", 40), (5, "impression", 50), (6, "purchase", 60), (7, "dislike", 70)],
+    "u1": [(1, "click", 10), (2, "skip", 20), (3, "view", 30), (4, "like", 40), (5, "impression", 50),
+           (6, "purchase", 60), (7, "dislike", 70)],
     "u2": [(2, "click", 15), (3, "click", 25)],
     "u3": [(9, "like", 5)],
 }  # fmt: skip

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from featuredata import write_sequences
 
 from features.examples import BATCH_KEYS
 from features.reader import latest_versions, load_examples, to_ray_dataset
-from featuredata import write_sequences
 from infra.settings import Settings, get_settings
 
-USERS = {f"u{user:02d}": [(user % 7 + 1, "click", 10 * step + user) for step in range(user % 5 + 1)] for user in range(23)}
+USERS = {
+    f"u{user:02d}": [(user % 7 + 1, "click", 10 * step + user) for step in range(user % 5 + 1)] for user in range(23)
+}
 
 
 @pytest.fixture

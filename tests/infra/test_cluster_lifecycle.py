@@ -116,9 +116,7 @@ print(sum(ray.get([square.remote(i) for i in range(10)])))
 
 
 def _round_trip_ray(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", RAY_TASK], capture_output=True, text=True, timeout=120, env=env
-    )
+    result = subprocess.run([sys.executable, "-c", RAY_TASK], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "285"
 

@@ -56,7 +56,9 @@ def test_spawn_environment_adds_and_removes_variables(tmp_path: Path, monkeypatc
     monkeypatch.setenv("STREAMREC_TEST_DROP", "inherited")
     out = tmp_path / "out"
     command = ["bash", "-c", f'echo "$STREAMREC_TEST_ADD/${{STREAMREC_TEST_DROP:-unset}}" > {out}']
-    record = spawn(command, tmp_path / "log", tmp_path / "pid", {"STREAMREC_TEST_ADD": "added", "STREAMREC_TEST_DROP": None})
+    record = spawn(
+        command, tmp_path / "log", tmp_path / "pid", {"STREAMREC_TEST_ADD": "added", "STREAMREC_TEST_DROP": None}
+    )
     deadline = time.monotonic() + 10
     while record.alive() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -97,7 +97,11 @@ def test_cluster_profile_uses_its_standalone_spark_and_extra_nodes(clean_env: py
 
     cluster = Settings(profile="cluster", spark_master_port=7177)
     assert cluster.spark_master == "spark://127.0.0.1:7177"
-    assert [component.name for component in all_components(cluster)][3:] == ["ray-worker", "spark-master", "spark-worker"]
+    assert [component.name for component in all_components(cluster)][3:] == [
+        "ray-worker",
+        "spark-master",
+        "spark-worker",
+    ]
     assert cluster.is_local("spark-master") and cluster.is_local("ray-worker")
 
     remote = Settings(profile="cluster", spark_master="spark://spark.example.com:7077")

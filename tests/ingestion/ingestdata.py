@@ -56,13 +56,15 @@ def send(settings: Settings, records: list[OutRecord]) -> list[Sent]:
         metadata = [future.get(timeout=30) for future in futures]
     finally:
         producer.close()
-    return [Sent(record, m.partition, m.offset) for record, m in zip(records, metadata)]
+    return [Sent(record, m.partition, m.offset) for record, m in zip(records, metadata, strict=True)]
 
 
 def events(count: int, seed: int = 1, users: int = 40) -> list[dict]:
     """Synthetic contract events that end an hour before now."""
     start = int(time.time() * 1000) - 3 * 86_400_000
-    return list(generate_events(SyntheticConfig(users=users, items=300, events=count, seed=seed, start_ms=start, span_days=1)))
+    return list(
+        generate_events(SyntheticConfig(users=users, items=300, events=count, seed=seed, start_ms=start, span_days=1))
+    )
 
 
 def mixed_records(settings: Settings, count: int, seed: int = 1, bad_every: int = 7) -> list[OutRecord]:
@@ -91,4 +93,4 @@ def coordinates(rows: pa.Table) -> list[tuple[int, int]]:
     """Sorted (kafka_partition, kafka_offset) of ``rows``."""
     if rows.num_rows == 0:
         return []
-    return sorted(zip(rows["kafka_partition"].to_pylist(), rows["kafka_offset"].to_pylist()))
+    return sorted(zip(rows["kafka_partition"].to_pylist(), rows["kafka_offset"].to_pylist(), strict=True))

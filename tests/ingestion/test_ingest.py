@@ -90,7 +90,9 @@ def test_ingest_until_idle_lands_every_record_exactly_once(spark, kafka_broker: 
     _assert_exact(settings, sent + more)
 
 
-def test_replayed_batch_after_a_crash_writes_only_what_was_missing(spark, kafka_broker: Settings, tmp_path: Path) -> None:
+def test_replayed_batch_after_a_crash_writes_only_what_was_missing(
+    spark, kafka_broker: Settings, tmp_path: Path
+) -> None:
     """Crash points reproduced on disk: after both writes, and between the bronze and quarantine writes."""
     settings = fresh_settings(tmp_path, partitions=2, ingest_max_event_bytes=1000)
     sent = send(settings, mixed_records(settings, 400, bad_every=5))
@@ -141,7 +143,7 @@ def test_silver_keeps_the_earliest_record_and_sorts_each_append(tmp_path: Path) 
     files = DeltaTable(silver_uri).to_pyarrow_dataset().get_fragments()
     for fragment in files:
         part = fragment.to_table(columns=list(EVENT_ORDER))
-        keys = list(zip(*(part[c].to_pylist() for c in EVENT_ORDER)))
+        keys = list(zip(*(part[c].to_pylist() for c in EVENT_ORDER), strict=True))
         assert keys == sorted(keys)
 
 
@@ -151,7 +153,9 @@ def test_cli_refuses_both_modes() -> None:
     assert done.returncode != 0 and "either --until-idle or --for" in done.stderr
 
 
-def test_ingest_explains_a_missing_topic_or_broker(kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path) -> None:
+def test_ingest_explains_a_missing_topic_or_broker(
+    kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path
+) -> None:
     from infra.processes import free_port
 
     streamrec = str(Path(sys.executable).parent / "streamrec")
@@ -159,12 +163,15 @@ def test_ingest_explains_a_missing_topic_or_broker(kafka_broker: Settings, test_
     missing = subprocess.run([streamrec, "ingest", "--until-idle"], env={**env, "STREAMREC_TOPIC": "no-such-topic"},
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 1 and "topic no-such-topic does not exist" in missing.stderr
-    down = subprocess.run([streamrec, "ingest", "--until-idle"], env={**env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
+    unreachable = {**env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    down = subprocess.run([streamrec, "ingest", "--until-idle"], env=unreachable,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert down.returncode == 1 and "cannot reach Kafka" in down.stderr
 
 
-def test_a_recreated_topic_stops_the_stream_naming_its_checkpoint(spark, kafka_broker: Settings, tmp_path: Path) -> None:
+def test_a_recreated_topic_stops_the_stream_naming_its_checkpoint(
+    spark, kafka_broker: Settings, tmp_path: Path
+) -> None:
     settings = fresh_settings(tmp_path, partitions=1)
     send(settings, [encode_event(e) for e in events(50)])
     run_ingest(settings, until_idle=True, report=lambda line: None)

@@ -42,7 +42,9 @@ def _collect(spark, settings: Settings, checkpoint: Path, **options: str) -> lis
 
 
 def _coordinates(batches: list[pa.Table]) -> list[tuple[int, int]]:
-    return sorted((p, o) for b in batches for p, o in zip(b["partition"].to_pylist(), b["offset"].to_pylist()))
+    return sorted(
+        (p, o) for b in batches for p, o in zip(b["partition"].to_pylist(), b["offset"].to_pylist(), strict=True)
+    )
 
 
 def test_high_watermarks_are_the_true_ends(kafka_broker: Settings, tmp_path: Path) -> None:
@@ -64,11 +66,17 @@ def test_stream_reads_every_record_once_in_bounded_batches(spark, kafka_broker: 
     batches = _collect(spark, settings, tmp_path / "ckpt", maxRecordsPerTrigger="300")
     assert len(batches) >= 4 and all(b.num_rows <= 300 + 3 for b in batches)
     assert _coordinates(batches) == sorted((s.partition, s.offset) for s in sent)
-    rows = {(p, o): (k, v) for b in batches for p, o, k, v in zip(*(b[c].to_pylist() for c in ("partition", "offset", "key", "value")))}
+    rows = {
+        (p, o): (k, v)
+        for b in batches
+        for p, o, k, v in zip(*(b[c].to_pylist() for c in ("partition", "offset", "key", "value")), strict=True)
+    }
     assert all(rows[(s.partition, s.offset)] == (s.record.key, s.record.value) for s in sent)
 
 
-def test_restart_resumes_from_checkpoint_and_latest_skips_history(spark, kafka_broker: Settings, tmp_path: Path) -> None:
+def test_restart_resumes_from_checkpoint_and_latest_skips_history(
+    spark, kafka_broker: Settings, tmp_path: Path
+) -> None:
     settings = fresh_settings(tmp_path, partitions=2)
     send(settings, [encode_event(e) for e in events(300)])
     assert sum(b.num_rows for b in _collect(spark, settings, tmp_path / "earliest")) == 300
@@ -93,7 +101,12 @@ def test_partitions_missing_from_the_offsets_are_read_from_their_start(kafka_bro
         end = reader.latestOffset(start, ReadAllAvailable())
         ranges = reader.partitions(start, end)
         assert {(r.partition, r.start) for r in ranges} == {(1, 0), (2, 0)}
-        read = sorted((p, o) for r in ranges for b in read_range(r) for p, o in zip(b["partition"].to_pylist(), b["offset"].to_pylist()))
+        read = sorted(
+            (p, o)
+            for r in ranges
+            for b in read_range(r)
+            for p, o in zip(b["partition"].to_pylist(), b["offset"].to_pylist(), strict=True)
+        )
         assert read == sorted((s.partition, s.offset) for s in sent if s.partition != 0)
     finally:
         reader.stop()

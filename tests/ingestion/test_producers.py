@@ -36,12 +36,16 @@ def _topic_records(settings: Settings) -> pa.Table:
 
 
 def _produce(settings: Settings, test_env: dict[str, str], *args: str) -> dict:
-    done = subprocess.run([STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_synthetic_sends_keyed_events_and_every_malformed_kind(kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path) -> None:
+def test_synthetic_sends_keyed_events_and_every_malformed_kind(
+    kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path
+) -> None:
     settings = fresh_settings(tmp_path)
     summary = _produce(settings, test_env, "synthetic", "--events", "3000", "--users", "50", "--items", "200",
                        "--bad-fraction", "0.1", "--seed", "3")  # fmt: skip
@@ -52,8 +56,13 @@ def test_synthetic_sends_keyed_events_and_every_malformed_kind(kafka_broker: Set
     assert records.num_rows == 3000
     result = validate_records(records, ValidationLimits.from_settings(settings))
     assert (result.valid.num_rows, result.invalid.num_rows) == (summary["valid"], summary["invalid"])
-    valid_keys = {(p, o): k for p, o, k in zip(*(records[c].to_pylist() for c in ("partition", "offset", "key")))}
-    assert all(valid_keys[(row["kafka_partition"], row["kafka_offset"])] == row["user_id"].encode() for row in result.valid.to_pylist())
+    valid_keys = {
+        (p, o): k for p, o, k in zip(*(records[c].to_pylist() for c in ("partition", "offset", "key")), strict=True)
+    }
+    assert all(
+        valid_keys[(row["kafka_partition"], row["kafka_offset"])] == row["user_id"].encode()
+        for row in result.valid.to_pylist()
+    )
 
 
 def test_rate_limit_is_kept(kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path) -> None:
@@ -66,7 +75,7 @@ def test_replay_formats(tmp_path: Path) -> None:
     sasrec = tmp_path / "data.txt"
     sasrec.write_text("1 10\n1 11\n2 10\n1 12\n2 13\n")
     frame = read_replay(sasrec, "sasrec", start_ms=1_000, step_ms=100)
-    assert list(zip(frame.user_id, frame.item_id, frame.ts)) == [
+    assert list(zip(frame.user_id, frame.item_id, frame.ts, strict=True)) == [
         ("1", "10", 1_000), ("2", "10", 1_000), ("1", "11", 1_100), ("2", "13", 1_100), ("1", "12", 1_200),
     ]  # fmt: skip
     assert set(frame.action) == {"click"} and frame.event_id.is_unique
@@ -79,7 +88,14 @@ def test_replay_formats(tmp_path: Path) -> None:
     csv_ml = tmp_path / "ratings.csv"
     csv_ml.write_text("userId,movieId,rating,timestamp\n1,10,4.5,100\n1,11,2.5,50\n")
     assert list(read_replay(csv_ml, "movielens").action) == ["view", "like"]
-    assert [rating_action(r) for r in (5, 4, 3.5, 2.5, 2, 0.5)] == ["like", "like", "view", "view", "dislike", "dislike"]
+    assert [rating_action(r) for r in (5, 4, 3.5, 2.5, 2, 0.5)] == [
+        "like",
+        "like",
+        "view",
+        "view",
+        "dislike",
+        "dislike",
+    ]
 
     csv = tmp_path / "events.csv"
     csv.write_text("user,item,ts,action\nu1,i1,2000,like\nu2,i2,1000,buy\nu1,i3,soon,click\n")
@@ -93,10 +109,14 @@ def test_replay_formats(tmp_path: Path) -> None:
         read_replay(tmp_path / "bad.csv", "csv")
 
 
-def test_replay_cli_sends_the_file_in_time_order(kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path) -> None:
+def test_replay_cli_sends_the_file_in_time_order(
+    kafka_broker: Settings, test_env: dict[str, str], tmp_path: Path
+) -> None:
     settings = fresh_settings(tmp_path, partitions=1)
     dat = tmp_path / "ratings.dat"
-    dat.write_text("".join(f"{u}::{10 + i}::{1 + (u + i) % 5}::{978300000 + 60 * i + u}\n" for u in range(1, 4) for i in range(20)))
+    dat.write_text(
+        "".join(f"{u}::{10 + i}::{1 + (u + i) % 5}::{978300000 + 60 * i + u}\n" for u in range(1, 4) for i in range(20))
+    )
     summary = _produce(settings, test_env, "replay", "--format", "movielens", str(dat))
     assert summary == {**summary, "sent": 60, "valid": 60, "invalid": 0, "failed": 0}
     sent = [json.loads(value) for value in _topic_records(settings)["value"].to_pylist()]
@@ -107,7 +127,9 @@ def test_replay_cli_sends_the_file_in_time_order(kafka_broker: Settings, test_en
 
 
 def _produce_fails(settings: Settings, test_env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0
     return done.stderr
 
@@ -116,5 +138,7 @@ def test_an_unreachable_broker_is_a_plain_error(test_env: dict[str, str], tmp_pa
     from infra.processes import free_port
 
     env = {**test_env, "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
-    done = subprocess.run([STREAMREC, "produce", "synthetic", "--events", "10"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [STREAMREC, "produce", "synthetic", "--events", "10"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1 and "cannot reach Kafka" in done.stderr and "Traceback" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import pytest
 
@@ -13,7 +14,9 @@ START = 1_700_000_000_000
 
 
 def _events(**overrides: object) -> list[dict]:
-    config = SyntheticConfig(**{"users": 300, "items": 2_000, "events": 40_000, "seed": 3, "start_ms": START, **overrides})
+    config = SyntheticConfig(
+        **{"users": 300, "items": 2_000, "events": 40_000, "seed": 3, "start_ms": START, **overrides}
+    )
     return list(generate_events(config))
 
 
@@ -25,7 +28,7 @@ def test_events_follow_the_contract_in_strict_time_order() -> None:
         assert event["action"] in ACTIONS and isinstance(event["ts"], int)
         assert event.get("dwell_ms", 0) >= 0
     timestamps = [event["ts"] for event in events]
-    assert all(a < b for a, b in zip(timestamps, timestamps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(timestamps))
     assert timestamps[0] >= START
     assert len({event["event_id"] for event in events}) == len(events)
     counts = collections.Counter(event["action"] for event in events)
@@ -65,7 +68,7 @@ def test_next_item_beats_popularity_clearly() -> None:
     for items in sequences.values():
         history = items[:-1]
         popularity.update(history)
-        for a, b in zip(history, history[1:]):
+        for a, b in itertools.pairwise(history):
             transitions[a][b] += 1
     top = [item for item, _ in popularity.most_common(10)]
     hits_popular = hits_sequential = users = 0

@@ -31,7 +31,7 @@ def tiny_config(kind: str = "hstu", **overrides: object) -> TrainConfig:
 
 def silver_table(events: Iterable[dict[str, Any]], first_offset: int = 0) -> pa.Table:
     """Silver rows of contract events (user's partition by key hash, offsets in event order)."""
-    ingested = dt.datetime.now(dt.timezone.utc)
+    ingested = dt.datetime.now(dt.UTC)
     rows = []
     for offset, event in enumerate(events, start=first_offset):
         rows.append(
@@ -40,7 +40,7 @@ def silver_table(events: Iterable[dict[str, Any]], first_offset: int = 0) -> pa.
                 "kafka_partition": zlib.crc32(event["user_id"].encode()) % PARTITIONS,
                 "kafka_offset": offset,
                 "ingested_at": ingested,
-                "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.timezone.utc).date(),
+                "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.UTC).date(),
             }
         )
     table = pa.Table.from_pylist(rows, schema=SILVER_SCHEMA)

@@ -65,7 +65,9 @@ def test_hstu_reads_time_gaps_through_its_bias() -> None:
     items, actions, timestamps, lengths = _inputs()
     later = timestamps.clone()
     later[0, 1] += 86_400_000
-    assert not torch.allclose(model(items, actions, timestamps, lengths)[0, 1], model(items, actions, later, lengths)[0, 1])
+    assert not torch.allclose(
+        model(items, actions, timestamps, lengths)[0, 1], model(items, actions, later, lengths)[0, 1]
+    )
 
 
 def test_time_gap_buckets_are_quarter_octaves_of_seconds() -> None:

@@ -30,7 +30,8 @@ from training.sharding import (
 )
 from training.worker import table_optimizer_state
 
-NUM_ITEMS = 40  # 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
+# 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
+NUM_ITEMS = 40
 
 
 def _train_steps(dmp, optimizer, rank: int) -> None:  # noqa: ANN001

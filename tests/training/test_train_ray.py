@@ -137,11 +137,15 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
 def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_run: TrainOutcome) -> None:
     env = {**os.environ, "STREAMREC_HOME": str(settings.home)}
     cli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "streamrec")
-    popularity = subprocess.run([cli, "train", "--model", "popularity", "--json"], env=env, capture_output=True, text=True)
+    popularity = subprocess.run(
+        [cli, "train", "--model", "popularity", "--json"], env=env, capture_output=True, text=True
+    )
     assert popularity.returncode == 0, popularity.stderr
     assert METRIC_KEYS <= set(json.loads(popularity.stdout.strip().splitlines()[-1])["metrics"])
 
-    evaluated = subprocess.run([cli, "evaluate", hstu_run.model_version, "--json"], env=env, capture_output=True, text=True)
+    evaluated = subprocess.run(
+        [cli, "evaluate", hstu_run.model_version, "--json"], env=env, capture_output=True, text=True
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])["metrics"]
     for key in ("test_hr_10", "test_ndcg_10", "test_mrr"):  # the same model on the same data as the run

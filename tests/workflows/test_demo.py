@@ -33,8 +33,14 @@ def _rows(settings: Settings, table: str) -> int:
     return DeltaTable(settings.table_uri(table)).to_pyarrow_dataset().count_rows()
 
 
-def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(mini_cluster: Settings, tmp_path: Path) -> None:
-    env = {**os.environ, "STREAMREC_TOPIC": f"demo-{uuid.uuid4().hex[:8]}", "STREAMREC_LAKE_URI": str(tmp_path / "lake")}
+def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
+    mini_cluster: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "STREAMREC_TOPIC": f"demo-{uuid.uuid4().hex[:8]}",
+        "STREAMREC_LAKE_URI": str(tmp_path / "lake"),
+    }
     settings = get_settings(topic=env["STREAMREC_TOPIC"], lake_uri=env["STREAMREC_LAKE_URI"])
 
     first = _run_demo(env)
