@@ -57,6 +57,13 @@ class SequenceExamples:
     def max_len(self) -> int:
         return int(self.item_indices.shape[1])
 
+    @property
+    def valid_mask(self) -> np.ndarray:
+        """``valid`` as an array: ``__post_init__`` fills it in when the constructor is not given one."""
+        if self.valid is None:
+            raise ValueError("SequenceExamples.valid is None: it is set in __post_init__, so it was reset afterwards")
+        return self.valid
+
     def take(self, rows: np.ndarray) -> SequenceExamples:
         """The examples at ``rows`` (an index array), in that order."""
         return replace(
@@ -67,7 +74,7 @@ class SequenceExamples:
             timestamps=self.timestamps[rows],
             lengths=self.lengths[rows],
             targets=self.targets[rows],
-            valid=self.valid[rows],
+            valid=self.valid_mask[rows],
         )
 
     def shard(
@@ -90,7 +97,7 @@ class SequenceExamples:
             return self.take(mine)
         filler = order[:missing] if len(order) else np.zeros(0, dtype=np.int64)
         padded = self.take(np.concatenate([mine, filler]))
-        valid = padded.valid.copy()
+        valid = padded.valid_mask.copy()
         valid[len(mine) :] = False
         return replace(padded, valid=valid)
 
@@ -121,7 +128,7 @@ class SequenceExamples:
                 "timestamps": torch.from_numpy(self.timestamps[rows]),
                 "lengths": torch.from_numpy(self.lengths[rows]),
                 "targets": torch.from_numpy(self.targets[rows]),
-                "valid": torch.from_numpy(self.valid[rows]),
+                "valid": torch.from_numpy(self.valid_mask[rows]),
             }
 
     def _length_grouped(self, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -98,6 +98,7 @@ def train(
         console.print(f"[red]invalid training config:[/red] {error}")
         raise typer.Exit(2) from error
 
+    outcome: dict[str, Any]
     try:
         if model == "popularity":
             metrics = train_popularity(settings, train_config, log=console.print)

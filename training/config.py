@@ -7,13 +7,21 @@ betas 0.9/0.98, 128 uniform negatives, temperature 0.05, dropout 0.2.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EncoderKind = Literal["hstu", "sasrec"]
 EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
 Sharding = Literal["row_wise", "table_wise"]
+
+
+class LossOptions(TypedDict):
+    """The keyword options ``training.loss.retrieval_loss`` takes from a TrainConfig."""
+
+    temperature: float
+    in_batch_negatives: int
+    ntr_weight: float
 
 
 class EncoderConfig(BaseModel):
@@ -93,7 +101,7 @@ class TrainConfig(BaseModel):
         lr = self.embedding_lr or (self.lr if name == "adam" else 0.05)
         return name, lr
 
-    def loss_options(self) -> dict[str, float | int]:
+    def loss_options(self) -> LossOptions:
         """The keyword options ``training.loss.retrieval_loss`` takes from this config."""
         return {
             "temperature": self.temperature,

@@ -176,7 +176,7 @@ class PopularityScorer:
     def __init__(self, train: SequenceExamples, num_items: int) -> None:
         positive_ids = np.array([ACTION_IDS[action] for action in POSITIVE_ACTIONS])
         real = np.arange(train.max_len)[None, :] < train.lengths[:, None]
-        chosen = real & np.isin(train.action_ids, positive_ids) & train.valid[:, None]
+        chosen = real & np.isin(train.action_ids, positive_ids) & train.valid_mask[:, None]
         counts = np.bincount(train.item_indices[chosen], minlength=num_items + 1)[: num_items + 1]
         self.counts = torch.from_numpy(counts.astype(np.float32))
         self.num_items = num_items

@@ -157,12 +157,17 @@ def _trainer(settings: Settings, job: TrainJob, workers: int, storage: str, run_
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(
+        # ray.train re-exports the Train v2 RunConfig/FailureConfig at runtime (Ray 2.60's default),
+        # which take logging_config and controller_failure_limit; mypy resolves the names to the
+        # v1 ray.air.config classes, which do not.
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=run_name,
             storage_path=storage,
             # Worker failures restart from the last checkpoint; a worker group that cannot
             # start (no resources in time) fails the run instead of retrying forever.
-            failure_config=FailureConfig(max_failures=settings.train_max_failures, controller_failure_limit=0),
+            failure_config=FailureConfig(  # type: ignore[call-arg]
+                max_failures=settings.train_max_failures, controller_failure_limit=0
+            ),
             # The best checkpoint by the selection metric and the latest (for resuming) are kept.
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torchrec.optim as trec_optim
-from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import KeyedJaggedTensor
 from torchrec.distributed import DistributedModelParallel
@@ -120,7 +119,7 @@ def catalog_embeddings(dmp: DistributedModelParallel, num_rows: int) -> torch.Te
         lengths=torch.tensor([per_rank, 0], device=device),
     )
     with torch.no_grad():
-        mine = cast(nn.Module, dmp.module).item_table(lookups)[HISTORY].values().contiguous()
+        mine = cast(ShardedRetrievalModel, dmp.module).item_table(lookups)[HISTORY].values().contiguous()
     slices = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(slices, mine)
     return torch.cat(slices)[:num_rows]

@@ -174,7 +174,8 @@ def _train_epoch(
         optimizer.step()
         total += torch.tensor([terms.total.item(), 1.0], dtype=torch.float64)
     dist.all_reduce(total)
-    return float(total[0] / max(total[1], 1.0))
+    loss_sum, steps = total.tolist()
+    return loss_sum / max(steps, 1.0)
 
 
 def _evaluate(
