@@ -1,5 +1,5 @@
 # streamrec: `make demo` runs the pipeline end to end on the local mini-cluster,
-# `make test` runs the test suite. Both set up .venv first (idempotent).
+# `make test` runs lint, types and the test suite. Both set up .venv first (idempotent).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, pyspark, ray, mlflow, deltalake; print('streamrec environment ok: torch', torch.__version__, 'torchrec', torchrec.__version__)"
 	@touch $(STAMP)
 
-# pytest exits 5 when it collects no tests: reported as a failure, never a pass.
-test: setup
+# Lint and types first (the `lint` target), then pytest. pytest exits 5 when it collects
+# no tests: reported as a failure, never a pass.
+test: lint
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
