@@ -147,7 +147,7 @@ def test_authentication_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_local_token_is_private_and_kept(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path)
+    settings = Settings(home=tmp_path, ray_auth_token_file="")  # the default place, not the session's file
     path = ray_access.create_local_token(settings)
     assert path == tmp_path / "ray" / "auth_token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -163,7 +163,7 @@ def test_missing_token_names_the_setting(tmp_path: Path) -> None:
 
 
 def test_process_environment_follows_the_setting(tmp_path: Path) -> None:
-    token_env = ray_access.ray_environment(Settings(home=tmp_path))
+    token_env = ray_access.ray_environment(Settings(home=tmp_path, ray_auth_token_file=""))
     assert token_env == {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray" / "auth_token"),
