@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from importlib.metadata import entry_points
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,8 +29,11 @@ app = typer.Typer(
 console = Console()
 
 ComponentNames = Annotated[
-    Optional[list[str]],
-    typer.Argument(help="Components to act on (kafka, mlflow, ray; with the cluster profile also ray-worker, spark-master, spark-worker); all when omitted."),
+    list[str] | None,
+    typer.Argument(
+        help="Components to act on (kafka, mlflow, ray; with the cluster profile also ray-worker, spark-master,"
+        " spark-worker); all when omitted."
+    ),
 ]
 
 
@@ -61,7 +64,9 @@ def up(components: ComponentNames = None) -> None:
     console.print(_table(states))
     console.print(f"home: {settings.home}")
     if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
-        console.print(f"Ray dashboard: {settings.ray_dashboard_url} (sign in with the token in {settings.ray_token_path})")
+        console.print(
+            f"Ray dashboard: {settings.ray_dashboard_url} (sign in with the token in {settings.ray_token_path})"
+        )
 
 
 @app.command()

@@ -60,7 +60,8 @@ class Component(ABC):
         """One real health request; never raises."""
 
     def prepare(self) -> None:
-        """Create directories the local process needs."""
+        """Create directories the local process needs (none by default)."""
+        return None
 
     def environment(self) -> dict[str, str | None]:
         """Extra environment variables of the local process (None removes one)."""
