@@ -103,9 +103,35 @@ class Settings(BaseSettings):
     train_max_failures: int = Field(
         2, ge=0, description="Worker failures a run recovers from, each time from its last checkpoint."
     )
-    train_storage: str = Field("", description="Ray Train run storage (checkpoints); default <home>/checkpoints. Any URI.")
+    train_storage: str = Field(
+        "", description="Ray Train run storage (checkpoints); default <home>/checkpoints. Any URI."
+    )
     mlflow_experiment: str = Field("streamrec", description="MLflow experiment of training runs.")
     registered_model: str = Field("streamrec-retrieval", description="MLflow registered model of retrieval models.")
+
+    # Serving settings -----------------------------------------------------------------
+    serve_model_alias: str = Field(
+        "production", description="MLflow alias of the registered model that serving follows (and `promote` moves)."
+    )
+    serve_replicas: int = Field(1, ge=1, description="Replicas of the recommender deployment (each holds the model).")
+    serve_history_shards: int = Field(
+        1, ge=1, description="Online-history shards; shard i owns the topic's partitions p with p % shards == i."
+    )
+    serve_exact_max_items: int = Field(
+        200_000, ge=1, description="Catalogues up to this size are searched exactly (FAISS flat); larger ones by HNSW."
+    )
+    serve_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (M) for large catalogues.")
+    serve_hnsw_ef_search: int = Field(256, ge=8, description="HNSW efSearch: candidates visited per query.")
+    serve_max_k: int = Field(1_000, ge=1, description="Largest k a request may ask for.")
+    serve_max_history_items: int = Field(1_000, ge=1, description="Most items a request body's history may hold.")
+    serve_max_body_bytes: int = Field(65_536, ge=256, description="Largest request body; larger ones answer 413.")
+    serve_max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica works on at once.")
+    serve_max_queued_requests: int = Field(
+        128, ge=1, description="Requests waiting per deployment handle; beyond this serving answers 503."
+    )
+    serve_batch_max_size: int = Field(32, ge=1, description="Most queries encoded together (@serve.batch).")
+    serve_batch_wait_s: float = Field(0.003, ge=0, description="How long a batch waits to fill, in seconds.")
+    serve_model_poll_s: float = Field(2.0, gt=0, description="How often replicas check the model alias, in seconds.")
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,245 @@
+"""The Ray Serve application: history shards and the recommender ingress, composed with bind().
+
+Two rules of this module: no ``from __future__ import annotations`` (FastAPI reads the endpoint
+annotations as real types), and the deployments use only names imported or defined above them
+(``@serve.ingress`` pickles the routes while this module is still being imported).
+
+    HistoryShard x serve_history_shards   each tails its Kafka partitions (serving.history)
+    Recommender  x serve_replicas         FastAPI ingress: /retrieve, /recommend, /healthz, /metrics
+
+A request for a stored user asks the shards for the user's history (a user lives in one
+partition, so one shard knows them), encodes it with the served model's Retriever (queries of
+concurrent requests are batched with @serve.batch) and searches the FAISS index, leaving out
+the user's recently skipped or disliked items (always) and seen items (``exclude_seen``).
+Unknown users, or histories the model knows no item of, get the popularity list. Each replica
+follows the model alias through its own ``ModelWatcher``: swaps never touch the request path.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.answer import Answer, Events, answer_batch
+from serving.api import HistoryLineage, ItemsResponse, Lineage, RecommendRequest, RetrieveRequest, ScoredItem
+from serving.catalog import load_catalog
+from serving.config import ServeConfig
+from serving.history import OnlineHistory, UserHistory
+from serving.metrics import ServingMetrics
+from serving.registry import served_version
+from serving.watcher import ModelWatcher
+
+logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
+GIVEN_HISTORY_ACTION = "click"  # a history given in the body is a list of consumed items
+MAX_BODY_BYTES = {"limit": 65_536}  # set by the replica from the settings (set_body_limit)
+
+api = FastAPI(
+    title="streamrec serving",
+    description="Retrieval and recommendations from the production model, with each user's live history.",
+)
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next: Any) -> Response:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES["limit"]:
+        return JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES['limit']} bytes"}, status_code=413)
+    return await call_next(request)
+
+
+def set_body_limit(limit: int) -> None:
+    """The largest request body the middleware lets through (called by each replica)."""
+    MAX_BODY_BYTES["limit"] = limit
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class HistoryShard:
+    """The online history of the partitions p with p % shards == shard."""
+
+    def __init__(self, config: ServeConfig, shard: int, shards: int) -> None:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python logs a closing consumer as an error
+        self.shard = shard
+        self.history = OnlineHistory(
+            config.make_settings(),
+            user_sequences_version=config.user_sequences_version,
+            item_vocab_version=config.item_vocab_version,
+            max_len=config.history_max_len,
+            shard=(shard, shards) if shards > 1 else None,  # one shard: every partition, new ones too
+        )
+        self.history.start()
+
+    def get(self, user_id: str) -> UserHistory | None:
+        return self.history.get(user_id)
+
+    def status(self) -> dict[str, Any]:
+        return {"shard": self.shard, **self.history.status()}
+
+    def __del__(self) -> None:
+        self.history.stop()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Recommender:
+    """The HTTP ingress: answers from the current catalog and the shards' histories."""
+
+    def __init__(self, config: ServeConfig, shards: list[DeploymentHandle]) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # many small requests: one thread each beats contended intra-op threads
+        settings = config.make_settings()
+        self.settings = settings
+        self.config = config
+        self.shards = shards
+        set_body_limit(settings.serve_max_body_bytes)
+        self.telemetry = ServingMetrics()
+        self.watcher = ModelWatcher(
+            resolve=lambda: served_version(settings),
+            load=lambda version: load_catalog(
+                settings,
+                version,
+                exact_max_items=settings.serve_exact_max_items,
+                hnsw_m=settings.serve_hnsw_m,
+                ef_search=settings.serve_hnsw_ef_search,
+            ),
+            poll_s=settings.serve_model_poll_s,
+            on_swap=self.telemetry.swapped,
+        )
+        self.watcher.load_now()
+        self.watcher.start()
+        self._search.set_max_batch_size(settings.serve_batch_max_size)  # type: ignore[attr-defined]
+        self._search.set_batch_wait_timeout_s(settings.serve_batch_wait_s)  # type: ignore[attr-defined]
+
+    # Endpoints ------------------------------------------------------------------------
+    @api.post("/retrieve", response_model=ItemsResponse)
+    async def retrieve(self, body: RetrieveRequest) -> ItemsResponse:
+        """Top-k items for a stored user or a given history (seen items kept unless exclude_seen)."""
+        return await self._timed("retrieve", body)
+
+    @api.post("/recommend", response_model=ItemsResponse)
+    async def recommend(self, body: RecommendRequest) -> ItemsResponse:
+        """Recommendations: retrieval with seen items left out by default (ranking comes later)."""
+        return await self._timed("recommend", body)
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """The served model, its index, the last swap and load error, and each history shard."""
+        catalog = self.watcher.current
+        shards = await asyncio.gather(*(shard.status.remote() for shard in self.shards), return_exceptions=True)
+        shard_states: list[dict[str, Any]] = [
+            state if isinstance(state, dict) else {"error": str(state)} for state in shards
+        ]
+        healthy = catalog is not None and all(state.get("running") for state in shard_states)
+        body = {
+            "status": "ok" if healthy and self.watcher.last_error is None else ("degraded" if healthy else "down"),
+            "model": None
+            if catalog is None
+            else {
+                "name": self.settings.registered_model,
+                "version": catalog.version,
+                "run_id": catalog.run_id,
+                "items": catalog.num_items,
+                "index": catalog.index_kind,
+                "feature_versions": catalog.feature_versions,
+            },
+            "alias": self.settings.serve_model_alias,
+            "last_error": self.watcher.last_error,
+            "swaps": [swap.__dict__ for swap in self.watcher.swaps],
+            "history_shards": shard_states,
+        }
+        for state in shard_states:
+            partitions: dict[str, dict[str, Any]] = state.get("partitions") or {}
+            for partition, position in partitions.items():
+                if position.get("lag") is not None:
+                    self.telemetry.history_lag.labels(partition=str(partition)).set(position["lag"])
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @api.get("/metrics")
+    async def prometheus(self) -> Response:
+        """Prometheus metrics of this replica."""
+        return Response(self.telemetry.render(), media_type=self.telemetry.content_type)
+
+    # The request path -----------------------------------------------------------------
+    async def _timed(self, endpoint: str, body: RetrieveRequest) -> ItemsResponse:
+        started = time.perf_counter()
+        status = "200"
+        try:
+            return await self._answer(body)
+        except HTTPException as error:
+            status = str(error.status_code)
+            raise
+        except Exception:
+            status = "500"
+            raise
+        finally:
+            self.telemetry.observe(endpoint, status, time.perf_counter() - started)
+
+    async def _answer(self, body: RetrieveRequest) -> ItemsResponse:
+        settings = self.settings
+        if body.k > settings.serve_max_k:
+            raise HTTPException(422, f"k={body.k} is over the limit of {settings.serve_max_k} (serve_max_k)")
+        if body.history is not None and len(body.history) > settings.serve_max_history_items:
+            raise HTTPException(
+                422, f"the history has {len(body.history)} items, over {settings.serve_max_history_items}"
+            )
+        if body.history is not None:
+            events = [(item_id, GIVEN_HISTORY_ACTION, 0) for item_id in body.history]
+            lineage = HistoryLineage(source="request", events=0)
+        else:
+            stored = await self._stored_history(body.user_id or "")
+            events = [(event.item_id, event.action, event.ts) for event in stored.events] if stored else []
+            lineage = HistoryLineage(
+                source="online" if stored else "none",
+                events=0,
+                partition=stored.partition if stored else None,
+                offset=stored.applied_offset if stored else None,
+                bootstrap_versions=self.config.bootstrap_versions,
+            )
+        catalog, found, unknown, excluded, cold = await self._search((events, body.k, body.exclude_seen))
+        lineage.events = len(events) - unknown
+        return ItemsResponse(
+            items=[ScoredItem(item_id=str(catalog.item_ids[item]), score=score) for item, score in found],
+            cold_start=cold,
+            unknown_items=unknown,
+            excluded=excluded,
+            lineage=Lineage(
+                model_version={settings.registered_model: catalog.version},
+                model_run_id={settings.registered_model: catalog.run_id},
+                feature_versions=catalog.feature_versions,
+                history=lineage,
+            ),
+        )
+
+    async def _stored_history(self, user_id: str) -> UserHistory | None:
+        if len(self.shards) == 1:
+            return await self.shards[0].get.remote(user_id)
+        answers = await asyncio.gather(*(shard.get.remote(user_id) for shard in self.shards))
+        return next((answer for answer in answers if answer is not None), None)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    async def _search(self, requests: list[tuple[Events, int, bool]]) -> list[Answer]:
+        """Encode the batch's histories together and search; one catalog for the whole batch."""
+        catalog = self.watcher.current
+        if catalog is None:
+            raise HTTPException(503, "no model loaded yet")
+        return await asyncio.to_thread(answer_batch, catalog, requests)
+
+
+def build_app(config: ServeConfig) -> Any:
+    """The serving application: ``serve_history_shards`` shards bound into the recommender."""
+    settings = config.make_settings()
+    count = settings.serve_history_shards
+    shards = [
+        HistoryShard.options(name=f"HistoryShard{shard}").bind(config, shard, count)  # type: ignore[attr-defined]
+        for shard in range(count)
+    ]
+    return Recommender.options(  # type: ignore[attr-defined]
+        num_replicas=settings.serve_replicas,
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        max_queued_requests=settings.serve_max_queued_requests,
+    ).bind(config, shards)

@@ -1,0 +1,177 @@
+"""A servable model version: the Retriever, the item ids of its vocabulary and a FAISS index.
+
+``load_catalog`` runs beside the request path (a replica's model watcher): it downloads a
+registered version, builds the plain Retriever (no TorchRec), reads ``features/item_vocab``
+at the version the model was trained on, and indexes the L2-normalised item vectors:
+
+* up to ``serve_exact_max_items`` items: exact inner product (``IndexFlatIP``);
+* above: HNSW (``IndexHNSWFlat``, inner product), recall measured in ``benchmarks/serve``.
+
+Cosine similarity of the query and the item rows is the score, as in training's evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from deltalake import DeltaTable
+
+from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE
+from infra.errors import StreamrecError
+from infra.settings import Settings
+from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
+from training import tracking
+from training.retriever import Retriever
+
+
+class CatalogError(StreamrecError):
+    """A model version cannot be served (missing, unreadable, inconsistent with the lake)."""
+
+
+@dataclass
+class Catalog:
+    """Everything one model version needs to answer requests; immutable once built."""
+
+    version: str
+    run_id: str
+    retriever: Retriever
+    item_ids: np.ndarray  # object array, index i = item index i (0 = padding, "")
+    index_of: dict[str, int]
+    index: Any  # faiss.Index over item indices 1..num_items (faiss id = item index - 1)
+    index_kind: str
+    feature_versions: dict[str, int]
+    popular: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # item indices, most popular first
+    popular_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their positive events
+
+    @property
+    def num_items(self) -> int:
+        return self.retriever.num_items
+
+    def encode(self, histories: list[list[tuple[int, str, int]]]) -> np.ndarray:
+        """(B, D) float32 queries of histories of (item index, action, ts), oldest first."""
+        max_len = self.retriever.max_len
+        cut = [history[-max_len:] for history in histories]
+        width = max(1, max((len(history) for history in cut), default=1))
+        items = torch.zeros((len(cut), width), dtype=torch.long)
+        actions = torch.zeros((len(cut), width), dtype=torch.long)
+        stamps = torch.zeros((len(cut), width), dtype=torch.long)
+        lengths = torch.tensor([len(history) for history in cut], dtype=torch.long)
+        for row, history in enumerate(cut):
+            if history:
+                items[row, : len(history)] = torch.tensor([event[0] for event in history])
+                actions[row, : len(history)] = torch.tensor([ACTION_IDS[event[1]] for event in history])
+                stamps[row, : len(history)] = torch.tensor([event[2] for event in history])
+        batch = {"item_indices": items, "action_ids": actions, "timestamps": stamps, "lengths": lengths}
+        return self.retriever.queries(batch).numpy().astype(np.float32, copy=False)
+
+    def search(self, queries: np.ndarray, k: int, exclude: list[set[int]]) -> list[list[tuple[int, float]]]:
+        """Per query the best ``k`` (item index, score) pairs whose index is not in ``exclude[row]``."""
+        wanted = min(self.num_items, k + max((len(items) for items in exclude), default=0))
+        if wanted <= 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        results = []
+        for row in range(len(queries)):
+            found = []
+            for item_id, score in zip(ids[row], scores[row], strict=True):
+                item = int(item_id) + 1
+                if item_id < 0 or item in exclude[row]:
+                    continue
+                found.append((item, float(score)))
+                if len(found) == k:
+                    break
+            results.append(found)
+        return results
+
+    def popular_items(self, k: int, exclude: set[int]) -> list[tuple[int, float]]:
+        """The cold-start list: the most popular items, scored by their positive events, ``exclude`` left out."""
+        chosen = []
+        for item, count in zip(self.popular.tolist(), self.popular_counts.tolist(), strict=True):
+            if item in exclude:
+                continue
+            chosen.append((int(item), float(count)))
+            if len(chosen) == k:
+                break
+        return chosen
+
+
+def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw_m: int, ef_search: int) -> Catalog:
+    """Download registered version ``version`` of ``settings.registered_model`` and make it servable."""
+    try:
+        with tracking.downloaded_version(settings, version) as directory:
+            retriever = Retriever.from_directory(directory)
+    except LookupError as error:
+        raise CatalogError(str(error)) from error
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise CatalogError(f"version {version} of {settings.registered_model} does not load: {error}") from error
+    info = retriever.info
+    if info is None:
+        raise CatalogError(f"version {version} of {settings.registered_model} has no model.json")
+    run_id = tracking.client(settings).get_model_version(settings.registered_model, version).run_id or ""
+    vocab_version = info.feature_versions.get(ITEM_VOCAB_TABLE)
+    item_ids = read_item_ids(settings, vocab_version, retriever.num_items)
+    popular = read_popularity(settings, retriever.num_items)
+    index, kind = build_index(retriever.item_vectors[1:].numpy(), exact_max_items, hnsw_m, ef_search)
+    return Catalog(
+        version=str(version),
+        run_id=run_id,
+        retriever=retriever,
+        item_ids=item_ids,
+        index_of={item: position for position, item in enumerate(item_ids.tolist()) if position},
+        index=index,
+        index_kind=kind,
+        feature_versions=dict(info.feature_versions),
+        popular=popular[0],
+        popular_counts=popular[1],
+    )
+
+
+def read_item_ids(settings: Settings, version: int | None, num_items: int) -> np.ndarray:
+    """item_ids[i] = the item id of index i (1..num_items) in features/item_vocab at ``version``."""
+    uri = settings.table_uri(ITEM_VOCAB_TABLE)
+    if not DeltaTable.is_deltatable(uri):
+        raise CatalogError(f"no {ITEM_VOCAB_TABLE} table at {uri}: the model's vocabulary is not in this lake")
+    vocab = DeltaTable(uri, version=version).to_pyarrow_dataset().to_table(columns=["item_id", "item_index"])
+    indices = vocab["item_index"].to_numpy()
+    if len(vocab) < num_items or indices.max(initial=0) < num_items:
+        raise CatalogError(f"{ITEM_VOCAB_TABLE} v{version} has {len(vocab)} items, the model knows {num_items}")
+    item_ids = np.full(num_items + 1, "", dtype=object)
+    known = indices <= num_items
+    item_ids[indices[known]] = np.asarray(vocab["item_id"].to_numpy(zero_copy_only=False), dtype=object)[known]
+    return item_ids
+
+
+def read_popularity(settings: Settings, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item indices <= num_items, their positive events) from features/item_stats, most positive first."""
+    uri = settings.table_uri(ITEM_STATS_TABLE)
+    if not DeltaTable.is_deltatable(uri):
+        return np.arange(1, num_items + 1), np.zeros(num_items, np.int64)
+    columns = [f"{action}_count" for action in sorted(POSITIVE_ACTIONS)]
+    stats = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["item_index", *columns])
+    stats = stats.filter(pc.less_equal(stats["item_index"], num_items))
+    positives = np.zeros(len(stats), dtype=np.int64)
+    for column in columns:
+        positives += stats[column].to_numpy()
+    order = np.lexsort((stats["item_index"].to_numpy(), -positives))  # most positives first, ties by index
+    return stats["item_index"].to_numpy()[order], positives[order]
+
+
+def build_index(vectors: np.ndarray, exact_max_items: int, hnsw_m: int, ef_search: int) -> tuple[Any, str]:
+    """A FAISS inner-product index over ``vectors`` (rows = item indices 1..N): exact or HNSW."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if len(vectors) <= exact_max_items:
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(vectors)
+        return exact, "exact"
+    graph = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = max(2 * hnsw_m, 80)
+    graph.hnsw.efSearch = ef_search
+    graph.add(vectors)
+    return graph, "hnsw"

@@ -1,0 +1,94 @@
+"""Start, inspect and stop the serving application on the Ray cluster of the settings.
+
+``deploy`` resolves the production version, reads which feature versions it was trained on
+(the history shards bootstrap from exactly those), starts Ray Serve's HTTP proxy on
+``serve_host:serve_port`` and runs the application; it returns once /healthz answers 200.
+The application lives in the cluster, not in the calling process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+from features.tables import USER_SEQUENCES_TABLE, recorded_state
+from infra import ray_access
+from infra.errors import StreamrecError
+from infra.settings import Settings
+from serving.config import APP_NAME, ServeConfig
+from serving.registry import served_version
+from training import tracking
+from training.model_io import read_info
+
+
+class ServeError(StreamrecError):
+    """Serving cannot start, or does not answer."""
+
+
+def base_url(settings: Settings) -> str:
+    """The HTTP root of the serving application."""
+    return f"http://{settings.serve_host}:{settings.serve_port}"
+
+
+def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Run the serving application of the production model; returns its /healthz body."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    version = served_version(settings)
+    if version is None:
+        raise ServeError(
+            f"{settings.registered_model} has no {settings.serve_model_alias!r} version: "
+            "promote one first (`streamrec promote --version N`)"
+        )
+    with tracking.downloaded_version(settings, version) as directory:
+        versions = read_info(directory).feature_versions
+    state = recorded_state(settings.table_uri(USER_SEQUENCES_TABLE), versions[USER_SEQUENCES_TABLE])
+    if state is None:
+        raise ServeError(f"{USER_SEQUENCES_TABLE} v{versions[USER_SEQUENCES_TABLE]} records no build state")
+    config = ServeConfig.from_settings(settings, versions, history_max_len=state[1])
+    ray_access.connect(settings, log_to_driver=False)
+    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    return wait_healthy(settings, timeout_s)
+
+
+def wait_healthy(settings: Settings, timeout_s: float) -> dict[str, Any]:
+    """Poll /healthz until it answers 200; raises ServeError with the last answer."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"{base_url(settings)}/healthz", timeout=5)
+            if response.status_code == 200:
+                return dict(response.json())
+            last = f"{response.status_code}: {response.text[:300]}"
+        except requests.RequestException as error:
+            last = error.__class__.__name__
+        time.sleep(0.5)
+    raise ServeError(f"serving at {base_url(settings)} did not become healthy in {timeout_s:.0f} s ({last})")
+
+
+def health(settings: Settings) -> dict[str, Any]:
+    """The /healthz body; raises ServeError when serving does not answer."""
+    try:
+        response = requests.get(f"{base_url(settings)}/healthz", timeout=10)
+    except requests.RequestException as error:
+        raise ServeError(f"serving at {base_url(settings)} does not answer ({error.__class__.__name__})") from error
+    body = dict(response.json())
+    body["http_status"] = response.status_code
+    return body
+
+
+def undeploy(settings: Settings) -> bool:
+    """Delete the serving application; False when it was not running."""
+    from ray import serve
+
+    ray_access.connect(settings, log_to_driver=False)
+    if APP_NAME not in serve.status().applications:
+        return False
+    serve.delete(APP_NAME)
+    return True
