@@ -3,8 +3,9 @@
 Starts the mini-cluster, streams synthetic user actions (a few of them malformed) into
 Kafka, ingests them exactly once into bronze/quarantine/silver, brings the feature tables
 up to date, trains the popularity baseline, SASRec and HSTU on Ray Train, registers the
-models in MLflow and prints what every stage made. Each stage names the `streamrec`
-command that does the same by hand. Running it again sends the very same events again:
+models in MLflow, serves the better one (by validation NDCG@10) with Ray Serve, shows a few
+users' recommendations and how a new action changes them, and prints what every stage made.
+Each stage names the `streamrec` command that does the same by hand. Running it again sends the very same events again:
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
 
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
+import requests
 from deltalake import DeltaTable
 from rich.console import Console
 from rich.table import Table
@@ -26,10 +30,12 @@ from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
-from ingestion.producer import produce, with_bad_records
+from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
+from serving.deploy import base_url, deploy
+from serving.registry import promote
 from training.config import EncoderConfig, TrainConfig
 from training.popularity import train_popularity
 from training.runner import train
@@ -101,8 +107,77 @@ def run_demo(args: DemoOptions) -> None:
         f"registered model {settings.registered_model}: HSTU is version {versions['hstu']}, "
         f"SASRec version {versions['sasrec']}"
     )
-    console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   lake: {settings.lake}")
+
+    best = max(versions, key=lambda kind: results[kind]["best_val_ndcg_10"])  # chosen on validation, never test
+    _stage(
+        7,
+        f"serve {best} (best validation NDCG@10)",
+        f"streamrec promote --version {versions[best]}; streamrec serve up",
+    )
+    promote(settings, versions[best])
+    health = deploy(settings)
+    console.print(
+        f"serving version {health['model']['version']} ({health['model']['items']:,} items, "
+        f"{health['model']['index']} index) at {base_url(settings)}"
+    )
+    users = _busiest_users(settings, 2)
+    for user in users:
+        console.print(_recommendations_table(user, _recommend(settings, user)))
+
+    _stage(8, "a new action changes the recommendations", "streamrec produce ... ; streamrec recommend --user U")
+    _show_live_update(settings, users[0])
+
+    console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   Ray dashboard: {settings.ray_dashboard_url}")
+    console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
+
+
+def _recommend(settings: Settings, user: str, k: int = 5) -> dict[str, Any]:
+    response = requests.post(f"{base_url(settings)}/recommend", json={"user_id": user, "k": k}, timeout=30)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def _busiest_users(settings: Settings, count: int) -> list[str]:
+    """The users with the most events in silver (their recommendations are the most telling)."""
+    users = DeltaTable(settings.table_uri(SILVER_TABLE)).to_pyarrow_dataset().to_table(columns=["user_id"])
+    counts = users.group_by("user_id").aggregate([("user_id", "count")]).sort_by([("user_id_count", "descending")])
+    return [str(user) for user in counts["user_id"][:count].to_pylist()]
+
+
+def _recommendations_table(user: str, answer: dict[str, Any], title: str | None = None) -> Table:
+    history = answer["lineage"]["history"]
+    table = Table(
+        title=title or f"/recommend for {user}",
+        caption=f"history: {history['events']} events, Kafka partition {history['partition']} "
+        f"offset {history['offset']}; model {answer['lineage']['model_version']}",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for rank, item in enumerate(answer["items"], start=1):
+        table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}")
+    return table
+
+
+def _show_live_update(settings: Settings, user: str, timeout_s: float = 10.0) -> None:
+    """Produce a dislike of the user's top item and show /recommend without it, timed."""
+    before = _recommend(settings, user)
+    top = before["items"][0]["item_id"]
+    event = {"event_id": f"demo-{uuid.uuid4().hex}", "user_id": user, "item_id": top, "action": "dislike",
+             "ts": int(time.time() * 1000)}  # fmt: skip
+    produce([encode_event(event)], settings, total=1, show_progress=False)
+    sent = time.monotonic()
+    while time.monotonic() - sent < timeout_s:
+        after = _recommend(settings, user)
+        if top not in [item["item_id"] for item in after["items"]]:
+            title = f"/recommend for {user} {time.monotonic() - sent:.2f}s after a dislike of {top}"
+            console.print(_recommendations_table(user, after, title))
+            return
+        time.sleep(0.05)
+    console.print(
+        f"[red]{top} still recommended {timeout_s:.0f}s after the dislike: see `streamrec serve status`[/red]"
+    )
 
 
 def _stage(number: int, title: str, command: str) -> None:

@@ -48,6 +48,8 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == EVENTS
     assert _rows(settings, QUARANTINE_TABLE) > 0
     assert "HSTU is version" in first.stdout and "test split" in first.stdout
+    assert "serving version" in first.stdout and "/recommend for" in first.stdout
+    assert "after a dislike of" in first.stdout  # the new action reached the served recommendations
     silver_rows = _rows(settings, SILVER_TABLE)
 
     # A restarted local broker loses its topics: a new (empty) topic under the same name.
@@ -59,5 +61,6 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     second = _run_demo(env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "ingest starts over" in second.stdout
+    assert "after a dislike of" in second.stdout  # served again, its history tailing the new topic
     assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == 2 * EVENTS
     assert _rows(settings, SILVER_TABLE) == silver_rows  # the same events again: one copy each
