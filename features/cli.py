@@ -28,7 +28,7 @@ def build(
 ) -> None:
     """Build the feature tables from the latest silver/events version; print versions read and written."""
     from features.build import build as run_build
-    from infra.settings import get_settings
+    from infra.cli import load_settings
 
     started = time.monotonic()
 
@@ -36,7 +36,7 @@ def build(
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
 
     try:
-        report = run_build(get_settings(), incremental=incremental, log=log)
+        report = run_build(load_settings(), incremental=incremental, log=log)
     except FileNotFoundError as error:
         console.print(f"[red]features build failed:[/red] {error}")
         raise typer.Exit(1) from error
@@ -56,10 +56,10 @@ def build(
 def versions() -> None:
     """Print the latest feature versions training would read, as JSON."""
     from features.reader import latest_versions
-    from infra.settings import get_settings
+    from infra.cli import load_settings
 
     try:
-        found = latest_versions(get_settings())
+        found = latest_versions(load_settings())
     except FileNotFoundError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from error

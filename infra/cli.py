@@ -37,7 +37,10 @@ ComponentNames = Annotated[
 ]
 
 
-def _settings() -> Settings:
+def load_settings() -> Settings:
+    """The settings for a command; invalid ones are printed (no traceback) and exit with status 2.
+
+    Every package's CLI reads its settings through this one function."""
     try:
         return get_settings()
     except Exception as error:  # pydantic and YAML errors: show them, not a traceback
@@ -58,7 +61,7 @@ def _table(states: list[cluster.ComponentState]) -> Table:
 @app.command()
 def up(components: ComponentNames = None) -> None:
     """Start the local mini-cluster in the background (external components are checked)."""
-    settings = _settings()
+    settings = load_settings()
     with console.status("starting components..."):
         states = cluster.up(settings, components)
     console.print(_table(states))
@@ -75,7 +78,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show each component's health; exits 1 when any is down."""
-    states = cluster.status(_settings(), components)
+    states = cluster.status(load_settings(), components)
     if as_json:
         print(json.dumps([state.__dict__ for state in states]))
     else:
@@ -87,14 +90,14 @@ def status(
 @app.command()
 def down(components: ComponentNames = None) -> None:
     """Stop exactly the processes `up` started."""
-    stopped = cluster.down(_settings(), components)
+    stopped = cluster.down(load_settings(), components)
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings as JSON."""
-    print(_settings().model_dump_json(indent=2))
+    print(load_settings().model_dump_json(indent=2))
 
 
 def _register_plugins() -> None:

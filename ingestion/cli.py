@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from infra.cli import load_settings
+
 if TYPE_CHECKING:
     from infra.settings import Settings
     from ingestion.producer import OutRecord
@@ -16,16 +18,6 @@ Rate = Annotated[float, typer.Option(help="Events per second; 0 sends as fast as
 BadFraction = Annotated[
     float, typer.Option(help="Share of records replaced by malformed ones (every kind takes turns).", min=0, max=1)
 ]
-
-
-def _settings() -> Settings:
-    from infra.settings import get_settings
-
-    try:
-        return get_settings()
-    except Exception as error:  # pydantic and YAML errors: show them, not a traceback
-        typer.echo(f"invalid settings: {error}", err=True)
-        raise typer.Exit(2) from error
 
 
 def _send(records: Iterable[OutRecord], settings: Settings, **options: Any) -> None:
@@ -53,7 +45,7 @@ def produce_synthetic(
     from ingestion.producer import with_bad_records
     from ingestion.synthetic import SyntheticConfig, generate_events
 
-    settings = _settings()
+    settings = load_settings()
     config = SyntheticConfig(users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed)
     records = with_bad_records(generate_events(config), bad_fraction, settings, seed)
     _send(records, settings, rate=rate or None, total=events, description="synthetic")
@@ -75,7 +67,7 @@ def produce_replay(
         raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
     if ts_unit not in ("ms", "s"):
         raise typer.BadParameter("choose ms or s", param_hint="--ts-unit")
-    settings = _settings()
+    settings = load_settings()
     try:
         frame = read_replay(path, fmt, ts_unit=ts_unit, id_prefix=id_prefix)  # type: ignore[arg-type]
     except (ValueError, KeyError) as error:
@@ -110,7 +102,7 @@ def ingest(
             item = f"{item} | total {total[0]:,} records, {rate:,.0f}/s since start"
         console.print(item, markup=False)
 
-    stats = run_ingest(_settings(), until_idle=until_idle, duration_s=for_seconds, report=show)
+    stats = run_ingest(load_settings(), until_idle=until_idle, duration_s=for_seconds, report=show)
     print(stats.to_json())
 
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from infra.cli import load_settings
+
 console = Console(highlight=False)
 serve_app = typer.Typer(help="The Ray Serve application: retrieval and recommendations.", no_args_is_help=True)
 
@@ -21,18 +23,12 @@ def register(app: typer.Typer) -> None:
     app.command("rollback")(rollback)
 
 
-def _settings():  # -> Settings
-    from infra.settings import get_settings
-
-    return get_settings()
-
-
 @serve_app.command("up")
 def up() -> None:
     """Serve the production model on the Ray cluster (returns once /healthz answers)."""
     from serving.deploy import base_url, deploy
 
-    settings = _settings()
+    settings = load_settings()
     with console.status("starting serving (model download, index build, history bootstrap)..."):
         body = deploy(settings)
     model = body["model"]
@@ -47,7 +43,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print /healthz 
     """The served model, swaps, load errors and each history shard's position; exits 1 unless healthy."""
     from serving.deploy import health
 
-    body = health(_settings())
+    body = health(load_settings())
     if as_json:
         print(json.dumps(body))
     else:
@@ -74,7 +70,7 @@ def down() -> None:
     """Delete the serving application from the Ray cluster."""
     from serving.deploy import undeploy
 
-    console.print("serving stopped" if undeploy(_settings()) else "serving was not running")
+    console.print("serving stopped" if undeploy(load_settings()) else "serving was not running")
 
 
 def recommend(
@@ -88,7 +84,7 @@ def recommend(
 
     from serving.deploy import base_url
 
-    settings = _settings()
+    settings = load_settings()
     body: dict[str, str | int | bool] = {"user_id": user, "k": k, "exclude_seen": not include_seen}
     try:
         response = requests.post(f"{base_url(settings)}/recommend", json=body, timeout=30)
@@ -124,7 +120,7 @@ def promote(
     """Point the serving alias at a version: every replica swaps to it without a failed request."""
     from serving.registry import promote as move_alias
 
-    settings = _settings()
+    settings = load_settings()
     before = move_alias(settings, version, model)
     name = model or settings.registered_model
     console.print(f"{name}@{settings.serve_model_alias}: {before or '(none)'} -> {version}")
@@ -136,6 +132,6 @@ def rollback(
     """Move the serving alias back to the version promoted before the current one."""
     from serving.registry import rollback as move_back
 
-    settings = _settings()
+    settings = load_settings()
     previous = move_back(settings, model)
     console.print(f"{model or settings.registered_model}@{settings.serve_model_alias} -> {previous}")
