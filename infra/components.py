@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from infra import ray_access
-from infra.processes import free_port
+from infra.processes import free_port, read_record
 from infra.settings import Settings
 
 
@@ -377,9 +378,112 @@ class SparkWorker(Component):
         return Health(True, f"registered, {mine[0].get('cores')} cores, {mine[0].get('memory')} MB")
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Every setting as its ``STREAMREC_*`` environment variable, so a process streamrec starts
+    (Dagster, a Ray job) reads exactly these settings, whatever its own environment says."""
+    environment = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            value = ",".join(str(part) for part in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        environment[f"STREAMREC_{name.upper()}"] = str(value)
+    return environment
+
+
+DAGSTER_MODULE = "workflows.definitions"  # spawned by module path: infra never imports workflows
+DAGSTER_HEALTH_QUERY = """{
+  workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } }
+  instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } }
+}"""
+
+
+class DagsterWorkflows(Component):
+    """Dagster: webserver and daemon (`dagster dev` supervises both and one shared code server,
+    all in one process group), instance storage in SQLite under ``$STREAMREC_HOME/dagster``.
+
+    Started only when ``dagster_enabled`` is on (or while it runs, so `status` and `down` see it).
+    """
+
+    name = "dagster"
+
+    @property
+    def address(self) -> str:
+        return self.settings.dagster_url
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [(self.settings.dagster_host, self.settings.dagster_port)]
+
+    def prepare(self) -> None:
+        home = self.settings.dagster_home
+        (home / "storage").mkdir(parents=True, exist_ok=True)
+        instance = {
+            "storage": {"sqlite": {"base_dir": str(home / "storage")}},
+            # One run at a time: ingest, feature builds and training share the machine's cores.
+            "run_queue": {"max_concurrent_runs": 1},
+            "code_servers": {"local_startup_timeout": 180},
+            "telemetry": {"enabled": False},
+        }
+        # Written on every start: the file is streamrec's, derived from the settings.
+        header = "# Written by `streamrec up dagster` on every start; edit the streamrec settings instead.\n"
+        (home / "dagster.yaml").write_text(header + yaml.safe_dump(instance, sort_keys=False))
+
+    def environment(self) -> dict[str, str | None]:
+        return {
+            **settings_environment(self.settings),
+            **ray_access.ray_environment(self.settings),
+            "DAGSTER_HOME": str(self.settings.dagster_home),
+        }
+
+    def command(self) -> list[str]:
+        return [
+            _venv_bin("dagster"), "dev", "-m", DAGSTER_MODULE,
+            "--host", self.settings.dagster_host, "--port", str(self.settings.dagster_port),
+        ]  # fmt: skip
+
+    def probe(self) -> Health:
+        base = self.settings.dagster_url
+        try:
+            info = requests.get(f"{base}/server_info", timeout=5)
+            if info.status_code != 200:
+                return Health(False, f"{base}/server_info answered {info.status_code}")
+            answer = requests.post(f"{base}/graphql", json={"query": DAGSTER_HEALTH_QUERY}, timeout=10)
+            data = answer.json()["data"]
+        except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+            return Health(False, f"no answer from the Dagster webserver at {base}: {error.__class__.__name__}")
+        version = info.json().get("dagster_webserver_version", "?")
+        entries = (data.get("workspaceOrError") or {}).get("locationEntries") or []
+        if not entries:
+            return Health(False, "the webserver answers but has no code location yet")
+        for entry in entries:
+            loaded = entry.get("locationOrLoadError") or {}
+            if loaded.get("__typename") == "PythonError":
+                first_line = (loaded.get("message") or "").strip().splitlines()[:1]
+                return Health(False, f"code location {entry['name']} failed to load: {' '.join(first_line)}")
+            if entry.get("loadStatus") != "LOADED":
+                return Health(False, f"code location {entry['name']} is {str(entry.get('loadStatus')).lower()}")
+        daemons = ((data.get("instance") or {}).get("daemonHealth") or {}).get("allDaemonStatuses") or []
+        if not daemons:
+            return Health(False, "the webserver answers but reports no dagster-daemon")
+        down = sorted(d["daemonType"] for d in daemons if d.get("required") and not d.get("healthy"))
+        if down:
+            return Health(False, f"dagster-daemon not healthy yet: {', '.join(down)}")
+        return Health(True, f"webserver {version}, {len(entries)} code location(s), daemon healthy")
+
+
 def all_components(settings: Settings) -> list[Component]:
-    """The mini-cluster's components in start order (the cluster profile adds its extra nodes)."""
+    """The mini-cluster's components in start order (the cluster profile adds its extra nodes;
+    Dagster comes last, when enabled or when a started one still runs)."""
     components: list[Component] = [KafkaBroker(settings), MlflowServer(settings), RayHead(settings)]
     if settings.profile == "cluster":
         components += [RayWorkerNode(settings), SparkMaster(settings), SparkWorker(settings)]
+    dagster = DagsterWorkflows(settings)
+    if settings.dagster_enabled or _recorded_alive(dagster):
+        components.append(dagster)
     return components
+
+
+def _recorded_alive(component: Component) -> bool:
+    record = read_record(component.pid_file)
+    return record is not None and record.alive()

@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-COMPONENTS = ("kafka", "mlflow", "ray", "ray-worker", "spark-master", "spark-worker")
+COMPONENTS = ("kafka", "mlflow", "ray", "ray-worker", "spark-master", "spark-worker", "dagster")
 CLUSTER_PROFILE_COMPONENTS = ("ray-worker", "spark-master", "spark-worker")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 DEFAULT_CONFIG_FILE = Path("streamrec.yaml")
@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP host.")
     serve_port: int = Field(8000, description="Ray Serve HTTP port.")
     dagster_port: int = Field(3000, description="Dagster webserver port.")
+    dagster_host: str = Field("127.0.0.1", description="Dagster webserver host (not loopback = an external Dagster).")
+    dagster_enabled: bool = Field(
+        False,
+        description="`streamrec up` also starts Dagster (webserver + daemon, `dagster dev -m workflows.definitions`) "
+        "and `streamrec up dagster` may name it. Off by default: the test suite's session cluster does not need it.",
+    )
+    dagster_steps: Literal["in_process", "ray_job"] = Field(
+        "in_process",
+        description="How the workflows run ingest and feature builds: in the Dagster run's own process, or as Ray "
+        "jobs on the cluster of ray_address (training always runs on Ray Train workers).",
+    )
+    dagster_job_command: str = Field(
+        "",
+        description="Command line prefix that runs the streamrec CLI inside a Ray job; default: the Python of the "
+        "Dagster process with `-m infra.cli` (right when the Ray head shares this machine's environment).",
+    )
     external: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Components to check but never start, even on loopback (e.g. kafka,mlflow).",
@@ -204,6 +220,11 @@ class Settings(BaseSettings):
         return self.home / "checkpoints"
 
     @property
+    def dagster_home(self) -> Path:
+        """DAGSTER_HOME of the local Dagster: its dagster.yaml, SQLite storage, run logs."""
+        return self.home / "dagster"
+
+    @property
     def ray_token_path(self) -> Path:
         """File of the Ray authentication token (never the user's ~/.ray/auth_token by default)."""
         if self.ray_auth_token_file:
@@ -228,6 +249,11 @@ class Settings(BaseSettings):
         host = _host_port(self.ray_address, 6379)[0]
         return f"http://{host}:{self.ray_dashboard_port}"
 
+    @property
+    def dagster_url(self) -> str:
+        """HTTP root of the Dagster webserver (UI and GraphQL)."""
+        return f"http://{self.dagster_host}:{self.dagster_port}"
+
     def is_local(self, component: str) -> bool:
         """Whether `streamrec up` starts ``component`` here (loopback and not marked external)."""
         if component not in COMPONENTS:
@@ -239,6 +265,8 @@ class Settings(BaseSettings):
         if component == "mlflow":
             parsed = urlparse(self.mlflow_tracking_uri)
             return parsed.scheme in ("http", "https") and parsed.hostname in LOOPBACK_HOSTS
+        if component == "dagster":
+            return self.dagster_host in LOOPBACK_HOSTS
         if component in CLUSTER_PROFILE_COMPONENTS and self.profile != "cluster":
             return False
         if component in ("spark-master", "spark-worker"):

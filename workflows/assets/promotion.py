@@ -1,0 +1,101 @@
+"""Evaluation and promotion assets: the gate of ``workflows.promotion`` as two steps.
+
+``retrieval_evaluation`` evaluates the candidate and production now, on the validation split,
+at the candidate's feature versions, and records both in its metadata (the ``comparison``
+entry holds it whole). ``retrieval_promotion`` decides on the latest evaluation, logs the
+decision to the candidate's MLflow run and moves the alias only when the candidate passes.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
+from typing import Any
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from pydantic import Field
+
+from workflows import promotion
+from workflows.resources import PromotionPolicy, StreamrecResource
+
+GROUP = "promotion"
+SHOWN_METRICS = ("ndcg_10", "hr_10", "ndcg_50", "hr_50", "mrr")
+
+
+class EvaluationConfig(dg.Config):
+    """Which registered version is the candidate."""
+
+    candidate_version: str = Field(
+        default="",
+        description="Registered version to judge; '' = the one retrieval_model registered in this run, "
+        "else the newest registered version.",
+    )
+
+
+@dg.asset(
+    deps=["retrieval_model"],
+    group_name=GROUP,
+    kinds={"mlflow"},
+    description="Candidate and production evaluated now on validation, at the candidate's feature versions.",
+)
+def retrieval_evaluation(
+    context: AssetExecutionContext, config: EvaluationConfig, streamrec: StreamrecResource
+) -> dg.MaterializeResult:
+    settings = streamrec.settings()
+    candidate = config.candidate_version or _registered_in_this_run(context) or promotion.newest_version(settings)
+    if candidate is None:
+        raise dg.Failure(f"{settings.registered_model} has no registered version to evaluate; train one first")
+    context.log.info(f"evaluating candidate {settings.registered_model} version {candidate} against production")
+    comparison = promotion.compare(settings, candidate)
+    metadata: dict[str, Any] = {
+        "registered_model": comparison.model,
+        "candidate_version": comparison.candidate_version,
+        "candidate_run_id": comparison.candidate_run_id,
+        "production_version": comparison.production_version,
+        "split": promotion.SPLIT,
+        **{f"version.{table}": version for table, version in comparison.feature_versions.items()},
+        "comparison": dg.MetadataValue.json(json_safe(comparison)),
+    }
+    for name in SHOWN_METRICS:
+        key = promotion.PREFIX + name
+        metadata[f"candidate_{key}"] = comparison.candidate_metrics.get(key)
+        if comparison.production_metrics is not None:
+            metadata[f"production_{key}"] = comparison.production_metrics.get(key)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    deps=["retrieval_evaluation"],
+    group_name=GROUP,
+    kinds={"mlflow"},
+    description="The serving alias after the gate: moved to the candidate only if it beat production by the margin.",
+)
+def retrieval_promotion(
+    context: AssetExecutionContext, streamrec: StreamrecResource, promotion_policy: PromotionPolicy
+) -> dg.MaterializeResult:
+    settings = streamrec.settings()
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("retrieval_evaluation"))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure("retrieval_evaluation was never materialised: evaluate a candidate first")
+    recorded = event.asset_materialization.metadata["comparison"].value
+    comparison = promotion.Comparison(**recorded)
+    outcome = promotion.settle(settings, comparison, promotion_policy.policy())
+    for note in outcome.notes:
+        context.log.warning(note)
+    context.log.info(f"gate {outcome.decision.label}: {outcome.decision.reason}")
+    metadata = {**promotion.outcome_metadata(outcome), "evaluation_run_id": event.run_id}
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.production_after}"))
+
+
+def _registered_in_this_run(context: AssetExecutionContext) -> str | None:
+    """The version retrieval_model registered earlier in this same run, if it did."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("retrieval_model"))
+    if event is None or event.run_id != context.run_id or event.asset_materialization is None:
+        return None
+    version = event.asset_materialization.metadata.get("model_version")
+    return None if version is None else str(version.value)
+
+
+def json_safe(comparison: promotion.Comparison) -> dict[str, Any]:
+    """The comparison as plain JSON data (what ``Comparison(**data)`` reads back)."""
+    import json
+
+    return dict(json.loads(comparison.to_json()))

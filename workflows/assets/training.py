@@ -1,0 +1,103 @@
+"""The retrieval model asset: a training run on Ray Train, tracked and registered in MLflow.
+
+By default it warm-starts from the version serving now (the ``production`` alias) and keeps
+that version's architecture; with ``from_scratch`` (the daily retraining), or while nothing is
+in production, it trains the architecture of the config from random initialisation.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
+from typing import Any, Literal
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from pydantic import Field
+
+from workflows.resources import StreamrecResource
+
+GROUP = "training"
+
+
+class RetrievalTrainConfig(dg.Config):
+    """A training run of the retrieval model (architecture fields apply to from-scratch runs)."""
+
+    from_scratch: bool = Field(default=False, description="Ignore production and train from random initialisation.")
+    kind: Literal["hstu", "sasrec"] = Field(default="hstu", description="From scratch: hstu or sasrec.")
+    dim: int = Field(default=50, description="From scratch: embedding and hidden width.")
+    num_blocks: int = Field(default=2, description="From scratch: attention blocks.")
+    num_heads: int = Field(default=1, description="From scratch: attention heads.")
+    max_len: int = Field(default=200, description="From scratch: history length the encoder reads.")
+    dropout: float = Field(default=0.2, description="From scratch: dropout.")
+    epochs: int = Field(default=5, description="Most epochs (early stopping may end sooner).")
+    batch_size: int = Field(default=128, description="Sequences per batch on each worker.")
+    lr: float = Field(default=1e-3, description="Adam learning rate of the dense parameters.")
+    patience: int = Field(default=5, description="Early-stopping patience in epochs; 0 = never.")
+    seed: int = Field(default=0, description="Seed of initialisation, shuffling and negatives.")
+    workers: int = Field(default=0, description="Ray Train workers; 0 = settings.train_workers.")
+
+
+@dg.asset(
+    deps=["item_vocab", "user_sequences"],
+    group_name=GROUP,
+    kinds={"ray", "pytorch", "mlflow"},
+    description="A registered version of the retrieval model (settings.registered_model), trained on Ray Train.",
+)
+def retrieval_model(
+    context: AssetExecutionContext, config: RetrievalTrainConfig, streamrec: StreamrecResource
+) -> dg.MaterializeResult:
+    from serving.registry import served_version
+    from training import tracking
+    from training.config import EncoderConfig, TrainConfig
+    from training.model_io import read_info
+    from training.runner import train
+
+    settings = streamrec.settings()
+    production = None if config.from_scratch else served_version(settings)
+    if production is None:
+        encoder = EncoderConfig(
+            kind=config.kind,
+            dim=config.dim,
+            num_blocks=config.num_blocks,
+            num_heads=config.num_heads,
+            max_len=config.max_len,
+            dropout=config.dropout,
+        )
+        context.log.info("training from scratch" + ("" if config.from_scratch else ": no production version yet"))
+    else:
+        with tracking.downloaded_version(settings, production) as directory:
+            encoder = read_info(directory).encoder  # a warm start continues production's architecture
+        context.log.info(f"warm start from production version {production} ({encoder.kind}, dim {encoder.dim})")
+    train_config = TrainConfig(
+        encoder=encoder,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        patience=config.patience,
+        seed=config.seed,
+    )
+    outcome = train(settings, train_config, workers=config.workers or None, warm_start=production, log=context.log.info)
+    run_url = f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{tracking.experiment_id(settings)}/runs/"
+    metadata: dict[str, Any] = {
+        "registered_model": settings.registered_model,
+        "model_version": outcome.model_version,
+        "mlflow_run_id": outcome.run_id,
+        "mlflow_run": dg.MetadataValue.url(run_url + outcome.run_id),
+        "run_name": outcome.run_name,
+        "warm_start_from": production or "none (from scratch)",
+        "model": encoder.kind,
+        "epochs_run": len(outcome.history),
+        "best_epoch": outcome.best_epoch,
+    }
+    versions = _feature_versions(settings, outcome.run_id)
+    metadata.update({f"version.{table}": version for table, version in versions.items()})
+    for key in ("best_val_ndcg_10", "best_val_hr_10", "test_ndcg_10", "test_hr_10"):
+        if key in outcome.metrics:
+            metadata[key] = outcome.metrics[key]
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.model_version}"))
+
+
+def _feature_versions(settings: Any, run_id: str) -> dict[str, int]:
+    """The feature versions the run read (its ``version.<table>`` params)."""
+    from training import tracking
+
+    params = tracking.client(settings).get_run(run_id).data.params
+    return {key.removeprefix("version."): int(value) for key, value in params.items() if key.startswith("version.")}

@@ -1,0 +1,54 @@
+"""Jobs over the assets (each runs the asset checks of what it materialises)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from workflows.assets import feature_build, ingest, retrieval_evaluation, retrieval_model, retrieval_promotion
+from workflows.assets.training import RetrievalTrainConfig
+
+WARM_START_EPOCHS = 3
+FULL_RETRAIN_EPOCHS = 20
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(ingest),
+    description="Ingest until idle: the topic's records into bronze/quarantine and silver.",
+)
+
+features_job = dg.define_asset_job(
+    "features_job",
+    selection=dg.AssetSelection.assets(feature_build),
+    description="Incremental feature build from the latest silver version.",
+)
+
+warm_start_training_job = dg.define_asset_job(
+    "warm_start_training_job",
+    selection=dg.AssetSelection.assets(retrieval_model),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(epochs=WARM_START_EPOCHS)}),
+    description="A short run that continues the production model on the latest features.",
+)
+
+full_retraining_job = dg.define_asset_job(
+    "full_retraining_job",
+    selection=dg.AssetSelection.assets(retrieval_model),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(from_scratch=True, epochs=FULL_RETRAIN_EPOCHS)}),
+    description="Training from scratch on the latest features.",
+)
+
+promotion_job = dg.define_asset_job(
+    "promotion_job",
+    selection=dg.AssetSelection.assets(retrieval_evaluation, retrieval_promotion),
+    description="Evaluate a candidate against production on the same data, then the promotion gate.",
+)
+
+loop_job = dg.define_asset_job(
+    "loop_job",
+    selection=dg.AssetSelection.assets(
+        ingest, feature_build, retrieval_model, retrieval_evaluation, retrieval_promotion
+    ),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(epochs=WARM_START_EPOCHS)}),
+    description="One round of the loop: ingest, features, warm-start training, evaluation and the gate.",
+)
+
+ALL_JOBS = [ingest_job, features_job, warm_start_training_job, full_retraining_job, promotion_job, loop_job]

@@ -1,0 +1,274 @@
+"""The promotion gate: a candidate version gets the serving alias only if it beats production.
+
+Both versions are evaluated *now*, on the validation split, at the *same* feature versions:
+the candidate's (the ones it was trained on, from its model.json). Production is the version
+the serving alias (``serve_model_alias``, ``production``) names. The rule (``decide``):
+
+* no production version yet: the candidate is promoted (the first one);
+* the candidate already is production: nothing changes;
+* ``relative`` margin (default, 1%): promoted iff candidate > production x (1 + margin);
+* ``absolute`` margin: promoted iff candidate > production + margin.
+
+The comparison is strict, so a candidate that only ties production is refused. Relative is the
+default because NDCG values depend on the catalogue and the data (a fixed absolute gain means
+little when production scores 0.02 and a lot when it scores 0.4). The decision, both values and
+the threshold are logged to the candidate's MLflow run (``gate_*`` metrics and tags); a refused
+candidate leaves the alias where it is. Everything here is plain functions: the Dagster assets
+(``workflows.assets.promotion``) and the demo call them.
+
+One round from code::
+
+    from workflows.promotion import GatePolicy, run_gate
+    outcome = run_gate(settings, candidate_version, GatePolicy())   # evaluate, decide, log, promote
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from infra.settings import Settings
+
+SPLIT = "validation"
+PREFIX = "val_"  # the metric keys of the validation split (val_ndcg_10, ...)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a candidate must achieve: ``metric`` on validation above production by ``margin``."""
+
+    metric: str = "ndcg_10"
+    margin: float = 0.01
+    margin_kind: Literal["relative", "absolute"] = "relative"
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ValueError(f"the margin must not be negative, got {self.margin}")
+        if self.margin_kind not in ("relative", "absolute"):
+            raise ValueError(f"margin_kind must be relative or absolute, got {self.margin_kind!r}")
+
+    @property
+    def key(self) -> str:
+        """The metric's key among the validation metrics (``val_ndcg_10``)."""
+        return PREFIX + self.metric
+
+    def threshold(self, production: float) -> float:
+        """The value a candidate must exceed."""
+        if self.margin_kind == "relative":
+            return production * (1.0 + self.margin)
+        return production + self.margin
+
+    def describe(self) -> str:
+        gain = f"{self.margin:.0%}" if self.margin_kind == "relative" else f"+{self.margin:g}"
+        return f"validation {self.metric} above production by {gain} ({self.margin_kind})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate and production evaluated on validation at the candidate's feature versions."""
+
+    model: str
+    candidate_version: str
+    candidate_run_id: str
+    feature_versions: dict[str, int]
+    candidate_metrics: dict[str, float]
+    production_version: str | None = None
+    production_metrics: dict[str, float] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Comparison:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict on a comparison."""
+
+    promote: bool
+    label: Literal["first", "promoted", "refused", "unchanged"]
+    reason: str
+    candidate_value: float
+    production_value: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What the gate did: the comparison, the decision and where the alias points afterwards."""
+
+    comparison: Comparison
+    decision: Decision
+    policy: GatePolicy
+    production_before: str | None
+    production_after: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def decide(comparison: Comparison, policy: GatePolicy) -> Decision:
+    """The gate's rule (see the module docstring); no side effects."""
+    candidate = _metric(comparison.candidate_metrics, policy, "candidate")
+    production_version = comparison.production_version
+    if production_version is None or comparison.production_metrics is None:
+        return Decision(True, "first", f"no {comparison.model} version is in production yet", candidate)
+    production = _metric(comparison.production_metrics, policy, "production")
+    if production_version == comparison.candidate_version:
+        return Decision(
+            False, "unchanged", f"version {production_version} already is production", candidate, production
+        )
+    threshold = policy.threshold(production)
+    shown = f"{policy.metric} {candidate:.4f} vs production v{production_version} {production:.4f}"
+    if math.isnan(candidate) or math.isnan(production):
+        return Decision(False, "refused", f"{shown}: a metric is NaN", candidate, production, threshold)
+    if candidate > threshold:
+        reason = f"{shown}: beats the threshold {threshold:.4f} ({policy.describe()})"
+        return Decision(True, "promoted", reason, candidate, production, threshold)
+    reason = f"{shown}: not above the threshold {threshold:.4f} ({policy.describe()}); the alias stays"
+    return Decision(False, "refused", reason, candidate, production, threshold)
+
+
+def _metric(metrics: dict[str, float], policy: GatePolicy, who: str) -> float:
+    if policy.key not in metrics:
+        raise ValueError(f"the {who}'s validation metrics have no {policy.key}; known: {sorted(metrics)}")
+    return float(metrics[policy.key])
+
+
+def evaluate_at(settings: Settings, version: str, versions: dict[str, int]) -> dict[str, float]:
+    """Validation metrics (``val_*``) of registered ``version`` at feature ``versions``.
+
+    Like ``training.version_eval.evaluate_version``, but at the given feature versions rather
+    than the model's own or the newest: the gate reads production at the candidate's.
+    """
+    from features.reader import FeatureVersions, load_examples
+    from training import tracking
+    from training.evaluation import split_metrics, split_ranks
+    from training.metrics import DEFAULT_KS
+    from training.model_io import read_info
+    from training.retriever import Retriever
+
+    with tracking.downloaded_version(settings, version) as directory:
+        retriever = Retriever.from_directory(directory)
+        info = read_info(directory)
+    examples = load_examples(settings, SPLIT, FeatureVersions.from_dict(versions), max_len=info.encoder.max_len)
+    return split_metrics(split_ranks(retriever, examples), DEFAULT_KS, PREFIX.rstrip("_"))
+
+
+def model_feature_versions(settings: Settings, version: str) -> dict[str, int]:
+    """The feature versions registered ``version`` was trained on (its model.json)."""
+    from training import tracking
+    from training.model_io import read_info
+
+    with tracking.downloaded_version(settings, version) as directory:
+        return read_info(directory).feature_versions
+
+
+def compare(settings: Settings, candidate_version: str) -> Comparison:
+    """Evaluate the candidate and the current production version at the candidate's feature versions."""
+    from serving.registry import served_version
+    from training import tracking
+
+    name = settings.registered_model
+    run_id = tracking.client(settings).get_model_version(name, candidate_version).run_id or ""
+    versions = model_feature_versions(settings, candidate_version)
+    candidate_metrics = evaluate_at(settings, candidate_version, versions)
+    production = served_version(settings)
+    production_metrics = None
+    if production is not None:
+        same = production == candidate_version
+        production_metrics = candidate_metrics if same else evaluate_at(settings, production, versions)
+    return Comparison(name, candidate_version, run_id, versions, candidate_metrics, production, production_metrics)
+
+
+def record(settings: Settings, comparison: Comparison, decision: Decision, policy: GatePolicy) -> None:
+    """Log the comparison and the decision to the candidate's MLflow run (``gate_*``)."""
+    from training import tracking
+
+    if not comparison.candidate_run_id:
+        return
+    metrics = {f"gate_candidate_{key}": value for key, value in comparison.candidate_metrics.items()}
+    for key, value in (comparison.production_metrics or {}).items():
+        metrics[f"gate_production_{key}"] = value
+    if decision.threshold is not None:
+        metrics[f"gate_threshold_{policy.key}"] = decision.threshold
+    tracking.log_metrics(settings, comparison.candidate_run_id, metrics, step=0)
+    tracking.set_tags(
+        settings,
+        comparison.candidate_run_id,
+        {
+            "gate_decision": decision.label,
+            "gate_promoted": str(decision.promote).lower(),
+            "gate_reason": decision.reason[:5000],
+            "gate_production_version": comparison.production_version or "",
+            "gate_feature_versions": json.dumps(comparison.feature_versions, sort_keys=True),
+            "gate_policy": json.dumps(asdict(policy), sort_keys=True),
+        },
+    )
+
+
+def settle(settings: Settings, comparison: Comparison, policy: GatePolicy) -> GateOutcome:
+    """Decide on ``comparison``, log it to the candidate's run, and promote when it passes.
+
+    When the alias moved since the comparison was made, the candidate is compared again with
+    the version that serves now: the gate never judges against a stale production.
+    """
+    from serving.registry import promote, served_version
+
+    notes = []
+    before = served_version(settings)
+    if before != comparison.production_version:
+        notes.append(
+            f"production moved from {comparison.production_version} to {before} since the evaluation: compared again"
+        )
+        comparison = compare(settings, comparison.candidate_version)
+    decision = decide(comparison, policy)
+    record(settings, comparison, decision, policy)
+    after = before
+    if decision.promote:
+        promote(settings, comparison.candidate_version)
+        after = comparison.candidate_version
+    return GateOutcome(comparison, decision, policy, before, after, notes)
+
+
+def run_gate(settings: Settings, candidate_version: str, policy: GatePolicy | None = None) -> GateOutcome:
+    """One gate round: ``compare`` then ``settle`` (what the demo calls after training)."""
+    return settle(settings, compare(settings, candidate_version), policy or GatePolicy())
+
+
+def newest_version(settings: Settings) -> str | None:
+    """The highest registered version of ``settings.registered_model`` (None: none yet)."""
+    versions = registered_versions(settings)
+    return str(max(versions)) if versions else None
+
+
+def registered_versions(settings: Settings) -> list[int]:
+    """Every registered version number of ``settings.registered_model``."""
+    from training import tracking
+
+    found = tracking.client(settings).search_model_versions(filter_string=f"name = '{settings.registered_model}'")
+    return sorted(int(version.version) for version in found)
+
+
+def outcome_metadata(outcome: GateOutcome) -> dict[str, Any]:
+    """Flat metadata of a gate outcome (for the Dagster UI)."""
+    decision = outcome.decision
+    metadata: dict[str, Any] = {
+        "decision": decision.label,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "candidate_version": outcome.comparison.candidate_version,
+        "candidate_run_id": outcome.comparison.candidate_run_id,
+        "production_before": outcome.production_before,
+        "production_after": outcome.production_after,
+        f"candidate_{outcome.policy.key}": decision.candidate_value,
+        f"production_{outcome.policy.key}": decision.production_value,
+        "threshold": decision.threshold,
+        "policy": outcome.policy.describe(),
+        "feature_versions": outcome.comparison.feature_versions,
+    }
+    if outcome.notes:
+        metadata["notes"] = "; ".join(outcome.notes)
+    return metadata

@@ -1,0 +1,188 @@
+"""Dagster resources of streamrec, built from the one settings object (``infra.settings``).
+
+* ``StreamrecResource``: the Settings every step, sensor and check runs with. The addresses
+  (home and lake, broker and topic, MLflow and its registered model, Ray, Spark) are fields of
+  their own, so the Dagster UI shows them; every other setting travels in ``other_settings``.
+* ``StepRunner``: how ingest and feature builds run: ``in_process`` (in the Dagster run's
+  process) or ``ray_job`` (a `streamrec` command as a Ray job on the cluster of the
+  settings). Training always runs on Ray Train workers; its driver is light.
+* ``QualityThresholds``: the limits of the asset checks.
+* ``PromotionPolicy``: the gate's metric and margin (``workflows.promotion``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from infra.settings import Settings
+from workflows.promotion import GatePolicy
+
+Log = Callable[[str], None]
+
+# Settings shown as fields of their own in the Dagster UI (and overridable in the launchpad).
+ADDRESS_SETTINGS = (
+    "home",
+    "lake_uri",
+    "kafka_bootstrap",
+    "topic",
+    "mlflow_tracking_uri",
+    "mlflow_experiment",
+    "registered_model",
+    "serve_model_alias",
+    "ray_address",
+    "ray_dashboard_port",
+    "spark_master",
+)
+
+
+class StreamrecResource(dg.ConfigurableResource):
+    """The streamrec settings of the workflow: lake, broker, MLflow, Ray and Spark access."""
+
+    home: str = Field(description="STREAMREC_HOME: lake, checkpoints, logs.")
+    lake_uri: str = Field(default="", description="Root of the Delta tables ('' = <home>/lake).")
+    kafka_bootstrap: str = Field(description="Kafka bootstrap servers.")
+    topic: str = Field(description="Topic of user-action events.")
+    mlflow_tracking_uri: str = Field(description="MLflow tracking server (and model registry).")
+    mlflow_experiment: str = Field(description="MLflow experiment of training runs.")
+    registered_model: str = Field(description="Registered retrieval model the gate promotes versions of.")
+    serve_model_alias: str = Field(description="The alias serving follows (production).")
+    ray_address: str = Field(description="Ray cluster: GCS host:port or ray:// URI.")
+    ray_dashboard_port: int = Field(description="Port of the Ray dashboard (job API, state API).")
+    spark_master: str = Field(description="Spark master of the ingest and full feature builds.")
+    other_settings: str = Field(default="{}", description="Every other streamrec setting, as JSON.")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamrecResource:
+        """The resource that reproduces ``settings`` exactly."""
+        values = settings.model_dump(mode="json")
+        shown = {name: values.pop(name) for name in ADDRESS_SETTINGS}
+        return cls(**shown, other_settings=json.dumps(values, sort_keys=True))
+
+    def settings(self) -> Settings:
+        """The Settings object the streamrec functions take."""
+        values = {name: getattr(self, name) for name in ADDRESS_SETTINGS}
+        return Settings(**json.loads(self.other_settings), **values)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a heavy step reported: its summary and, for a Ray job, the job's id and log."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    ray_job_id: str | None = None
+    seconds: float | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"ran_as": "ray_job" if self.ray_job_id else "in_process"}
+        if self.ray_job_id:
+            found["ray_job_id"] = self.ray_job_id
+        if self.seconds is not None:
+            found["seconds"] = round(self.seconds, 1)
+        return found
+
+
+class StepRunner(dg.ConfigurableResource):
+    """Runs ingest and feature builds in this process or as Ray jobs (``mode``)."""
+
+    mode: Literal["in_process", "ray_job"] = Field(
+        default="in_process", description="in_process: in the Dagster run's process; ray_job: a Ray job on the cluster."
+    )
+    poll_s: float = Field(default=2.0, description="How often a Ray job's status and log are read.")
+    timeout_s: float = Field(default=3600.0, description="A Ray job running longer is stopped and the step fails.")
+    log_tail_lines: int = Field(default=40, description="Lines of a failed job's log shown with the failure.")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StepRunner:
+        return cls(mode=settings.dagster_steps)
+
+    def ingest(self, settings: Settings, log: Log) -> StepOutcome:
+        """`streamrec ingest --until-idle`: everything on the topic now lands in bronze/quarantine/silver."""
+        if self.mode == "ray_job":
+            result = self._ray_job(settings, ["ingest", "--until-idle"], "ingest", log)
+            return StepOutcome(result.last_json("batches") or {}, result.job_id, result.seconds)
+        from ingestion.stream import run_ingest
+
+        stats = run_ingest(settings, until_idle=True, report=lambda item: log(str(item)))
+        return StepOutcome(json.loads(stats.to_json()), seconds=stats.seconds)
+
+    def build_features(self, settings: Settings, log: Log) -> StepOutcome:
+        """`streamrec features build --incremental`: the feature tables catch up with silver."""
+        if self.mode == "ray_job":
+            result = self._ray_job(settings, ["features", "build", "--incremental"], "features", log)
+            found = re.search(r"features build \((\w+)\) from silver/events version (\d+)", result.logs)
+            parsed = {"mode": found.group(1), "silver_version": int(found.group(2))} if found else {}
+            return StepOutcome(parsed, result.job_id, result.seconds)
+        from features.build import build
+
+        report = build(settings, incremental=True, log=log)
+        summary: dict[str, Any] = {"mode": report.mode, "silver_version": report.silver_version}
+        if report.new_silver_rows is not None:
+            summary["new_silver_rows"] = report.new_silver_rows
+        if report.fallback_reason:
+            summary["fallback_reason"] = report.fallback_reason
+        summary["rows_written"] = {update.table: update.rows for update in report.tables}
+        return StepOutcome(summary)
+
+    def _ray_job(self, settings: Settings, args: list[str], step: str, log: Log) -> Any:
+        from workflows.ray_jobs import RayJobError, run_ray_job
+
+        try:
+            return run_ray_job(
+                settings, args, step=step, log=log, poll_s=self.poll_s, timeout_s=self.timeout_s,
+                tail_lines=self.log_tail_lines,
+            )  # fmt: skip
+        except RayJobError as error:
+            raise dg.Failure(
+                description=str(error).splitlines()[0],
+                metadata={
+                    "ray_job_id": error.job_id,
+                    "status": error.status,
+                    "log_tail": dg.MetadataValue.md(f"```\n{error.tail}\n```"),
+                },  # fmt: skip
+            ) from error
+
+
+class QualityThresholds(dg.ConfigurableResource):
+    """Limits of the asset checks (``workflows.checks``)."""
+
+    quarantine_max_rate: float = Field(default=0.05, description="Most quarantine rows / all ingested records.")
+    silver_max_age_hours: float = Field(default=48.0, description="Oldest the newest silver event may be, in hours.")
+    user_sequences_min_ratio: float = Field(
+        default=0.9, description="Fewest user_sequences rows vs the previous version."
+    )
+    user_sequences_max_ratio: float = Field(
+        default=2.0, description="Most user_sequences rows vs the previous version."
+    )
+
+
+class PromotionPolicy(dg.ConfigurableResource):
+    """The promotion gate: a candidate must beat production's validation ``metric`` by ``margin``."""
+
+    metric: str = Field(default="ndcg_10", description="Validation metric compared (hr_10, ndcg_10, mrr, ...).")
+    margin: float = Field(
+        default=0.01, ge=0, description="Required gain: a fraction of production's value, or absolute."
+    )
+    margin_kind: Literal["relative", "absolute"] = Field(
+        default="relative",
+        description="relative: candidate > production x (1 + margin); absolute: > production + margin.",
+    )
+
+    def policy(self) -> GatePolicy:
+        return GatePolicy(metric=self.metric, margin=self.margin, margin_kind=self.margin_kind)
+
+
+def resources_from_settings(settings: Settings) -> dict[str, Any]:
+    """Every resource of the definitions, from ``settings``."""
+    return {
+        "streamrec": StreamrecResource.from_settings(settings),
+        "steps": StepRunner.from_settings(settings),
+        "quality": QualityThresholds(),
+        "promotion_policy": PromotionPolicy(),
+    }

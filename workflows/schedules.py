@@ -1,0 +1,33 @@
+"""Schedules (UTC; stopped until turned on in the UI or with `dagster schedule start`)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from workflows.jobs import full_retraining_job, ingest_job, warm_start_training_job
+
+hourly_warm_start_training = dg.ScheduleDefinition(
+    name="hourly_warm_start_training",
+    job=warm_start_training_job,
+    cron_schedule="0 * * * *",
+    execution_timezone="UTC",
+    description="Every hour: continue the production model on the latest features (a few epochs).",
+)
+
+daily_full_retraining = dg.ScheduleDefinition(
+    name="daily_full_retraining",
+    job=full_retraining_job,
+    cron_schedule="30 3 * * *",
+    execution_timezone="UTC",
+    description="Every day at 03:30 UTC: train from scratch on the latest features.",
+)
+
+ingest_every_15_minutes = dg.ScheduleDefinition(
+    name="ingest_every_15_minutes",
+    job=ingest_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    description="Every 15 minutes: ingest until idle. Leave it off while a continuous `streamrec ingest` runs.",
+)
+
+ALL_SCHEDULES = [hourly_warm_start_training, daily_full_retraining, ingest_every_15_minutes]
