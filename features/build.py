@@ -1,4 +1,5 @@
-"""`streamrec features build`: item_vocab, user_sequences and item_stats from silver/events.
+"""`streamrec features build`: item_vocab, user_sequences, item_stats (and, when asked,
+ranking_examples) from silver/events.
 
 Full build (Spark): reads silver at its latest version, appends unseen items to the
 vocabulary, and overwrites user_sequences and item_stats. Incremental build (Arrow): reads
@@ -6,6 +7,11 @@ only the silver rows added since the version each table recorded, appends their 
 and MERGEs the rebuilt rows of the users and items they touch. Each write records the silver
 version and max_len in its commit (``features.tables.build_record``), so a crashed build
 re-runs from where each table stopped. See docs/features.md.
+
+``ranking_examples`` (``build(..., ranking=RankingSpec())``, docs/ranking.md) is built last:
+a full build runs the exposure kernel in Spark; an incremental build rebuilds, from all
+silver rows of each user with new events, only that user's rows from (earliest new event -
+window) on, and MERGEs them (rows that no longer exist deleted in the same commit).
 """
 
 from __future__ import annotations
@@ -15,21 +21,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
-from features import arrow_jobs
+from features import arrow_jobs, ranking
+from features.ranking import RankingSpec
 from features.silver import EVENT_COLUMNS, SilverChanges, rows_of_users, silver_changes
 from features.tables import (
     ITEM_STATS_SCHEMA,
     ITEM_STATS_TABLE,
     ITEM_VOCAB_SCHEMA,
     ITEM_VOCAB_TABLE,
+    RANKING_EXAMPLES_SCHEMA,
+    RANKING_EXAMPLES_TABLE,
+    RANKING_ROWS_SCHEMA,
     USER_SEQUENCES_SCHEMA,
     USER_SEQUENCES_TABLE,
+    RankingState,
     build_record,
+    ranking_record,
+    ranking_state,
     recorded_state,
     rows_with,
 )
@@ -69,26 +83,33 @@ class BuildReport:
         return {SILVER_TABLE: self.silver_version, **{update.table: update.version for update in self.tables}}
 
 
-def build(settings: Settings, incremental: bool = False, log: Log = print) -> BuildReport:
-    """Bring the feature tables up to the latest silver/events version."""
+def build(
+    settings: Settings, incremental: bool = False, log: Log = print, ranking: RankingSpec | None = None
+) -> BuildReport:
+    """Bring the feature tables up to the latest silver/events version (and
+    features/ranking_examples too when ``ranking`` is given)."""
     silver_uri = settings.table_uri(SILVER_TABLE)
     silver_version = table_version(silver_uri)
     if silver_version is None:
         raise FileNotFoundError(f"no silver/events table at {silver_uri}; run ingestion first")
     log(f"read {SILVER_TABLE} version {silver_version}")
     if incremental:
-        reason = _full_build_reason(settings, silver_version)
+        reason = _full_build_reason(settings, silver_version, ranking)
         if not reason:
-            return _incremental_build(settings, silver_version, log)
+            return _incremental_build(settings, silver_version, log, ranking)
         log(f"incremental build not possible ({reason}): running a full build")
-        report = _full_build(settings, silver_version, log)
+        report = _full_build(settings, silver_version, log, ranking)
         report.fallback_reason = reason
         return report
-    return _full_build(settings, silver_version, log)
+    return _full_build(settings, silver_version, log, ranking)
 
 
-def _full_build_reason(settings: Settings, silver_version: int) -> str:
+def _full_build_reason(settings: Settings, silver_version: int, spec: RankingSpec | None = None) -> str:
     """Why an incremental build must run as a full build, or '' when it can run."""
+    if spec is not None:
+        reason = _ranking_full_build_reason(settings, silver_version, spec)
+        if reason:
+            return reason
     for name in FEATURE_TABLES:
         state = recorded_state(settings.table_uri(name))
         if state is None:
@@ -101,10 +122,29 @@ def _full_build_reason(settings: Settings, silver_version: int) -> str:
     return ""
 
 
+def _ranking_full_build_reason(settings: Settings, silver_version: int, spec: RankingSpec) -> str:
+    name = RANKING_EXAMPLES_TABLE
+    state = ranking_state(settings.table_uri(name))
+    if state is None:
+        return f"{name} has no recorded build"
+    if (state.window_ms, state.max_len) != (spec.window_ms, spec.max_len):
+        return (
+            f"{name} was built with window_ms {state.window_ms} and max_len {state.max_len}, "
+            f"now asked for {spec.window_ms} and {spec.max_len}"
+        )
+    if spec.boundaries is not None and spec.boundaries != (state.validation_from_ts, state.test_from_ts):
+        return f"{name} was split at {(state.validation_from_ts, state.test_from_ts)}, now asked for {spec.boundaries}"
+    if (state.validation_from_ts, state.test_from_ts) == (0, 0) and spec.boundaries is None:
+        return f"{name} has no split boundaries yet (it was built from no rows)"
+    if state.silver_version > silver_version:
+        return f"{name} reflects silver version {state.silver_version}, newer than the current {silver_version}"
+    return ""
+
+
 # Full build (Spark) ---------------------------------------------------------------------
 
 
-def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildReport:
+def _full_build(settings: Settings, silver_version: int, log: Log, spec: RankingSpec | None = None) -> BuildReport:
     from features import spark_jobs
     from infra.lake import read_delta
     from infra.spark import spark_session
@@ -129,9 +169,36 @@ def _full_build(settings: Settings, silver_version: int, log: Log) -> BuildRepor
 
         stats = _arrow(spark_jobs.item_stats(events, vocab_df), ITEM_STATS_SCHEMA, "item_index")
         report.tables.append(_overwrite(settings, ITEM_STATS_TABLE, stats, record, log))
+
+        if spec is not None:
+            from pyspark.sql import functions as F
+
+            partitions = max(1, int(spark.conf.get("spark.sql.shuffle.partitions") or "1"))
+            rows_df = spark_jobs.ranking_examples(events, vocab_df, spec.window_ms, spec.max_len, partitions)
+            rows = rows_df.toArrow().select(RANKING_ROWS_SCHEMA.names).cast(RANKING_ROWS_SCHEMA)
+            watermark = events.agg(F.max("ts")).collect()[0][0]
+            report.tables.append(_write_ranking(settings, rows, silver_version, watermark, spec, log))
     finally:
         events.unpersist()
     return report
+
+
+def _write_ranking(
+    settings: Settings, rows: pa.Table, silver_version: int, watermark: int | None, spec: RankingSpec, log: Log
+) -> TableUpdate:
+    """Overwrite features/ranking_examples with ``rows``, split at the spec's, the recorded
+    or (first build) the quantile boundaries."""
+    recorded = ranking_state(settings.table_uri(RANKING_EXAMPLES_TABLE))
+    boundaries = spec.boundaries
+    if boundaries is None and recorded is not None and (recorded.validation_from_ts, recorded.test_from_ts) != (0, 0):
+        boundaries = (recorded.validation_from_ts, recorded.test_from_ts)
+    if boundaries is None:
+        boundaries = ranking.quantile_boundaries(rows.column("ts").to_numpy())
+        log(f"{RANKING_EXAMPLES_TABLE}: split boundaries from the rows' ts quantiles: {boundaries}")
+    order = [(name, "ascending") for name in ("user_id", "ts", "kafka_partition", "kafka_offset")]
+    table = ranking.with_split(rows.sort_by(order), boundaries)
+    state = RankingState(silver_version, spec.max_len, spec.window_ms, *boundaries, watermark or 0)
+    return _overwrite(settings, RANKING_EXAMPLES_TABLE, table, ranking_record(state), log)
 
 
 def _arrow(frame: DataFrame, schema: pa.Schema, sort_key: str) -> pa.Table:
@@ -142,7 +209,9 @@ def _arrow(frame: DataFrame, schema: pa.Schema, sort_key: str) -> pa.Table:
 # Incremental build (Arrow) ---------------------------------------------------------------
 
 
-def _incremental_build(settings: Settings, silver_version: int, log: Log) -> BuildReport:
+def _incremental_build(
+    settings: Settings, silver_version: int, log: Log, spec: RankingSpec | None = None
+) -> BuildReport:
     report = BuildReport(mode="incremental", silver_version=silver_version)
     record = build_record(silver_version, settings.features_max_len)
     silver_uri = settings.table_uri(SILVER_TABLE)
@@ -157,11 +226,14 @@ def _incremental_build(settings: Settings, silver_version: int, log: Log) -> Bui
             log(f"silver versions {since}..{silver_version}: {len(changes[since].new_rows):,} new rows")
         return changes[since]
 
-    for name, update in (
+    updates: list[tuple[str, Callable[[Settings, SilverChanges, CommitProperties, Log], TableUpdate]]] = [
         (ITEM_VOCAB_TABLE, _update_vocab),
         (USER_SEQUENCES_TABLE, _update_sequences),
         (ITEM_STATS_TABLE, _update_stats),
-    ):
+    ]
+    if spec is not None:
+        updates.append((RANKING_EXAMPLES_TABLE, lambda s, d, r, lg: _update_ranking(s, d, spec, lg)))
+    for name, update in updates:
         uri = settings.table_uri(name)
         try:
             delta = changes_since(name)
@@ -171,7 +243,7 @@ def _incremental_build(settings: Settings, silver_version: int, log: Log) -> Bui
             reason = f"{delta.lost_rows} silver rows were removed" if delta and delta.lost_rows else ""
         if reason:
             log(f"incremental build not possible ({reason}): running a full build")
-            full = _full_build(settings, silver_version, log)
+            full = _full_build(settings, silver_version, log, spec)
             full.fallback_reason = reason
             return full
         if delta is None:
@@ -218,6 +290,47 @@ def _update_stats(settings: Settings, delta: SilverChanges, record: CommitProper
     stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("item_id", increments.column("item_id")))
     vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
     return _merge(settings, ITEM_STATS_TABLE, arrow_jobs.add_stats(stored, increments, vocab), "item_id", record, log)
+
+
+def _update_ranking(settings: Settings, delta: SilverChanges, spec: RankingSpec, log: Log) -> TableUpdate:
+    """Rebuild the rows new events can change, from every silver row of their users; MERGE."""
+    uri = settings.table_uri(RANKING_EXAMPLES_TABLE)
+    state = ranking_state(uri)
+    if state is None:  # _full_build_reason rules this out
+        raise ValueError(f"{RANKING_EXAMPLES_TABLE} has no recorded build")
+    boundaries = (state.validation_from_ts, state.test_from_ts)
+    users = pc.unique(delta.new_rows.column("user_id"))
+    affected = ranking.affected_from(delta.new_rows, spec.window_ms)
+    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    events = arrow_jobs.with_item_index(rows_of_users(settings.table_uri(SILVER_TABLE), delta.until, users), vocab)
+    fresh = ranking.with_split(ranking.rows_from(ranking.ranking_rows(events, spec.window_ms, spec.max_len), affected),
+                               boundaries)  # fmt: skip
+    stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("user_id", users))
+    stored = ranking.rows_from(stored.select(RANKING_EXAMPLES_SCHEMA.names).cast(RANKING_EXAMPLES_SCHEMA), affected)
+    stale = stored.filter(pc.invert(pc.is_in(stored.column("event_id"), value_set=fresh.column("event_id"))))
+    new_max = pc.max(delta.new_rows.column("ts")).as_py()
+    watermark = max(state.watermark_ts, new_max if new_max is not None else 0)
+    record = ranking_record(RankingState(delta.until, spec.max_len, spec.window_ms, *boundaries, watermark))
+    log(
+        f"{RANKING_EXAMPLES_TABLE}: {len(users):,} users with new events: {len(fresh):,} rows rebuilt "
+        f"from (earliest new event - window) on, {len(stale):,} gone"
+    )
+    if len(fresh) + len(stale) == 0:  # nothing to merge; still record the silver version
+        return _append(settings, RANKING_EXAMPLES_TABLE, RANKING_EXAMPLES_SCHEMA.empty_table(), record, log)
+    source = pa.concat_tables(
+        [
+            fresh.append_column("_gone", pa.array(np.zeros(len(fresh), dtype=bool))),
+            stale.append_column("_gone", pa.array(np.ones(len(stale), dtype=bool))),
+        ]
+    )
+    columns = {name: f"s.{name}" for name in RANKING_EXAMPLES_SCHEMA.names}
+    merger = DeltaTable(uri).merge(
+        source, "t.event_id = s.event_id", source_alias="s", target_alias="t", commit_properties=record
+    )
+    merger.when_matched_delete(predicate="s._gone").when_matched_update(columns).when_not_matched_insert(
+        columns, predicate="NOT s._gone"
+    ).execute()
+    return _written(settings, RANKING_EXAMPLES_TABLE, len(source), "merged", log)
 
 
 _EVENT_SCHEMA = pa.schema(

@@ -10,6 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+# features.ranking's defaults, repeated so the CLI starts without numpy and pyarrow.
+RANKING_WINDOW_S = 3600.0
+RANKING_MAX_LEN = 50
+
 console = Console()
 
 
@@ -25,9 +29,17 @@ def build(
     incremental: Annotated[
         bool, typer.Option("--incremental", help="Apply only the silver rows added since the last build.")
     ] = False,
+    ranking: Annotated[
+        bool, typer.Option("--ranking", help="Also build features/ranking_examples (docs/ranking.md).")
+    ] = False,
+    ranking_window_s: Annotated[
+        float, typer.Option(help="Ranking: label window after an exposure, in seconds.")
+    ] = RANKING_WINDOW_S,
+    ranking_max_len: Annotated[int, typer.Option(help="Ranking: history events kept per example.")] = RANKING_MAX_LEN,
 ) -> None:
     """Build the feature tables from the latest silver/events version; print versions read and written."""
     from features.build import build as run_build
+    from features.ranking import RankingSpec
     from infra.cli import load_settings
 
     started = time.monotonic()
@@ -36,8 +48,9 @@ def build(
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
 
     try:
-        report = run_build(load_settings(), incremental=incremental, log=log)
-    except FileNotFoundError as error:
+        spec = RankingSpec(window_ms=int(ranking_window_s * 1000), max_len=ranking_max_len) if ranking else None
+        report = run_build(load_settings(), incremental=incremental, log=log, ranking=spec)
+    except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]features build failed:[/red] {error}")
         raise typer.Exit(1) from error
     console.print(f"features build ({report.mode}) from silver/events version {report.silver_version}:")

@@ -1,17 +1,20 @@
 """The full-build feature transforms, as Spark DataFrame jobs over silver events.
 
 ``events`` is silver/events (at least ``silver.EVENT_COLUMNS``); ``vocab`` is
-features/item_vocab. Every function returns a DataFrame with the columns of its table.
+features/item_vocab. Every function returns a DataFrame with the columns of its table
+(``ranking_examples``: all but the split, which the driver assigns).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from features.tables import STAT_COLUMNS
 from ingestion.schema import ACTIONS, EVENT_ORDER
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame
 
 
@@ -59,3 +62,32 @@ def item_stats(events: DataFrame, vocab: DataFrame) -> DataFrame:
         *counts, F.min("ts").alias("first_seen_ts"), F.max("ts").alias("last_seen_ts")
     )
     return stats.join(vocab.select("item_id", "item_index"), "item_id")
+
+
+def ranking_examples(events: DataFrame, vocab: DataFrame, window_ms: int, max_len: int, partitions: int) -> DataFrame:
+    """features/ranking_examples rows (``RANKING_ROWS_SCHEMA``, no split column) of every exposure.
+
+    Exposures, labels and histories are sequential per user (``features.ranking``), so the
+    events are repartitioned by user and every partition runs the vectorised Arrow kernel
+    ``ranking.ranking_rows`` once over all of its users (``mapInArrow``): the same code the
+    incremental build runs in the driver.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from features.ranking import KERNEL_COLUMNS
+    from features.tables import RANKING_ROWS_SCHEMA
+
+    indexed = events.join(vocab.select("item_id", "item_index"), "item_id").select(*KERNEL_COLUMNS)
+
+    def kernel(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        from features.ranking import ranking_rows
+
+        received = list(batches)
+        if not received:
+            return
+        rows = ranking_rows(pa.Table.from_batches(received), window_ms, max_len)
+        yield from rows.to_batches()
+
+    return indexed.repartition(partitions, "user_id").mapInArrow(kernel, from_arrow_schema(RANKING_ROWS_SCHEMA))

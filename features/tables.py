@@ -7,6 +7,8 @@ with. A build reads them back to know where to resume, so a crashed build re-run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction
@@ -16,9 +18,14 @@ from ingestion.schema import ACTIONS
 ITEM_VOCAB_TABLE = "features/item_vocab"
 USER_SEQUENCES_TABLE = "features/user_sequences"
 ITEM_STATS_TABLE = "features/item_stats"
+RANKING_EXAMPLES_TABLE = "features/ranking_examples"
 
 SILVER_VERSION_APP = "streamrec.features.silver_version"
 MAX_LEN_APP = "streamrec.features.max_len"
+RANKING_WINDOW_APP = "streamrec.features.ranking_window_ms"
+RANKING_VALIDATION_FROM_APP = "streamrec.features.ranking_validation_from_ts"
+RANKING_TEST_FROM_APP = "streamrec.features.ranking_test_from_ts"
+RANKING_WATERMARK_APP = "streamrec.features.ranking_watermark_ts"
 
 ITEM_VOCAB_SCHEMA = pa.schema(
     [
@@ -54,6 +61,46 @@ ITEM_STATS_SCHEMA = pa.schema(
 """features/item_stats: per item the number of events of each action, first/last seen ts."""
 
 
+RANKING_TASKS: dict[str, tuple[str, ...]] = {
+    "click": ("click", "view"),
+    "like": ("like", "share"),
+    "purchase": ("purchase",),
+    "skip": ("skip",),
+    "dislike": ("dislike",),
+}
+"""Ranking tasks and the actions that make each one's label positive (see features.ranking)."""
+POSITIVE_TASKS: tuple[str, ...] = ("click", "like", "purchase")
+NEGATIVE_TASKS: tuple[str, ...] = ("skip", "dislike")
+LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{task}" for task in RANKING_TASKS)
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+_HISTORY_FIELDS = [
+    pa.field("item_indices", pa.list_(pa.field("element", pa.int64(), nullable=False)), nullable=False),
+    pa.field("actions", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
+    pa.field("timestamps", pa.list_(pa.field("element", pa.int64(), nullable=False)), nullable=False),
+]
+
+RANKING_ROWS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("kafka_partition", pa.int32(), nullable=False),
+        pa.field("kafka_offset", pa.int64(), nullable=False),
+        pa.field("item_index", pa.int64(), nullable=False),
+        pa.field("anchor_action", pa.string(), nullable=False),
+        *_HISTORY_FIELDS,
+        *[pa.field(name, pa.bool_(), nullable=False) for name in LABEL_COLUMNS],
+    ]
+)
+"""ranking_examples rows before the split column is assigned (what the Spark job returns)."""
+
+RANKING_EXAMPLES_SCHEMA = pa.schema([*RANKING_ROWS_SCHEMA, pa.field("split", pa.string(), nullable=False)])
+"""features/ranking_examples: one row per exposure (an impression, or an action on an item
+not shown within the window before it), the user's history strictly before its ts, the
+candidate item, a label per task from the window after it, and a time split."""
+
+
 def build_record(silver_version: int, max_len: int) -> CommitProperties:
     """Commit properties recording the silver version and max_len a write reflects."""
     return CommitProperties(
@@ -71,6 +118,46 @@ def recorded_state(uri: str, version: int | None = None) -> tuple[int, int] | No
     if silver_version is None or max_len is None:
         return None
     return silver_version, max_len
+
+
+@dataclass(frozen=True)
+class RankingState:
+    """What the last build of features/ranking_examples recorded in its commit."""
+
+    silver_version: int
+    max_len: int
+    window_ms: int
+    validation_from_ts: int
+    test_from_ts: int
+    watermark_ts: int  # largest event ts in silver at ``silver_version``
+
+
+def ranking_record(state: RankingState) -> CommitProperties:
+    """Commit properties recording a ranking_examples build (``recorded_state`` reads the first two)."""
+    values = {
+        SILVER_VERSION_APP: state.silver_version,
+        MAX_LEN_APP: state.max_len,
+        RANKING_WINDOW_APP: state.window_ms,
+        RANKING_VALIDATION_FROM_APP: state.validation_from_ts,
+        RANKING_TEST_FROM_APP: state.test_from_ts,
+        RANKING_WATERMARK_APP: state.watermark_ts,
+    }
+    return CommitProperties(app_transactions=[Transaction(app, value) for app, value in values.items()])
+
+
+def ranking_state(uri: str, version: int | None = None) -> RankingState | None:
+    """The RankingState recorded by the last build of the ranking table at ``uri``, or None."""
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    table = DeltaTable(uri, version=version)
+    apps = (
+        SILVER_VERSION_APP, MAX_LEN_APP, RANKING_WINDOW_APP, RANKING_VALIDATION_FROM_APP,
+        RANKING_TEST_FROM_APP, RANKING_WATERMARK_APP,
+    )  # fmt: skip
+    values = [table.transaction_version(app) for app in apps]
+    if any(value is None for value in values):
+        return None
+    return RankingState(*(int(value) for value in values))  # type: ignore[arg-type]
 
 
 def rows_with(column: str, values: pa.Array | pa.ChunkedArray) -> pc.Expression:
