@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,10 +61,12 @@ def log_feature_inputs(settings: Settings, run_id: str, versions: dict[str, int]
     path and version), so the runs table's Dataset column shows what data a model saw."""
     inputs = []
     for table, version in sorted(versions.items()):
-        source = DeltaDatasetSource(path=settings.table_uri(table), delta_table_version=version)
-        dataset = Dataset(
-            name=f"{table}@v{version}", digest=f"v{version}", source_type="delta", source=source.to_json()
-        )
+        uri = settings.table_uri(table)
+        source = DeltaDatasetSource(path=uri, delta_table_version=version)
+        # MLflow keeps one dataset per (experiment, name, digest): the digest names the table's
+        # place too, or a run on another lake would be shown the first lake's source.
+        digest = hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:16]
+        dataset = Dataset(name=f"{table}@v{version}", digest=digest, source_type="delta", source=source.to_json())
         inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")]))
     client(settings).log_inputs(run_id, datasets=inputs)
 
