@@ -243,3 +243,13 @@ def build_app(config: ServeConfig) -> Any:
         max_ongoing_requests=settings.serve_max_ongoing_requests,
         max_queued_requests=settings.serve_max_queued_requests,
     ).bind(config, shards)
+
+
+def app_from_settings(args: dict[str, str]) -> Any:
+    """Application builder for Ray Serve's config files and KubeRay's RayService
+    (import path ``serving.app:app_from_settings``): settings from the environment, ``args``
+    as setting overrides (e.g. ``{"serve_replicas": "4"}``), the production model's config."""
+    from infra.settings import get_settings
+    from serving.deploy import production_config
+
+    return build_app(production_config(get_settings(**args)))

@@ -32,12 +32,9 @@ def base_url(settings: Settings) -> str:
     return f"http://{settings.serve_host}:{settings.serve_port}"
 
 
-def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
-    """Run the serving application of the production model; returns its /healthz body."""
-    from ray import serve
-
-    from serving.app import build_app
-
+def production_config(settings: Settings) -> ServeConfig:
+    """The ServeConfig of the version the serving alias names: the feature versions it was
+    trained on (the history shards bootstrap from exactly those) and their history length."""
     version = served_version(settings)
     if version is None:
         raise ServeError(
@@ -49,7 +46,16 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
     state = recorded_state(settings.table_uri(USER_SEQUENCES_TABLE), versions[USER_SEQUENCES_TABLE])
     if state is None:
         raise ServeError(f"{USER_SEQUENCES_TABLE} v{versions[USER_SEQUENCES_TABLE]} records no build state")
-    config = ServeConfig.from_settings(settings, versions, history_max_len=state[1])
+    return ServeConfig.from_settings(settings, versions, history_max_len=state[1])
+
+
+def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Run the serving application of the production model; returns its /healthz body."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    config = production_config(settings)
     ray_access.connect(settings, log_to_driver=False)
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)

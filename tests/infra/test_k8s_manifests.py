@@ -637,7 +637,6 @@ def test_serve_config_is_a_ray_serve_config_matching_the_settings(overlay: str) 
     assert not serve_config_problems(config, settings_data(docs))
 
 
-@pytest.mark.xfail(reason="serving.app:app_from_settings, the RayService's application builder, is not written yet")
 def test_the_serve_import_path_exists() -> None:
     module, _, attribute = serve_config(overlay_docs("small"))["applications"][0]["import_path"].partition(":")
     assert importlib.util.find_spec(module) is not None

@@ -225,3 +225,21 @@ def test_bad_bodies_get_4xx_never_5xx(served: Served, path: str) -> None:
     huge = b'{"history": [' + b'"x",' * 40_000 + b'"x"]}'
     response = requests.post(f"{served.url}{path}", data=huge, headers=JSON, timeout=10)
     assert response.status_code == 413
+
+
+def test_the_application_builder_serves_the_production_model(served: Served) -> None:
+    # What Ray Serve config files and KubeRay's RayService import (serving.app:app_from_settings).
+    from ray.serve import Application
+
+    from serving.app import app_from_settings
+    from serving.deploy import production_config
+
+    settings = served.settings
+    app = app_from_settings({"home": str(settings.home), "topic": settings.topic,
+                             "registered_model": settings.registered_model})  # fmt: skip
+    assert isinstance(app, Application)
+    config = production_config(settings)
+    assert (
+        config.bootstrap_versions
+        == post(served, "/recommend", {"user_id": served.users[0]}).json()["lineage"]["history"]["bootstrap_versions"]
+    )
