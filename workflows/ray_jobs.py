@@ -116,9 +116,9 @@ def run_ray_job(
         raise
     seconds = time.monotonic() - started
     if status != "SUCCEEDED":
-        message = client.get_job_info(job_id).message or ""
-        raise RayJobError(f"Ray job {job_id} ({step}) {status.lower()}: {message}".rstrip(": "), job_id, status,
-                          tail(logs, tail_lines))  # fmt: skip
+        first_line = (client.get_job_info(job_id).message or "").strip().splitlines()[:1]  # Ray appends the log
+        message = f"Ray job {job_id} ({step}) {status.lower()}: {' '.join(first_line)}".rstrip(": ")
+        raise RayJobError(message, job_id, status, tail(logs, tail_lines))
     log(f"Ray job {job_id} succeeded in {seconds:.1f} s")
     return RayJobResult(job_id, status, logs, seconds)
 

@@ -1,19 +1,26 @@
-"""`streamrec up dagster`: the Dagster component of the mini-cluster (webserver + daemon)."""
+"""`streamrec up dagster`: the Dagster component of the mini-cluster (webserver + daemon), and
+the daemon running a sensor and the run it launches."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import yaml
+from workflowdata import append_clicks
 
 from infra import cluster
 from infra.components import DagsterWorkflows, all_components, settings_environment
-from infra.processes import free_port, group_members, port_in_use, read_record
+from infra.processes import free_port, group_members, log_tail, port_in_use, read_record
 from infra.settings import Settings, get_settings
+from workflows.assets.features import TABLES
+from workflows.lineage import delta_version
 
-JOBS_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name
+JOBS_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name }
   jobs { name } schedules { name scheduleState { status } } sensors { name sensorState { status } } } } } }"""
 
 
@@ -49,14 +56,44 @@ def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatc
     assert get_settings() == settings
 
 
+def _graphql(settings: Settings, query: str) -> dict[str, Any]:
+    answer = requests.post(f"{settings.dagster_url}/graphql", json={"query": query}, timeout=30).json()
+    assert "errors" not in answer, answer
+    return dict(answer["data"])
+
+
+def _sensor_turns_silver_into_features(settings: Settings, repository: dict[str, Any]) -> None:
+    """The daemon ticks the silver sensor, which launches one feature build run (a subprocess
+    with the settings of `up`); the next tick, with the cursor the daemon stored, skips."""
+    selector = (
+        f'{{repositoryLocationName: "{repository["location"]["name"]}", repositoryName: "{repository["name"]}", '
+        'sensorName: "silver_events_sensor"}'
+    )
+    started = _graphql(settings, f"mutation {{ startSensor(sensorSelector: {selector}) {{ __typename }} }}")
+    assert started["startSensor"]["__typename"] == "Sensor"
+    runs_query = '{ runsOrError(filter: {pipelineName: "features_job"}) { ... on Runs { results { status } } } }'
+    ticks_query = f"{{ sensorOrError(sensorSelector: {selector}) {{ ... on Sensor {{ sensorState {{ ticks(limit: 5) {{ status cursor runIds }} }} }} }} }}"  # noqa: E501
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = _graphql(settings, runs_query)["runsOrError"]["results"]
+        ticks = _graphql(settings, ticks_query)["sensorOrError"]["sensorState"]["ticks"]
+        if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") and len(ticks) >= 2:
+            break
+        time.sleep(2)
+    assert [run["status"] for run in runs] == ["SUCCESS"], (runs, log_tail(settings.log_dir / "dagster.log", 40))
+    assert [tick["status"] for tick in ticks][-2:] == ["SKIPPED", "SUCCESS"]  # newest first
+    assert ticks[0]["cursor"] == ticks[1]["cursor"] and json.loads(ticks[0]["cursor"])["version"] == 0
+    assert all(delta_version(settings, table) == 0 for table in TABLES.values())  # the run built the features
+
+
 @pytest.mark.slow
 def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path, dagster_enabled=True, dagster_port=free_port())
+    append_clicks(settings, users=5, per_user=4)
     try:
         (state,) = cluster.up(settings, ["dagster"])
         assert state.healthy and "daemon healthy" in state.detail, state
-        answer = requests.post(f"{settings.dagster_url}/graphql", json={"query": JOBS_QUERY}, timeout=30).json()
-        (repository,) = answer["data"]["repositoriesOrError"]["nodes"]
+        (repository,) = _graphql(settings, JOBS_QUERY)["repositoriesOrError"]["nodes"]
         assert {"ingest_job", "features_job", "promotion_job", "warm_start_training_job"} <= {
             job["name"] for job in repository["jobs"]
         }
@@ -71,6 +108,7 @@ def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> Non
         assert again[0].pid == state.pid and "already running" in again[0].detail
         # `status` and `down` see a running Dagster even with the setting off.
         assert "dagster" in [component.name for component in all_components(_disabled(settings))]
+        _sensor_turns_silver_into_features(settings, repository)
     finally:
         record = read_record(settings.run_dir / "dagster.pid")
         stopped = cluster.down(_disabled(settings), ["dagster"])

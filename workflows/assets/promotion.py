@@ -88,7 +88,7 @@ def retrieval_promotion(
 def _registered_in_this_run(context: AssetExecutionContext) -> str | None:
     """The version retrieval_model registered earlier in this same run, if it did."""
     event = context.instance.get_latest_materialization_event(dg.AssetKey("retrieval_model"))
-    if event is None or event.run_id != context.run_id or event.asset_materialization is None:
+    if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
         return None
     version = event.asset_materialization.metadata.get("model_version")
     return None if version is None else str(version.value)
