@@ -112,16 +112,17 @@ class StepRunner(dg.ConfigurableResource):
         stats = run_ingest(settings, until_idle=True, report=lambda item: log(str(item)))
         return StepOutcome(json.loads(stats.to_json()), seconds=stats.seconds)
 
-    def build_features(self, settings: Settings, log: Log) -> StepOutcome:
-        """`streamrec features build --incremental`: the feature tables catch up with silver."""
+    def build_features(self, settings: Settings, log: Log, full: bool = False) -> StepOutcome:
+        """`streamrec features build --incremental` (``full``: without it): the feature tables catch up with silver."""
         if self.mode == "ray_job":
-            result = self._ray_job(settings, ["features", "build", "--incremental"], "features", log)
+            args = ["features", "build"] if full else ["features", "build", "--incremental"]
+            result = self._ray_job(settings, args, "features", log)
             found = re.search(r"features build \((\w+)\) from silver/events version (\d+)", result.logs)
             parsed = {"mode": found.group(1), "silver_version": int(found.group(2))} if found else {}
             return StepOutcome(parsed, result.job_id, result.seconds)
         from features.build import build
 
-        report = build(settings, incremental=True, log=log)
+        report = build(settings, incremental=not full, log=log)
         summary: dict[str, Any] = {"mode": report.mode, "silver_version": report.silver_version}
         if report.new_silver_rows is not None:
             summary["new_silver_rows"] = report.new_silver_rows

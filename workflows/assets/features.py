@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 from dagster import AssetExecutionContext
+from pydantic import Field
 
 from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
 from workflows.lineage import data_version, feature_table_metadata
@@ -12,6 +13,14 @@ from workflows.resources import StepRunner, StreamrecResource
 
 GROUP = "features"
 TABLES = {"item_vocab": ITEM_VOCAB_TABLE, "user_sequences": USER_SEQUENCES_TABLE, "item_stats": ITEM_STATS_TABLE}
+
+
+class FeatureBuildConfig(dg.Config):
+    """How the feature tables catch up with silver."""
+
+    full_rebuild: bool = Field(
+        default=False, description="Rebuild every table from the latest silver version (Spark), not incrementally."
+    )
 
 
 @dg.multi_asset(
@@ -41,11 +50,12 @@ TABLES = {"item_vocab": ITEM_VOCAB_TABLE, "user_sequences": USER_SEQUENCES_TABLE
     ],
 )
 def feature_build(
-    context: AssetExecutionContext, streamrec: StreamrecResource, steps: StepRunner
+    context: AssetExecutionContext, config: FeatureBuildConfig, streamrec: StreamrecResource, steps: StepRunner
 ) -> Iterator[dg.MaterializeResult]:
-    """`streamrec features build --incremental` (a full build when an incremental one cannot be done)."""
+    """`streamrec features build --incremental` (a full build when an incremental one cannot be
+    done, or when the config asks for one: the backfill after a change to the feature code)."""
     settings = streamrec.settings()
-    outcome = steps.build_features(settings, context.log.info)
+    outcome = steps.build_features(settings, context.log.info, full=config.full_rebuild)
     summary = outcome.summary
     written = summary.get("rows_written", {})
     for key, table in TABLES.items():
