@@ -287,16 +287,28 @@ def test_the_gate_promotes_the_first_refuses_a_worse_and_accepts_a_better_candid
 
 
 def test_training_warm_starts_from_production(loop: Loop) -> None:
-    from serving.registry import promote
+    from serving.registry import promote, served_version
+    from training import tracking
+    from workflows.rounds import TrainOptions, warm_start_round
 
-    promote(loop.settings, "1")
+    settings = loop.settings
+    promote(settings, "1")
     config = RetrievalTrainConfig(epochs=1, kind="sasrec")  # architecture fields apply to from-scratch runs only
     result = dg.materialize(
         [retrieval_model],
-        resources=resources(loop.settings),
+        resources=resources(settings),
         instance=loop.instance,
         run_config=dg.RunConfig(ops={"retrieval_model": config}),
     )
     found = metadata(result, "retrieval_model")
     assert found["warm_start_from"] == "1" and found["model"] == "hstu"
     assert int(found["model_version"]) > 1
+
+    # The same round without Dagster (what a script or the demo calls): warm start, then the gate.
+    round_ = warm_start_round(settings, TrainOptions(epochs=1, batch_size=32), log=lambda _: None)
+    assert round_.warm_start_from == "1" and int(round_.trained.model_version) > int(found["model_version"])
+    assert round_.gate.comparison.production_version == "1"
+    assert round_.gate.production_after == served_version(settings)
+    assert round_.gate.production_after == (round_.trained.model_version if round_.gate.decision.promote else "1")
+    tags = tracking.client(settings).get_run(round_.trained.run_id).data.tags
+    assert tags["gate_decision"] == round_.gate.decision.label

@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from workflows.resources import StreamrecResource
+from workflows.rounds import TrainOptions, train_candidate
 
 GROUP = "training"
 
@@ -44,37 +45,11 @@ class RetrievalTrainConfig(dg.Config):
 def retrieval_model(
     context: AssetExecutionContext, config: RetrievalTrainConfig, streamrec: StreamrecResource
 ) -> dg.MaterializeResult:
-    from serving.registry import served_version
     from training import tracking
-    from training.config import EncoderConfig, TrainConfig
-    from training.model_io import read_info
-    from training.runner import train
 
     settings = streamrec.settings()
-    production = None if config.from_scratch else served_version(settings)
-    if production is None:
-        encoder = EncoderConfig(
-            kind=config.kind,
-            dim=config.dim,
-            num_blocks=config.num_blocks,
-            num_heads=config.num_heads,
-            max_len=config.max_len,
-            dropout=config.dropout,
-        )
-        context.log.info("training from scratch" + ("" if config.from_scratch else ": no production version yet"))
-    else:
-        with tracking.downloaded_version(settings, production) as directory:
-            encoder = read_info(directory).encoder  # a warm start continues production's architecture
-        context.log.info(f"warm start from production version {production} ({encoder.kind}, dim {encoder.dim})")
-    train_config = TrainConfig(
-        encoder=encoder,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        patience=config.patience,
-        seed=config.seed,
-    )
-    outcome = train(settings, train_config, workers=config.workers or None, warm_start=production, log=context.log.info)
+    candidate = train_candidate(settings, TrainOptions(**config.model_dump()), log=context.log.info)
+    outcome, production = candidate.trained, candidate.warm_start_from
     run_url = f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{tracking.experiment_id(settings)}/runs/"
     metadata: dict[str, Any] = {
         "registered_model": settings.registered_model,
@@ -83,7 +58,7 @@ def retrieval_model(
         "mlflow_run": dg.MetadataValue.url(run_url + outcome.run_id),
         "run_name": outcome.run_name,
         "warm_start_from": production or "none (from scratch)",
-        "model": encoder.kind,
+        "model": candidate.kind,
         "epochs_run": len(outcome.history),
         "best_epoch": outcome.best_epoch,
     }
