@@ -18,6 +18,23 @@ The model (see docs/ingestion.md for the full description):
 
 So next-item prediction from a user's recent items beats item popularity by far, which
 is what sequential recommenders (SASRec, HSTU) must show on it.
+
+Responses (what a user does with a shown item), the ground truth of ranking:
+
+* Default (``funnel=False``): one event per shown item, whose action depends only on
+  whether the item is on-interest (``action_weights``: impression 22%, click 30%, view 26%,
+  like 10%, share 4%, purchase 8%) or off-interest (skip 55%, dislike 15%, impression 30%).
+  A ranker can learn no more than on- vs off-interest from it, and a like never comes with a
+  click (docs/ranking.md measures what that allows).
+* ``funnel=True``: every shown item is an ``impression`` first, then maybe a click or view
+  (engagement), then maybe a like/share and a purchase, or a skip/dislike instead. The
+  engagement probability depends on the item's relation to the user and session
+  (``FUNNEL_ENGAGE``: successor of the previous engaged item > other item of the session's
+  cluster > off-interest), on the user's past response to the same item (engaged before:
+  x ``FUNNEL_REPEAT_ENGAGE``; skipped or disliked before: x ``FUNNEL_REJECTED_ENGAGE``) and on
+  the item's fixed appeal (log-normal, drawn once per item); likes depend on the relation,
+  purchases on whether the user had engaged with the item before. ``Truth`` records every
+  probability used, so the best achievable AUC of each task can be computed.
 """
 
 from __future__ import annotations
@@ -57,6 +74,7 @@ class SyntheticConfig:
     span_days: float = 28.0  # session starts spread over this much time (none later)
     start_ms: int | None = None  # first session start; default: now - span_days - 1 day
     id_prefix: str = ""  # event_id prefix; default "s<seed>-<start_ms>"
+    funnel: bool = False  # impression first, then a response drawn from the funnel model (module docstring)
     action_weights: dict[str, float] = field(
         default_factory=lambda: {
             "impression": 0.22,
@@ -122,10 +140,40 @@ class _Catalogue:
         return bisect.bisect_left(cum, rng.random() * cum[-1])
 
 
+FUNNEL_ENGAGE: dict[str, float] = {"successor": 0.65, "session": 0.35, "interest": 0.25, "off": 0.04}
+"""Funnel mode: P(click or view) of a shown item by its relation (before appeal and past response)."""
+FUNNEL_REPEAT_ENGAGE = 0.6  # engaged with the item before: fatigue
+FUNNEL_REJECTED_ENGAGE = 0.2  # skipped or disliked it before
+FUNNEL_APPEAL_SIGMA = 0.2  # item appeal = exp(N(0, sigma)), fixed per item
+FUNNEL_LIKE = {"successor": 0.45, "session": 0.25, "interest": 0.25, "off": 0.1}  # P(like or share | engaged)
+FUNNEL_PURCHASE = (0.05, 0.35)  # P(purchase | engaged): first engagement with the item, a repeat
+FUNNEL_NEGATIVE = {"off": (0.55, 0.15), "on": (0.12, 0.02)}  # (P(skip), P(dislike)) when not engaged
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Funnel mode: the probabilities behind one shown item and its outcome (``_Generator.truth``)."""
+
+    user: str
+    item: str
+    ts: int  # of its impression (before the stream's strict-ts bump)
+    relation: str  # successor, session, interest or off
+    past: str  # "", "engaged" or "rejected": the user's last response to this item
+    engage: float
+    like: float  # P(like or share) = engage * P(like | engaged)
+    purchase: float
+    skip: float
+    dislike: float
+    actions: tuple[str, ...]  # what the user then did (after the impression), in order
+
+
+_Shown = tuple[int, int, str, int | None, str]  # (ts, item, action, dwell_ms, surface)
+
+
 class _Generator:
     """Interleaves user sessions on one clock and yields their events in time order."""
 
-    def __init__(self, config: SyntheticConfig) -> None:
+    def __init__(self, config: SyntheticConfig, record_truth: bool = False) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
         self.catalogue = _Catalogue(config, self.rng)
@@ -137,6 +185,12 @@ class _Generator:
         self.positive_actions = list(actions)
         self.positive_cum = list(itertools.accumulate(actions.values()))
         self.end_ms = self.start_ms + int(config.span_days * DAY_MS)  # no session starts later
+        self.truth: list[Truth] | None = [] if record_truth else None
+        self.past: dict[int, dict[int, str]] = {}  # funnel: user -> item -> "engaged" | "rejected"
+        self.appeal: list[float] = []
+        if config.funnel:  # its own generator, so the shared stream of draws stays as it is
+            appeal_rng = random.Random(config.seed * 1_000_003 + 17)
+            self.appeal = [math.exp(appeal_rng.gauss(0.0, FUNNEL_APPEAL_SIGMA)) for _ in range(config.items)]
 
     def user_interests(self, user: int) -> list[int]:
         rng, config = self.rng, self.config
@@ -150,7 +204,7 @@ class _Generator:
                 interests[rng.randrange(len(interests))] = outside
         return interests
 
-    def session(self, user: int, start: int) -> list[tuple[int, int, str, int | None, str]]:
+    def session(self, user: int, start: int) -> list[_Shown]:
         """(ts, item, action, dwell_ms, surface) of one session, in time order."""
         rng, config, catalogue = self.rng, self.config, self.catalogue
         interests = self.user_interests(user)
@@ -161,7 +215,7 @@ class _Generator:
         length = 1 if stop >= 1.0 else 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - stop))
         surface = rng.choice(SURFACES)
         ts, previous = start, None
-        out = []
+        out: list[_Shown] = []
         for _ in range(length):
             if len(interests) > 1 and rng.random() < config.switch_cluster:
                 cluster = rng.choice([c for c in interests if c != cluster])
@@ -172,6 +226,13 @@ class _Generator:
                     if catalogue.cluster_of[item] not in interests:
                         break
                     item = catalogue.any_item(rng)
+                if config.funnel:
+                    in_cluster = catalogue.cluster_of[item]
+                    relation = (
+                        "off" if in_cluster not in interests else "session" if in_cluster == cluster else "interest"
+                    )
+                    ts, _ = self._respond(user, item, relation, ts, surface, out)
+                    continue
                 draw = rng.random()
                 if draw < 0.55:
                     action, dwell = "skip", int(rng.uniform(200, 2_500))
@@ -187,6 +248,14 @@ class _Generator:
                 else:
                     item = catalogue.in_cluster(cluster, rng)
                     item_surface = surface
+                if config.funnel:
+                    successor = previous is not None and item in catalogue.successors[previous]
+                    ts, engaged = self._respond(
+                        user, item, "successor" if successor else "session", ts, item_surface, out
+                    )
+                    if engaged:
+                        previous = item
+                    continue
                 index = bisect.bisect_left(self.positive_cum, rng.random() * self.positive_cum[-1])
                 action = self.positive_actions[min(index, len(self.positive_actions) - 1)]
                 dwell = None if action == "impression" else int(rng.lognormvariate(9.5, 0.8))  # ~13 s median
@@ -195,6 +264,55 @@ class _Generator:
                     previous = item
             ts += (dwell or 0) + int(rng.lognormvariate(8.5, 1.0)) + 1  # think time ~5 s median
         return out
+
+    def _respond(
+        self,
+        user: int,
+        item: int,
+        relation: str,
+        ts: int,
+        surface: str,
+        out: list[_Shown],
+    ) -> tuple[int, bool]:
+        """Funnel mode: the impression of ``item`` and the user's response, appended to ``out``;
+        returns (ts of the session's next item, whether the user engaged)."""
+        rng = self.rng
+        past = self.past.setdefault(user, {})
+        before = past.get(item, "")
+        engage = FUNNEL_ENGAGE[relation] * self.appeal[item]
+        engage *= {"": 1.0, "engaged": FUNNEL_REPEAT_ENGAGE, "rejected": FUNNEL_REJECTED_ENGAGE}[before]
+        engage = min(engage, 0.95)
+        like = FUNNEL_LIKE[relation]
+        purchase = FUNNEL_PURCHASE[before == "engaged"]
+        skip, dislike = FUNNEL_NEGATIVE["off" if relation == "off" else "on"]
+        first = len(out)
+        out.append((ts, item, "impression", None, surface))
+        ts += int(rng.lognormvariate(7.6, 0.6)) + 1  # reaction time ~2 s median
+        engaged = rng.random() < engage
+        if engaged:
+            past[item] = "engaged"
+            dwell = int(rng.lognormvariate(9.5, 0.8))  # ~13 s median
+            out.append((ts, item, "view" if rng.random() < 0.45 else "click", dwell, surface))
+            ts += dwell
+            if rng.random() < like:
+                ts += int(rng.uniform(300, 3_000))
+                out.append((ts, item, "like" if rng.random() < 0.7 else "share", int(rng.uniform(300, 3_000)), surface))
+            if rng.random() < purchase:
+                ts += int(rng.lognormvariate(9.0, 0.5))
+                out.append((ts, item, "purchase", int(rng.uniform(2_000, 20_000)), surface))
+        else:
+            draw = rng.random()
+            if draw < skip:
+                past[item] = "rejected"
+                out.append((ts, item, "skip", int(rng.uniform(200, 2_500)), surface))
+            elif draw < skip + dislike:
+                past[item] = "rejected"
+                out.append((ts, item, "dislike", int(rng.uniform(500, 5_000)), surface))
+        if self.truth is not None:
+            probabilities = (engage, engage * like, engage * purchase, (1 - engage) * skip, (1 - engage) * dislike)
+            actions = tuple(shown[2] for shown in out[first + 1 :])
+            self.truth.append(Truth(f"u{user}", f"i{item}", out[first][0], relation, before, *probabilities, actions))
+        return ts + int(rng.lognormvariate(8.5, 1.0)) + 1, engaged  # think time ~5 s median
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng, config = self.rng, self.config
