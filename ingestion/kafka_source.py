@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,7 +256,7 @@ def read_range(part: KafkaRange) -> Iterator[pa.RecordBatch]:
             if records:
                 last_progress = time.monotonic()
                 position = records[-1].offset + 1
-                yield _to_batch(records, part.partition)
+                yield records_batch(records, part.partition)
             else:
                 position = max(position, consumer.position(tp))
                 if time.monotonic() - last_progress > part.poll_timeout_ms / 1000:
@@ -268,7 +268,8 @@ def read_range(part: KafkaRange) -> Iterator[pa.RecordBatch]:
         consumer.close()
 
 
-def _to_batch(records: list[Any], partition: int) -> pa.RecordBatch:
+def records_batch(records: Sequence[Any], partition: int) -> pa.RecordBatch:
+    """kafka-python ConsumerRecords of one partition as KAFKA_RECORD_SCHEMA rows (what validation reads)."""
     n = len(records)
     return pa.RecordBatch.from_arrays(
         [

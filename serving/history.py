@@ -59,7 +59,7 @@ from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_SCHEMA, USER_SEQUEN
 from infra.errors import StreamrecError
 from infra.settings import Settings
 from ingestion.lake_writer import SILVER_APP_ID
-from ingestion.schema import ACTIONS, BRONZE_TABLE, KAFKA_RECORD_SCHEMA, SILVER_TABLE
+from ingestion.schema import ACTIONS, BRONZE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
 
 if TYPE_CHECKING:
@@ -636,7 +636,9 @@ class OnlineHistory:
 
     def _apply(self, partition: int, records: Sequence[Any]) -> None:
         """Validate ``records`` of ``partition`` (offset order) and apply the new valid events."""
-        validated = validate_records(_records_table(records, partition), self._limits)
+        from ingestion.kafka_source import records_batch  # imports pyspark: only once tailing
+
+        validated = validate_records(records_batch(records, partition), self._limits)
         valid = validated.valid
         fresh = self._seen.admit(_hash_ids(valid.column("event_id")))
         duplicates = int(len(fresh) - fresh.sum())
@@ -679,21 +681,6 @@ def _insert(events: deque[HistoryEvent], event: HistoryEvent) -> None:
         events.popleft()
         position -= 1
     events.insert(position, event)
-
-
-def _records_table(records: Sequence[Any], partition: int) -> pa.Table:
-    """kafka-python ConsumerRecords as ingestion.schema.KAFKA_RECORD_SCHEMA rows."""
-    n = len(records)
-    return pa.table(
-        [
-            pa.array([r.key for r in records], pa.binary()),
-            pa.array([r.value for r in records], pa.binary()),
-            pa.array([partition] * n, pa.int32()),
-            pa.array([r.offset for r in records], pa.int64()),
-            pa.array([r.timestamp * 1000 for r in records], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        ],
-        schema=KAFKA_RECORD_SCHEMA,
-    )
 
 
 def _bronze_next_offsets(bronze_uri: str, version: int) -> dict[int, int]:
