@@ -4,7 +4,9 @@ Starts the mini-cluster, streams synthetic user actions (a few of them malformed
 Kafka, ingests them exactly once into bronze/quarantine/silver, brings the feature tables
 up to date, trains the popularity baseline, SASRec and HSTU on Ray Train, registers the
 models in MLflow, serves the better one (by validation NDCG@10) with Ray Serve, shows a few
-users' recommendations and how a new action changes them, and prints what every stage made.
+users' recommendations and how a new action changes them, then runs one warm-start round
+(new events, features, training from production, the promotion gate) while a client keeps
+asking for recommendations, and prints what every stage made.
 Each stage names the `streamrec` command that does the same by hand. Running it again sends the very same events again:
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
@@ -15,6 +17,7 @@ stay as they were and training runs once more.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from serving.registry import promote
 from training.config import EncoderConfig, TrainConfig
 from training.popularity import train_popularity
 from training.runner import train
+from workflows.rounds import TrainOptions, warm_start_round
 
 console = Console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
@@ -127,6 +131,9 @@ def run_demo(args: DemoOptions) -> None:
     _stage(8, "a new action changes the recommendations", "streamrec produce ... ; streamrec recommend --user U")
     _show_live_update(settings, users[0])
 
+    _stage(9, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
+    _warm_start_round(settings, args, users[0])
+
     console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   Ray dashboard: {settings.ray_dashboard_url}")
     console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
@@ -145,10 +152,10 @@ def _busiest_users(settings: Settings, count: int) -> list[str]:
     return [str(user) for user in counts["user_id"][:count].to_pylist()]
 
 
-def _recommendations_table(user: str, answer: dict[str, Any], title: str | None = None) -> Table:
+def _recommendations_table(user: str, answer: dict[str, Any]) -> Table:
     history = answer["lineage"]["history"]
     table = Table(
-        title=title or f"/recommend for {user}",
+        title=f"/recommend for {user}",
         caption=f"history: {history['events']} events, Kafka partition {history['partition']} "
         f"offset {history['offset']}; model {answer['lineage']['model_version']}",
     )
@@ -171,13 +178,79 @@ def _show_live_update(settings: Settings, user: str, timeout_s: float = 10.0) ->
     while time.monotonic() - sent < timeout_s:
         after = _recommend(settings, user)
         if top not in [item["item_id"] for item in after["items"]]:
-            title = f"/recommend for {user} {time.monotonic() - sent:.2f}s after a dislike of {top}"
-            console.print(_recommendations_table(user, after, title))
+            console.print(f"/recommend for {user} {time.monotonic() - sent:.2f}s after a dislike of {top}:")
+            console.print(_recommendations_table(user, after))
             return
         time.sleep(0.05)
     console.print(
         f"[red]{top} still recommended {timeout_s:.0f}s after the dislike: see `streamrec serve status`[/red]"
     )
+
+
+def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
+    """More events, then one round as the hourly schedule runs it, while a client keeps asking."""
+    extra = max(args.events // 10, 1)
+    synthetic = SyntheticConfig(users=args.users, items=args.items, events=extra, seed=args.seed + 1,
+                                start_ms=_clock_start(settings, args.seed + 1))  # fmt: skip
+    produce((encode_event(event) for event in generate_events(synthetic)), settings, total=extra,
+            description="new events")  # fmt: skip
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    report = build_features(settings, incremental=True, log=lambda line: None)
+    console.print(f"{extra:,} new events ingested; feature versions now {report.versions()}")
+
+    client = _SteadyClient(settings, user)
+    client.start()
+    try:
+        round_ = warm_start_round(
+            settings, TrainOptions(epochs=min(args.epochs, 3), seed=args.seed, workers=args.workers), log=console.print
+        )
+        decision = round_.gate.decision
+        console.print(f"gate: {decision.label}: {decision.reason}")
+        if decision.promote:
+            client.wait_for_version(round_.trained.model_version, timeout_s=60)
+    finally:
+        client.stop()
+    console.print(f"failed requests during the round: {client.failed} of {client.sent:,}")
+    console.print(f"versions a client was served: {' -> '.join(client.versions) or '-'}")
+
+
+class _SteadyClient:
+    """Asks /recommend for one user every 50 ms in a thread; counts failures and served versions."""
+
+    def __init__(self, settings: Settings, user: str) -> None:
+        self.settings, self.user = settings, user
+        self.sent = self.failed = 0
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def wait_for_version(self, version: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (not self.versions or self.versions[-1] != version):
+            time.sleep(0.1)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.wait(0.05):
+                self.sent += 1
+                try:
+                    response = session.post(
+                        f"{base_url(self.settings)}/recommend", json={"user_id": self.user}, timeout=30
+                    )
+                    response.raise_for_status()
+                except requests.RequestException:
+                    self.failed += 1
+                    continue
+                version = response.json()["lineage"]["model_version"][self.settings.registered_model]
+                if not self.versions or self.versions[-1] != version:
+                    self.versions.append(version)
 
 
 def _stage(number: int, title: str, command: str) -> None:

@@ -15,6 +15,8 @@ from infra.settings import Settings, get_settings
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 
 EVENTS = 4_000
+# Per run: the synthetic events, a tenth as many new ones before the warm-start round, one dislike.
+RECORDS_PER_RUN = EVENTS + EVENTS // 10 + 1
 
 
 def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -45,11 +47,12 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
 
     first = _run_demo(env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == EVENTS
+    assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == RECORDS_PER_RUN
     assert _rows(settings, QUARANTINE_TABLE) > 0
     assert "HSTU is version" in first.stdout and "test split" in first.stdout
     assert "serving version" in first.stdout and "/recommend for" in first.stdout
     assert "after a dislike of" in first.stdout  # the new action reached the served recommendations
+    assert "gate: " in first.stdout and "failed requests during the round: 0 of" in first.stdout
     silver_rows = _rows(settings, SILVER_TABLE)
 
     # A restarted local broker loses its topics: a new (empty) topic under the same name.
@@ -62,5 +65,5 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "ingest starts over" in second.stdout
     assert "after a dislike of" in second.stdout  # served again, its history tailing the new topic
-    assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == 2 * EVENTS
-    assert _rows(settings, SILVER_TABLE) == silver_rows  # the same events again: one copy each
+    assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == 2 * RECORDS_PER_RUN
+    assert _rows(settings, SILVER_TABLE) == silver_rows + 1  # the same events again: one copy each (+ a new dislike)
