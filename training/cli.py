@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
     """Add the training commands to the streamrec CLI."""
     app.command("train")(train)
     app.command("evaluate")(evaluate)
+    from training.ranking_cli import train_ranking  # multi-task ranking (docs/ranking.md)
+
+    app.command("train-ranking")(train_ranking)
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
