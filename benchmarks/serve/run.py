@@ -1,0 +1,803 @@
+"""Serving benchmark: latency against a no-op Ray Serve app, catalogue sizes, HNSW recall,
+freshness and a promotion under load, on a private mini-cluster.
+
+Starts its own broker, MLflow and Ray head (free ports, temporary home), then in one run:
+
+1. Pipeline: synthetic events -> a topic -> ``run_ingest(until_idle=True)`` -> the feature
+   build -> a small HSTU trained on Ray Train (registered by ``train``) -> ``promote`` ->
+   ``serving.deploy.deploy``; beside the real app, in the same Serve instance, a no-op app
+   (``noop.py``: the same FastAPI ingress shape, no work) under ``/noop``.
+2. Catalogue sizes (``--sizes``, default 10k, 100k, 1M items): for each size N a model
+   version with N items. Bench items are appended to ``features/item_vocab`` (indices after
+   the real ones, the same schema and build record the feature build writes, so
+   ``recorded_state`` still reads its silver version and max_len); the version's weights are
+   the trained model's encoder and item rows, plus rows N_real+1..N that are *perturbed
+   copies of trained rows*: the row of a random real item plus Gaussian noise of
+   ``--noise`` x (that row's norm / sqrt(dim)) per coordinate (cosine about 0.9 to the
+   original at 0.5). The catalogue so keeps the cluster structure of real embeddings
+   (every real item gets a neighbourhood of near copies, a hard case for approximate
+   search) instead of uniform random vectors that no real query is near. The version is
+   saved with ``save_model`` (feature versions: the real user_sequences version and the new
+   item_vocab version), logged as an MLflow run's ``model`` artifact, registered, promoted,
+   and served once /healthz shows it (the swap's load + index seconds from /healthz).
+   Sizes above ``serve_exact_max_items`` are searched by HNSW.
+3. HNSW recall@100 against exact search at the largest size, offline in this process:
+   ``serving.catalog.build_index`` both ways on the served vectors, queries from
+   ``Catalog.encode`` of real user histories (``--recall-queries``), for several efSearch
+   values, each with its single-query time.
+4. Load: an open-loop generator (``loadgen.py``: fixed schedule, latency from the scheduled
+   time, bounded in-flight). First the highest rate the no-op holds (achieved >= 95% of the
+   target, no error, p99 < ``--hold-p99-ms``); then at each size /recommend and /retrieve
+   (random known users) at that rate and at half of it, each rate with the no-op measured
+   right before the two endpoints, and the p99 ratio to it.
+5. Freshness (at ``--extras-at`` items): for known users, the top item of /recommend, a
+   click on it produced to Kafka, /recommend polled every ``--poll-ms`` until the item
+   leaves the list; freshness = arrival of the first changed answer - the produce call.
+6. A promotion under load (at ``--extras-at`` items): a copy of the served version is
+   registered and promoted while /recommend runs open loop; failed requests, time from the
+   promote call to the first answer of the new version, and the swap's load seconds.
+
+    .venv/bin/python benchmarks/serve/run.py [--sizes 10000 100000 1000000] [--duration 20] [--quick]
+
+Writes benchmarks/results/serve.json (``--out``) and prints a summary table. Each phase
+records the load averages before and after it: only ratios measured side by side in this run
+compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.serve import loadgen  # noqa: E402
+from benchmarks.serve.cpu import CpuMeter  # noqa: E402
+from features.tables import ITEM_VOCAB_SCHEMA, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, build_record, recorded_state  # noqa: E402  # noqa: E402
+from infra import cluster  # noqa: E402
+from infra.processes import free_port  # noqa: E402
+from infra.settings import Settings, get_settings  # noqa: E402
+
+RESULT = ROOT / "benchmarks" / "results" / "serve.json"
+TARGETS = {
+    "recommend_p99_over_noop_at_100k_items_max_rate": 2.0,
+    "hnsw_recall_at_100_default_ef": 0.95,
+    "freshness_p95_s": 1.0,
+    "swap_under_load_failed_requests": 0,
+}
+# Defaults of the full run and of --quick (options given on the command line win).
+FULL = dict(users=2_000, items=5_000, events=100_000, epochs=3, sizes=[10_000, 100_000, 1_000_000], duration=20.0,
+            search_duration=15.0, low_duration=10.0, noop_rates=[50, 100, 150, 175, 200, 250, 300],
+            freshness_users=50, recall_queries=500, swap_duration=30.0)  # fmt: skip
+QUICK = dict(users=500, items=2_000, events=20_000, epochs=1, sizes=[10_000], duration=5.0, search_duration=5.0,
+             low_duration=5.0, noop_rates=[50, 100, 200], freshness_users=10, recall_queries=200,
+             swap_duration=12.0)  # fmt: skip
+
+PHASES: list[dict[str, Any]] = []
+METER: list[CpuMeter] = []  # set once the cluster is up
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def loads() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+@contextmanager
+def phase(name: str) -> Iterator[dict[str, Any]]:
+    """Time a phase and record the load averages before and after it (PHASES, in the JSON)."""
+    record: dict[str, Any] = {"phase": name, "load_before": loads()}
+    started = time.perf_counter()
+    log(f"{name} ...")
+    try:
+        yield record
+    finally:
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        record["load_after"] = loads()
+        PHASES.append(record)
+        log(f"{name}: {record['seconds']} s (load {record['load_before'][0]} -> {record['load_after'][0]})")
+
+
+# Setup ----------------------------------------------------------------------------------
+
+
+def private_settings(home: Path, args: argparse.Namespace) -> Settings:
+    """Settings of a private mini-cluster on free ports; STREAMREC_* exported first (Spark, Ray read them)."""
+    env = {
+        "STREAMREC_HOME": str(home),
+        "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "STREAMREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "STREAMREC_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STREAMREC_RAY_DASHBOARD_PORT": str(free_port()),
+        "STREAMREC_RAY_CLIENT_PORT": str(free_port()),
+        "STREAMREC_SERVE_PORT": str(free_port()),
+        "STREAMREC_DAGSTER_PORT": str(free_port()),
+        "STREAMREC_EXTERNAL": "",
+        "STREAMREC_LAKE_URI": "",
+        "STREAMREC_TRAIN_STORAGE": "",
+        "STREAMREC_RAY_AUTH": "token",
+        "STREAMREC_RAY_AUTH_TOKEN_FILE": str(home / "ray" / "auth_token"),
+        "STREAMREC_TOPIC": "bench-serve",
+        "STREAMREC_REGISTERED_MODEL": "bench-serve-retrieval",
+        "STREAMREC_MLFLOW_EXPERIMENT": "bench-serve",
+        "STREAMREC_TRAIN_WORKERS": str(args.workers),
+    }
+    if args.exact_max_items:
+        env["STREAMREC_SERVE_EXACT_MAX_ITEMS"] = str(args.exact_max_items)
+    os.environ.pop("STREAMREC_CONFIG", None)
+    os.environ.update(env)
+    return get_settings()
+
+
+def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Synthetic events -> Kafka -> ingest -> features -> HSTU -> registered, promoted and served."""
+    from features.build import build
+    from ingestion.producer import encode_event, produce
+    from ingestion.stream import run_ingest
+    from ingestion.synthetic import SyntheticConfig, generate_events
+    from serving.deploy import deploy
+    from serving.registry import promote
+    from training.config import EncoderConfig, TrainConfig
+    from training.runner import train
+
+    out: dict[str, Any] = {}
+    with phase("cluster up"):
+        cluster.up(settings, ["kafka", "mlflow", "ray"])  # the broker's start creates the topic
+        METER.append(CpuMeter(settings))
+    synthetic = SyntheticConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
+    with phase("produce"):
+        events = list(generate_events(synthetic))
+        produced = produce((encode_event(e) for e in events), settings, total=len(events), show_progress=False)
+    out["synthetic"] = {"users": synthetic.users, "items": synthetic.items, "events": synthetic.events,
+                        "produced_per_s": round(produced.rate)}  # fmt: skip
+    with phase("ingest (until idle)"):
+        run_ingest(settings, until_idle=True, report=lambda *_: None)
+    with phase("features build"):
+        build(settings, incremental=True, log=lambda *_: None)
+    config = TrainConfig(
+        encoder=EncoderConfig(kind="hstu", dim=args.dim, max_len=args.max_len), epochs=args.epochs, patience=0
+    )
+    with phase("train"):
+        run = train(settings, config, workers=args.workers, log=lambda *_: None)
+    out["train"] = {"model_version": run.model_version, "epochs": args.epochs, "workers": args.workers,
+                    "encoder": config.encoder.model_dump(mode="json"),
+                    "test_ndcg_10": round(run.metrics.get("test_ndcg_10", float("nan")), 4)}  # fmt: skip
+    with phase("deploy"):
+        promote(settings, run.model_version)
+        health = deploy(settings)
+        deploy_noop(settings)
+    out["served"] = {"version": health["model"]["version"], "items": health["model"]["items"],
+                     "index": health["model"]["index"]}  # fmt: skip
+    out["known_users"] = sorted({event["user_id"] for event in events})
+    return out
+
+
+def deploy_noop(settings: Settings) -> None:
+    """The no-op app in the same Serve instance as the real one; returns once it answers."""
+    from ray import serve
+
+    from benchmarks.serve.noop import APP_NAME, ROUTE_PREFIX, noop_app
+
+    app = noop_app(settings.serve_max_ongoing_requests, settings.serve_max_queued_requests)
+    serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
+    url = f"{base(settings)}{ROUTE_PREFIX}/recommend"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url, json={"user_id": "u1"}, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the no-op app at {url} did not answer in 120 s")
+
+
+def base(settings: Settings) -> str:
+    from serving.deploy import base_url
+
+    return base_url(settings)
+
+
+# Catalogue versions -----------------------------------------------------------------------
+
+
+class Catalogues:
+    """Model versions of the trained encoder over catalogues of N items (perturbed copies)."""
+
+    def __init__(self, settings: Settings, version: str, max_items: int, noise: float, seed: int) -> None:
+        from training import tracking
+        from training.model import PLAIN_WEIGHT
+        from training.model_io import read_info, read_weights
+
+        self.settings = settings
+        with tracking.downloaded_version(settings, version) as directory:
+            self.info = read_info(directory)
+            self.weights = read_weights(directory)
+        trained = self.weights[PLAIN_WEIGHT].float()
+        self.real_items = self.info.num_items
+        self.dim = trained.shape[1]
+        self.noise = noise
+        total = max(max_items, self.real_items)
+        generator = torch.Generator().manual_seed(seed)
+        table = torch.empty((total + 1, self.dim), dtype=torch.float32)
+        table[: self.real_items + 1] = trained
+        extra = total - self.real_items
+        if extra:
+            source = torch.randint(1, self.real_items + 1, (extra,), generator=generator)
+            rows = trained[source]
+            scale = noise * rows.norm(dim=1, keepdim=True) / math.sqrt(self.dim)
+            table[self.real_items + 1 :] = rows + scale * torch.randn((extra, self.dim), generator=generator)
+        self.table = table
+        self.sequences_version = self.info.feature_versions[USER_SEQUENCES_TABLE]
+
+    def append_vocab(self, items: int) -> int:
+        """Append bench items to features/item_vocab up to ``items``; the vocab version holding them."""
+        import pyarrow as pa
+        from deltalake import DeltaTable, write_deltalake
+
+        uri = self.settings.table_uri(ITEM_VOCAB_TABLE)
+        table = DeltaTable(uri)
+        have = int(table.to_pyarrow_table(columns=["item_index"])["item_index"].to_numpy().max())
+        if items <= have:
+            return int(table.version())
+        state = recorded_state(uri)
+        if state is None:
+            raise RuntimeError(f"{ITEM_VOCAB_TABLE} records no build state")
+        indices = np.arange(have + 1, items + 1, dtype=np.int64)
+        now = int(time.time() * 1000)
+        rows = pa.table(
+            {
+                "item_id": pa.array([f"bench-{index}" for index in indices.tolist()], pa.string()),
+                "item_index": pa.array(indices, pa.int64()),
+                "first_seen_ts": pa.array(np.full(len(indices), now, np.int64), pa.int64()),
+            },
+            schema=ITEM_VOCAB_SCHEMA,
+        )
+        write_deltalake(uri, rows, mode="append", commit_properties=build_record(*state))
+        version = int(DeltaTable(uri).version())
+        if recorded_state(uri, version) != state:
+            raise RuntimeError(f"{ITEM_VOCAB_TABLE} v{version} lost its build state {state}")
+        return version
+
+    def register(self, items: int, scratch: Path) -> tuple[str, str, dict[str, float]]:
+        """A registered version over ``items`` items; (version, run id, seconds per step)."""
+        from training import tracking
+        from training.model import PLAIN_WEIGHT
+        from training.model_io import ModelInfo, save_model
+
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        vocab_version = self.append_vocab(items)
+        seconds["vocab_append"] = time.perf_counter() - started
+        versions = {USER_SEQUENCES_TABLE: self.sequences_version, ITEM_VOCAB_TABLE: vocab_version}
+        weights = {**self.weights, PLAIN_WEIGHT: self.table[: items + 1].clone()}
+        directory = scratch / f"catalogue-{items}"
+        started = time.perf_counter()
+        save_model(directory, ModelInfo(self.info.encoder, items, versions), weights)
+        seconds["save_model"] = time.perf_counter() - started
+        started = time.perf_counter()
+        run_id = tracking.start_run(
+            self.settings,
+            f"bench-catalogue-{items}",
+            params={"items": str(items), "real_items": str(self.real_items), "noise": str(self.noise)},
+            tags={"benchmark": "serve", "catalogue": "perturbed copies of trained rows"},
+            feature_versions=versions,
+        )
+        tracking.log_artifacts(self.settings, run_id, directory, "model")
+        version = tracking.register(self.settings, run_id, "model", tags={"bench_items": str(items)})
+        tracking.client(self.settings).set_terminated(run_id, "FINISHED")
+        seconds["log_and_register"] = time.perf_counter() - started
+        shutil.rmtree(directory, ignore_errors=True)
+        return version, run_id, {key: round(value, 2) for key, value in seconds.items()}
+
+
+def register_copy(settings: Settings, version: str) -> str:
+    """A new registered version with the files of ``version`` (same source and run)."""
+    from training import tracking
+
+    client = tracking.client(settings)
+    source = client.get_model_version(settings.registered_model, version)
+    return str(client.create_model_version(settings.registered_model, source.source, run_id=source.run_id).version)
+
+
+def healthz(settings: Settings) -> dict[str, Any]:
+    try:
+        return dict(requests.get(f"{base(settings)}/healthz", timeout=30).json())
+    except (requests.RequestException, ValueError) as error:
+        return {"model": None, "last_error": f"no answer: {error.__class__.__name__}", "swaps": []}
+
+
+def promote_and_wait(settings: Settings, version: str, timeout_s: float) -> dict[str, Any]:
+    """Promote ``version`` and wait until /healthz serves it; the swap's figures."""
+    from serving.registry import promote
+
+    started = time.perf_counter()
+    promote(settings, version)
+    while time.perf_counter() - started < timeout_s:
+        health = healthz(settings)
+        model = health.get("model") or {}
+        if model.get("version") == version:
+            swap = [s for s in health["swaps"] if s["to_version"] == version][-1]
+            return {
+                "version": version,
+                "items": model["items"],
+                "index": model["index"],
+                "swap_load_and_index_s": round(swap["load_seconds"], 2),
+                "promote_to_healthz_s": round(time.perf_counter() - started, 2),
+            }
+        if health.get("last_error") and f"version {version} " in health["last_error"]:
+            raise RuntimeError(health["last_error"])
+        time.sleep(0.5)
+    raise RuntimeError(f"version {version} was not served within {timeout_s:.0f} s")
+
+
+# Load -------------------------------------------------------------------------------------
+
+
+def bodies(users: list[str], path: str, count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    k = 10 if path == "/recommend" else 100
+    return [json.dumps({"user_id": rng.choice(users), "k": k}).encode() for _ in range(count)]
+
+
+def measure(
+    settings: Settings, path: str, rate: float, duration: float, users: list[str], seed: int, **kwargs: Any
+) -> dict[str, Any]:
+    """One open-loop run of ``path`` at ``rate`` for ``duration`` seconds (random known users)."""
+    spec = loadgen.LoadSpec(
+        url=f"{base(settings)}{path}", rate=rate, duration_s=duration, bodies=bodies(users, path, 4_096, seed)
+    )
+    before = METER[0].snapshot()
+    result = loadgen.run(spec, **kwargs)
+    result.update(path=path, **METER[0].usage(before, METER[0].snapshot(), result["scheduled"]))
+    time.sleep(1.0)  # let what the run left (replica queues, GC) settle before the next
+    return result
+
+
+def holds(result: dict[str, Any], p99_limit_ms: float) -> bool:
+    return (
+        result["errors"] == 0
+        and result["achieved_qps"] >= 0.95 * result["target_qps"]
+        and result["p99_ms"] is not None
+        and result["p99_ms"] < p99_limit_ms
+    )
+
+
+def noop_max_rate(settings: Settings, args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
+    """The highest stepped rate the no-op holds (a failing step is measured once more)."""
+    from benchmarks.serve.noop import ROUTE_PREFIX
+
+    steps, best = [], None
+    for rate in args.noop_rates:
+        result = measure(settings, f"{ROUTE_PREFIX}/recommend", rate, args.search_duration, users, seed=int(rate))
+        result["holds"] = holds(result, args.hold_p99_ms)
+        steps.append(result)
+        log(f"  no-op at {rate}/s: {summary_line(result)} holds={result['holds']}")
+        if not result["holds"]:
+            again = measure(
+                settings, f"{ROUTE_PREFIX}/recommend", rate, args.search_duration, users, seed=int(rate) + 1
+            )
+            again["holds"] = holds(again, args.hold_p99_ms)
+            again["retry"] = True
+            steps.append(again)
+            log(f"  no-op at {rate}/s again: {summary_line(again)} holds={again['holds']}")
+            if not again["holds"]:
+                break
+        best = rate
+    return {"max_rate": best, "hold_rule": f"achieved >= 95% of target, no errors, p99 < {args.hold_p99_ms} ms",
+            "steps": steps}  # fmt: skip
+
+
+def size_load(settings: Settings, args: argparse.Namespace, users: list[str], rates: list[float]) -> list[dict]:
+    """/recommend and /retrieve at each rate, each rate with the no-op measured right before them."""
+    from benchmarks.serve.noop import ROUTE_PREFIX
+
+    for path in ("/recommend", "/retrieve"):  # warm-up: first queries of a new catalogue
+        measure(settings, path, args.low_rate, 3.0, users, seed=7)
+    rows = []
+    for rate in rates:
+        seed = int(rate)
+        duration = args.low_duration if rate == args.low_rate else args.duration
+        noop = measure(settings, f"{ROUTE_PREFIX}/recommend", rate, duration, users, seed=seed)
+        rows.append({"endpoint": "no-op", "rate": rate, **noop, "noop_p99_ms": noop["p99_ms"], "p99_over_noop": 1.0})
+        log(f"  {'no-op':<10} at {rate:g}/s: {summary_line(noop)}")
+        for path in ("/recommend", "/retrieve"):
+            result = measure(settings, path, rate, duration, users, seed=seed)
+            ratio = result["p99_ms"] / noop["p99_ms"] if result["p99_ms"] and noop["p99_ms"] else None
+            over = round(ratio, 2) if ratio else None
+            rows.append(
+                {"endpoint": path, "rate": rate, **result, "noop_p99_ms": noop["p99_ms"], "p99_over_noop": over}
+            )
+            log(f"  {path:<10} at {rate:g}/s: {summary_line(result)} p99/no-op={over}")
+    return rows
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    top = ", ".join(f"{name} {ms}" for name, ms in list(result["cpu_ms_per_request"].items())[:3])
+    return (
+        f"{result['achieved_qps']:.0f}/s p50 {result['p50_ms']} p95 {result['p95_ms']} p99 {result['p99_ms']} ms, "
+        f"{result['errors']} errors {result['errors_by_kind'] or ''}; CPU ms/request "
+        f"{result['cpu_ms_per_request_total']} ({top}), machine busy {result['machine_busy_cores']} cores"
+    )
+
+
+# Freshness and swap under load ------------------------------------------------------------
+
+
+def freshness(settings: Settings, users: list[str], count: int, poll_ms: float, seed: int) -> dict[str, Any]:
+    """Per user: top /recommend item, a click on it to Kafka, poll until it leaves the list."""
+    from ingestion.producer import encode_event, open_producer
+
+    url = f"{base(settings)}/recommend"
+    session = requests.Session()
+    producer = open_producer(settings)
+    lags, misses, polls = [], 0, []
+    try:
+        for user in random.Random(seed).sample(users, min(count, len(users))):
+            items = [item["item_id"] for item in session.post(url, json={"user_id": user}, timeout=10).json()["items"]]
+            if not items:
+                misses += 1
+                continue
+            top = items[0]
+            event = {"event_id": f"fresh-{uuid.uuid4().hex}", "user_id": user, "item_id": top, "action": "click",
+                     "ts": int(time.time() * 1000)}  # fmt: skip
+            record = encode_event(event)
+            produced = time.perf_counter()
+            producer.send(settings.topic, key=record.key, value=record.value)
+            producer.flush()
+            tries = 0
+            while time.perf_counter() - produced < 10.0:
+                tries += 1
+                body = session.post(url, json={"user_id": user}, timeout=10).json()
+                arrived = time.perf_counter()
+                if top not in [item["item_id"] for item in body["items"]]:
+                    lags.append(arrived - produced)
+                    polls.append(tries)
+                    break
+                time.sleep(poll_ms / 1000)
+            else:
+                misses += 1
+    finally:
+        producer.close()
+    lags.sort()
+    return {
+        "users": min(count, len(users)),
+        "changed": len(lags),
+        "missed_within_10_s": misses,
+        "poll_every_ms": poll_ms,
+        "p50_s": round(statistics.median(lags), 3) if lags else None,
+        "p95_s": round(float(np.percentile(lags, 95)), 3) if lags else None,
+        "max_s": round(lags[-1], 3) if lags else None,
+        "mean_polls": round(statistics.mean(polls), 1) if polls else None,
+        "definition": "arrival of the first /recommend answer without the clicked top item - the produce call "
+        "(send + flush, acks=all); exclude_seen true",
+    }
+
+
+def swap_under_load(
+    settings: Settings, users: list[str], rate: float, duration: float, current: str, promote_after_s: float
+) -> dict[str, Any]:
+    """Promote a copy of the served version while /recommend runs open loop."""
+    from serving.registry import promote
+
+    new = register_copy(settings, current)
+    name = settings.registered_model
+    seen: list[tuple[float, str]] = []
+    marks: dict[str, float] = {}
+
+    def on_body(arrived: float, payload: bytes) -> None:
+        seen.append((arrived, json.loads(payload)["lineage"]["model_version"][name]))
+
+    async def side(start: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, start + promote_after_s - loop.time()))
+        marks["promote_called"] = loop.time()
+        await loop.run_in_executor(None, promote, settings, new)
+        marks["promote_returned"] = loop.time()
+
+    result = measure(settings, "/recommend", rate, duration, users, seed=11, on_body=on_body, side=side)
+    seen.sort()
+    first_new = next((at for at, version in seen if version == new), None)
+    after_first = [version for at, version in seen if first_new is not None and at >= first_new]
+    health = healthz(settings)
+    swap = [s for s in health.get("swaps", []) if s["to_version"] == new]
+    return {
+        "from_version": current,
+        "to_version": new,
+        "rate": rate,
+        "load": result,
+        "failed_requests": result["errors"],
+        "promote_call_s": round(marks["promote_returned"] - marks["promote_called"], 3),
+        "promote_to_first_new_response_s": round(first_new - marks["promote_called"], 3) if first_new else None,
+        "old_version_answers_after_first_new": sum(version != new for version in after_first),
+        "answers_by_version": {v: sum(1 for _, x in seen if x == v) for v in sorted({x for _, x in seen})},
+        "swap_load_and_index_s": round(swap[-1]["load_seconds"], 2) if swap else None,
+        "model_poll_s": settings.serve_model_poll_s,
+    }
+
+
+# HNSW recall ------------------------------------------------------------------------------
+
+
+def hnsw_recall(
+    settings: Settings,
+    catalogues: Catalogues,
+    items: int,
+    queries_wanted: int,
+    ef_values: list[int],
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Recall@100 of HNSW against exact search on the catalogue's vectors, real user queries."""
+    import faiss
+    from deltalake import DeltaTable
+
+    from serving.catalog import Catalog, build_index
+    from training.model import RetrievalModel
+    from training.retriever import Retriever
+
+    faiss.omp_set_num_threads(threads)  # as in the replicas (Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1)
+    model = RetrievalModel(catalogues.info.encoder, catalogues.real_items)
+    model.load_state_dict(catalogues.weights)
+    retriever = Retriever(model.eval().encoder, catalogues.table[: items + 1], catalogues.info)
+    catalog = Catalog("offline", "", retriever, np.zeros(0, object), {}, None, "none", {})
+    sequences = DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE), version=catalogues.sequences_version)
+    rows = sequences.to_pyarrow_table(columns=["item_indices", "actions", "timestamps"]).to_pylist()
+    rows = random.Random(seed).sample(rows, min(queries_wanted, len(rows)))
+    histories = [list(zip(r["item_indices"], r["actions"], r["timestamps"], strict=True)) for r in rows]
+    queries = np.concatenate([catalog.encode(histories[i : i + 64]) for i in range(0, len(histories), 64)])
+    vectors = retriever.item_vectors[1:].numpy()
+    started = time.perf_counter()
+    exact, _ = build_index(vectors, len(vectors), settings.serve_hnsw_m, settings.serve_hnsw_ef_search)
+    exact_build = time.perf_counter() - started
+    started = time.perf_counter()
+    graph, kind = build_index(vectors, 0, settings.serve_hnsw_m, settings.serve_hnsw_ef_search)
+    hnsw_build = time.perf_counter() - started
+    assert kind == "hnsw"
+    k = 100
+    _, truth = exact.search(queries, k)
+    exact_ms = single_query_ms(exact, queries, k)
+    table = []
+    for ef in sorted({*ef_values, settings.serve_hnsw_ef_search}):
+        graph.hnsw.efSearch = ef
+        _, found = graph.search(queries, k)
+        recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth, strict=True)])
+        table.append({"ef_search": ef, "recall_at_100": round(float(recall), 4), **single_query_ms(graph, queries, k),
+                      "default": ef == settings.serve_hnsw_ef_search})  # fmt: skip
+        log(f"  efSearch {ef}: recall@100 {table[-1]['recall_at_100']}, {table[-1]['p50_ms']} ms/query")
+    return {
+        "items": items,
+        "queries": len(queries),
+        "query_source": "Catalog.encode of real user histories (features/user_sequences at the trained version)",
+        "hnsw_m": settings.serve_hnsw_m,
+        "ef_construction": graph.hnsw.efConstruction,
+        "note": "faiss searches with max(efSearch, k) candidates, so efSearch below 100 acts as 100 for k=100",
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "exact_build_s": round(exact_build, 2),
+        "hnsw_build_s": round(hnsw_build, 2),
+        "exact_single_query": exact_ms,
+        "by_ef_search": table,
+    }
+
+
+def single_query_ms(index: Any, queries: np.ndarray, k: int) -> dict[str, float]:
+    """Per-query time of one-at-a-time searches (as a lone request would search)."""
+    times = []
+    for row in range(len(queries)):
+        started = time.perf_counter()
+        index.search(queries[row : row + 1], k)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+
+
+# Main -------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, short runs, small pipeline")
+    parser.add_argument("--sizes", type=int, nargs="+", help="catalogue sizes (items)")
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--items", type=int, help="items of the synthetic event model")
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--duration", type=float, help="seconds of each load measurement")
+    parser.add_argument("--search-duration", type=float, help="seconds of each step of the no-op rate search")
+    parser.add_argument("--noop-rates", type=float, nargs="+", help="stepped rates of the no-op search")
+    parser.add_argument("--low-rate", type=float, default=10.0, help="a light rate measured at each size too")
+    parser.add_argument("--low-duration", type=float, help="seconds of each light-rate measurement")
+    parser.add_argument("--hold-p99-ms", type=float, default=250.0, help="p99 a held rate stays under")
+    parser.add_argument("--freshness-users", type=int)
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="freshness: /recommend poll interval")
+    parser.add_argument("--recall-queries", type=int)
+    parser.add_argument("--faiss-threads", type=int, default=1, help="OpenMP threads of the offline recall runs")
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--swap-duration", type=float, help="seconds of the load run the promotion happens in")
+    parser.add_argument("--extras-at", type=int, default=100_000, help="size for freshness and swap under load")
+    parser.add_argument("--noise", type=float, default=0.5, help="bench rows: noise x row norm / sqrt(dim)")
+    parser.add_argument("--exact-max-items", type=int, help="serve_exact_max_items override")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.sizes = sorted(set(args.sizes))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    load_start = loads()
+    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-serve-"))
+    settings = private_settings(home, args)
+    result: dict[str, Any] = {
+        "benchmark": "serve",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "settings": {key: value for key, value in settings.model_dump(mode="json").items() if key.startswith("serve_")},
+        "catalogue": {
+            "bench_items": "features/item_vocab rows 'bench-<index>' appended after the real items (same schema, "
+            "same build record); their item rows are perturbed copies of trained rows: the row of a random real "
+            f"item + N(0, ({args.noise} * row norm / sqrt(dim))^2) per coordinate, so the catalogue keeps the "
+            "cluster structure of real embeddings (each real item gets a neighbourhood of near copies) rather "
+            "than uniform random vectors",
+        },
+    }
+    extras_at = max([size for size in args.sizes if size <= args.extras_at], default=args.sizes[0])
+    try:
+        result["pipeline"] = pipeline(settings, args)
+        users = result["pipeline"].pop("known_users")
+        with phase("no-op max rate"):
+            noop = noop_max_rate(settings, args, users)
+        result["noop_max_rate"] = noop
+        top = float(noop["max_rate"] or args.noop_rates[0])
+        rates = sorted({top, float(round(top / 2)), float(args.low_rate)}, reverse=True)
+        catalogues = Catalogues(settings, result["pipeline"]["train"]["model_version"], max(args.sizes),
+                                args.noise, args.seed)  # fmt: skip
+        result["catalogue"]["real_items"] = catalogues.real_items
+        scratch = home / "catalogues"
+        result["sizes"] = []
+        for size in args.sizes:
+            with phase(f"catalogue {size:,}: register and swap") as record:
+                version, run_id, steps = catalogues.register(size, scratch)
+                swap = promote_and_wait(settings, version, timeout_s=1_800)
+                record.update(swap)
+            if "replica_environment" not in result:
+                result["replica_environment"] = METER[0].environment(
+                    "replica Recommender", ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                )
+            memory = {name: mb for name, mb in CpuMeter.rss_mb(METER[0].snapshot()).items() if "replica" in name}
+            entry: dict[str, Any] = {**swap, "run_id": run_id, "register_steps_s": steps, "rss_mb": memory}
+            log(f"  {size:,} items: {swap['index']}, swap {swap['swap_load_and_index_s']} s")
+            with phase(f"catalogue {size:,}: load"):
+                entry["load"] = size_load(settings, args, users, rates)
+            result["sizes"].append(entry)
+            if size == extras_at:
+                with phase(f"freshness at {size:,} items"):
+                    result["freshness"] = {"items": size, **freshness(settings, users, args.freshness_users,
+                                                                       args.poll_ms, args.seed)}  # fmt: skip
+                log(f"  freshness: {json.dumps({k: result['freshness'][k] for k in ('p50_s', 'p95_s', 'max_s')})}")
+                with phase(f"swap under load at {size:,} items"):
+                    held = [row["rate"] for row in entry["load"]
+                            if row["endpoint"] == "/recommend" and holds(row, args.hold_p99_ms)]  # fmt: skip
+                    rate = max(held, default=args.low_rate)  # swap failures, not overload, are what is counted
+                    result["swap_under_load"] = {"items": size, **swap_under_load(
+                        settings, users, rate, args.swap_duration, version, promote_after_s=5.0)}  # fmt: skip
+                log(f"  swap under load: {result['swap_under_load']['failed_requests']} failed, first new answer "
+                    f"{result['swap_under_load']['promote_to_first_new_response_s']} s after promote")  # fmt: skip
+        with phase(f"hnsw recall at {max(args.sizes):,} items"):
+            result["hnsw_recall"] = hnsw_recall(
+                settings,
+                catalogues,
+                max(args.sizes),
+                args.recall_queries,
+                args.ef_search,
+                args.seed,
+                args.faiss_threads,
+            )
+    finally:
+        shutdown(settings)
+        shutil.rmtree(home, ignore_errors=True)
+    result["phases"] = PHASES
+    result["machine"]["load_average_1_5_15_min"] = {"start": load_start, "end": loads()}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["targets"] = TARGETS
+    result["met"] = verdicts(result, rates[0])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_summary(result)
+    print(args.out)
+
+
+def shutdown(settings: Settings) -> None:
+    try:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+    except Exception as error:  # the cluster goes down next anyway
+        log(f"serve shutdown: {error}")
+    cluster.down(settings)
+
+
+def verdicts(result: dict[str, Any], top_rate: float) -> dict[str, bool | None]:
+    at_100k = next((entry for entry in result["sizes"] if entry["items"] == 100_000), None)
+    ratio = None
+    if at_100k:
+        ratio = next((row["p99_over_noop"] for row in at_100k["load"]
+                      if row["endpoint"] == "/recommend" and row["rate"] == top_rate), None)  # fmt: skip
+    default = next((row for row in result["hnsw_recall"]["by_ef_search"] if row["default"]), None)
+    fresh = result.get("freshness", {}).get("p95_s")
+    swap = result.get("swap_under_load", {}).get("failed_requests")
+    return {
+        "recommend_p99_over_noop_at_100k_items_max_rate": None if ratio is None else ratio <= 2.0,
+        "hnsw_recall_at_100_default_ef": None if default is None else default["recall_at_100"] >= 0.95,
+        "freshness_p95_s": None if fresh is None else fresh <= 1.0,
+        "swap_under_load_failed_requests": None if swap is None else swap == 0,
+    }
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    line: Callable[..., None] = print
+    line("\nno-op max rate:", result["noop_max_rate"]["max_rate"], "/s")
+    header = f"{'items':>9} {'index':>6} {'swap s':>7} {'endpoint':<11}{'rate':>6} {'qps':>6} {'p50':>7} {'p95':>7} "
+    line(header + f"{'p99':>7} {'err':>4} {'noop p99':>9} {'ratio':>6}")
+    for entry in result["sizes"]:
+        for row in entry["load"]:
+            line(
+                f"{entry['items']:>9,} {entry['index']:>6} {entry['swap_load_and_index_s']:>7} {row['endpoint']:<11}"
+                f"{row['rate']:>6g} {row['achieved_qps']:>6.0f} {row['p50_ms']!s:>7} {row['p95_ms']!s:>7} "
+                f"{row['p99_ms']!s:>7} {row['errors']:>4} {row['noop_p99_ms']!s:>9} {row['p99_over_noop']!s:>6}"
+            )
+    recall = result["hnsw_recall"]
+    line(f"\nHNSW at {recall['items']:,} items (M={recall['hnsw_m']}, build {recall['hnsw_build_s']} s), "
+         f"exact single query p50 {recall['exact_single_query']['p50_ms']} ms")  # fmt: skip
+    for row in recall["by_ef_search"]:
+        mark = " (default)" if row["default"] else ""
+        line(f"  efSearch {row['ef_search']:>4}: recall@100 {row['recall_at_100']:.4f}, {row['p50_ms']} ms/query{mark}")
+    fresh = result.get("freshness")
+    if fresh:
+        line(f"\nfreshness ({fresh['changed']}/{fresh['users']} users): p50 {fresh['p50_s']} s, "
+             f"p95 {fresh['p95_s']} s, max {fresh['max_s']} s")  # fmt: skip
+    swap = result.get("swap_under_load")
+    if swap:
+        line(
+            f"swap under load at {swap['rate']:g}/s: {swap['failed_requests']} failed requests, first new answer "
+            f"{swap['promote_to_first_new_response_s']} s after promote, "
+            f"load+index {swap['swap_load_and_index_s']} s"
+        )
+    line("\ntargets met:", json.dumps(result["met"]), f"\ntotal {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
