@@ -101,7 +101,6 @@ class CpuMeter:
         return {
             "cpu_ms_per_request": per_request,
             "cpu_ms_per_request_total": round(total_ms, 3),
-            "implied_max_qps_all_cores": round((os.cpu_count() or 1) * 1000 / total_ms) if total_ms else None,
             "our_busy_cores": round(ours / seconds, 2),
             "machine_busy_cores": round((after.machine_busy - before.machine_busy) / seconds, 2),
         }
@@ -114,13 +113,13 @@ class CpuMeter:
             memory[name] += rss
         return {name: round(value) for name, value in sorted(memory.items(), key=lambda item: -item[1])}
 
-    def environment(self, name: str, keys: tuple[str, ...]) -> dict[str, str | None]:
-        """Environment variables ``keys`` of the first process whose role is ``name``, and its niceness."""
+    def process_facts(self, name: str) -> dict[str, object]:
+        """Niceness and thread count of the first process whose role is ``name`` (Ray starts its
+        workers at niceness 15, so any nice-0 process on the machine runs before them)."""
         for process in self.processes():
             if role(process) == name:
                 try:
-                    environ = process.environ()
-                    return {**{key: environ.get(key) for key in keys}, "nice": str(process.nice())}
+                    return {"role": name, "nice": process.nice(), "threads": process.num_threads()}
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
         return {}

@@ -29,13 +29,20 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
    time, bounded in-flight). First the highest rate the no-op holds (achieved >= 95% of the
    target, no error, p99 < ``--hold-p99-ms``); then at each size /recommend and /retrieve
    (random known users) at that rate and at half of it, each rate with the no-op measured
-   right before the two endpoints, and the p99 ratio to it.
+   right before the two endpoints, and the p99 ratio to it; and at a light rate
+   (``--low-rate``) as well.
 5. Freshness (at ``--extras-at`` items): for known users, the top item of /recommend, a
    click on it produced to Kafka, /recommend polled every ``--poll-ms`` until the item
    leaves the list; freshness = arrival of the first changed answer - the produce call.
 6. A promotion under load (at ``--extras-at`` items): a copy of the served version is
-   registered and promoted while /recommend runs open loop; failed requests, time from the
-   promote call to the first answer of the new version, and the swap's load seconds.
+   registered and promoted while /recommend runs open loop, at the highest measured rate it
+   served there without an error (so a failure is the swap's, not overload's); failed
+   requests, time from the promote call to the first answer of the new version, and the
+   swap's load seconds.
+
+Every load run also records the CPU time of this run's own processes by role (``cpu.py``:
+proxy, replicas, history shard, generator...) per scheduled request, their busy cores and
+the whole machine's, so starvation by other work on the machine shows in the JSON.
 
     .venv/bin/python benchmarks/serve/run.py [--sizes 10000 100000 1000000] [--duration 20] [--quick]
 
@@ -376,13 +383,13 @@ def measure(
     return result
 
 
+def keeps_up(result: dict[str, Any]) -> bool:
+    """No errors and at least 95% of the target rate achieved."""
+    return result["errors"] == 0 and result["achieved_qps"] >= 0.95 * result["target_qps"]
+
+
 def holds(result: dict[str, Any], p99_limit_ms: float) -> bool:
-    return (
-        result["errors"] == 0
-        and result["achieved_qps"] >= 0.95 * result["target_qps"]
-        and result["p99_ms"] is not None
-        and result["p99_ms"] < p99_limit_ms
-    )
+    return keeps_up(result) and result["p99_ms"] is not None and result["p99_ms"] < p99_limit_ms
 
 
 def noop_max_rate(settings: Settings, args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
@@ -430,6 +437,9 @@ def size_load(settings: Settings, args: argparse.Namespace, users: list[str], ra
             rows.append(
                 {"endpoint": path, "rate": rate, **result, "noop_p99_ms": noop["p99_ms"], "p99_over_noop": over}
             )
+            if keeps_up(result) and keeps_up(noop):  # per request, side by side; not under overload
+                extra = result["cpu_ms_per_request_total"] - noop["cpu_ms_per_request_total"]
+                rows[-1]["cpu_ms_per_request_over_noop"] = round(extra, 2)
             log(f"  {path:<10} at {rate:g}/s: {summary_line(result)} p99/no-op={over}")
     return rows
 
@@ -690,10 +700,8 @@ def main() -> None:
                 version, run_id, steps = catalogues.register(size, scratch)
                 swap = promote_and_wait(settings, version, timeout_s=1_800)
                 record.update(swap)
-            if "replica_environment" not in result:
-                result["replica_environment"] = METER[0].environment(
-                    "replica Recommender", ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-                )
+            if "replica_process" not in result:
+                result["replica_process"] = METER[0].process_facts("replica Recommender")
             memory = {name: mb for name, mb in CpuMeter.rss_mb(METER[0].snapshot()).items() if "replica" in name}
             entry: dict[str, Any] = {**swap, "run_id": run_id, "register_steps_s": steps, "rss_mb": memory}
             log(f"  {size:,} items: {swap['index']}, swap {swap['swap_load_and_index_s']} s")
@@ -706,9 +714,9 @@ def main() -> None:
                                                                        args.poll_ms, args.seed)}  # fmt: skip
                 log(f"  freshness: {json.dumps({k: result['freshness'][k] for k in ('p50_s', 'p95_s', 'max_s')})}")
                 with phase(f"swap under load at {size:,} items"):
-                    held = [row["rate"] for row in entry["load"]
-                            if row["endpoint"] == "/recommend" and holds(row, args.hold_p99_ms)]  # fmt: skip
-                    rate = max(held, default=args.low_rate)  # swap failures, not overload, are what is counted
+                    # The highest rate /recommend served without an error here: failures are then the swap's.
+                    clean = [row["rate"] for row in entry["load"] if row["endpoint"] == "/recommend" and keeps_up(row)]
+                    rate = max(clean, default=args.low_rate)
                     result["swap_under_load"] = {"items": size, **swap_under_load(
                         settings, users, rate, args.swap_duration, version, promote_after_s=5.0)}  # fmt: skip
                 log(f"  swap under load: {result['swap_under_load']['failed_requests']} failed, first new answer "
@@ -771,13 +779,14 @@ def print_summary(result: dict[str, Any]) -> None:
     line: Callable[..., None] = print
     line("\nno-op max rate:", result["noop_max_rate"]["max_rate"], "/s")
     header = f"{'items':>9} {'index':>6} {'swap s':>7} {'endpoint':<11}{'rate':>6} {'qps':>6} {'p50':>7} {'p95':>7} "
-    line(header + f"{'p99':>7} {'err':>4} {'noop p99':>9} {'ratio':>6}")
+    line(header + f"{'p99':>7} {'err':>5} {'noop p99':>9} {'ratio':>6} {'CPU ms/req':>10} {'cores ours/all':>14}")
     for entry in result["sizes"]:
         for row in entry["load"]:
             line(
                 f"{entry['items']:>9,} {entry['index']:>6} {entry['swap_load_and_index_s']:>7} {row['endpoint']:<11}"
                 f"{row['rate']:>6g} {row['achieved_qps']:>6.0f} {row['p50_ms']!s:>7} {row['p95_ms']!s:>7} "
-                f"{row['p99_ms']!s:>7} {row['errors']:>4} {row['noop_p99_ms']!s:>9} {row['p99_over_noop']!s:>6}"
+                f"{row['p99_ms']!s:>7} {row['errors']:>5} {row['noop_p99_ms']!s:>9} {row['p99_over_noop']!s:>6} "
+                f"{row['cpu_ms_per_request_total']:>10} {row['our_busy_cores']:>7}/{row['machine_busy_cores']:<6}"
             )
     recall = result["hnsw_recall"]
     line(f"\nHNSW at {recall['items']:,} items (M={recall['hnsw_m']}, build {recall['hnsw_build_s']} s), "
