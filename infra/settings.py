@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = Field("streamrec", description="MLflow experiment of training runs.")
     registered_model: str = Field("streamrec-retrieval", description="MLflow registered model of retrieval models.")
+    registered_ranking_model: str = Field(
+        "streamrec-ranking", description="MLflow registered model of ranking models (`streamrec train-ranking`)."
+    )
 
     # Serving settings -----------------------------------------------------------------
     serve_model_alias: str = Field(
@@ -148,6 +151,15 @@ class Settings(BaseSettings):
     serve_batch_max_size: int = Field(32, ge=1, description="Most queries encoded together (@serve.batch).")
     serve_batch_wait_s: float = Field(0.003, ge=0, description="How long a batch waits to fill, in seconds.")
     serve_model_poll_s: float = Field(2.0, gt=0, description="How often replicas check the model alias, in seconds.")
+    serve_rank_candidates: int = Field(
+        200, ge=1, description="Candidates /recommend retrieves and ranks when a ranking model serves."
+    )
+    serve_rank_max_candidates: int = Field(1_000, ge=1, description="Most candidates one /rank request may give.")
+    serve_blend_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "like": 1.0, "purchase": 2.0, "skip": -1.0, "dislike": -2.0},
+        description="How /recommend blends the ranker's task probabilities into one score (negative tasks "
+        "subtract); tasks the served ranker lacks are ignored. JSON in the environment.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -29,9 +29,26 @@ class RecommendRequest(RetrieveRequest):
     exclude_seen: bool = Field(True, description="Leave out items already in the history.")
 
 
+class RankRequest(BaseModel):
+    """POST /rank: candidates to score for a stored user (``user_id``) or a given history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(None, min_length=1, max_length=256, description="A user whose history serving holds.")
+    history: list[str] | None = Field(None, description="Item ids, oldest first; scored without any stored state.")
+    candidates: list[str] = Field(min_length=1, description="Item ids to score (duplicates count once).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RankRequest:
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id and history")
+        return self
+
+
 class ScoredItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(description="Retrieval: cosine similarity; ranked: the blend of the task probabilities.")
+    scores: dict[str, float] | None = Field(None, description="Per-task probabilities (when a ranker scored it).")
 
 
 class HistoryLineage(BaseModel):
@@ -51,8 +68,22 @@ class Lineage(BaseModel):
 
     model_version: dict[str, str]
     model_run_id: dict[str, str]
-    feature_versions: dict[str, int] = Field(description="Feature table versions the model was trained on.")
+    feature_versions: dict[str, int] = Field(
+        description="Feature table versions the first model (retrieval; the ranker on /rank) was trained on."
+    )
+    ranking_feature_versions: dict[str, int] | None = Field(
+        None, description="Those of the ranker, where /recommend ranked with it."
+    )
     history: HistoryLineage
+
+
+class RankResponse(BaseModel):
+    """The known candidates, best blended score first, with each task's probability."""
+
+    items: list[ScoredItem]
+    unknown_candidates: list[str] = Field(description="Candidates the served ranker does not know (not scored).")
+    unknown_items: int = Field(0, description="Items of the history the served ranker does not know (ignored).")
+    lineage: Lineage
 
 
 class ItemsResponse(BaseModel):

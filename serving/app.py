@@ -5,37 +5,56 @@ annotations as real types), and the deployments use only names imported or defin
 (``@serve.ingress`` pickles the routes while this module is still being imported).
 
     HistoryShard x serve_history_shards   each tails its Kafka partitions (serving.history)
-    Recommender  x serve_replicas         FastAPI ingress: /retrieve, /recommend, /healthz, /metrics
+    Recommender  x serve_replicas         FastAPI ingress: /retrieve, /rank, /recommend, /healthz, /metrics
 
 A request for a stored user asks the shards for the user's history (a user lives in one
 partition, so one shard knows them), encodes it with the served model's Retriever (queries of
 concurrent requests are batched with @serve.batch) and searches the FAISS index, leaving out
 the user's recently skipped or disliked items (always) and seen items (``exclude_seen``).
-Unknown users, or histories the model knows no item of, get the popularity list. Each replica
-follows the model alias through its own ``ModelWatcher``: swaps never touch the request path.
+Unknown users, or histories the model knows no item of, get the popularity list.
+
+When a ranking model serves (the alias of ``registered_ranking_model``), /recommend retrieves
+``serve_rank_candidates`` items, scores them with the ranker (one history encoding per request,
+requests batched) and orders them by the blend of the task probabilities
+(``serve_blend_weights``); /rank scores given candidates. Without one, /recommend is retrieval
+alone and /rank answers 503. Each replica follows both aliases through its own
+``ModelWatcher``s: swaps never touch the request path.
 """
 
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.answer import Answer, Events, answer_batch
-from serving.api import HistoryLineage, ItemsResponse, Lineage, RecommendRequest, RetrieveRequest, ScoredItem
-from serving.catalog import load_catalog
+from serving.api import (
+    HistoryLineage,
+    ItemsResponse,
+    Lineage,
+    RankRequest,
+    RankResponse,
+    RecommendRequest,
+    RetrieveRequest,
+    ScoredItem,
+)
+from serving.catalog import Catalog, load_catalog
 from serving.config import ServeConfig
 from serving.history import OnlineHistory, UserHistory
 from serving.metrics import ServingMetrics
+from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
 from serving.registry import served_version
 from serving.watcher import ModelWatcher
 
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
-GIVEN_HISTORY_ACTION = "click"  # a history given in the body is a list of consumed items
+GIVEN_HISTORY_ACTION = "click"  # a history given in the body: items consumed just now
+Answered = TypeVar("Answered")
 MAX_BODY_BYTES = {"limit": 65_536}  # set by the replica from the settings (set_body_limit)
 
 api = FastAPI(
@@ -50,6 +69,10 @@ async def _limit_body(request: Request, call_next: Any) -> Response:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES["limit"]:
         return JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES['limit']} bytes"}, status_code=413)
     return await call_next(request)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def set_body_limit(limit: int) -> None:
@@ -98,7 +121,7 @@ class Recommender:
         self.shards = shards
         set_body_limit(settings.serve_max_body_bytes)
         self.telemetry = ServingMetrics()
-        self.watcher = ModelWatcher(
+        self.watcher: ModelWatcher[Catalog] = ModelWatcher(
             resolve=lambda: served_version(settings),
             load=lambda version: load_catalog(
                 settings,
@@ -110,21 +133,36 @@ class Recommender:
             poll_s=settings.serve_model_poll_s,
             on_swap=self.telemetry.swapped,
         )
+        self.ranker_watcher: ModelWatcher[ServedRanker] = ModelWatcher(
+            resolve=lambda: served_version(settings, settings.registered_ranking_model),
+            load=lambda version: load_ranker(settings, version),
+            poll_s=settings.serve_model_poll_s,
+            on_swap=lambda swap: self.telemetry.swapped(swap, "ranking"),
+        )
         self.watcher.load_now()
+        self.ranker_watcher.load_now(required=False)  # no ranker yet: /recommend is retrieval alone
         self.watcher.start()
-        self._search.set_max_batch_size(settings.serve_batch_max_size)  # type: ignore[attr-defined]
-        self._search.set_batch_wait_timeout_s(settings.serve_batch_wait_s)  # type: ignore[attr-defined]
+        self.ranker_watcher.start()
+        batched: list[Any] = [self._search, self._rank]  # @serve.batch methods
+        for method in batched:
+            method.set_max_batch_size(settings.serve_batch_max_size)
+            method.set_batch_wait_timeout_s(settings.serve_batch_wait_s)
 
     # Endpoints ------------------------------------------------------------------------
     @api.post("/retrieve", response_model=ItemsResponse)
     async def retrieve(self, body: RetrieveRequest) -> ItemsResponse:
         """Top-k items for a stored user or a given history (seen items kept unless exclude_seen)."""
-        return await self._timed("retrieve", body)
+        return await self._timed("retrieve", self._items(body, rank=False))
+
+    @api.post("/rank", response_model=RankResponse)
+    async def rank(self, body: RankRequest) -> RankResponse:
+        """Each task's probability for the candidates, best blended score first (503 without a ranker)."""
+        return await self._timed("rank", self._ranked(body))
 
     @api.post("/recommend", response_model=ItemsResponse)
     async def recommend(self, body: RecommendRequest) -> ItemsResponse:
-        """Recommendations: retrieval with seen items left out by default (ranking comes later)."""
-        return await self._timed("recommend", body)
+        """Recommendations: retrieval (seen items left out by default), then the ranker's order."""
+        return await self._timed("recommend", self._items(body, rank=True))
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -135,8 +173,10 @@ class Recommender:
             state if isinstance(state, dict) else {"error": str(state)} for state in shards
         ]
         healthy = catalog is not None and all(state.get("running") for state in shard_states)
+        ranker = self.ranker_watcher.current
+        errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None
         body = {
-            "status": "ok" if healthy and self.watcher.last_error is None else ("degraded" if healthy else "down"),
+            "status": "ok" if healthy and errors else ("degraded" if healthy else "down"),
             "model": None
             if catalog is None
             else {
@@ -150,6 +190,17 @@ class Recommender:
             "alias": self.settings.serve_model_alias,
             "last_error": self.watcher.last_error,
             "swaps": [swap.__dict__ for swap in self.watcher.swaps],
+            "ranking": None
+            if ranker is None
+            else {
+                "name": self.settings.registered_ranking_model,
+                "version": ranker.version,
+                "run_id": ranker.run_id,
+                "tasks": list(ranker.tasks),
+                "feature_versions": ranker.feature_versions,
+            },
+            "ranking_last_error": self.ranker_watcher.last_error,
+            "ranking_swaps": [swap.__dict__ for swap in self.ranker_watcher.swaps],
             "history_shards": shard_states,
         }
         for state in shard_states:
@@ -165,11 +216,11 @@ class Recommender:
         return Response(self.telemetry.render(), media_type=self.telemetry.content_type)
 
     # The request path -----------------------------------------------------------------
-    async def _timed(self, endpoint: str, body: RetrieveRequest) -> ItemsResponse:
+    async def _timed(self, endpoint: str, work: Awaitable[Answered]) -> Answered:
         started = time.perf_counter()
         status = "200"
         try:
-            return await self._answer(body)
+            return await work
         except HTTPException as error:
             status = str(error.status_code)
             raise
@@ -179,41 +230,95 @@ class Recommender:
         finally:
             self.telemetry.observe(endpoint, status, time.perf_counter() - started)
 
-    async def _answer(self, body: RetrieveRequest) -> ItemsResponse:
+    async def _items(self, body: RetrieveRequest, rank: bool) -> ItemsResponse:
+        """/retrieve and /recommend: retrieval, then (``rank`` and a ranker served) the ranker's order."""
         settings = self.settings
         if body.k > settings.serve_max_k:
             raise HTTPException(422, f"k={body.k} is over the limit of {settings.serve_max_k} (serve_max_k)")
-        if body.history is not None and len(body.history) > settings.serve_max_history_items:
-            raise HTTPException(
-                422, f"the history has {len(body.history)} items, over {settings.serve_max_history_items}"
-            )
-        if body.history is not None:
-            events = [(item_id, GIVEN_HISTORY_ACTION, 0) for item_id in body.history]
-            lineage = HistoryLineage(source="request", events=0)
+        events, history = await self._history(body.user_id, body.history)
+        ranking = rank and self.ranker_watcher.current is not None
+        wanted = max(body.k, settings.serve_rank_candidates) if ranking else body.k
+        catalog, found, unknown, excluded, cold = await self._search((events, wanted, body.exclude_seen))
+        history.events = len(events) - unknown
+        lineage = Lineage(
+            model_version={settings.registered_model: catalog.version},
+            model_run_id={settings.registered_model: catalog.run_id},
+            feature_versions=catalog.feature_versions,
+            history=history,
+        )
+        if not ranking or cold:  # the popularity list of a cold start is served as it is
+            items = [ScoredItem(item_id=str(catalog.item_ids[item]), score=score) for item, score in found[: body.k]]
         else:
-            stored = await self._stored_history(body.user_id or "")
-            events = [(event.item_id, event.action, event.ts) for event in stored.events] if stored else []
-            lineage = HistoryLineage(
-                source="online" if stored else "none",
-                events=0,
-                partition=stored.partition if stored else None,
-                offset=stored.applied_offset if stored else None,
-                bootstrap_versions=self.config.bootstrap_versions,
+            candidates = [str(catalog.item_ids[item]) for item, _ in found]
+            ranked = await self._rank((events, candidates, _now_ms()))
+            items = self._ordered(ranked)[: body.k]
+            self._add_ranker(lineage, ranked.ranker)
+        return ItemsResponse(items=items, cold_start=cold, unknown_items=unknown, excluded=excluded, lineage=lineage)
+
+    async def _ranked(self, body: RankRequest) -> RankResponse:
+        """/rank: the served ranker's probabilities for the body's candidates."""
+        limit = self.settings.serve_rank_max_candidates
+        if len(body.candidates) > limit:
+            raise HTTPException(422, f"{len(body.candidates)} candidates, over the limit of {limit}")
+        if self.ranker_watcher.current is None:
+            raise HTTPException(
+                503, f"no ranking model is served: promote a version of {self.settings.registered_ranking_model}"
             )
-        catalog, found, unknown, excluded, cold = await self._search((events, body.k, body.exclude_seen))
-        lineage.events = len(events) - unknown
-        return ItemsResponse(
-            items=[ScoredItem(item_id=str(catalog.item_ids[item]), score=score) for item, score in found],
-            cold_start=cold,
-            unknown_items=unknown,
-            excluded=excluded,
+        events, history = await self._history(body.user_id, body.history)
+        ranked = await self._rank((events, body.candidates, _now_ms()))
+        history.events = ranked.history_events
+        ranker = ranked.ranker
+        name = self.settings.registered_ranking_model
+        return RankResponse(
+            items=self._ordered(ranked),
+            unknown_candidates=ranked.unknown_candidates,
+            unknown_items=len(events) - ranked.history_events,
             lineage=Lineage(
-                model_version={settings.registered_model: catalog.version},
-                model_run_id={settings.registered_model: catalog.run_id},
-                feature_versions=catalog.feature_versions,
-                history=lineage,
+                model_version={name: ranker.version},
+                model_run_id={name: ranker.run_id},
+                feature_versions=ranker.feature_versions,
+                history=history,
             ),
         )
+
+    async def _history(self, user_id: str | None, given: list[str] | None) -> tuple[Events, HistoryLineage]:
+        """The events a request is answered from: the body's history, else the user's stored one."""
+        if given is not None:
+            limit = self.settings.serve_max_history_items
+            if len(given) > limit:
+                raise HTTPException(422, f"the history has {len(given)} items, over {limit}")
+            now = _now_ms()
+            return [(item_id, GIVEN_HISTORY_ACTION, now) for item_id in given], HistoryLineage(
+                source="request", events=0
+            )
+        stored = await self._stored_history(user_id or "")
+        events = [(event.item_id, event.action, event.ts) for event in stored.events] if stored else []
+        return events, HistoryLineage(
+            source="online" if stored else "none",
+            events=0,
+            partition=stored.partition if stored else None,
+            offset=stored.applied_offset if stored else None,
+            bootstrap_versions=self.config.bootstrap_versions,
+        )
+
+    def _ordered(self, ranked: Ranked) -> list[ScoredItem]:
+        """The ranked candidates, best blended score first, each with its task probabilities."""
+        tasks = ranked.ranker.tasks
+        blended = blend(ranked.probabilities, tasks, self.settings.serve_blend_weights)
+        return [
+            ScoredItem(
+                item_id=ranked.item_ids[row],
+                score=float(blended[row]),
+                scores={task: float(p) for task, p in zip(tasks, ranked.probabilities[row].tolist(), strict=True)},
+            )
+            for row in np.argsort(-blended, kind="stable").tolist()
+        ]
+
+    def _add_ranker(self, lineage: Lineage, ranker: ServedRanker) -> None:
+        name = self.settings.registered_ranking_model
+        lineage.model_version[name] = ranker.version
+        lineage.model_run_id[name] = ranker.run_id
+        lineage.ranking_feature_versions = ranker.feature_versions
 
     async def _stored_history(self, user_id: str) -> UserHistory | None:
         if len(self.shards) == 1:
@@ -228,6 +333,14 @@ class Recommender:
         if catalog is None:
             raise HTTPException(503, "no model loaded yet")
         return await asyncio.to_thread(answer_batch, catalog, requests)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    async def _rank(self, queries: list[RankQuery]) -> list[Ranked]:
+        """Score the batch's candidates with one ranker (one history encoding per query)."""
+        ranker = self.ranker_watcher.current
+        if ranker is None:
+            raise HTTPException(503, "no ranking model loaded")
+        return await asyncio.to_thread(rank_batch, ranker, queries)
 
 
 def build_app(config: ServeConfig) -> Any:

@@ -1,10 +1,11 @@
-"""A replica's model watcher: follows the serving alias and swaps catalogs off the request path.
+"""A replica's model watcher: follows a serving alias and swaps models off the request path.
 
 Every ``poll_s`` seconds a daemon thread asks MLflow which version the alias names. A new
 version is downloaded, loaded and indexed in that thread while requests keep using the
-current catalog; then one reference assignment swaps it in (requests that already took the
-old catalog finish with it). A version that fails to load keeps the old one serving; the
-failure is logged and shown by /healthz until the alias moves again.
+current one; then one reference assignment swaps it in (requests that already took the
+old one finish with it). A version that fails to load keeps the old one serving; the
+failure is logged and shown by /healthz until the alias moves again. The retrieval Catalog
+and the ranking ServedRanker are watched alike, each by a watcher of its own.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from serving.catalog import Catalog
+from typing import Generic, Protocol, TypeVar
 
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
 
@@ -30,13 +30,23 @@ class SwapRecord:
     at: float
 
 
-class ModelWatcher:
-    """Holds the current Catalog and replaces it when the alias moves."""
+class Versioned(Protocol):
+    """A loaded model version."""
+
+    @property
+    def version(self) -> str: ...
+
+
+Model = TypeVar("Model", bound=Versioned)
+
+
+class ModelWatcher(Generic[Model]):
+    """Holds the current model and replaces it when the alias moves."""
 
     def __init__(
         self,
         resolve: Callable[[], str | None],
-        load: Callable[[str], Catalog],
+        load: Callable[[str], Model],
         poll_s: float,
         on_swap: Callable[[SwapRecord], None] | None = None,
     ) -> None:
@@ -46,18 +56,21 @@ class ModelWatcher:
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.current: Catalog | None = None
+        self.current: Model | None = None
         self.swaps: list[SwapRecord] = []
         self.failed_version: str | None = None
         self.last_error: str | None = None
 
-    def load_now(self) -> Catalog:
-        """Load the alias's version synchronously (replica start); raises when there is none."""
+    def load_now(self, required: bool = True) -> Model | None:
+        """Load the alias's version synchronously (replica start). ``required``: raise when the
+        alias names none or it does not load; otherwise keep none and let the poller find one."""
         version = self._resolve()
         if version is None:
+            if not required:
+                return None
             raise LookupError("the serving alias names no model version; promote one (`streamrec promote`)")
         self._swap_to(version)
-        if self.current is None:
+        if self.current is None and required:
             raise RuntimeError(self.last_error or f"version {version} did not load")
         return self.current
 

@@ -32,7 +32,7 @@ def train_ranking(
     patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs; 0 = never.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     registered_model: Annotated[
-        str | None, typer.Option(help="MLflow registered model (default streamrec-ranking).")
+        str | None, typer.Option(help="MLflow registered model (default: the setting registered_ranking_model).")
     ] = None,
     warm_start: Annotated[
         str | None, typer.Option(help="Start from this registered retrieval version (or 'latest'): item rows, HSTU.")
@@ -49,8 +49,8 @@ def train_ranking(
     from infra.settings import get_settings
     from training.errors import TrainingError
     from training.ranking_config import RankerConfig, RankingTrainConfig
+    from training.ranking_runner import ranking_model_name, train_ranking_popularity
     from training.ranking_runner import train_ranking as run_ranking
-    from training.ranking_runner import train_ranking_popularity
 
     if model not in ("ranker", "dlrm", "popularity"):
         console.print(f"[red]--model must be ranker, dlrm or popularity, not {model!r}[/red]")
@@ -103,7 +103,8 @@ def train_ranking(
     console.print(_table(outcome["model"], metrics, train_config.model.tasks))
     if "model_version" in outcome:
         console.print(
-            f"run {outcome['run_name']} -> {train_config.registered_model} version {outcome['model_version']} "
+            f"run {outcome['run_name']} -> {ranking_model_name(settings, train_config)} "
+            f"version {outcome['model_version']} "
             f"(best epoch {outcome['best_epoch']})"
         )
 

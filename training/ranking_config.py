@@ -17,7 +17,6 @@ from training.config import EmbeddingOptimizer, EncoderConfig, Sharding, TrainCo
 
 RankerKind = Literal["ranker", "dlrm"]
 Mixture = Literal["mmoe", "shared_bottom"]
-REGISTERED_RANKING_MODEL = "streamrec-ranking"
 
 
 def _default_encoder() -> EncoderConfig:
@@ -87,7 +86,9 @@ class RankingTrainConfig(BaseModel):
     selection_metric: str = Field("auc_click", description="Validation metric (higher is better) that picks the epoch.")
     patience: int = Field(3, ge=0, description="Stop after this many epochs without a better val metric; 0 = never.")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
-    registered_model: str = Field(REGISTERED_RANKING_MODEL, description="MLflow registered model of the run.")
+    registered_model: str | None = Field(
+        None, description="MLflow registered model of the run; None: Settings.registered_ranking_model."
+    )
     warm_start: str | None = Field(
         None,
         description="A registered retrieval version (of Settings.registered_model, or 'latest') whose item rows "

@@ -6,7 +6,7 @@ Afterwards it takes the checkpoint with the best validation metric (``selection_
 default ``auc_click``), loads it as the exported plain ranker (``training.ranking_io``, the path
 serving uses) and evaluates it on the validation and test splits, logs the metrics, the
 calibration tables and plots, the model directory and the training curves, and registers a
-new version of ``config.registered_model`` (``streamrec-ranking``).
+new version of the ranking model (``ranking_model_name``: ``streamrec-ranking`` by default).
 
 ``train_ranking_popularity`` logs the popularity baseline's metrics as a run (nothing to register).
 """
@@ -61,7 +61,7 @@ class RankingOutcome:
 def train_ranking(
     settings: Settings, config: RankingTrainConfig, *, workers: int | None = None, log: Log = print
 ) -> RankingOutcome:
-    """Train ``config`` on Ray Train, evaluate it, and register it as ``config.registered_model``."""
+    """Train ``config`` on Ray Train, evaluate it, and register it (``ranking_model_name``)."""
     import ray
 
     storage = settings.train_storage or str(settings.checkpoint_dir)
@@ -105,7 +105,7 @@ def train_ranking(
         tracking.client(settings).set_terminated(run_id, "FAILED")
         raise
     tracking.client(settings).set_terminated(run_id, "FINISHED")
-    log(f"registered {config.registered_model} version {outcome.model_version}")
+    log(f"registered {ranking_model_name(settings, config)} version {outcome.model_version}")
     return outcome
 
 
@@ -188,8 +188,8 @@ def _finish(
     summary = {"best_epoch": best_epoch, "metrics": metrics, "history": history}
     (output / "metrics.json").write_text(json.dumps(summary, indent=2))
     tracking.log_artifacts(settings, run_id, output)
-    version = register(settings, config.registered_model, run_id, {"model": config.model.kind, "run_name": run_name,
-                                                                    "best_epoch": str(best_epoch)})  # fmt: skip
+    tags = {"model": config.model.kind, "run_name": run_name, "best_epoch": str(best_epoch)}
+    version = register(settings, ranking_model_name(settings, config), run_id, tags)
     tracking.set_tags(settings, run_id, {"registered_version": version})
     return RankingOutcome(run_name, run_id, version, best_epoch, metrics, history, calibration)
 
@@ -205,9 +205,14 @@ def register(settings: Settings, name: str, run_id: str, tags: dict[str, str]) -
     return tracking.register(settings.model_copy(update={"registered_model": name}), run_id, MODEL_DIR, tags)
 
 
+def ranking_model_name(settings: Settings, config: RankingTrainConfig) -> str:
+    """The registered model a ranking run registers into: the config's, else the settings'."""
+    return config.registered_model or settings.registered_ranking_model
+
+
 def ranking_settings(settings: Settings, config: RankingTrainConfig) -> Settings:
     """``settings`` whose ``registered_model`` is the ranking model (for ``tracking.downloaded_version``)."""
-    return settings.model_copy(update={"registered_model": config.registered_model})
+    return settings.model_copy(update={"registered_model": ranking_model_name(settings, config)})
 
 
 def train_ranking_popularity(

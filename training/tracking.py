@@ -101,11 +101,11 @@ def register(settings: Settings, run_id: str, artifact_path: str, tags: dict[str
 
 
 @contextmanager
-def downloaded_version(settings: Settings, version: str) -> Iterator[Path]:
-    """The model directory of a registered version (``latest`` = newest), downloaded to a
-    temporary directory that is removed when the block ends."""
+def downloaded_version(settings: Settings, version: str, model: str | None = None) -> Iterator[Path]:
+    """The model directory of a registered version (``latest`` = newest) of ``model`` (default
+    ``settings.registered_model``), downloaded to a temporary directory removed when the block ends."""
     mlflow = client(settings)
-    name = settings.registered_model
+    name = model or settings.registered_model
     if version == "latest":
         versions = mlflow.search_model_versions(filter_string=f"name = '{name}'")
         if not versions:

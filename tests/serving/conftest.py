@@ -1,9 +1,10 @@
 """Fixtures of the serving tests: a real pipeline run into a served model.
 
 Synthetic events go to a topic of their own on the session's broker, are ingested exactly
-once (Spark), become feature tables, train a small HSTU on Ray Train, get registered under
-a model name of their own and promoted; then `serving.deploy` runs the application on the
-session's Ray head. The tests talk to it over HTTP, as a product would.
+once (Spark), become feature tables (ranking examples too), train a small HSTU retriever and
+a small ranker on Ray Train, get registered under model names of their own, the retriever
+promoted (the ranker is promoted by tests/serving/test_rank.py); then `serving.deploy` runs
+the application on the session's Ray head. The tests talk to it over HTTP, as a product would.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from features.build import build
+from features.ranking import RankingSpec
 from infra.settings import Settings, get_settings
 from ingestion.producer import OutRecord, encode_event, open_producer
 from ingestion.stream import run_ingest
@@ -25,6 +27,8 @@ from ingestion.synthetic import SyntheticConfig, generate_events
 from serving.deploy import base_url, deploy, undeploy
 from serving.registry import promote
 from training.config import EncoderConfig, TrainConfig
+from training.ranking_config import RankerConfig, RankingTrainConfig
+from training.ranking_runner import RankingOutcome, train_ranking
 from training.runner import TrainOutcome, train
 
 PARTITIONS = 4
@@ -33,11 +37,13 @@ SYNTHETIC = dict(users=120, items=300, events=6_000, clusters=10, seed=5, span_d
 
 @dataclass(frozen=True)
 class Served:
-    """The served pipeline: its settings, HTTP root and the run behind the production version."""
+    """The served pipeline: its settings, HTTP root, the run behind the production version and
+    a registered ranking run (not promoted when the session starts)."""
 
     settings: Settings
     url: str
     run: TrainOutcome
+    ranking_run: RankingOutcome
     users: list[str]
 
 
@@ -88,6 +94,7 @@ def served(mini_cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         home=home,
         topic=f"serving-{uuid.uuid4().hex[:8]}",
         registered_model=f"serving-test-{uuid.uuid4().hex[:8]}",
+        registered_ranking_model=f"serving-rank-{uuid.uuid4().hex[:8]}",
         train_workers=1,
         serve_model_poll_s=0.5,
         serve_history_shards=2,  # each owns two of the topic's four partitions
@@ -97,13 +104,16 @@ def served(mini_cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     events = list(generate_events(SyntheticConfig(**SYNTHETIC, start_ms=start_ms)))  # type: ignore[arg-type]
     send(settings, [encode_event(event) for event in events])
     run_ingest(settings, until_idle=True, report=lambda *_: None)
-    build(settings, incremental=True, log=lambda *_: None)
-    config = TrainConfig(encoder=EncoderConfig(kind="hstu", dim=32, max_len=50), epochs=2, batch_size=32, patience=0)
+    build(settings, incremental=True, log=lambda *_: None, ranking=RankingSpec())
+    encoder = EncoderConfig(kind="hstu", dim=32, max_len=50)
+    config = TrainConfig(encoder=encoder, epochs=2, batch_size=32, patience=0)
     run = train(settings, config, log=lambda *_: None)
+    ranking_config = RankingTrainConfig(model=RankerConfig(encoder=encoder), epochs=1, patience=0)
+    ranking_run = train_ranking(settings, ranking_config, workers=1, log=lambda *_: None)
     promote(settings, run.model_version)
     deploy(settings)
     users = sorted({event["user_id"] for event in events})
     try:
-        yield Served(settings, base_url(settings), run, users)
+        yield Served(settings, base_url(settings), run, ranking_run, users)
     finally:
         undeploy(settings)
