@@ -10,16 +10,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from infra.cli import load_settings
+from infra.model_options import ModelOptions, merge
+from training.config import TrainConfig
+
 console = Console()
+
+
+# The documented short names of TrainConfig fields stay options next to the fields' own names.
+TRAIN_ALIASES = {"encoder.num_blocks": "--blocks", "encoder.num_heads": "--heads", "num_negatives": "--negatives"}
+TRAIN_OPTIONS = ModelOptions(TrainConfig, exclude={"encoder.kind"}, aliases=TRAIN_ALIASES)  # kind: --model
 
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to the streamrec CLI."""
-    app.command("train")(train)
+    app.command("train")(TRAIN_OPTIONS.command(train))
     app.command("evaluate")(evaluate)
-    from training.ranking_cli import train_ranking  # multi-task ranking (docs/ranking.md)
+    from training.ranking_cli import RANKING_OPTIONS, train_ranking  # multi-task ranking (docs/ranking.md)
 
-    app.command("train-ranking")(train_ranking)
+    app.command("train-ranking")(RANKING_OPTIONS.command(train_ranking))
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
@@ -41,28 +50,9 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 
 def train(
+    overrides: dict[str, Any],
     model: Annotated[str, typer.Option(help="hstu, sasrec or popularity (the baseline, no Ray).")] = "hstu",
     workers: Annotated[int | None, typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per batch on each worker.")] = None,
-    dim: Annotated[int | None, typer.Option(help="Embedding width.")] = None,
-    blocks: Annotated[int | None, typer.Option(help="Attention blocks.")] = None,
-    heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
-    max_len: Annotated[int | None, typer.Option(help="History length the encoder reads.")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate of the dense parameters.")] = None,
-    negatives: Annotated[int | None, typer.Option(help="Uniform negatives per batch.")] = None,
-    in_batch_negatives: Annotated[int | None, typer.Option(help="Negatives drawn from the batch's targets.")] = None,
-    embedding_optimizer: Annotated[
-        str | None, typer.Option(help="Item-table optimizer: auto, adam (GPU), rowwise_adagrad, adagrad, sgd.")
-    ] = None,
-    embedding_lr: Annotated[float | None, typer.Option(help="Item-table learning rate.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Softmax temperature.")] = None,
-    ntr_weight: Annotated[float | None, typer.Option(help="Weight of the not-to-recommend term; 0 disables.")] = None,
-    sharding: Annotated[str | None, typer.Option(help="row_wise or table_wise sharding of the item table.")] = None,
-    sampled_eval: Annotated[bool, typer.Option("--sampled-eval", help="Rank against 100 random negatives.")] = False,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs; 0 = never.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML or JSON TrainConfig; options given on the command line win.")
     ] = None,
@@ -74,29 +64,16 @@ def train(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
-    """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model."""
-    import yaml
+    """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
 
-    from training.config import EncoderConfig, TrainConfig
+    Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
     from training.errors import TrainingError
     from training.popularity import train_popularity
     from training.runner import train as run_training
 
-    settings = _settings()
-    base = yaml.safe_load(config.read_text()) if config else {}
-    given = _given(dim=dim, num_blocks=blocks, num_heads=heads, max_len=max_len, dropout=dropout)
-    encoder = {**base.pop("encoder", {}), **given}
-    if model != "popularity":
-        encoder["kind"] = model
-    overrides = _given(
-        epochs=epochs, batch_size=batch_size, lr=lr, num_negatives=negatives, in_batch_negatives=in_batch_negatives,
-        embedding_optimizer=embedding_optimizer, embedding_lr=embedding_lr, temperature=temperature,
-        ntr_weight=ntr_weight, sharding=sharding, patience=patience, seed=seed,
-    )  # fmt: skip
-    if sampled_eval:
-        overrides["sampled_eval"] = True
+    settings = load_settings()
     try:
-        train_config = TrainConfig(**{**base, **overrides}, encoder=EncoderConfig(**encoder))
+        train_config = train_config_from(model, config, overrides)
     except ValueError as error:
         console.print(f"[red]invalid training config:[/red] {error}")
         raise typer.Exit(2) from error
@@ -145,7 +122,7 @@ def evaluate(
     """Evaluate a registered retrieval model version on a split (full catalogue by default)."""
     from training.version_eval import evaluate_version
 
-    settings = _settings()
+    settings = load_settings()
     if split not in ("test", "validation"):
         console.print("[red]--split must be test or validation[/red]")
         raise typer.Exit(2)
@@ -160,16 +137,12 @@ def evaluate(
     console.print(_metrics_table(f"{settings.registered_model} {version} on {split} (features {versions})", metrics))
 
 
-def _settings():  # noqa: ANN202
-    from infra.settings import get_settings
+def train_config_from(model: str, config: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of ``streamrec train``: the ``config`` file's fields, the given options on
+    top, the encoder kind from ``model`` (raises ValueError when the result is invalid)."""
+    import yaml
 
-    try:
-        return get_settings()
-    except Exception as error:  # pydantic and YAML errors: show them, not a traceback
-        console.print(f"[red]invalid settings:[/red] {error}")
-        raise typer.Exit(2) from error
-
-
-def _given(**values: object) -> dict[str, object]:
-    """The options that were given (not None)."""
-    return {key: value for key, value in values.items() if value is not None}
+    fields = merge(yaml.safe_load(config.read_text()) if config else {}, overrides)
+    if model != "popularity":
+        fields["encoder"] = {**fields.get("encoder", {}), "kind": model}
+    return TrainConfig.model_validate(fields)

@@ -9,33 +9,32 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from infra.cli import load_settings
+from infra.model_options import ModelOptions, merge
+from training.ranking_config import RankerConfig, RankingTrainConfig
+
 console = Console()
 
 
+# As `streamrec train`: the documented short names stay options next to the fields' own names.
+RANKING_ALIASES = {
+    "model.encoder.num_blocks": "--blocks",
+    "model.encoder.num_heads": "--heads",
+    "num_negatives": "--negatives",
+}
+RANKING_OPTIONS = ModelOptions(  # the kinds: --model
+    RankingTrainConfig, exclude={"model.kind", "model.encoder.kind"}, aliases=RANKING_ALIASES
+)
+
+
 def train_ranking(
+    overrides: dict[str, Any],
     model: Annotated[
         str, typer.Option(help="ranker (HSTU + target attention), dlrm, or popularity (no Ray).")
     ] = "ranker",
     workers: Annotated[int | None, typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per batch on each worker.")] = None,
-    dim: Annotated[int | None, typer.Option(help="Embedding width.")] = None,
-    blocks: Annotated[int | None, typer.Option(help="HSTU blocks.")] = None,
-    heads: Annotated[int | None, typer.Option(help="HSTU attention heads.")] = None,
-    max_len: Annotated[int | None, typer.Option(help="History events the ranker reads (the last ones).")] = None,
-    mixture: Annotated[str | None, typer.Option(help="mmoe or shared_bottom.")] = None,
-    experts: Annotated[int | None, typer.Option(help="MMoE experts.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate of the dense parameters.")] = None,
     task_weight: Annotated[
         list[str] | None, typer.Option(help="TASK=WEIGHT of a task's BCE in the loss (repeatable; default 1 each).")
-    ] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs; 0 = never.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    registered_model: Annotated[
-        str | None, typer.Option(help="MLflow registered model (default: the setting registered_ranking_model).")
-    ] = None,
-    warm_start: Annotated[
-        str | None, typer.Option(help="Start from this registered retrieval version (or 'latest'): item rows, HSTU.")
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML or JSON RankingTrainConfig; options given on the command line win.")
@@ -43,37 +42,19 @@ def train_ranking(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Train a multi-task ranker on features/ranking_examples (Ray Train, sharded item table),
-    log it to MLflow and register it as streamrec-ranking (`features build --ranking` first)."""
-    import yaml
+    log it to MLflow and register it as streamrec-ranking (`features build --ranking` first).
 
-    from infra.settings import get_settings
+    Every other option is a RankingTrainConfig field (ranker and encoder fields included)."""
     from training.errors import TrainingError
-    from training.ranking_config import RankerConfig, RankingTrainConfig
     from training.ranking_runner import ranking_model_name, train_ranking_popularity
     from training.ranking_runner import train_ranking as run_ranking
 
     if model not in ("ranker", "dlrm", "popularity"):
         console.print(f"[red]--model must be ranker, dlrm or popularity, not {model!r}[/red]")
         raise typer.Exit(2)
-    settings = get_settings()
-    base = yaml.safe_load(config.read_text()) if config else {}
-    model_fields = dict(base.pop("model", {}))
-    encoder = {
-        **model_fields.pop("encoder", {}),
-        **_given(dim=dim, num_blocks=blocks, num_heads=heads, max_len=max_len),
-    }
-    model_fields.update(_given(mixture=mixture, experts=experts))
-    if model != "popularity":
-        model_fields["kind"] = model
-    overrides = _given(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                       registered_model=registered_model, warm_start=warm_start)  # fmt: skip
+    settings = load_settings()
     try:
-        if task_weight:
-            overrides["task_weights"] = {
-                name: float(value) for name, _, value in (w.partition("=") for w in task_weight)
-            }
-        ranker = RankerConfig(**{**model_fields, "encoder": {**RankerConfig().encoder.model_dump(), **encoder}})
-        train_config = RankingTrainConfig(**{**base, **overrides}, model=ranker)
+        train_config = ranking_config_from(model, config, overrides, task_weight or [])
     except ValueError as error:
         console.print(f"[red]invalid ranking config:[/red] {error}")
         raise typer.Exit(2) from error
@@ -125,5 +106,20 @@ def _table(title: str, metrics: dict[str, float], tasks: tuple[str, ...]) -> Any
     return table
 
 
-def _given(**values: object) -> dict[str, object]:
-    return {key: value for key, value in values.items() if value is not None}
+def ranking_config_from(
+    model: str, config: Path | None, overrides: dict[str, Any], task_weights: list[str]
+) -> RankingTrainConfig:
+    """The RankingTrainConfig of ``streamrec train-ranking``: the ``config`` file's fields, the
+    given options on top (``task_weights`` as TASK=WEIGHT), the ranker kind from ``model``; the
+    encoder fields given are set on the ranker's default encoder (raises ValueError when invalid)."""
+    import yaml
+
+    fields = merge(yaml.safe_load(config.read_text()) if config else {}, overrides)
+    ranker = dict(fields.get("model", {}))
+    ranker["encoder"] = {**RankerConfig().encoder.model_dump(), **ranker.get("encoder", {})}
+    if model != "popularity":
+        ranker["kind"] = model
+    fields["model"] = ranker
+    if task_weights:
+        fields["task_weights"] = {name: float(value) for name, _, value in (w.partition("=") for w in task_weights)}
+    return RankingTrainConfig.model_validate(fields)
