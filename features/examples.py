@@ -12,20 +12,24 @@ that ran out of batches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from features.rows import PaddedRows
 
 BATCH_KEYS = ("item_indices", "action_ids", "timestamps", "lengths", "targets", "valid")
 LENGTH_WINDOW_BATCHES = 50  # batches whose rows are sorted by length together (see ``batches``)
 
 
 @dataclass(frozen=True)
-class SequenceExamples:
+class SequenceExamples(PaddedRows):
     """Padded next-item examples of one split; row i belongs to ``user_ids[i]``."""
+
+    ROW_ARRAYS = ("user_ids", "item_indices", "action_ids", "timestamps", "lengths", "targets")
+    BATCH_KEYS = BATCH_KEYS
 
     user_ids: np.ndarray  # (N,) str
     item_indices: np.ndarray  # (N, max_len) int64, right-padded with 0
@@ -50,57 +54,6 @@ class SequenceExamples:
         if rows and (self.lengths.min() < 0 or self.lengths.max() > max_len):
             raise ValueError(f"lengths must lie in [0, {max_len}]")
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def max_len(self) -> int:
-        return int(self.item_indices.shape[1])
-
-    @property
-    def valid_mask(self) -> np.ndarray:
-        """``valid`` as an array: ``__post_init__`` fills it in when the constructor is not given one."""
-        if self.valid is None:
-            raise ValueError("SequenceExamples.valid is None: it is set in __post_init__, so it was reset afterwards")
-        return self.valid
-
-    def take(self, rows: np.ndarray) -> SequenceExamples:
-        """The examples at ``rows`` (an index array), in that order."""
-        return replace(
-            self,
-            user_ids=self.user_ids[rows],
-            item_indices=self.item_indices[rows],
-            action_ids=self.action_ids[rows],
-            timestamps=self.timestamps[rows],
-            lengths=self.lengths[rows],
-            targets=self.targets[rows],
-            valid=self.valid_mask[rows],
-        )
-
-    def shard(
-        self, rank: int, world_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False
-    ) -> SequenceExamples:
-        """This worker's rows: every rank gets ceil(N / world_size) rows.
-
-        With ``shuffle`` the rows are permuted by (seed, epoch) first, identically on every
-        rank, so the shards of one epoch are disjoint and cover every row.
-        """
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        order = np.arange(len(self))
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(len(self))
-        per_rank = math.ceil(len(self) / world_size) if len(self) else 0
-        mine = order[rank * per_rank : (rank + 1) * per_rank]
-        missing = per_rank - len(mine)
-        if missing == 0:
-            return self.take(mine)
-        filler = order[:missing] if len(order) else np.zeros(0, dtype=np.int64)
-        padded = self.take(np.concatenate([mine, filler]))
-        valid = padded.valid_mask.copy()
-        valid[len(mine) :] = False
-        return replace(padded, valid=valid)
-
     def batches(
         self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False, by_length: bool = False
     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -122,14 +75,7 @@ class SequenceExamples:
                 order = self._length_grouped(order, batch_size, rng)
         for start in range(0, len(self), batch_size):
             rows = order[start : start + batch_size]
-            yield {
-                "item_indices": torch.from_numpy(self.item_indices[rows]),
-                "action_ids": torch.from_numpy(self.action_ids[rows]),
-                "timestamps": torch.from_numpy(self.timestamps[rows]),
-                "lengths": torch.from_numpy(self.lengths[rows]),
-                "targets": torch.from_numpy(self.targets[rows]),
-                "valid": torch.from_numpy(self.valid_mask[rows]),
-            }
+            yield self.batch(rows)
 
     def _length_grouped(self, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """``order`` regrouped so each batch holds rows of similar length, batches shuffled."""
@@ -144,6 +90,3 @@ class SequenceExamples:
         partial = [batch for batch in batches if len(batch) < batch_size]  # at most one: it stays last
         served = [full[i] for i in rng.permutation(len(full))] + partial
         return np.concatenate(served) if served else order
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)

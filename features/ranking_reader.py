@@ -15,9 +15,8 @@ it *is* the label).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 import torch
 from deltalake import DeltaTable
 
+from features.rows import PaddedRows
 from features.splits import gather
 from features.tables import (
     ITEM_VOCAB_TABLE,
@@ -71,8 +71,11 @@ def latest_ranking_versions(settings: Settings) -> RankingVersions:
 
 
 @dataclass(frozen=True)
-class RankingExamples:
+class RankingExamples(PaddedRows):
     """Padded (history, candidate, labels) rows of one split; row i belongs to ``user_ids[i]``."""
+
+    ROW_ARRAYS = ("user_ids", "ts", "item_indices", "action_ids", "timestamps", "lengths", "candidates", "labels")
+    BATCH_KEYS = RANKING_BATCH_KEYS
 
     user_ids: np.ndarray  # (N,) str
     ts: np.ndarray  # (N,) int64 epoch ms of the exposure
@@ -101,55 +104,6 @@ class RankingExamples:
         if self.valid is None:
             object.__setattr__(self, "valid", np.ones(rows, dtype=bool))
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def max_len(self) -> int:
-        return int(self.item_indices.shape[1])
-
-    @property
-    def valid_mask(self) -> np.ndarray:
-        if self.valid is None:
-            raise ValueError("RankingExamples.valid is None: it is set in __post_init__")
-        return self.valid
-
-    def take(self, rows: np.ndarray) -> RankingExamples:
-        """The examples at ``rows`` (an index array), in that order."""
-        return replace(
-            self,
-            user_ids=self.user_ids[rows],
-            ts=self.ts[rows],
-            item_indices=self.item_indices[rows],
-            action_ids=self.action_ids[rows],
-            timestamps=self.timestamps[rows],
-            lengths=self.lengths[rows],
-            candidates=self.candidates[rows],
-            labels=self.labels[rows],
-            valid=self.valid_mask[rows],
-        )
-
-    def shard(
-        self, rank: int, world_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False
-    ) -> RankingExamples:
-        """This worker's rows: every rank gets ceil(N / world_size) rows (short ranks padded with
-        ``valid=False`` copies); with ``shuffle`` permuted by (seed, epoch), identically on every rank."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        order = np.arange(len(self))
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(len(self))
-        per_rank = math.ceil(len(self) / world_size) if len(self) else 0
-        mine = order[rank * per_rank : (rank + 1) * per_rank]
-        missing = per_rank - len(mine)
-        if missing == 0:
-            return self.take(mine)
-        filler = order[:missing] if len(order) else np.zeros(0, dtype=np.int64)
-        padded = self.take(np.concatenate([mine, filler]))
-        valid = padded.valid_mask.copy()
-        valid[len(mine) :] = False
-        return replace(padded, valid=valid)
-
     def batches(
         self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False
     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -161,19 +115,7 @@ class RankingExamples:
             order = np.random.default_rng([seed, epoch, 1]).permutation(len(self))
         for start in range(0, len(self), batch_size):
             rows = order[start : start + batch_size]
-            yield {
-                "item_indices": torch.from_numpy(self.item_indices[rows]),
-                "action_ids": torch.from_numpy(self.action_ids[rows]),
-                "timestamps": torch.from_numpy(self.timestamps[rows]),
-                "lengths": torch.from_numpy(self.lengths[rows]),
-                "candidates": torch.from_numpy(self.candidates[rows]),
-                "ts": torch.from_numpy(self.ts[rows]),
-                "labels": torch.from_numpy(self.labels[rows]),
-                "valid": torch.from_numpy(self.valid_mask[rows]),
-            }
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
+            yield self.batch(rows)
 
 
 def read_ranking_table(
