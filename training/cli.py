@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,7 +68,6 @@ def train(
     """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
 
     Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
-    from training.errors import TrainingError
     from training.popularity import train_popularity
     from training.runner import train as run_training
 
@@ -78,31 +78,20 @@ def train(
         console.print(f"[red]invalid training config:[/red] {error}")
         raise typer.Exit(2) from error
 
-    outcome: dict[str, Any]
-    try:
-        if model == "popularity":
-            metrics = train_popularity(settings, train_config, log=console.print)
-            outcome = {"model": "popularity", "metrics": metrics}
-        else:
-            result = run_training(
+    if model == "popularity":
+        outcome = run_outcome("training", model, lambda: train_popularity(settings, train_config, log=console.print))
+    else:
+        outcome = run_outcome(
+            "training",
+            train_config.encoder.kind,
+            lambda: run_training(
                 settings, train_config, workers=workers, resume=resume, warm_start=warm_start, log=console.print
-            )
-            metrics = result.metrics
-            outcome = {
-                "model": train_config.encoder.kind,
-                "run_name": result.run_name,
-                "run_id": result.run_id,
-                "model_version": result.model_version,
-                "best_epoch": result.best_epoch,
-                "metrics": metrics,
-            }
-    except (TrainingError, FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"[red]training failed:[/red] {error}")
-        raise typer.Exit(1) from error
+            ),
+        )
     if as_json:
         print(json.dumps(outcome))
         return
-    console.print(_metrics_table(f"{outcome['model']} metrics", metrics))
+    console.print(_metrics_table(f"{outcome['model']} metrics", outcome["metrics"]))
     if "model_version" in outcome:
         console.print(
             f"run {outcome['run_name']} -> {settings.registered_model} version {outcome['model_version']} "
@@ -135,6 +124,28 @@ def evaluate(
         print(json.dumps({"version": version, "features": versions, "metrics": metrics}))
         return
     console.print(_metrics_table(f"{settings.registered_model} {version} on {split} (features {versions})", metrics))
+
+
+def run_outcome(what: str, model: str, run: Callable[[], Any]) -> dict[str, Any]:
+    """What ``run()`` produced as the commands print it (``--json``): a popularity baseline's
+    metrics, or a registered run; a failed run is printed and exits with status 1."""
+    from training.errors import TrainingError
+
+    try:
+        result = run()
+    except (TrainingError, FileNotFoundError, LookupError, ValueError) as error:
+        console.print(f"[red]{what} failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    if isinstance(result, dict):
+        return {"model": "popularity", "metrics": result}
+    return {
+        "model": model,
+        "run_name": result.run_name,
+        "run_id": result.run_id,
+        "model_version": result.model_version,
+        "best_epoch": result.best_epoch,
+        "metrics": result.metrics,
+    }
 
 
 def train_config_from(model: str, config: Path | None, overrides: dict[str, Any]) -> TrainConfig:

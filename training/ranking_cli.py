@@ -11,6 +11,7 @@ from rich.console import Console
 
 from infra.cli import load_settings
 from infra.model_options import ModelOptions, merge
+from training.cli import run_outcome
 from training.ranking_config import RankerConfig, RankingTrainConfig
 
 console = Console()
@@ -45,7 +46,6 @@ def train_ranking(
     log it to MLflow and register it as streamrec-ranking (`features build --ranking` first).
 
     Every other option is a RankingTrainConfig field (ranker and encoder fields included)."""
-    from training.errors import TrainingError
     from training.ranking_runner import ranking_model_name, train_ranking_popularity
     from training.ranking_runner import train_ranking as run_ranking
 
@@ -59,29 +59,15 @@ def train_ranking(
         console.print(f"[red]invalid ranking config:[/red] {error}")
         raise typer.Exit(2) from error
 
-    outcome: dict[str, Any]
-    try:
-        if model == "popularity":
-            metrics = train_ranking_popularity(settings, train_config, log=console.print)
-            outcome = {"model": "popularity", "metrics": metrics}
-        else:
-            result = run_ranking(settings, train_config, workers=workers, log=console.print)
-            metrics = result.metrics
-            outcome = {
-                "model": model,
-                "run_name": result.run_name,
-                "run_id": result.run_id,
-                "model_version": result.model_version,
-                "best_epoch": result.best_epoch,
-                "metrics": metrics,
-            }
-    except (TrainingError, FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"[red]ranking training failed:[/red] {error}")
-        raise typer.Exit(1) from error
+    log, what = console.print, "ranking training"
+    if model == "popularity":
+        outcome = run_outcome(what, model, lambda: train_ranking_popularity(settings, train_config, log=log))
+    else:
+        outcome = run_outcome(what, model, lambda: run_ranking(settings, train_config, workers=workers, log=log))
     if as_json:
         print(json.dumps(outcome))
         return
-    console.print(_table(outcome["model"], metrics, train_config.model.tasks))
+    console.print(_table(outcome["model"], outcome["metrics"], train_config.model.tasks))
     if "model_version" in outcome:
         console.print(
             f"run {outcome['run_name']} -> {ranking_model_name(settings, train_config)} "
