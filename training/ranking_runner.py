@@ -14,8 +14,6 @@ new version of the ranking model (``ranking_model_name``: ``streamrec-ranking`` 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -28,17 +26,14 @@ from mlflow.exceptions import MlflowException
 
 from features.ranking_reader import RankingVersions, latest_ranking_versions, load_ranking_examples
 from infra.settings import Settings
-from training import tracking
-from training.errors import TrainingError
-from training.model_io import read_info, read_weights
+from training import driver, tracking
 from training.plots import plot_curves
 from training.ranking_config import RankingTrainConfig
 from training.ranking_eval import PopularityRanker, evaluate, predict
 from training.ranking_io import RankingScorer
 from training.ranking_metrics import plot_calibration
 from training.ranking_worker import RankingJob, ranking_worker
-from training.runner import _check_resources, _connect
-from training.worker import MODEL_DIR, TRAIN_STATE_FILE
+from training.worker_loop import MODEL_DIR
 
 Log = Callable[[str], None]
 SHOWN = ("train_loss", "val_auc_click", "val_gauc_click", "val_auc_like", "val_auc_purchase")
@@ -66,8 +61,8 @@ def train_ranking(
 
     storage = settings.train_storage or str(settings.checkpoint_dir)
     workers = workers or settings.train_workers
-    _connect(settings)
-    _check_resources(settings, workers)
+    driver.connect(settings)
+    driver.check_resources(settings, workers)
     versions = latest_ranking_versions(settings)
     kind = config.model.kind
     run_name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -79,11 +74,7 @@ def train_ranking(
         feature_versions=versions.as_dict(),
     )
     log(f"run {run_name}: {kind} ({config.model.mixture}), {workers} worker(s), features {versions.as_dict()}")
-    warm = None
-    if config.warm_start:
-        with tracking.downloaded_version(settings, config.warm_start) as directory:
-            warm = (read_info(directory), read_weights(directory))
-        log(f"warm start from {settings.registered_model} version {config.warm_start}: {warm[0].num_items} items known")
+    warm = driver.warm_start_state(settings, config.warm_start, log) if config.warm_start else None
     job = RankingJob(
         settings=settings,
         config=config,
@@ -92,19 +83,11 @@ def train_ranking(
         use_gpu=settings.train_use_gpu,
         warm_start=ray.put(warm) if warm else None,
     )
-    try:
-        with _EpochLines(settings, run_id, config.epochs, log):
-            result = _trainer(settings, job, workers, storage, run_name).fit()
-    except ray.train.TrainingFailedError as error:
-        tracking.client(settings).set_terminated(run_id, "FAILED")
-        raise TrainingError(f"ranking run {run_name} failed: {error}", run_name) from error
-    try:
-        with tempfile.TemporaryDirectory(prefix="streamrec-ranking-run-") as scratch:
-            outcome = _finish(settings, config, versions, run_name, run_id, result, Path(scratch), log)
-    except BaseException:
-        tracking.client(settings).set_terminated(run_id, "FAILED")
-        raise
-    tracking.client(settings).set_terminated(run_id, "FINISHED")
+    follower = _EpochLines(settings, run_id, config.epochs, log)
+    result = driver.fit(ranking_worker, job, workers=workers, storage=storage, run_name=run_name, follower=follower,
+                        what=f"ranking run {run_name}")  # fmt: skip
+    with driver.finishing(settings, run_id, "streamrec-ranking-run-") as scratch:
+        outcome = _finish(settings, config, versions, run_name, run_id, result, scratch, log)
     log(f"registered {ranking_model_name(settings, config)} version {outcome.model_version}")
     return outcome
 
@@ -113,37 +96,6 @@ def _params(config: RankingTrainConfig, versions: RankingVersions) -> dict[str, 
     params = config.flat_params()
     params.update({f"version.{table}": str(version) for table, version in versions.as_dict().items()})
     return params
-
-
-def _trainer(settings: Settings, job: RankingJob, workers: int, storage: str, run_name: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    resources: dict[str, float] = {"CPU": settings.train_cpus_per_worker}
-    if settings.train_use_gpu:
-        resources["GPU"] = 1.0
-    return TorchTrainer(
-        ranking_worker,
-        train_loop_config={"job": job},
-        torch_config=TorchConfig(backend="nccl" if settings.train_use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources
-        ),
-        # As training.runner: Train v2 classes at runtime, v1 names for mypy.
-        run_config=RunConfig(  # type: ignore[call-arg]
-            name=run_name,
-            storage_path=storage,
-            failure_config=FailureConfig(  # type: ignore[call-arg]
-                max_failures=settings.train_max_failures, controller_failure_limit=0
-            ),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute=f"val_{job.config.selection_metric}",
-                checkpoint_score_order="max",
-            ),
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
 
 
 def _finish(
@@ -156,24 +108,12 @@ def _finish(
     output: Path,
     log: Log,
 ) -> RankingOutcome:
-    selection = f"val_{config.selection_metric}"
-    best = result.get_best_checkpoint(selection, "max")
-    if best is None or result.checkpoint is None:
-        raise TrainingError(f"ranking run {run_name} reported no checkpoint")
-    with best.as_directory() as directory:
-        shutil.copytree(Path(directory) / MODEL_DIR, output / MODEL_DIR)
-    with result.checkpoint.as_directory() as directory:
-        import torch
-
-        progress = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)["progress"]
-    best_epoch, history = int(progress["best_epoch"]), progress["history"]
-    if len(history) < config.epochs:
-        log(f"stopped early after epoch {len(history)}: no better {selection} for {config.patience} epochs")
-    best_val = {f"best_{key}": value for key, value in history[best_epoch - 1].items() if key.startswith("val_")}
+    best = driver.best_epoch(result, config, output, f"ranking run {run_name}", log)
+    best_epoch, history = best.epoch, best.history
 
     log(f"evaluating the best epoch ({best_epoch}) on the validation and test splits (exported model)")
     scorer = RankingScorer.from_directory(output / MODEL_DIR)
-    metrics, calibration = dict(best_val), {}
+    metrics, calibration = best.best_val(), {}
     for split, name in (("validation", "val"), ("test", "test")):
         examples = load_ranking_examples(settings, split, versions, max_len=scorer.max_len)
         split_metrics, tables = evaluate(

@@ -12,9 +12,7 @@ to the MLflow run the driver opened. A restarted worker group resumes from the l
 
 from __future__ import annotations
 
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +35,15 @@ from training.ranking_io import RankingInfo, read_ranking_weights, save_ranking_
 from training.ranking_model import ranking_loss
 from training.ranking_sharded import ShardedRankingModel
 from training.sharded_model import lookup_input, plain_weights, sharded_weights
-from training.sharding import dense_optimizer, gather_state, load_state, shard_model
-from training.tracking import log_metrics
-from training.worker import (
-    MODEL_DIR,
-    TRAIN_STATE_FILE,
+from training.sharding import dense_optimizer, load_state, shard_model
+from training.worker_loop import (
     Progress,
-    _load_exactly,
-    _quiet_libraries,
-    table_optimizer_state,
+    epoch_generator,
+    mean_over_workers,
+    quiet_libraries,
+    restore_checkpoint,
+    run_epochs,
+    write_checkpoint,
 )
 
 
@@ -65,7 +63,7 @@ def ranking_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point (``train_loop_per_worker``); ``loop_config["job"]`` is a RankingJob."""
     job: RankingJob = loop_config["job"]
     config = job.config
-    _quiet_libraries()
+    quiet_libraries()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -82,29 +80,16 @@ def ranking_worker(loop_config: dict[str, Any]) -> None:
     progress = _restore(dmp, optimizer, job, num_items)
     info = RankingInfo(config.model, num_items, job.versions.as_dict(), train.window_ms)
     weights = torch.tensor(config.weights(), device=device)
-    if rank == 0 and progress.epoch:
-        log_metrics(job.settings, job.run_id, {"resumed_from_epoch": float(progress.epoch)}, step=progress.epoch)
-
     val_shard = val.shard(rank, world)
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        if config.patience and progress.stale_epochs >= config.patience:
-            break
-        started = time.perf_counter()
-        shard = train.shard(rank, world, seed=config.seed, epoch=epoch, shuffle=True)
-        loss = _train_epoch(dmp, optimizer, shard, job, epoch, weights, device)
-        seconds = time.perf_counter() - started
-        val_metrics = evaluate_sharded(dmp, val_shard, config, device, "val")
-        metrics = {
-            "epoch": float(epoch),
-            "train_loss": loss,
-            "train_seconds": seconds,
-            "train_examples_per_s": len(train) / seconds,
-            **val_metrics,
-        }
-        progress.record(epoch, metrics, f"val_{config.selection_metric}")
-        ray.train.report(metrics, checkpoint=_checkpoint(dmp, optimizer, progress, info))
-        if rank == 0:
-            log_metrics(job.settings, job.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+    run_epochs(
+        job,
+        progress,
+        train,
+        lambda shard, epoch: _train_epoch(dmp, optimizer, shard, job, epoch, weights, device),
+        lambda: evaluate_sharded(dmp, val_shard, config, device, "val"),
+        lambda state: _checkpoint(dmp, optimizer, state, info),
+        rate_name="train_examples_per_s",
+    )
 
 
 def _forward(
@@ -139,10 +124,7 @@ def _train_epoch(
     dmp.train()
     total = torch.zeros(2, dtype=torch.float64)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=job.use_gpu)
-    rank = dist.get_rank()
-    generator = torch.Generator().manual_seed(
-        int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
-    )
+    generator = epoch_generator(config.seed, epoch, dist.get_rank())
     next_item = config.uses_next_item_loss()
     num_items = dmp.module.num_items
     for batch in shard.batches(config.batch_size, seed=config.seed, epoch=epoch, shuffle=True):
@@ -163,9 +145,7 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-    dist.all_reduce(total)
-    loss_sum, steps = total.tolist()
-    return loss_sum / max(steps, 1.0)
+    return mean_over_workers(total)
 
 
 def next_item_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -231,16 +211,12 @@ def warm_start_weights(
 def _checkpoint(
     dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: RankingInfo
 ) -> ray.train.Checkpoint | None:
-    """Gather the model and optimizer states on rank 0 and write them to a checkpoint there."""
-    weights = gather_state(dmp.state_dict())
-    table_state = gather_state(table_optimizer_state(dmp))
-    if weights is None:
-        return None
-    directory = Path(tempfile.mkdtemp(prefix="streamrec-ranking-checkpoint-"))
-    save_ranking_model(directory / MODEL_DIR, info, plain_weights(weights, info.config.encoder.dim))
-    state = {"progress": asdict(progress), "dense_optimizer": optimizer.state_dict(), "table_optimizer": table_state}
-    torch.save(state, directory / TRAIN_STATE_FILE)
-    return ray.train.Checkpoint.from_directory(directory)
+    """The epoch's checkpoint: the exported ranker and the optimizer states."""
+
+    def save(directory: Path, weights: dict[str, torch.Tensor]) -> None:
+        save_ranking_model(directory, info, plain_weights(weights, info.config.encoder.dim))
+
+    return write_checkpoint(dmp, optimizer, progress, save, "streamrec-ranking-checkpoint-")
 
 
 def _restore(
@@ -248,16 +224,10 @@ def _restore(
 ) -> Progress:
     """Continue from Ray Train's latest checkpoint (a restarted worker group), else warm-start
     from a retrieval model, else start fresh."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        if job.warm_start is not None:
-            info, weights = ray.get(job.warm_start)
-            load_state(dmp.state_dict(), warm_start_weights(info, weights, job.config, num_items))
-        return Progress()
-    with checkpoint.as_directory() as directory:
-        weights = sharded_weights(read_ranking_weights(Path(directory) / MODEL_DIR))
-        state = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
-    _load_exactly(dmp.state_dict(), weights)
-    _load_exactly(table_optimizer_state(dmp), state["table_optimizer"])
-    optimizer.load_state_dict(state["dense_optimizer"])
-    return Progress(**state["progress"])
+    progress = restore_checkpoint(dmp, optimizer, read_ranking_weights)
+    if progress is not None:
+        return progress
+    if job.warm_start is not None:
+        info, weights = ray.get(job.warm_start)
+        load_state(dmp.state_dict(), warm_start_weights(info, weights, job.config, num_items))
+    return Progress()

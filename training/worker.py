@@ -11,21 +11,18 @@ Workers print nothing: their output (and Ray's) stays in Ray's worker logs; the 
 shows one line per epoch from the metrics rank 0 logs to MLflow (``training.progress``).
 
 A worker restarted by Ray Train (FailureConfig) or a ``--resume``d run finds the last
-checkpoint through ``ray.train.get_checkpoint()`` and continues with the next epoch.
+checkpoint through ``ray.train.get_checkpoint()`` and continues with the next epoch. The
+epoch loop and the checkpoints are those of ranking too (``training.worker_loop``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -41,11 +38,18 @@ from training.loss import retrieval_loss
 from training.model_io import ModelInfo, read_weights, save_model
 from training.retriever import Retriever
 from training.sharded_model import ShardedRetrievalModel, lookup_input, plain_weights, sharded_weights
-from training.sharding import catalog_embeddings, dense_optimizer, gather_state, load_state, shard_model
-from training.tracking import log_metrics
+from training.sharding import catalog_embeddings, dense_optimizer, shard_model
+from training.worker_loop import (
+    Progress,
+    epoch_generator,
+    load_exactly,
+    mean_over_workers,
+    quiet_libraries,
+    restore_checkpoint,
+    run_epochs,
+    write_checkpoint,
+)
 
-TRAIN_STATE_FILE = "train_state.pt"
-MODEL_DIR = "model"
 FAULT_DELAY_S = 6.0
 
 
@@ -62,30 +66,11 @@ class TrainJob:
     fault_marker: str | None = None  # fault injection: file created by the one injected exit
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_value: float = float("-inf")
-    stale_epochs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def record(self, epoch: int, metrics: dict[str, float], selection_key: str) -> None:
-        self.epoch = epoch
-        self.history.append(metrics)
-        if metrics[selection_key] > self.best_value:
-            self.best_epoch, self.best_value, self.stale_epochs = epoch, metrics[selection_key], 0
-        else:
-            self.stale_epochs += 1
-
-
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point (``train_loop_per_worker``); ``loop_config["job"]`` is a TrainJob."""
     job: TrainJob = loop_config["job"]
     config, encoder = job.config, job.config.encoder
-    _quiet_libraries()
+    quiet_libraries()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -99,42 +84,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     optimizer = dense_optimizer(dmp, config)
     progress = _restore(dmp, optimizer, job, num_items)
     info = ModelInfo(encoder=encoder, num_items=num_items, feature_versions=job.versions.as_dict())
-    if rank == 0 and progress.epoch:
-        log_metrics(job.settings, job.run_id, {"resumed_from_epoch": float(progress.epoch)}, step=progress.epoch)
-
     val_shard = val.shard(rank, world)
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        if config.patience and progress.stale_epochs >= config.patience:
-            break
-        _maybe_inject_fault(job, epoch - 1, rank, world)
-        started = time.perf_counter()
-        shard = train.shard(rank, world, seed=config.seed, epoch=epoch, shuffle=True)
-        loss = _train_epoch(dmp, optimizer, shard, job, epoch, rank, device)
-        seconds = time.perf_counter() - started
-        val_metrics = _evaluate(dmp, val_shard, config, num_items, rank)
-        metrics = {
-            "epoch": float(epoch),
-            "train_loss": loss,
-            "train_seconds": seconds,
-            "train_sequences_per_s": len(train) / seconds,
-            **val_metrics,
-        }
-        progress.record(epoch, metrics, f"val_{config.selection_metric}")
-        ray.train.report(metrics, checkpoint=_checkpoint(dmp, optimizer, progress, info))
-        if rank == 0:  # the driver follows the run's progress through these MLflow metrics
-            log_metrics(job.settings, job.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-
-
-def _quiet_libraries() -> None:
-    """Keep the driver's console to progress and results: FBGEMM's info logs (to the root
-    logger) and known deprecation notices of torchrec's internals are dropped."""
-    logging.getLogger().setLevel(logging.WARNING)
-    for message in (
-        "Please use DTensor instead",
-        "`broadcast_buffers` is deprecated",
-        "is_fx_tracing will return true",
-    ):
-        warnings.filterwarnings("ignore", message=f".*{message}.*")
+    run_epochs(
+        job,
+        progress,
+        train,
+        lambda shard, epoch: _train_epoch(dmp, optimizer, shard, job, epoch, rank, device),
+        lambda: _evaluate(dmp, val_shard, config, num_items, rank),
+        lambda state: _checkpoint(dmp, optimizer, state, info),
+        rate_name="train_sequences_per_s",
+        before_epoch=lambda epoch: _maybe_inject_fault(job, epoch - 1, rank, world),
+    )
 
 
 def _train_epoch(
@@ -149,8 +109,7 @@ def _train_epoch(
     """One pass over this worker's shard; returns the mean loss over all workers."""
     config = job.config
     num_items = dmp.module.num_items
-    seed = int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(seed)
+    generator = epoch_generator(config.seed, epoch, rank)
     batches = shard.batches(
         config.batch_size, seed=config.seed, epoch=epoch, shuffle=True, by_length=config.length_bucketing
     )
@@ -173,9 +132,7 @@ def _train_epoch(
         terms.total.backward()
         optimizer.step()
         total += torch.tensor([terms.total.item(), 1.0], dtype=torch.float64)
-    dist.all_reduce(total)
-    loss_sum, steps = total.tolist()
-    return loss_sum / max(steps, 1.0)
+    return mean_over_workers(total)
 
 
 def _evaluate(
@@ -203,54 +160,32 @@ def _evaluate(
     return split_metrics(SplitRanks.concatenate([r for r in everyone if r is not None]), config.eval_ks, "val")
 
 
-def table_optimizer_state(dmp: DistributedModelParallel) -> dict[str, Any]:
-    """The fused optimizer's state of the sharded table, flattened to {param/state: tensor}."""
-    state = dmp.fused_optimizer.state_dict()["state"]
-    return {f"{param}/{name}": value for param, values in state.items() for name, value in values.items()}
-
-
 def _checkpoint(
     dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: ModelInfo
 ) -> ray.train.Checkpoint | None:
-    """Gather the model and optimizer states on rank 0 and write them to a checkpoint there."""
-    weights = gather_state(dmp.state_dict())
-    table_state = gather_state(table_optimizer_state(dmp))
-    if weights is None:
-        return None
-    directory = Path(tempfile.mkdtemp(prefix="streamrec-checkpoint-"))
-    save_model(directory / MODEL_DIR, info, plain_weights(weights, info.encoder.dim))
-    state = {"progress": asdict(progress), "dense_optimizer": optimizer.state_dict(), "table_optimizer": table_state}
-    torch.save(state, directory / TRAIN_STATE_FILE)
-    return ray.train.Checkpoint.from_directory(directory)
+    """The epoch's checkpoint: the exported retrieval model and the optimizer states."""
+
+    def save(directory: Path, weights: dict[str, torch.Tensor]) -> None:
+        save_model(directory, info, plain_weights(weights, info.encoder.dim))
+
+    return write_checkpoint(dmp, optimizer, progress, save, "streamrec-checkpoint-")
 
 
 def _restore(
     dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, job: TrainJob, num_items: int
 ) -> Progress:
     """Continue from Ray Train's latest checkpoint, else warm-start from a model, else start fresh."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            weights = sharded_weights(read_weights(Path(directory) / MODEL_DIR))
-            state = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
-        _load_exactly(dmp.state_dict(), weights)
-        _load_exactly(table_optimizer_state(dmp), state["table_optimizer"])
-        optimizer.load_state_dict(state["dense_optimizer"])
-        return Progress(**state["progress"])
+    progress = restore_checkpoint(dmp, optimizer, read_weights)
+    if progress is not None:
+        return progress
     if job.warm_start is not None:
         info, weights = ray.get(job.warm_start)
         if info.encoder != job.config.encoder:
             raise ValueError(f"warm start needs the same encoder config as the model it starts from: {info.encoder}")
         if info.num_items > num_items:
             raise ValueError(f"the model knows {info.num_items} items but the vocabulary read has only {num_items}")
-        _load_exactly(dmp.state_dict(), sharded_weights(weights))
+        load_exactly(dmp.state_dict(), sharded_weights(weights))
     return Progress()
-
-
-def _load_exactly(tensors: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
-    missing = load_state(tensors, full)
-    if missing:
-        raise ValueError(f"checkpoint lacks {missing}")
 
 
 def _maybe_inject_fault(job: TrainJob, finished_epoch: int, rank: int, world: int) -> None:

@@ -28,7 +28,7 @@ from training.sharding import (
     load_state,
     shard_model,
 )
-from training.worker import table_optimizer_state
+from training.worker_loop import table_optimizer_state
 
 # 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
 NUM_ITEMS = 40

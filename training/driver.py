@@ -1,0 +1,169 @@
+"""The driver-side steps that retrieval runs (``training.runner``) and ranking runs
+(``training.ranking_runner``) share: connecting to Ray and checking its resources, the
+TorchTrainer of a worker loop, a warm start's model, fitting while the MLflow run's epochs are
+followed, the best epoch's model, and ending the MLflow run FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra import ray_access
+from infra.settings import Settings
+from training import tracking
+from training.errors import TrainingError
+from training.model_io import read_info, read_weights
+from training.worker_loop import MODEL_DIR, TRAIN_STATE_FILE, LoopConfig, LoopJob
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """The epoch whose checkpoint a finished run keeps, and the whole run's history."""
+
+    epoch: int
+    history: list[dict[str, float]]
+
+    def best_val(self) -> dict[str, float]:
+        """The best epoch's validation metrics as ``best_val_*``."""
+        return {f"best_{key}": value for key, value in self.history[self.epoch - 1].items() if key.startswith("val_")}
+
+
+def connect(settings: Settings) -> None:
+    """Connect the driver to the settings' Ray cluster; a failure is a TrainingError."""
+    try:
+        # Workers' output (Ray's, FBGEMM's, torch's) stays in Ray's worker logs; progress comes from MLflow.
+        ray_access.connect(settings, log_to_driver=False)
+    except ray_access.RayAccessError as error:
+        raise TrainingError(str(error)) from error
+
+
+def check_resources(settings: Settings, workers: int) -> None:
+    """Fail at once, with the remedy, when the cluster can never hold the worker group."""
+    import ray
+
+    offered = ray.cluster_resources()
+    cpus = workers * settings.train_cpus_per_worker
+    if offered.get("CPU", 0.0) < cpus:
+        raise TrainingError(
+            f"{workers} worker(s) x {settings.train_cpus_per_worker:g} CPU need {cpus:g} CPUs but the Ray cluster at "
+            f"{settings.ray_address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
+            "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
+        )
+    if settings.train_use_gpu and offered.get("GPU", 0.0) < workers:
+        raise TrainingError(
+            f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}"
+        )
+
+
+def torch_trainer(
+    worker: Callable[[dict[str, Any]], None], job: LoopJob, *, workers: int, storage: str, run_name: str
+) -> Any:
+    """A TorchTrainer running ``worker({"job": job})`` on ``workers`` workers; it keeps the best
+    checkpoint by the config's selection metric and the latest."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    settings = job.settings
+    resources: dict[str, float] = {"CPU": settings.train_cpus_per_worker}
+    if settings.train_use_gpu:
+        resources["GPU"] = 1.0
+    return TorchTrainer(
+        worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if settings.train_use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources
+        ),
+        # ray.train re-exports the Train v2 RunConfig/FailureConfig at runtime (Ray 2.60's default),
+        # which take logging_config and controller_failure_limit; mypy resolves the names to the
+        # v1 ray.air.config classes, which do not.
+        run_config=RunConfig(  # type: ignore[call-arg]
+            name=run_name,
+            storage_path=storage,
+            # Worker failures restart from the last checkpoint; a worker group that cannot
+            # start (no resources in time) fails the run instead of retrying forever.
+            failure_config=FailureConfig(  # type: ignore[call-arg]
+                max_failures=settings.train_max_failures, controller_failure_limit=0
+            ),
+            # The best checkpoint by the selection metric and the latest (for resuming) are kept.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=f"val_{job.config.selection_metric}",
+                checkpoint_score_order="max",
+            ),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def warm_start_state(settings: Settings, version: str, log: Log) -> tuple[Any, dict[str, Any]]:
+    """(ModelInfo, weights) of a registered retrieval model version, for the workers to start from."""
+    with tracking.downloaded_version(settings, version) as directory:
+        info = read_info(directory)
+        weights = read_weights(directory)
+    log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
+    return info, weights
+
+
+def fit(
+    worker: Callable[[dict[str, Any]], None],
+    job: LoopJob,
+    *,
+    workers: int,
+    storage: str,
+    run_name: str,
+    follower: AbstractContextManager[Any],
+    what: str,
+    hint: str = "",
+) -> Any:
+    """Fit ``torch_trainer(worker, job, ...)`` while ``follower`` shows the epochs; when training
+    fails the MLflow run ends FAILED and a TrainingError says "``what`` failed: <why>``hint``"."""
+    import ray
+
+    trainer = torch_trainer(worker, job, workers=workers, storage=storage, run_name=run_name)
+    try:
+        with follower:
+            return trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        tracking.client(job.settings).set_terminated(job.run_id, "FAILED")
+        raise TrainingError(f"{what} failed: {error}{hint}", run_name) from error
+
+
+@contextmanager
+def finishing(settings: Settings, run_id: str, prefix: str) -> Iterator[Path]:
+    """A scratch directory for a run's last steps; afterwards the MLflow run ends FINISHED, or
+    FAILED when any step fails, and no temporary directory stays behind."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+            yield Path(scratch)
+    except BaseException:
+        tracking.client(settings).set_terminated(run_id, "FAILED")
+        raise
+    tracking.client(settings).set_terminated(run_id, "FINISHED")
+
+
+def best_epoch(result: Any, config: LoopConfig, output: Path, what: str, log: Log) -> BestEpoch:
+    """Copy the model of the best checkpoint by the config's selection metric to ``output /
+    MODEL_DIR``; the best epoch and the history from the latest checkpoint (``what`` names the run)."""
+    selection = f"val_{config.selection_metric}"
+    best = result.get_best_checkpoint(selection, "max")
+    if best is None or result.checkpoint is None:
+        raise TrainingError(f"{what} reported no checkpoint")
+    with best.as_directory() as directory:
+        shutil.copytree(Path(directory) / MODEL_DIR, output / MODEL_DIR)
+    with result.checkpoint.as_directory() as directory:
+        import torch
+
+        progress = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)["progress"]
+    history = progress["history"]
+    if len(history) < config.epochs:
+        log(f"stopped early after epoch {len(history)}: no better {selection} for {config.patience} epochs")
+    return BestEpoch(int(progress["best_epoch"]), history)
