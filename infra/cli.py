@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra import cluster, ray_access
+from infra.apps import ClusterApp, cluster_apps, not_running
 from infra.errors import StreamrecError
 from infra.settings import Settings, get_settings
 
@@ -32,7 +33,8 @@ ComponentNames = Annotated[
     list[str] | None,
     typer.Argument(
         help="Components to act on (kafka, mlflow, ray; with the cluster profile also ray-worker, spark-master,"
-        " spark-worker); all when omitted."
+        " spark-worker; serve, the Ray Serve application); all when omitted (serve only when a production"
+        " model exists)."
     ),
 ]
 
@@ -60,10 +62,21 @@ def _table(states: list[cluster.ComponentState]) -> Table:
 
 @app.command()
 def up(components: ComponentNames = None) -> None:
-    """Start the local mini-cluster in the background (external components are checked)."""
+    """Start the local mini-cluster in the background (external components are checked), then
+    serve the production model if there is one."""
     settings = load_settings()
+    processes, apps = _split(components)
     with console.status("starting components..."):
-        states = cluster.up(settings, components)
+        states = cluster.up(settings, processes or None)  # serving needs every process
+    for cluster_app, named in apps:
+        with console.status(f"starting {cluster_app.name}..."):
+            state = cluster_app.start(settings, required=named)
+        if state is not None:
+            states.append(state)
+        else:
+            console.print(
+                f"{cluster_app.name}: not started (nothing to serve yet; `streamrec up {cluster_app.name}` says why)"
+            )
     console.print(_table(states))
     console.print(f"home: {settings.home}")
     if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
@@ -78,7 +91,15 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show each component's health; exits 1 when any is down."""
-    states = cluster.status(load_settings(), components)
+    settings = load_settings()
+    processes, apps = _split(components)
+    states = cluster.status(settings, processes) if processes is None or processes else []
+    for cluster_app, named in apps:
+        state = cluster_app.state(settings)
+        if state is None and named:
+            state = not_running(cluster_app, "-", "not running")
+        if state is not None:
+            states.append(state)
     if as_json:
         print(json.dumps([state.__dict__ for state in states]))
     else:
@@ -89,8 +110,14 @@ def status(
 
 @app.command()
 def down(components: ComponentNames = None) -> None:
-    """Stop exactly the processes `up` started."""
-    stopped = cluster.down(load_settings(), components)
+    """Stop exactly the processes `up` started (and first the applications deployed on them)."""
+    settings = load_settings()
+    processes, apps = _split(components)
+    stopped = [
+        cluster_app.name for cluster_app, _ in apps if cluster_app.state(settings) and cluster_app.stop(settings)
+    ]
+    if processes is None or processes:
+        stopped += cluster.down(settings, processes)
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
@@ -98,6 +125,18 @@ def down(components: ComponentNames = None) -> None:
 def show_settings() -> None:
     """Print the effective settings as JSON."""
     print(load_settings().model_dump_json(indent=2))
+
+
+def _split(names: list[str] | None) -> tuple[list[str] | None, list[tuple[ClusterApp, bool]]]:
+    """(process components for ``infra.cluster``: None = all, [] = none named; [(application,
+    named)]). Naming neither kind means all of both."""
+    apps = cluster_apps()
+    app_names = {cluster_app.name for cluster_app in apps}
+    if not names:
+        return None, [(cluster_app, False) for cluster_app in apps]
+    processes = [name for name in names if name not in app_names]
+    chosen = [(cluster_app, True) for cluster_app in apps if cluster_app.name in names]
+    return processes, chosen
 
 
 def _register_plugins() -> None:

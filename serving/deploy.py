@@ -84,7 +84,12 @@ def health(settings: Settings) -> dict[str, Any]:
         response = requests.get(f"{base_url(settings)}/healthz", timeout=10)
     except requests.RequestException as error:
         raise ServeError(f"serving at {base_url(settings)} does not answer ({error.__class__.__name__})") from error
-    body = dict(response.json())
+    try:
+        body = dict(response.json())
+    except ValueError as error:  # Serve's proxy without the streamrec app answers 404 in plain text
+        raise ServeError(
+            f"{base_url(settings)} answers {response.status_code} without the {APP_NAME} application"
+        ) from error
     body["http_status"] = response.status_code
     return body
 

@@ -243,3 +243,37 @@ def test_the_application_builder_serves_the_production_model(served: Served) -> 
         config.bootstrap_versions
         == post(served, "/recommend", {"user_id": served.users[0]}).json()["lineage"]["history"]["bootstrap_versions"]
     )
+
+
+def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: dict[str, str]) -> None:
+    # Last in this module: it takes serving down and brings it back with `streamrec up serve`.
+    import os
+    import subprocess
+    import sys
+
+    from infra.components import settings_environment
+
+    # The served settings, in the home of the session's processes (whose pid records `up` reads).
+    env = {**os.environ, **settings_environment(served.settings), "STREAMREC_LAKE_URI": served.settings.lake,
+           "STREAMREC_HOME": test_env["STREAMREC_HOME"], "HOME": test_env["HOME"], "COLUMNS": "250"}  # fmt: skip
+
+    def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "infra.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    status = streamrec("status", "serve")
+    assert status.returncode == 0 and "serve" in status.stdout and "healthy" in status.stdout, status.stdout
+    assert f"v{served_version(served.settings)}" in status.stdout
+    again = streamrec("up", "serve")
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+
+    down = streamrec("down", "serve")
+    assert down.returncode == 0 and "stopped: serve" in down.stdout, down.stdout + down.stderr
+    gone = streamrec("status", "serve")
+    assert gone.returncode == 1 and "not running" in gone.stdout, gone.stdout
+    assert streamrec("status", "kafka").returncode == 0  # the processes were left alone
+
+    started = streamrec("up", "serve")
+    assert started.returncode == 0 and "healthy" in started.stdout, started.stdout + started.stderr
+    body = post(served, "/recommend", {"user_id": served.users[0]}).json()
+    assert body["lineage"]["model_version"][served.settings.registered_model] == served_version(served.settings)
