@@ -8,6 +8,7 @@ cluster's authentication token).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from abc import ABC, abstractmethod
@@ -385,6 +386,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if isinstance(value, list):
             value = ",".join(str(part) for part in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)  # how pydantic-settings parses a complex field from the environment
         elif isinstance(value, bool):
             value = "true" if value else "false"
         environment[f"STREAMREC_{name.upper()}"] = str(value)

@@ -50,7 +50,9 @@ def test_the_component_runs_dagster_dev_on_its_own_instance(tmp_path: Path) -> N
 
 
 def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = get_settings(home=tmp_path, external=["kafka", "mlflow"], train_use_gpu=True, topic="x")
+    settings = get_settings(
+        home=tmp_path, external=["kafka", "mlflow"], train_use_gpu=True, topic="x", serve_blend_weights={"click": 0.5}
+    )
     for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
     assert get_settings() == settings
