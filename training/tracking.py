@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -10,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
-from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -62,11 +62,13 @@ def log_feature_inputs(settings: Settings, run_id: str, versions: dict[str, int]
     inputs = []
     for table, version in sorted(versions.items()):
         uri = settings.table_uri(table)
-        source = DeltaDatasetSource(path=uri, delta_table_version=version)
+        # MLflow's DeltaDatasetSource JSON, written here because its to_json() leaves a
+        # version 0 out (it tests the version for truth), which reads as "the latest".
+        source = json.dumps({"path": uri, "delta_table_version": version})
         # MLflow keeps one dataset per (experiment, name, digest): the digest names the table's
         # place too, or a run on another lake would be shown the first lake's source.
         digest = hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:16]
-        dataset = Dataset(name=f"{table}@v{version}", digest=digest, source_type="delta", source=source.to_json())
+        dataset = Dataset(name=f"{table}@v{version}", digest=digest, source_type="delta", source=source)
         inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")]))
     client(settings).log_inputs(run_id, datasets=inputs)
 
