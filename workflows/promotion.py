@@ -20,6 +20,13 @@ One round from code::
 
     from workflows.promotion import GatePolicy, run_gate
     outcome = run_gate(settings, candidate_version, GatePolicy())   # evaluate, decide, log, promote
+
+The ranking model (``settings.registered_ranking_model``) goes through the same gate with
+``task="ranking"``: both rankers are evaluated on the validation split of
+features/ranking_examples at the candidate's versions, on validation click AUC by default
+(``RANKING_GATE``: above production by 0.002, absolute; an AUC's floor is 0.5, not 0)::
+
+    outcome = run_gate(settings, ranker_version, RANKING_GATE, task="ranking")
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from infra.settings import Settings
+
+Task = Literal["retrieval", "ranking"]
 
 SPLIT = "validation"
 PREFIX = "val_"  # the metric keys of the validation split (val_ndcg_10, ...)
@@ -65,6 +74,10 @@ class GatePolicy:
         return f"validation {self.metric} above production by {gain} ({self.margin_kind})"
 
 
+RANKING_GATE = GatePolicy(metric="auc_click", margin=0.002, margin_kind="absolute")
+"""The ranking model's default gate: validation click AUC above production's by 0.002."""
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Candidate and production evaluated on validation at the candidate's feature versions."""
@@ -76,6 +89,7 @@ class Comparison:
     candidate_metrics: dict[str, float]
     production_version: str | None = None
     production_metrics: dict[str, float] | None = None
+    task: Task = "retrieval"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -157,30 +171,58 @@ def evaluate_at(settings: Settings, version: str, versions: dict[str, int]) -> d
     return split_metrics(split_ranks(retriever, examples), DEFAULT_KS, PREFIX.rstrip("_"))
 
 
-def model_feature_versions(settings: Settings, version: str) -> dict[str, int]:
-    """The feature versions registered ``version`` was trained on (its model.json)."""
+def evaluate_ranking_at(settings: Settings, version: str, versions: dict[str, int]) -> dict[str, float]:
+    """Validation metrics (``val_auc_click``, ...) of registered ranker ``version`` at the
+    ranking feature ``versions`` (features/ranking_examples and item_vocab)."""
+    from features.ranking_reader import RankingVersions, load_ranking_examples
     from training import tracking
-    from training.model_io import read_info
+    from training.ranking_eval import evaluate, predict
+    from training.ranking_io import RankingScorer
 
-    with tracking.downloaded_version(settings, version) as directory:
+    with tracking.downloaded_version(settings, version, settings.registered_ranking_model) as directory:
+        scorer = RankingScorer.from_directory(directory)
+    examples = load_ranking_examples(settings, SPLIT, RankingVersions.from_dict(versions), max_len=scorer.max_len)
+    metrics, _ = evaluate(predict(scorer.score_batch, examples), scorer.tasks, PREFIX.rstrip("_"))
+    return metrics
+
+
+def model_name(settings: Settings, task: Task = "retrieval") -> str:
+    """The registered model of ``task``."""
+    return settings.registered_ranking_model if task == "ranking" else settings.registered_model
+
+
+def model_feature_versions(settings: Settings, version: str, task: Task = "retrieval") -> dict[str, int]:
+    """The feature versions registered ``version`` was trained on (its model.json or ranking.json)."""
+    from training import tracking
+
+    with tracking.downloaded_version(settings, version, model_name(settings, task)) as directory:
+        if task == "ranking":
+            from training.ranking_io import read_ranking_info
+
+            return read_ranking_info(directory).feature_versions
+        from training.model_io import read_info
+
         return read_info(directory).feature_versions
 
 
-def compare(settings: Settings, candidate_version: str) -> Comparison:
+def compare(settings: Settings, candidate_version: str, task: Task = "retrieval") -> Comparison:
     """Evaluate the candidate and the current production version at the candidate's feature versions."""
     from serving.registry import served_version
     from training import tracking
 
-    name = settings.registered_model
+    name = model_name(settings, task)
+    evaluate = evaluate_ranking_at if task == "ranking" else evaluate_at
     run_id = tracking.client(settings).get_model_version(name, candidate_version).run_id or ""
-    versions = model_feature_versions(settings, candidate_version)
-    candidate_metrics = evaluate_at(settings, candidate_version, versions)
-    production = served_version(settings)
+    versions = model_feature_versions(settings, candidate_version, task)
+    candidate_metrics = evaluate(settings, candidate_version, versions)
+    production = served_version(settings, name)
     production_metrics = None
     if production is not None:
         same = production == candidate_version
-        production_metrics = candidate_metrics if same else evaluate_at(settings, production, versions)
-    return Comparison(name, candidate_version, run_id, versions, candidate_metrics, production, production_metrics)
+        production_metrics = candidate_metrics if same else evaluate(settings, production, versions)
+    return Comparison(
+        name, candidate_version, run_id, versions, candidate_metrics, production, production_metrics, task
+    )
 
 
 def record(settings: Settings, comparison: Comparison, decision: Decision, policy: GatePolicy) -> None:
@@ -218,37 +260,42 @@ def settle(settings: Settings, comparison: Comparison, policy: GatePolicy) -> Ga
     from serving.registry import promote, served_version
 
     notes = []
-    before = served_version(settings)
+    before = served_version(settings, comparison.model)
     if before != comparison.production_version:
         notes.append(
             f"production moved from {comparison.production_version} to {before} since the evaluation: compared again"
         )
-        comparison = compare(settings, comparison.candidate_version)
+        comparison = compare(settings, comparison.candidate_version, comparison.task)
     decision = decide(comparison, policy)
     record(settings, comparison, decision, policy)
     after = before
     if decision.promote:
-        promote(settings, comparison.candidate_version)
+        promote(settings, comparison.candidate_version, model=comparison.model)
         after = comparison.candidate_version
     return GateOutcome(comparison, decision, policy, before, after, notes)
 
 
-def run_gate(settings: Settings, candidate_version: str, policy: GatePolicy | None = None) -> GateOutcome:
-    """One gate round: ``compare`` then ``settle`` (what the demo calls after training)."""
-    return settle(settings, compare(settings, candidate_version), policy or GatePolicy())
+def run_gate(
+    settings: Settings, candidate_version: str, policy: GatePolicy | None = None, task: Task = "retrieval"
+) -> GateOutcome:
+    """One gate round: ``compare`` then ``settle`` (what the demo calls after training); the
+    default policy is ``GatePolicy()`` for retrieval and ``RANKING_GATE`` for ranking."""
+    default = RANKING_GATE if task == "ranking" else GatePolicy()
+    return settle(settings, compare(settings, candidate_version, task), policy or default)
 
 
-def newest_version(settings: Settings) -> str | None:
-    """The highest registered version of ``settings.registered_model`` (None: none yet)."""
-    versions = registered_versions(settings)
+def newest_version(settings: Settings, model: str | None = None) -> str | None:
+    """The highest registered version of ``model`` (default ``settings.registered_model``; None: none yet)."""
+    versions = registered_versions(settings, model)
     return str(max(versions)) if versions else None
 
 
-def registered_versions(settings: Settings) -> list[int]:
-    """Every registered version number of ``settings.registered_model``."""
+def registered_versions(settings: Settings, model: str | None = None) -> list[int]:
+    """Every registered version number of ``model`` (default ``settings.registered_model``)."""
     from training import tracking
 
-    found = tracking.client(settings).search_model_versions(filter_string=f"name = '{settings.registered_model}'")
+    name = model or settings.registered_model
+    found = tracking.client(settings).search_model_versions(filter_string=f"name = '{name}'")
     return sorted(int(version.version) for version in found)
 
 
@@ -256,6 +303,7 @@ def outcome_metadata(outcome: GateOutcome) -> dict[str, Any]:
     """Flat metadata of a gate outcome (for the Dagster UI)."""
     decision = outcome.decision
     metadata: dict[str, Any] = {
+        "registered_model": outcome.comparison.model,
         "decision": decision.label,
         "promoted": decision.promote,
         "reason": decision.reason,
