@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from workflows.assets import feature_build, ingest, retrieval_evaluation, retrieval_model, retrieval_promotion
+from workflows.assets import (
+    feature_build,
+    ingest,
+    ranking_examples,
+    ranking_model,
+    ranking_promotion,
+    retrieval_evaluation,
+    retrieval_model,
+    retrieval_promotion,
+)
 from workflows.assets.training import RetrievalTrainConfig
 
 WARM_START_EPOCHS = 3
@@ -51,4 +60,19 @@ loop_job = dg.define_asset_job(
     description="One round of the loop: ingest, features, warm-start training, evaluation and the gate.",
 )
 
-ALL_JOBS = [ingest_job, features_job, warm_start_training_job, full_retraining_job, promotion_job, loop_job]
+ranking_job = dg.define_asset_job(
+    "ranking_job",
+    selection=dg.AssetSelection.assets(ranking_examples, ranking_model, ranking_promotion),
+    description="The ranking model: ranking examples from the latest silver version, a ranker trained from "
+    "scratch on Ray Train, then its gate (validation click AUC against the production ranker).",
+)
+
+ALL_JOBS = [
+    ingest_job,
+    features_job,
+    warm_start_training_job,
+    full_retraining_job,
+    promotion_job,
+    loop_job,
+    ranking_job,
+]

@@ -3,11 +3,12 @@
 * ``StreamrecResource``: the Settings every step, sensor and check runs with. The addresses
   (home and lake, broker and topic, MLflow and its registered model, Ray, Spark) are fields of
   their own, so the Dagster UI shows them; every other setting travels in ``other_settings``.
-* ``StepRunner``: how ingest and feature builds run: ``in_process`` (in the Dagster run's
+* ``StepRunner``: how ingest and feature builds (ranking_examples included) run: ``in_process`` (in the Dagster run's
   process) or ``ray_job`` (a `streamrec` command as a Ray job on the cluster of the
   settings). Training always runs on Ray Train workers; its driver is light.
 * ``QualityThresholds``: the limits of the asset checks.
-* ``PromotionPolicy``: the gate's metric and margin (``workflows.promotion``).
+* ``PromotionPolicy``: the gate's metric and margin (``workflows.promotion``);
+  ``RankingPromotionPolicy``: the ranking model's (validation click AUC, +0.002 absolute).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
 from infra.settings import Settings
-from workflows.promotion import GatePolicy
+from workflows.promotion import RANKING_GATE, GatePolicy
+
+if TYPE_CHECKING:
+    from features.ranking import RankingSpec
 
 Log = Callable[[str], None]
 
@@ -112,17 +116,23 @@ class StepRunner(dg.ConfigurableResource):
         stats = run_ingest(settings, until_idle=True, report=lambda item: log(str(item)))
         return StepOutcome(json.loads(stats.to_json()), seconds=stats.seconds)
 
-    def build_features(self, settings: Settings, log: Log, full: bool = False) -> StepOutcome:
-        """`streamrec features build --incremental` (``full``: without it): the feature tables catch up with silver."""
+    def build_features(
+        self, settings: Settings, log: Log, full: bool = False, ranking: RankingSpec | None = None
+    ) -> StepOutcome:
+        """`streamrec features build --incremental` (``full``: without it): the feature tables catch up
+        with silver; with ``ranking``, features/ranking_examples too (``--ranking``)."""
         if self.mode == "ray_job":
             args = ["features", "build"] if full else ["features", "build", "--incremental"]
+            if ranking is not None:
+                args += ["--ranking", "--ranking-window-s", str(ranking.window_ms / 1000),
+                         "--ranking-max-len", str(ranking.max_len)]  # fmt: skip
             result = self._ray_job(settings, args, "features", log)
             found = re.search(r"features build \((\w+)\) from silver/events version (\d+)", result.logs)
             parsed = {"mode": found.group(1), "silver_version": int(found.group(2))} if found else {}
             return StepOutcome(parsed, result.job_id, result.seconds)
         from features.build import build
 
-        report = build(settings, incremental=not full, log=log)
+        report = build(settings, incremental=not full, log=log, ranking=ranking)
         summary: dict[str, Any] = {"mode": report.mode, "silver_version": report.silver_version}
         if report.new_silver_rows is not None:
             summary["new_silver_rows"] = report.new_silver_rows
@@ -179,6 +189,21 @@ class PromotionPolicy(dg.ConfigurableResource):
         return GatePolicy(metric=self.metric, margin=self.margin, margin_kind=self.margin_kind)
 
 
+class RankingPromotionPolicy(PromotionPolicy):
+    """The ranking model's gate (``ranking_promotion``): validation click AUC by default."""
+
+    metric: str = Field(
+        default=RANKING_GATE.metric, description="Validation metric compared (auc_click, gauc_click, auc_like, ...)."
+    )
+    margin: float = Field(
+        default=RANKING_GATE.margin, ge=0, description="Required gain: a fraction of production's value, or absolute."
+    )
+    margin_kind: Literal["relative", "absolute"] = Field(
+        default=RANKING_GATE.margin_kind,
+        description="relative: candidate > production x (1 + margin); absolute: > production + margin.",
+    )
+
+
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """Every resource of the definitions, from ``settings``."""
     return {
@@ -186,4 +211,5 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
         "steps": StepRunner.from_settings(settings),
         "quality": QualityThresholds(),
         "promotion_policy": PromotionPolicy(),
+        "ranking_promotion_policy": RankingPromotionPolicy(),
     }

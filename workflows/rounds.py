@@ -10,6 +10,13 @@ warm-start round without Dagster::
 A warm start continues the version the serving alias names, with its architecture (a warm
 start needs the same encoder config); without a production version, or with
 ``from_scratch``, the options' architecture is trained from random initialisation.
+
+The ``ranking_model`` asset (and the demo) call ``train_ranker``: a multi-task ranker trained
+on features/ranking_examples and registered as ``settings.registered_ranking_model``::
+
+    from workflows.rounds import RankingOptions, train_ranker
+    outcome = train_ranker(settings, RankingOptions(epochs=3, workers=2), log=print)
+    outcome.model_version, outcome.metrics["best_val_auc_click"], outcome.metrics["test_auc_click"]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from infra.settings import Settings
 from workflows.promotion import GateOutcome, GatePolicy, run_gate
 
 if TYPE_CHECKING:
+    from training.ranking_runner import RankingOutcome
     from training.runner import TrainOutcome
 
 Log = Callable[[str], None]
@@ -42,6 +50,19 @@ class TrainOptions:
     batch_size: int = 128
     lr: float = 1e-3
     patience: int = 5
+    seed: int = 0
+    workers: int = 0  # 0 = settings.train_workers
+
+
+@dataclass(frozen=True)
+class RankingOptions:
+    """A ranking run (the defaults are ``training.ranking_config.RankingTrainConfig``'s)."""
+
+    kind: Literal["ranker", "dlrm"] = "ranker"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 3e-3
+    patience: int = 3
     seed: int = 0
     workers: int = 0  # 0 = settings.train_workers
 
@@ -108,3 +129,20 @@ def warm_start_round(
     gate = run_gate(settings, candidate.trained.model_version, policy)
     log(f"gate {gate.decision.label}: {gate.decision.reason}")
     return Round(candidate.trained, candidate.warm_start_from, gate)
+
+
+def train_ranker(settings: Settings, options: RankingOptions, log: Log = print) -> RankingOutcome:
+    """Train a ranker on the latest features/ranking_examples on Ray Train and register it
+    (``settings.registered_ranking_model``); nothing is promoted."""
+    from training.ranking_config import RankerConfig, RankingTrainConfig
+    from training.ranking_runner import train_ranking
+
+    config = RankingTrainConfig(
+        model=RankerConfig(kind=options.kind),
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        patience=options.patience,
+        seed=options.seed,
+    )
+    return train_ranking(settings, config, workers=options.workers or None, log=log)

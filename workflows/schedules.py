@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from workflows.jobs import full_retraining_job, ingest_job, warm_start_training_job
+from workflows.jobs import full_retraining_job, ingest_job, ranking_job, warm_start_training_job
 
 hourly_warm_start_training = dg.ScheduleDefinition(
     name="hourly_warm_start_training",
@@ -30,4 +30,12 @@ ingest_every_15_minutes = dg.ScheduleDefinition(
     description="Every 15 minutes: ingest until idle. Leave it off while a continuous `streamrec ingest` runs.",
 )
 
-ALL_SCHEDULES = [hourly_warm_start_training, daily_full_retraining, ingest_every_15_minutes]
+daily_ranking_training = dg.ScheduleDefinition(
+    name="daily_ranking_training",
+    job=ranking_job,
+    cron_schedule="30 4 * * *",
+    execution_timezone="UTC",
+    description="Every day at 04:30 UTC: ranking examples, a ranker from scratch, its promotion gate.",
+)
+
+ALL_SCHEDULES = [hourly_warm_start_training, daily_full_retraining, ingest_every_15_minutes, daily_ranking_training]

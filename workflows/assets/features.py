@@ -1,14 +1,24 @@
-"""Feature assets: one incremental feature build brings item_vocab, user_sequences and item_stats up to date."""
+"""Feature assets: one incremental feature build brings item_vocab, user_sequences and item_stats up to date;
+``ranking_examples`` is the same build with a RankingSpec (features/ranking_examples too)."""
 
 # No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
 
-from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
-from workflows.lineage import data_version, feature_table_metadata
+from features.tables import (
+    ITEM_STATS_TABLE,
+    ITEM_VOCAB_TABLE,
+    RANKING_EXAMPLES_TABLE,
+    USER_SEQUENCES_TABLE,
+    ranking_state,
+)
+from infra.settings import Settings
+from ingestion.schema import SILVER_TABLE
+from workflows.lineage import data_version, delta_version, feature_table_metadata
 from workflows.resources import StepRunner, StreamrecResource
 
 GROUP = "features"
@@ -67,3 +77,70 @@ def feature_build(
         yield dg.MaterializeResult(
             asset_key=key, metadata=metadata, data_version=data_version(metadata["delta_version"])
         )
+
+
+class RankingExamplesConfig(dg.Config):
+    """How features/ranking_examples is built (``features.ranking.RankingSpec``; docs/ranking.md)."""
+
+    full_rebuild: bool = Field(
+        default=False, description="Rebuild every table from the latest silver version (Spark), not incrementally."
+    )
+    window_s: int = Field(default=3600, ge=0, description="Label window after an exposure, in seconds.")
+    max_len: int = Field(default=50, ge=1, description="History events kept per example.")
+
+
+@dg.asset(
+    deps=["silver_events", "item_vocab"],
+    group_name=GROUP,
+    kinds={"delta"},
+    description="features/ranking_examples: one row per exposure, its history, a label per task and a time split.",
+)
+def ranking_examples(
+    context: AssetExecutionContext, config: RankingExamplesConfig, streamrec: StreamrecResource, steps: StepRunner
+) -> dg.MaterializeResult:
+    """`streamrec features build --incremental --ranking`: the feature build with a RankingSpec
+    (the other feature tables catch up too; their versions are in the metadata)."""
+    from features.ranking import RankingSpec
+
+    settings = streamrec.settings()
+    spec = RankingSpec(window_ms=config.window_s * 1000, max_len=config.max_len)
+    outcome = steps.build_features(settings, context.log.info, full=config.full_rebuild, ranking=spec)
+    summary = outcome.summary
+    metadata = {
+        **feature_table_metadata(settings, RANKING_EXAMPLES_TABLE),
+        **outcome.metadata(),
+        "build_mode": summary.get("mode"),
+    }
+    written = summary.get("rows_written", {})
+    if RANKING_EXAMPLES_TABLE in written:
+        metadata["rows_written"] = written[RANKING_EXAMPLES_TABLE]
+    if summary.get("fallback_reason"):
+        metadata["full_build_because"] = summary["fallback_reason"]
+    metadata.update(ranking_build_metadata(settings))
+    return dg.MaterializeResult(metadata=metadata, data_version=data_version(metadata["delta_version"]))
+
+
+def ranking_build_metadata(settings: Settings) -> dict[str, Any]:
+    """What the last ranking_examples build recorded (window, split boundaries, watermark), its
+    rows per split, and the versions of silver and every feature table it was built with."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    uri = settings.table_uri(RANKING_EXAMPLES_TABLE)
+    found: dict[str, Any] = {}
+    state = ranking_state(uri)
+    if state is not None:
+        found.update(
+            window_ms=state.window_ms,
+            validation_from_ts=state.validation_from_ts,
+            test_from_ts=state.test_from_ts,
+            watermark_ts=state.watermark_ts,
+        )
+    if DeltaTable.is_deltatable(uri):
+        splits = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["split"]).column("split")
+        for entry in pc.value_counts(splits).to_pylist():
+            found[f"rows.{entry['values']}"] = entry["counts"]
+    found[f"version.{SILVER_TABLE}"] = delta_version(settings, SILVER_TABLE)
+    for table in (*TABLES.values(), RANKING_EXAMPLES_TABLE):
+        found[f"version.{table}"] = delta_version(settings, table)
+    return found

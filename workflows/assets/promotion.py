@@ -4,6 +4,10 @@
 at the candidate's feature versions, and records both in its metadata (the ``comparison``
 entry holds it whole). ``retrieval_promotion`` decides on the latest evaluation, logs the
 decision to the candidate's MLflow run and moves the alias only when the candidate passes.
+
+``ranking_promotion`` is the same gate for the ranking model in one step: the candidate ranker
+and the production one evaluated on the validation split of features/ranking_examples at the
+candidate's versions, then the decision (``ranking_promotion_policy``: click AUC by default).
 """
 
 # No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
@@ -14,10 +18,11 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from workflows import promotion
-from workflows.resources import PromotionPolicy, StreamrecResource
+from workflows.resources import PromotionPolicy, RankingPromotionPolicy, StreamrecResource
 
 GROUP = "promotion"
 SHOWN_METRICS = ("ndcg_10", "hr_10", "ndcg_50", "hr_50", "mrr")
+RANKING_SHOWN_METRICS = ("auc_click", "gauc_click", "auc_like", "auc_purchase")
 
 
 class EvaluationConfig(dg.Config):
@@ -25,8 +30,8 @@ class EvaluationConfig(dg.Config):
 
     candidate_version: str = Field(
         default="",
-        description="Registered version to judge; '' = the one retrieval_model registered in this run, "
-        "else the newest registered version.",
+        description="Registered version to judge; '' = the one the model asset (retrieval_model, ranking_model) "
+        "registered in this run, else the newest registered version.",
     )
 
 
@@ -40,7 +45,11 @@ def retrieval_evaluation(
     context: AssetExecutionContext, config: EvaluationConfig, streamrec: StreamrecResource
 ) -> dg.MaterializeResult:
     settings = streamrec.settings()
-    candidate = config.candidate_version or _registered_in_this_run(context) or promotion.newest_version(settings)
+    candidate = (
+        config.candidate_version
+        or _registered_in_this_run(context, "retrieval_model")
+        or promotion.newest_version(settings)
+    )
     if candidate is None:
         raise dg.Failure(f"{settings.registered_model} has no registered version to evaluate; train one first")
     context.log.info(f"evaluating candidate {settings.registered_model} version {candidate} against production")
@@ -54,11 +63,7 @@ def retrieval_evaluation(
         **{f"version.{table}": version for table, version in comparison.feature_versions.items()},
         "comparison": dg.MetadataValue.json(json_safe(comparison)),
     }
-    for name in SHOWN_METRICS:
-        key = promotion.PREFIX + name
-        metadata[f"candidate_{key}"] = comparison.candidate_metrics.get(key)
-        if comparison.production_metrics is not None:
-            metadata[f"production_{key}"] = comparison.production_metrics.get(key)
+    metadata.update(_shown_metrics(comparison, SHOWN_METRICS))
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -85,9 +90,59 @@ def retrieval_promotion(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.production_after}"))
 
 
-def _registered_in_this_run(context: AssetExecutionContext) -> str | None:
-    """The version retrieval_model registered earlier in this same run, if it did."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("retrieval_model"))
+@dg.asset(
+    deps=["ranking_model"],
+    group_name=GROUP,
+    kinds={"mlflow"},
+    description="The ranking model's serving alias after the gate: moved to the candidate ranker only if its "
+    "validation click AUC beat production's by the margin, on the same examples.",
+)
+def ranking_promotion(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    streamrec: StreamrecResource,
+    ranking_promotion_policy: RankingPromotionPolicy,
+) -> dg.MaterializeResult:
+    settings = streamrec.settings()
+    name = settings.registered_ranking_model
+    candidate = (
+        config.candidate_version
+        or _registered_in_this_run(context, "ranking_model")
+        or promotion.newest_version(settings, name)
+    )
+    if candidate is None:
+        raise dg.Failure(f"{name} has no registered version to evaluate; train one first (ranking_model)")
+    context.log.info(f"evaluating candidate {name} version {candidate} against production")
+    comparison = promotion.compare(settings, candidate, "ranking")
+    outcome = promotion.settle(settings, comparison, ranking_promotion_policy.policy())
+    for note in outcome.notes:
+        context.log.warning(note)
+    context.log.info(f"gate {outcome.decision.label}: {outcome.decision.reason}")
+    comparison = outcome.comparison
+    metadata: dict[str, Any] = {
+        **promotion.outcome_metadata(outcome),
+        "split": promotion.SPLIT,
+        **{f"version.{table}": version for table, version in comparison.feature_versions.items()},
+        **_shown_metrics(comparison, RANKING_SHOWN_METRICS),
+        "comparison": dg.MetadataValue.json(json_safe(comparison)),
+    }
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.production_after}"))
+
+
+def _shown_metrics(comparison: promotion.Comparison, names: tuple[str, ...]) -> dict[str, Any]:
+    """``candidate_val_<name>`` and ``production_val_<name>`` of a comparison."""
+    shown: dict[str, Any] = {}
+    for name in names:
+        key = promotion.PREFIX + name
+        shown[f"candidate_{key}"] = comparison.candidate_metrics.get(key)
+        if comparison.production_metrics is not None:
+            shown[f"production_{key}"] = comparison.production_metrics.get(key)
+    return shown
+
+
+def _registered_in_this_run(context: AssetExecutionContext, asset: str) -> str | None:
+    """The version the ``asset`` (a model asset) registered earlier in this same run, if it did."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
     if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
         return None
     version = event.asset_materialization.metadata.get("model_version")
