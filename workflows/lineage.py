@@ -31,6 +31,17 @@ def row_count(settings: Settings, table: str, version: int | None = None) -> int
     return int(DeltaTable(uri, version=version).to_pyarrow_dataset().count_rows())
 
 
+def split_rows(settings: Settings, table: str, version: int | None = None) -> dict[str, int]:
+    """Rows per value of the ``split`` column of lake table ``table`` (features/ranking_examples)."""
+    import pyarrow.compute as pc
+
+    uri = settings.table_uri(table)
+    if not DeltaTable.is_deltatable(uri):
+        return {}
+    splits = DeltaTable(uri, version=version).to_pyarrow_dataset().to_table(columns=["split"]).column("split")
+    return {str(entry["values"]): int(entry["counts"]) for entry in pc.value_counts(splits).to_pylist()}
+
+
 def table_metadata(settings: Settings, table: str) -> dict[str, Any]:
     """Metadata of a lake table as it is now: table name, URI, Delta version, rows."""
     version = delta_version(settings, table)

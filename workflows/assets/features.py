@@ -17,8 +17,7 @@ from features.tables import (
     ranking_state,
 )
 from infra.settings import Settings
-from ingestion.schema import SILVER_TABLE
-from workflows.lineage import data_version, delta_version, feature_table_metadata
+from workflows.lineage import data_version, delta_version, feature_table_metadata, split_rows
 from workflows.resources import StepRunner, StreamrecResource
 
 GROUP = "features"
@@ -121,14 +120,11 @@ def ranking_examples(
 
 
 def ranking_build_metadata(settings: Settings) -> dict[str, Any]:
-    """What the last ranking_examples build recorded (window, split boundaries, watermark), its
-    rows per split, and the versions of silver and every feature table it was built with."""
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-
-    uri = settings.table_uri(RANKING_EXAMPLES_TABLE)
+    """What the last ranking_examples build recorded (window, split boundaries, watermark; its
+    silver_version is in ``feature_table_metadata``), its rows per split, and the Delta version
+    of every feature table after the build (``version.features/<table>``)."""
     found: dict[str, Any] = {}
-    state = ranking_state(uri)
+    state = ranking_state(settings.table_uri(RANKING_EXAMPLES_TABLE))
     if state is not None:
         found.update(
             window_ms=state.window_ms,
@@ -136,11 +132,7 @@ def ranking_build_metadata(settings: Settings) -> dict[str, Any]:
             test_from_ts=state.test_from_ts,
             watermark_ts=state.watermark_ts,
         )
-    if DeltaTable.is_deltatable(uri):
-        splits = DeltaTable(uri).to_pyarrow_dataset().to_table(columns=["split"]).column("split")
-        for entry in pc.value_counts(splits).to_pylist():
-            found[f"rows.{entry['values']}"] = entry["counts"]
-    found[f"version.{SILVER_TABLE}"] = delta_version(settings, SILVER_TABLE)
+    found.update({f"rows.{split}": rows for split, rows in split_rows(settings, RANKING_EXAMPLES_TABLE).items()})
     for table in (*TABLES.values(), RANKING_EXAMPLES_TABLE):
         found[f"version.{table}"] = delta_version(settings, table)
     return found
