@@ -21,11 +21,15 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Most epochs of SASRec and HSTU.", min=1)] = DEFAULTS.epochs,
     workers: Annotated[int, typer.Option(help="Ray Train workers.", min=1)] = DEFAULTS.workers,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic events and of training.")] = DEFAULTS.seed,
+    ranking_epochs: Annotated[
+        int, typer.Option(help="Most epochs of the multi-task ranker.", min=1)
+    ] = DEFAULTS.ranking_epochs,
 ) -> None:
-    """The loop end to end on the local mini-cluster: up, produce, ingest, features, train, register."""
+    """The loop end to end on the local mini-cluster: up, produce, ingest, features, train, register,
+    serve, rank."""
     from workflows.demo import run_demo
 
-    run_demo(DemoOptions(events, users, items, bad_fraction, epochs, workers, seed))
+    run_demo(DemoOptions(events, users, items, bad_fraction, epochs, workers, seed, ranking_epochs))
 
 
 def register(app: typer.Typer) -> None:

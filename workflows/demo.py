@@ -4,14 +4,16 @@ Starts the mini-cluster, streams synthetic user actions (a few of them malformed
 Kafka, ingests them exactly once into bronze/quarantine/silver, brings the feature tables
 up to date, trains the popularity baseline, SASRec and HSTU on Ray Train, registers the
 models in MLflow, serves the better one (by validation NDCG@10) with Ray Serve, shows a few
-users' recommendations and how a new action changes them, then runs one warm-start round
-(new events, features, training from production, the promotion gate) while a client keeps
-asking for recommendations, and prints what every stage made.
+users' recommendations and how a new action changes them, builds the ranking examples, trains
+the multi-task ranker on Ray Train (next to the popularity ranking baseline), promotes it and
+shows /recommend ranked by it, then runs one warm-start round (new events, features,
+training from production, the promotion gate) while a client keeps asking for
+recommendations, and prints what every stage made.
 Each stage names the `streamrec` command that does the same by hand. Running it again sends the very same events again:
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
 
-    .venv/bin/streamrec demo [--events 200000] [--epochs 15] [--workers 2]   (what `make demo` runs)
+    .venv/bin/streamrec demo [--events 200000] [--epochs 15] [--ranking-epochs 3] [--workers 2]   (`make demo`)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from features.build import build as build_features
+from features.ranking import RankingSpec
+from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
@@ -37,16 +41,25 @@ from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
-from serving.deploy import base_url, deploy
+from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.config import EncoderConfig, TrainConfig
 from training.popularity import train_popularity
+from training.ranking_runner import train_ranking_popularity
 from training.runner import train
-from workflows.rounds import TrainOptions, warm_start_round
+from workflows.lineage import split_rows
+from workflows.rounds import RankingOptions, TrainOptions, train_ranker, warm_start_round
 
 console = Console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
 PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
+RANKING_COLUMNS = {  # column: (popularity key, ranker key)
+    "val AUC click": ("val_auc_click", "best_val_auc_click"),
+    "test AUC click": ("test_auc_click", "test_auc_click"),
+    "test GAUC click": ("test_gauc_click", "test_gauc_click"),
+    "test AUC like": ("test_auc_like", "test_auc_like"),
+    "test AUC purchase": ("test_auc_purchase", "test_auc_purchase"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class DemoOptions:
     epochs: int = 15
     workers: int = 2
     seed: int = 0
+    ranking_epochs: int = 3
 
 
 def run_demo(args: DemoOptions) -> None:
@@ -131,7 +145,15 @@ def run_demo(args: DemoOptions) -> None:
     _stage(8, "a new action changes the recommendations", "streamrec produce ... ; streamrec recommend --user U")
     _show_live_update(settings, users[0])
 
-    _stage(9, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
+    _stage(
+        9,
+        "ranking: examples, a multi-task ranker on Ray Train, served after retrieval",
+        f"streamrec features build --incremental --ranking; streamrec train-ranking --epochs {args.ranking_epochs}; "
+        f"streamrec promote --model {settings.registered_ranking_model} --version V (dagster job ranking_job)",
+    )
+    _ranking_stage(settings, args, users[0])
+
+    _stage(10, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
     _warm_start_round(settings, args, users[0])
 
     console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   Ray dashboard: {settings.ray_dashboard_url}")
@@ -153,17 +175,23 @@ def _busiest_users(settings: Settings, count: int) -> list[str]:
 
 
 def _recommendations_table(user: str, answer: dict[str, Any]) -> Table:
+    """The items of a /recommend answer; with a ranker served, each task's probability too."""
     history = answer["lineage"]["history"]
+    models = ", ".join(f"{name} v{version}" for name, version in answer["lineage"]["model_version"].items())
     table = Table(
         title=f"/recommend for {user}",
         caption=f"history: {history['events']} events, Kafka partition {history['partition']} "
-        f"offset {history['offset']}; model {answer['lineage']['model_version']}",
+        f"offset {history['offset']}; models: {models}",
     )
+    tasks = list(answer["items"][0].get("scores") or {}) if answer["items"] else []
     table.add_column("#", justify="right")
     table.add_column("item")
-    table.add_column("score", justify="right")
+    table.add_column("blended score" if tasks else "score", justify="right")
+    for task in tasks:
+        table.add_column(f"p({task})", justify="right")
     for rank, item in enumerate(answer["items"], start=1):
-        table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}")
+        scores = item.get("scores") or {}
+        table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}", *(f"{scores[task]:.3f}" for task in tasks))
     return table
 
 
@@ -185,6 +213,67 @@ def _show_live_update(settings: Settings, user: str, timeout_s: float = 10.0) ->
     console.print(
         f"[red]{top} still recommended {timeout_s:.0f}s after the dislike: see `streamrec serve status`[/red]"
     )
+
+
+def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
+    """Ranking examples, the popularity baseline and a ranker, its promotion, /recommend ranked by it."""
+    started = time.monotonic()
+    report = build_features(settings, incremental=True, log=lambda line: None, ranking=RankingSpec())
+    version = report.versions()[RANKING_EXAMPLES_TABLE]
+    splits = split_rows(settings, RANKING_EXAMPLES_TABLE, version)
+    shown = ", ".join(f"{splits.get(split, 0):,} {split}" for split in ("train", "validation", "test"))
+    console.print(f"{RANKING_EXAMPLES_TABLE} version {version} ({report.mode} build): {shown} rows")
+    if report.fallback_reason:
+        console.print(f"[dim]a full build because {report.fallback_reason}[/dim]")
+    baseline = train_ranking_popularity(settings, log=lambda line: None)
+    options = RankingOptions(epochs=args.ranking_epochs, seed=args.seed, workers=args.workers)
+    outcome = train_ranker(settings, options, log=console.print)
+    console.print(_ranking_table(settings, outcome.model_version, outcome.metrics, baseline))
+
+    name = settings.registered_ranking_model
+    promote(settings, outcome.model_version, model=name)
+    promoted = time.monotonic()
+    served = _wait_for_ranker(settings, outcome.model_version, timeout_s=60)
+    if served is None:
+        console.print(f"[red]{name} version {outcome.model_version} not served after 60s: see /healthz[/red]")
+    else:
+        console.print(
+            f"serving {name} version {served['version']} ({', '.join(served['tasks'])}) next to "
+            f"{settings.registered_model}: /healthz showed it {time.monotonic() - promoted:.1f}s after the promotion"
+        )
+    answer = _recommend(settings, user)
+    console.print(_recommendations_table(user, answer))
+    lineage = json.dumps(answer["lineage"]["model_version"])
+    console.print(f"/recommend lineage.model_version: {lineage}", soft_wrap=True, markup=False)
+    console.print(f"ranking stage: {time.monotonic() - started:.0f}s")
+
+
+def _wait_for_ranker(settings: Settings, version: str, timeout_s: float) -> dict[str, Any] | None:
+    """The /healthz ``ranking`` object once it names ``version`` (None: not within ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ranking = health(settings).get("ranking")
+        if ranking and str(ranking["version"]) == version:
+            return dict(ranking)
+        time.sleep(0.2)
+    return None
+
+
+def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], baseline: dict[str, float]) -> Table:
+    table = Table(
+        title="ranking: exposures with complete label windows",
+        caption=f"ranker: {settings.registered_ranking_model}, its epoch chosen on validation click AUC; "
+        "GAUC: per-user AUC weighted by the user's exposures",
+    )
+    for column in ("model", "version", *RANKING_COLUMNS):
+        table.add_column(column, justify="left" if column in ("model", "version") else "right")
+    for model, shown, found, index in (
+        ("popularity", "-", baseline, 0),
+        ("ranker", version, metrics, 1),
+    ):
+        values = (found.get(keys[index]) for keys in RANKING_COLUMNS.values())
+        table.add_row(model, shown, *("-" if value is None else f"{value:.4f}" for value in values))
+    return table
 
 
 def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ RECORDS_PER_RUN = EVENTS + EVENTS // 10 + 1
 
 
 def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    args = ["--events", str(EVENTS), "--users", "150", "--items", "300", "--epochs", "1", "--bad-fraction", "0.02"]
+    args = ["--events", str(EVENTS), "--users", "150", "--items", "300", "--epochs", "1", "--ranking-epochs", "1",
+            "--bad-fraction", "0.02"]  # fmt: skip
     return subprocess.run(
         [str(Path(sys.executable).parent / "streamrec"), "demo", *args],
         env=env,
@@ -29,6 +31,11 @@ def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=900,
     )
+
+
+def _line(stdout: str, prefix: str) -> str:
+    """The rest of the first output line that starts with ``prefix``."""
+    return next(line.removeprefix(prefix) for line in stdout.splitlines() if line.startswith(prefix))
 
 
 def _rows(settings: Settings, table: str) -> int:
@@ -53,6 +60,12 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     assert "serving version" in first.stdout and "/recommend for" in first.stdout
     assert "after a dislike of" in first.stdout  # the new action reached the served recommendations
     assert "gate: " in first.stdout and "failed requests during the round: 0 of" in first.stdout
+    # The ranking stage: examples, the ranker next to the popularity baseline, served with the retrieval model.
+    assert "features/ranking_examples version" in first.stdout and "ranking: exposures" in first.stdout
+    assert f"serving {settings.registered_ranking_model} version" in first.stdout
+    lineage = json.loads(_line(first.stdout, "/recommend lineage.model_version: "))
+    assert set(lineage) == {settings.registered_model, settings.registered_ranking_model}  # both models answered
+    print("first run:", _line(first.stdout, "ranking stage: "))
     silver_rows = _rows(settings, SILVER_TABLE)
 
     # A restarted local broker loses its topics: a new (empty) topic under the same name.
@@ -65,5 +78,6 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "ingest starts over" in second.stdout
     assert "after a dislike of" in second.stdout  # served again, its history tailing the new topic
+    print("second run:", _line(second.stdout, "ranking stage: "))
     assert _rows(settings, BRONZE_TABLE) + _rows(settings, QUARANTINE_TABLE) == 2 * RECORDS_PER_RUN
     assert _rows(settings, SILVER_TABLE) == silver_rows + 1  # the same events again: one copy each (+ a new dislike)
