@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 
-from workflows.promotion import Comparison, GatePolicy, decide
+from workflows.promotion import RANKING_GATE, Comparison, GatePolicy, decide
 
 VERSIONS = {"features/item_vocab": 3, "features/user_sequences": 4}
 
@@ -72,3 +74,24 @@ def test_policies_validate() -> None:
         GatePolicy(margin_kind="percent")  # type: ignore[arg-type]
     assert GatePolicy().threshold(0.2) == pytest.approx(0.202)
     assert GatePolicy(margin=0.05, margin_kind="absolute").threshold(0.2) == pytest.approx(0.25)
+
+
+def test_the_ranking_gate_wants_validation_click_auc_above_production_by_an_absolute_margin() -> None:
+    ranking = Comparison(
+        model="streamrec-ranking",
+        candidate_version="2",
+        candidate_run_id="run",
+        feature_versions={"features/item_vocab": 3, "features/ranking_examples": 5},
+        candidate_metrics={"val_auc_click": 0.623, "val_auc_like": 0.5},
+        production_version="1",
+        production_metrics={"val_auc_click": 0.620, "val_auc_like": 0.7},
+        task="ranking",
+    )
+    decision = decide(ranking, RANKING_GATE)
+    assert decision.promote and decision.threshold == pytest.approx(0.622)  # +0.003 > +0.002
+    assert not decide(replace(ranking, candidate_metrics={"val_auc_click": 0.6215}), RANKING_GATE).promote
+    assert decide(replace(ranking, production_version=None, production_metrics=None), RANKING_GATE).label == "first"
+    assert Comparison.from_json(ranking.to_json()) == ranking  # the task survives the asset metadata
+    recorded = json.loads(ranking.to_json())
+    del recorded["task"]  # an evaluation recorded before the ranking gate existed
+    assert Comparison(**recorded).task == "retrieval"

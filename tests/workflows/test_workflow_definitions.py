@@ -20,6 +20,7 @@ JOBS = {
         "bronze_events", "quarantine_events", "silver_events", "item_vocab", "user_sequences", "item_stats",
         "retrieval_model", "retrieval_evaluation", "retrieval_promotion",
     },
+    "ranking_job": {"ranking_examples", "ranking_model", "ranking_promotion"},
 }  # fmt: skip
 
 
@@ -34,11 +35,13 @@ def test_definitions_load_validate_and_resolve_every_job() -> None:
         "hourly_warm_start_training": "warm_start_training_job",
         "daily_full_retraining": "full_retraining_job",
         "ingest_every_15_minutes": "ingest_job",
+        "daily_ranking_training": "ranking_job",
     }
     sensors = {sensor.name: sensor for sensor in defs.sensors}
     assert sensors["silver_events_sensor"].job_name == "features_job"
     assert sensors["registered_model_sensor"].job_name == "promotion_job"
-    for name in ("hourly_warm_start_training", "daily_full_retraining", "ingest_every_15_minutes"):
+    for name in ("hourly_warm_start_training", "daily_full_retraining", "ingest_every_15_minutes",
+                 "daily_ranking_training"):  # fmt: skip
         assert defs.resolve_schedule_def(name).default_status == dg.DefaultScheduleStatus.STOPPED
     graph = defs.resolve_asset_graph()
     checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
@@ -58,6 +61,30 @@ def test_definitions_load_validate_and_resolve_every_job() -> None:
     assert upstream["user_sequences"] == {"silver_events", "item_vocab"}
     assert upstream["retrieval_model"] == {"item_vocab", "user_sequences"}
     assert upstream["retrieval_promotion"] == {"retrieval_evaluation"}
+    assert upstream["ranking_examples"] == {"silver_events", "item_vocab"}
+    assert upstream["ranking_model"] == {"ranking_examples", "item_vocab"}
+    assert upstream["ranking_promotion"] == {"ranking_model"}
+    assert {key.to_user_string() for key in graph.get(dg.AssetKey("ranking_examples")).child_keys} == {"ranking_model"}
+
+
+def test_ranking_configs_default_to_the_ranking_packages_defaults() -> None:
+    """The Dagster configs repeat the defaults (the definitions load without torch): they must agree."""
+    from features.ranking import RankingSpec
+    from training.ranking_config import RankingTrainConfig
+    from workflows.assets.features import RankingExamplesConfig
+    from workflows.assets.training import RankingModelConfig
+    from workflows.promotion import RANKING_GATE
+    from workflows.resources import RankingPromotionPolicy
+    from workflows.rounds import RankingOptions
+
+    train, options, config = RankingTrainConfig(), RankingOptions(), RankingModelConfig()
+    for name in ("epochs", "batch_size", "lr", "patience", "seed"):
+        assert getattr(options, name) == getattr(config, name) == getattr(train, name), name
+    assert options.kind == config.kind == train.model.kind and options.workers == config.workers == 0
+    spec, examples = RankingSpec(), RankingExamplesConfig()
+    assert (examples.window_s * 1000, examples.max_len) == (spec.window_ms, spec.max_len)
+    assert RankingPromotionPolicy().policy() == RANKING_GATE
+    assert RANKING_GATE.key == "val_auc_click"
 
 
 def test_definitions_load_without_the_heavy_libraries() -> None:
@@ -78,4 +105,4 @@ def test_resources_reproduce_the_settings_exactly(tmp_path) -> None:
     assert resource.topic == "t-1" and resource.registered_model == "m-1"  # shown in the UI as fields
     resources = resources_from_settings(get_settings(home=tmp_path, dagster_steps="ray_job"))
     assert resources["steps"].mode == "ray_job"
-    assert set(resources) == {"streamrec", "steps", "quality", "promotion_policy"}
+    assert set(resources) == {"streamrec", "steps", "quality", "promotion_policy", "ranking_promotion_policy"}

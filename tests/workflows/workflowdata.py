@@ -13,6 +13,7 @@ import pyarrow as pa
 from infra.settings import Settings
 from ingestion.lake_writer import append_silver
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE
+from ingestion.synthetic import SyntheticConfig, generate_events
 
 EVENT_KEYS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")
 
@@ -54,3 +55,9 @@ def clicks(users: int, per_user: int, ts_ms: int | None = None) -> list[dict[str
 def append_clicks(settings: Settings, users: int, per_user: int, ts_ms: int | None = None) -> int:
     """Append click events to silver/events; returns silver's new version."""
     return append_silver(settings.table_uri(SILVER_TABLE), silver_rows(clicks(users, per_user, ts_ms)))
+
+
+def append_synthetic(settings: Settings, config: SyntheticConfig, first_offset: int = 0) -> int:
+    """Append the synthetic events of ``config`` to silver/events; returns silver's new version."""
+    events = list(generate_events(config))
+    return append_silver(settings.table_uri(SILVER_TABLE), silver_rows(events, first_offset))
