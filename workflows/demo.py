@@ -2,9 +2,9 @@
 
 Starts the mini-cluster, streams synthetic user actions (a few of them malformed) into
 Kafka, ingests them exactly once into bronze/quarantine/silver, brings the feature tables
-up to date, trains the popularity baseline, SASRec and HSTU on Ray Train, registers the
-models in MLflow, serves the better one (by validation NDCG@10) with Ray Serve, shows a few
-users' recommendations and how a new action changes them, builds the ranking examples, trains
+(ranking examples included) up to date, trains the popularity baseline, SASRec and HSTU on
+Ray Train, registers the models in MLflow, serves the better one (by validation NDCG@10)
+with Ray Serve, shows a few users' recommendations and how a new action changes them, trains
 the multi-task ranker on Ray Train (next to the popularity ranking baseline), promotes it and
 shows /recommend ranked by it, then runs one warm-start round (new events, features,
 training from production, the promotion gate) while a client keeps asking for
@@ -106,8 +106,11 @@ def run_demo(args: DemoOptions) -> None:
     console.print(f"ingested {ingested.records:,} records in {ingested.seconds:.1f}s")
     console.print(_lake_table(settings))
 
-    _stage(4, "feature tables", "streamrec features build --incremental")
-    report = build_features(settings, incremental=True, log=lambda line: console.print(line, markup=False))
+    _stage(4, "feature tables (ranking examples too)", "streamrec features build --incremental --ranking")
+    # The ranking examples in the same build: a new lake's first build is a full (Spark) one either way.
+    report = build_features(
+        settings, incremental=True, log=lambda line: console.print(line, markup=False), ranking=RankingSpec()
+    )
     console.print(f"feature versions: {report.versions()}")
 
     _stage(5, "training on Ray Train (sharded item table), tracked in MLflow", "streamrec train --model hstu")
@@ -216,13 +219,15 @@ def _show_live_update(settings: Settings, user: str, timeout_s: float = 10.0) ->
 
 
 def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
-    """Ranking examples, the popularity baseline and a ranker, its promotion, /recommend ranked by it."""
+    """Ranking examples up to date (stage 4 built them), the popularity baseline and a ranker,
+    its promotion, /recommend ranked by it."""
     started = time.monotonic()
     report = build_features(settings, incremental=True, log=lambda line: None, ranking=RankingSpec())
-    version = report.versions()[RANKING_EXAMPLES_TABLE]
-    splits = split_rows(settings, RANKING_EXAMPLES_TABLE, version)
+    (update,) = [update for update in report.tables if update.table == RANKING_EXAMPLES_TABLE]
+    splits = split_rows(settings, RANKING_EXAMPLES_TABLE, update.version)
     shown = ", ".join(f"{splits.get(split, 0):,} {split}" for split in ("train", "validation", "test"))
-    console.print(f"{RANKING_EXAMPLES_TABLE} version {version} ({report.mode} build): {shown} rows")
+    change = f"{update.rows:,} rows written" if update.written else "up to date"
+    console.print(f"{RANKING_EXAMPLES_TABLE} version {update.version} ({report.mode} build, {change}): {shown} rows")
     if report.fallback_reason:
         console.print(f"[dim]a full build because {report.fallback_reason}[/dim]")
     baseline = train_ranking_popularity(settings, log=lambda line: None)
