@@ -134,7 +134,11 @@ class Settings(BaseSettings):
     )
     serve_replicas: int = Field(1, ge=1, description="Replicas of the recommender deployment (each holds the model).")
     serve_history_shards: int = Field(
-        1, ge=1, description="Online-history shards; shard i owns the topic's partitions p with p % shards == i."
+        0,
+        ge=0,
+        description="Online-history shards, each a deployment of its own; shard i owns the topic's partitions p "
+        "with p % shards == i. 0: each recommender replica holds the whole history itself (no hop per request; "
+        "memory and Kafka reads once per replica).",
     )
     serve_exact_max_items: int = Field(
         200_000, ge=1, description="Catalogues up to this size are searched exactly (FAISS flat); larger ones by HNSW."

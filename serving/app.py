@@ -8,7 +8,8 @@ annotations as real types), and the deployments use only names imported or defin
     Recommender  x serve_replicas         FastAPI ingress: /retrieve, /rank, /recommend, /healthz, /metrics
 
 A request for a stored user asks the shards for the user's history (a user lives in one
-partition, so one shard knows them), encodes it with the served model's Retriever (queries of
+partition, so one shard knows them; with ``serve_history_shards`` 0 the replica holds every
+partition's history itself and asks no one), encodes it with the served model's Retriever (queries of
 concurrent requests are batched with @serve.batch) and searches the FAISS index, leaving out
 the user's recently skipped or disliked items (always) and seen items (``exclude_seen``).
 Unknown users, or histories the model knows no item of, get the popularity list.
@@ -80,21 +81,27 @@ def set_body_limit(limit: int) -> None:
     MAX_BODY_BYTES["limit"] = limit
 
 
+def _open_history(config: ServeConfig, shard: int, shards: int) -> OnlineHistory:
+    """The started online history of the partitions p with p % shards == shard (all for 1)."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python logs a closing consumer as an error
+    history = OnlineHistory(
+        config.make_settings(),
+        user_sequences_version=config.user_sequences_version,
+        item_vocab_version=config.item_vocab_version,
+        max_len=config.history_max_len,
+        shard=(shard, shards) if shards > 1 else None,  # one shard: every partition, new ones too
+    )
+    history.start()
+    return history
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class HistoryShard:
     """The online history of the partitions p with p % shards == shard."""
 
     def __init__(self, config: ServeConfig, shard: int, shards: int) -> None:
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # kafka-python logs a closing consumer as an error
         self.shard = shard
-        self.history = OnlineHistory(
-            config.make_settings(),
-            user_sequences_version=config.user_sequences_version,
-            item_vocab_version=config.item_vocab_version,
-            max_len=config.history_max_len,
-            shard=(shard, shards) if shards > 1 else None,  # one shard: every partition, new ones too
-        )
-        self.history.start()
+        self.history = _open_history(config, shard, shards)
 
     def get(self, user_id: str) -> UserHistory | None:
         return self.history.get(user_id)
@@ -119,6 +126,7 @@ class Recommender:
         self.settings = settings
         self.config = config
         self.shards = shards
+        self.local_history = None if shards else _open_history(config, 0, 1)  # no shards: this replica's own
         set_body_limit(settings.serve_max_body_bytes)
         self.telemetry = ServingMetrics()
         self.watcher: ModelWatcher[Catalog] = ModelWatcher(
@@ -148,6 +156,10 @@ class Recommender:
             method.set_max_batch_size(settings.serve_batch_max_size)
             method.set_batch_wait_timeout_s(settings.serve_batch_wait_s)
 
+    def __del__(self) -> None:
+        if self.local_history is not None:
+            self.local_history.stop()
+
     # Endpoints ------------------------------------------------------------------------
     @api.post("/retrieve", response_model=ItemsResponse)
     async def retrieve(self, body: RetrieveRequest) -> ItemsResponse:
@@ -168,7 +180,10 @@ class Recommender:
     async def healthz(self) -> JSONResponse:
         """The served model, its index, the last swap and load error, and each history shard."""
         catalog = self.watcher.current
-        shards = await asyncio.gather(*(shard.status.remote() for shard in self.shards), return_exceptions=True)
+        if self.local_history is not None:
+            shards: list[Any] = [{"shard": "in-replica", **self.local_history.status()}]
+        else:
+            shards = await asyncio.gather(*(shard.status.remote() for shard in self.shards), return_exceptions=True)
         shard_states: list[dict[str, Any]] = [
             state if isinstance(state, dict) else {"error": str(state)} for state in shards
         ]
@@ -251,7 +266,7 @@ class Recommender:
         else:
             candidates = [str(catalog.item_ids[item]) for item, _ in found]
             ranked = await self._rank((events, candidates, _now_ms()))
-            items = self._ordered(ranked)[: body.k]
+            items = self._ordered(ranked, limit=body.k)
             self._add_ranker(lineage, ranked.ranker)
         return ItemsResponse(items=items, cold_start=cold, unknown_items=unknown, excluded=excluded, lineage=lineage)
 
@@ -301,17 +316,19 @@ class Recommender:
             bootstrap_versions=self.config.bootstrap_versions,
         )
 
-    def _ordered(self, ranked: Ranked) -> list[ScoredItem]:
-        """The ranked candidates, best blended score first, each with its task probabilities."""
+    def _ordered(self, ranked: Ranked, limit: int | None = None) -> list[ScoredItem]:
+        """The ranked candidates (the best ``limit``), best blended score first, each with its
+        task probabilities."""
         tasks = ranked.ranker.tasks
         blended = blend(ranked.probabilities, tasks, self.settings.serve_blend_weights)
+        order = np.argsort(-blended, kind="stable")[:limit]
         return [
             ScoredItem(
                 item_id=ranked.item_ids[row],
                 score=float(blended[row]),
                 scores={task: float(p) for task, p in zip(tasks, ranked.probabilities[row].tolist(), strict=True)},
             )
-            for row in np.argsort(-blended, kind="stable").tolist()
+            for row in order.tolist()
         ]
 
     def _add_ranker(self, lineage: Lineage, ranker: ServedRanker) -> None:
@@ -321,6 +338,8 @@ class Recommender:
         lineage.ranking_feature_versions = ranker.feature_versions
 
     async def _stored_history(self, user_id: str) -> UserHistory | None:
+        if self.local_history is not None:
+            return self.local_history.get(user_id)  # a lock and a copy of at most max_len events
         if len(self.shards) == 1:
             return await self.shards[0].get.remote(user_id)
         answers = await asyncio.gather(*(shard.get.remote(user_id) for shard in self.shards))
@@ -344,7 +363,8 @@ class Recommender:
 
 
 def build_app(config: ServeConfig) -> Any:
-    """The serving application: ``serve_history_shards`` shards bound into the recommender."""
+    """The serving application: ``serve_history_shards`` shards bound into the recommender
+    (none: each recommender replica holds the history itself)."""
     settings = config.make_settings()
     count = settings.serve_history_shards
     shards = [

@@ -12,8 +12,10 @@ Cosine similarity of the query and the item rows is the score, as in training's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -99,15 +101,24 @@ class Catalog:
         return chosen
 
 
-def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw_m: int, ef_search: int) -> Catalog:
-    """Download registered version ``version`` of ``settings.registered_model`` and make it servable."""
+Loaded = TypeVar("Loaded")
+
+
+def load_registered(settings: Settings, model: str, version: str, load: Callable[[Path], Loaded]) -> Loaded:
+    """``load`` of the downloaded directory of version ``version`` of registered ``model``;
+    a missing or unreadable version raises CatalogError (the download is removed after)."""
     try:
-        with tracking.downloaded_version(settings, version) as directory:
-            retriever = Retriever.from_directory(directory)
+        with tracking.downloaded_version(settings, version, model=model) as directory:
+            return load(directory)
     except LookupError as error:
         raise CatalogError(str(error)) from error
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise CatalogError(f"version {version} of {settings.registered_model} does not load: {error}") from error
+        raise CatalogError(f"version {version} of {model} does not load: {error}") from error
+
+
+def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw_m: int, ef_search: int) -> Catalog:
+    """Download registered version ``version`` of ``settings.registered_model`` and make it servable."""
+    retriever = load_registered(settings, settings.registered_model, version, Retriever.from_directory)
     info = retriever.info
     if info is None:
         raise CatalogError(f"version {version} of {settings.registered_model} has no model.json")

@@ -20,7 +20,7 @@ import numpy as np
 from features.tables import ITEM_VOCAB_TABLE
 from infra.settings import Settings
 from serving.answer import Events
-from serving.catalog import CatalogError, read_item_ids
+from serving.catalog import CatalogError, load_registered, read_item_ids
 from training import tracking
 from training.ranking_io import RankingScorer
 
@@ -57,13 +57,7 @@ class ServedRanker:
 def load_ranker(settings: Settings, version: str) -> ServedRanker:
     """Download registered version ``version`` of the ranking model and make it servable."""
     name = settings.registered_ranking_model
-    try:
-        with tracking.downloaded_version(settings, version, model=name) as directory:
-            scorer = RankingScorer.from_directory(directory)
-    except LookupError as error:
-        raise CatalogError(str(error)) from error
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise CatalogError(f"version {version} of {name} does not load: {error}") from error
+    scorer = load_registered(settings, name, version, RankingScorer.from_directory)
     info = scorer.info
     if info is None:
         raise CatalogError(f"version {version} of {name} has no ranking metadata")

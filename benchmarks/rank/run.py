@@ -12,8 +12,8 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then:
    which pays the start-up) and test AUC / GAUC / logloss per task of the selected epoch's
    exported model; popularity once (it has no seed). Mean and std over seeds, and the
    ranker's lead over DLRM on click AUC per seed.
-3. Latency: the first seed's ranker promoted and taken in by the replica; then at each
-   ``--rates`` value, side by side in turns: retrieval alone (POST /retrieve with k 10 and
+3. Latency (right after the first seed's runs): that ranker promoted and taken in by the
+   replica; then at each ``--rates`` value, side by side in turns: retrieval alone (POST /retrieve with k 10 and
    exclude_seen, the work /recommend did before a ranker served), /recommend (retrieve
    ``serve_rank_candidates`` -> rank -> blend -> 10), and /rank with 200 candidates (each
    user's top 200 retrieved items, fetched beforehand). Open loop (benchmarks/serve/loadgen.py),
@@ -55,7 +55,7 @@ from infra.settings import Settings, get_settings  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "rank.json"
 TARGETS = {"ranker_test_auc_click_over_dlrm": 0.01, "recommend_p99_over_retrieval_alone": 1.5}
-FULL = dict(users=300, items=400, events=40_000, seeds=[0, 1, 2], epochs=5, rates=[10.0, 25.0, 50.0], duration=20.0)
+FULL = dict(users=300, items=400, events=40_000, seeds=[0, 1, 2], epochs=5, rates=[5.0, 10.0, 20.0], duration=20.0)
 QUICK = dict(users=150, items=200, events=10_000, seeds=[0], epochs=1, rates=[10.0], duration=5.0)
 RANK_CANDIDATES = 200
 
@@ -109,50 +109,60 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 # Quality and speed ------------------------------------------------------------------------
 
 
-def train_both(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Ranker and DLRM per seed on the same examples, workers and epochs; popularity once."""
+def train_pair(settings: Settings, args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
+    """The ranker and DLRM of one seed on the same examples, workers and epochs."""
     from training.ranking_config import RankerConfig, RankingTrainConfig
-    from training.ranking_runner import train_ranking, train_ranking_popularity
+    from training.ranking_runner import train_ranking
 
-    runs: dict[str, list[dict[str, Any]]] = {"ranker": [], "dlrm": []}
-    for seed in args.seeds:
-        for kind in ("ranker", "dlrm"):
-            config = RankingTrainConfig(model=RankerConfig(kind=kind), epochs=args.epochs, patience=0, seed=seed)
-            with phase(f"train {kind} seed {seed}"):
-                outcome = train_ranking(settings, config, workers=args.workers, log=lambda *_: None)
-            speeds = [epoch["train_examples_per_s"] for epoch in outcome.history]
-            steady = speeds[1:] or speeds
-            runs[kind].append({
-                "seed": seed,
-                "model_version": outcome.model_version,
-                "best_epoch": outcome.best_epoch,
-                "train_examples_per_s": round(statistics.mean(steady), 1),
-                "train_examples_per_s_by_epoch": [round(value, 1) for value in speeds],
-                "metrics": {key: round(value, 4) for key, value in outcome.metrics.items()
-                            if key.startswith(("test_", "best_val_"))},
-            })  # fmt: skip
-            log(f"  {kind} seed {seed}: test AUC click {outcome.metrics['test_auc_click']:.4f}, "
-                f"{runs[kind][-1]['train_examples_per_s']:.0f} examples/s")  # fmt: skip
+    pair = {}
+    for kind in ("ranker", "dlrm"):
+        config = RankingTrainConfig(model=RankerConfig(kind=kind), epochs=args.epochs, patience=0, seed=seed)
+        with phase(f"train {kind} seed {seed}"):
+            outcome = train_ranking(settings, config, workers=args.workers, log=lambda *_: None)
+        speeds = [epoch["train_examples_per_s"] for epoch in outcome.history]
+        pair[kind] = {
+            "seed": seed,
+            "model_version": outcome.model_version,
+            "best_epoch": outcome.best_epoch,
+            "train_examples_per_s": round(statistics.mean(speeds[1:] or speeds), 1),
+            "train_examples_per_s_by_epoch": [round(value, 1) for value in speeds],
+            "metrics": {key: round(value, 4) for key, value in outcome.metrics.items()
+                        if key.startswith(("test_", "best_val_"))},
+        }  # fmt: skip
+        log(f"  {kind} seed {seed}: test AUC click {outcome.metrics['test_auc_click']:.4f}, "
+            f"{pair[kind]['train_examples_per_s']:.0f} examples/s")  # fmt: skip
+    return pair
+
+
+def quality(settings: Settings, args: argparse.Namespace, pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The seeds' runs side by side: mean and std per metric, the ranker's lead, speeds; popularity once."""
+    from training.ranking_config import RankingTrainConfig
+    from training.ranking_runner import train_ranking_popularity
+
+    runs = {kind: [pair[kind] for pair in pairs] for kind in ("ranker", "dlrm")}
     with phase("popularity"):
         popularity = train_ranking_popularity(settings, RankingTrainConfig(), log=lambda *_: None)
     table = {kind: summarise([run["metrics"] for run in rows]) for kind, rows in runs.items()}
     table["popularity"] = {key: {"mean": round(value, 4), "std": 0.0, "n": 1} for key, value in popularity.items()
                            if key.startswith("test_")}  # fmt: skip
-    leads = [
-        round(r["metrics"]["test_auc_click"] - d["metrics"]["test_auc_click"], 4)
-        for r, d in zip(runs["ranker"], runs["dlrm"], strict=True)
-    ]
+
+    def leads(metric: str) -> list[float]:
+        pairs_by_seed = zip(runs["ranker"], runs["dlrm"], strict=True)
+        return [round(r["metrics"][metric] - d["metrics"][metric], 4) for r, d in pairs_by_seed]
+
     speed = {
         kind: round(statistics.mean(run["train_examples_per_s"] for run in rows), 1) for kind, rows in runs.items()
     }
     return {
         "workers": args.workers,
         "epochs": args.epochs,
-        "seeds": args.seeds,
+        "seeds": [pair["ranker"]["seed"] for pair in pairs],
         "runs": runs,
         "summary": table,
-        "ranker_test_auc_click_lead_over_dlrm_by_seed": leads,
-        "ranker_test_auc_click_lead_over_dlrm_mean": round(statistics.mean(leads), 4),
+        "ranker_test_auc_click_lead_over_dlrm_by_seed": leads("test_auc_click"),
+        "ranker_test_auc_click_lead_over_dlrm_mean": round(statistics.mean(leads("test_auc_click")), 4),
+        "ranker_val_auc_click_lead_over_dlrm_by_seed": leads("best_val_auc_click"),
+        "ranker_val_auc_click_lead_over_dlrm_mean": round(statistics.mean(leads("best_val_auc_click")), 4),
         "train_examples_per_s": speed,
         "ranker_speed_over_dlrm": round(speed["ranker"] / speed["dlrm"], 3),
     }
@@ -283,12 +293,15 @@ def main() -> None:
     try:
         result["pipeline"] = pipeline(settings, args)
         users = result["pipeline"].pop("known_users")
-        result["quality"] = train_both(settings, args)
+        # The first seed's models, then latency with its ranker (before the other seeds' training
+        # runs leave their Ray actors on the cores), then the other seeds.
+        pairs = [train_pair(settings, args, args.seeds[0])]
         with phase("promote the ranker"):
-            version = result["quality"]["runs"]["ranker"][0]["model_version"]
-            result["ranker_promote_to_served_s"] = promote_ranker(settings, version)
+            result["ranker_promote_to_served_s"] = promote_ranker(settings, pairs[0]["ranker"]["model_version"])
         with phase("latency"):
             result["latency"] = latency(settings, args, users)
+        pairs += [train_pair(settings, args, seed) for seed in args.seeds[1:]]
+        result["quality"] = quality(settings, args, pairs)
     finally:
         shutdown(settings)
         shutil.rmtree(home, ignore_errors=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -81,6 +82,17 @@ def action(user_id: str, item_id: str, kind: str) -> OutRecord:
     event = {"event_id": f"e-{uuid.uuid4().hex}", "user_id": user_id, "item_id": item_id, "action": kind,
              "ts": int(time.time() * 1000)}  # fmt: skip
     return encode_event(event)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
+    """The first true value of ``predicate()`` within ``timeout_s``; AssertionError after."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"not within {timeout_s} s")
 
 
 def post(served: Served, path: str, body: object, **kwargs: object) -> requests.Response:

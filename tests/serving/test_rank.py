@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import requests
-from conftest import Served, post
+from conftest import Served, post, wait_for
 
 from serving.ranker import blend
 from serving.registry import promote, served_version
@@ -18,16 +18,6 @@ from training import tracking
 from training.ranking_io import RankingScorer
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(predicate, timeout_s: float = 30.0, every_s: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s} s")
 
 
 def _ranking_version(served: Served) -> str | None:
@@ -48,7 +38,7 @@ def ranked(served: Served) -> Served:
         assert all(item["scores"] is None for item in alone["items"])
     version = served.ranking_run.model_version
     promote(settings, version, model=settings.registered_ranking_model)
-    _wait(lambda: _ranking_version(served) == version)
+    wait_for(lambda: _ranking_version(served) == version)
     return served
 
 
@@ -142,9 +132,9 @@ def test_a_new_ranker_version_swaps_in_without_a_failed_request(ranked: Served) 
     thread = threading.Thread(target=load)
     thread.start()
     try:
-        _wait(lambda: len(seen) > 5)
+        wait_for(lambda: len(seen) > 5)
         promote(settings, second, model=name)
-        _wait(lambda: seen.count(second) > 5)
+        wait_for(lambda: seen.count(second) > 5)
     finally:
         stop.set()
         thread.join()

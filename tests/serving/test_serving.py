@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Served, action, post, send
+from conftest import Served, action, post, send, wait_for
 
 from features.tables import ITEM_STATS_TABLE
 from serving.catalog import read_popularity
@@ -19,16 +18,6 @@ from training import tracking
 
 pytestmark = pytest.mark.slow
 JSON = {"content-type": "application/json"}
-
-
-def _wait(predicate, timeout_s: float = 30.0, every_s: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s} s")
 
 
 def _ok(response: requests.Response) -> dict:
@@ -90,7 +79,7 @@ def test_a_new_action_changes_the_recommendations(served: Served) -> None:
     clicked = before[0]
     [landed] = send(served.settings, [action(user, clicked, "click")])
     # The clicked item is now seen: it leaves /recommend, and the history names the record's offset.
-    after = _wait(lambda: _answer_without(served, "/recommend", user, clicked))
+    after = wait_for(lambda: _answer_without(served, "/recommend", user, clicked))
     assert after["lineage"]["history"]["partition"] == landed.partition
     assert after["lineage"]["history"]["offset"] >= landed.offset
 
@@ -98,12 +87,12 @@ def test_a_new_action_changes_the_recommendations(served: Served) -> None:
     kept = _items(post(served, "/retrieve", {"user_id": user, "k": 10}))
     disliked = kept[0]
     send(served.settings, [action(user, disliked, "dislike")])
-    _wait(lambda: disliked not in _items(post(served, "/retrieve", {"user_id": user, "k": 10})))
+    wait_for(lambda: disliked not in _items(post(served, "/retrieve", {"user_id": user, "k": 10})))
 
     # A user the snapshot never saw exists from their first action on.
     newcomer = f"new-user-{random.randrange(10**9)}"
     send(served.settings, [action(newcomer, clicked, "click")])
-    fresh = _wait(lambda: _warm_answer(served, newcomer))
+    fresh = wait_for(lambda: _warm_answer(served, newcomer))
     assert clicked not in [item["item_id"] for item in fresh["items"]]
 
 
@@ -165,10 +154,10 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        _wait(lambda: len(versions_seen) > 5)
+        wait_for(lambda: len(versions_seen) > 5)
         promote(settings, second)
-        _wait(lambda: versions_seen and versions_seen[-1] == second)
-        _wait(lambda: versions_seen.count(second) > 5)
+        wait_for(lambda: versions_seen and versions_seen[-1] == second)
+        wait_for(lambda: versions_seen.count(second) > 5)
     finally:
         stop.set()
         thread.join()
@@ -178,7 +167,7 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
 
     broken = _register_broken(served, tmp_path)
     promote(settings, broken)
-    health = _wait(lambda: _health_with_error(served))
+    health = wait_for(lambda: _health_with_error(served))
     assert f"version {broken} failed to load" in health["last_error"] and health["model"]["version"] == second
     assert health["status"] == "degraded"
     body = post(served, "/recommend", {"user_id": served.users[2]}).json()
@@ -186,7 +175,7 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
 
     assert rollback(settings) == second
     assert served_version(settings) == second
-    _wait(lambda: requests.get(f"{served.url}/healthz", timeout=10).json()["last_error"] is None)
+    wait_for(lambda: requests.get(f"{served.url}/healthz", timeout=10).json()["last_error"] is None)
 
 
 BAD_BODIES = [
@@ -273,7 +262,17 @@ def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: d
     assert gone.returncode == 1 and "not running" in gone.stdout, gone.stdout
     assert streamrec("status", "kafka").returncode == 0  # the processes were left alone
 
+    # Back up, this time with the history inside the recommender replica (no shard deployments).
+    env["STREAMREC_SERVE_HISTORY_SHARDS"] = "0"
     started = streamrec("up", "serve")
     assert started.returncode == 0 and "healthy" in started.stdout, started.stdout + started.stderr
-    body = post(served, "/recommend", {"user_id": served.users[0]}).json()
+    health = requests.get(f"{served.url}/healthz", timeout=10).json()
+    [local] = health["history_shards"]
+    assert local["shard"] == "in-replica" and sorted(int(p) for p in local["partitions"]) == [0, 1, 2, 3]
+    user = served.users[5]
+    body = post(served, "/recommend", {"user_id": user}).json()
     assert body["lineage"]["model_version"][served.settings.registered_model] == served_version(served.settings)
+    assert body["lineage"]["history"]["source"] == "online"
+    clicked = body["items"][0]["item_id"]
+    send(served.settings, [action(user, clicked, "click")])
+    wait_for(lambda: _answer_without(served, "/recommend", user, clicked))
