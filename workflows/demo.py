@@ -13,7 +13,7 @@ Each stage names the `streamrec` command that does the same by hand. Running it 
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
 
-    .venv/bin/streamrec demo [--events 200000] [--epochs 15] [--ranking-epochs 3] [--workers 2]   (`make demo`)
+    .venv/bin/streamrec demo [--events 200000] [--epochs 15] [--ranking-epochs 2] [--workers 2]   (`make demo`)
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class DemoOptions:
     epochs: int = 15
     workers: int = 2
     seed: int = 0
-    ranking_epochs: int = 3
+    ranking_epochs: int = 2
 
 
 def run_demo(args: DemoOptions) -> None:
@@ -150,7 +150,7 @@ def run_demo(args: DemoOptions) -> None:
 
     _stage(
         9,
-        "ranking: examples, a multi-task ranker on Ray Train, served after retrieval",
+        "a multi-task ranker on Ray Train, served after retrieval",
         f"streamrec features build --incremental --ranking; streamrec train-ranking --epochs {args.ranking_epochs}; "
         f"streamrec promote --model {settings.registered_ranking_model} --version V (dagster job ranking_job)",
     )
@@ -181,17 +181,19 @@ def _recommendations_table(user: str, answer: dict[str, Any]) -> Table:
     """The items of a /recommend answer; with a ranker served, each task's probability too."""
     history = answer["lineage"]["history"]
     models = ", ".join(f"{name} v{version}" for name, version in answer["lineage"]["model_version"].items())
+    tasks = list(answer["items"][0].get("scores") or {}) if answer["items"] else []
+    ranked = "; score: the ranker's task probabilities blended" if tasks else ""
     table = Table(
         title=f"/recommend for {user}",
         caption=f"history: {history['events']} events, Kafka partition {history['partition']} "
-        f"offset {history['offset']}; models: {models}",
+        f"offset {history['offset']}; models: {models}{ranked}",
+        min_width=60,
     )
-    tasks = list(answer["items"][0].get("scores") or {}) if answer["items"] else []
     table.add_column("#", justify="right")
     table.add_column("item")
-    table.add_column("blended score" if tasks else "score", justify="right")
+    table.add_column("score", justify="right")
     for task in tasks:
-        table.add_column(f"p({task})", justify="right")
+        table.add_column(task, justify="right")
     for rank, item in enumerate(answer["items"], start=1):
         scores = item.get("scores") or {}
         table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}", *(f"{scores[task]:.3f}" for task in tasks))
@@ -270,8 +272,10 @@ def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], 
         caption=f"ranker: {settings.registered_ranking_model}, its epoch chosen on validation click AUC; "
         "GAUC: per-user AUC weighted by the user's exposures",
     )
-    for column in ("model", "version", *RANKING_COLUMNS):
-        table.add_column(column, justify="left" if column in ("model", "version") else "right")
+    table.add_column("model", no_wrap=True, min_width=10)
+    table.add_column("version")
+    for column in RANKING_COLUMNS:
+        table.add_column(column, justify="right")
     for model, shown, found, index in (
         ("popularity", "-", baseline, 0),
         ("ranker", version, metrics, 1),
