@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -47,7 +46,7 @@ import requests  # noqa: E402
 
 from benchmarks.serve import loadgen  # noqa: E402
 from benchmarks.serve.cpu import CpuMeter  # noqa: E402
-from benchmarks.serve.run import METER, PHASES, keeps_up, loads, log, phase, private_settings, shutdown  # noqa: E402
+from benchmarks.serve.run import METER, PHASES, keeps_up, loads, log, phase, private_settings, run_header, shutdown  # noqa: E402
 from benchmarks.serve.run import summary_line as load_line  # noqa: E402
 from features.tables import RANKING_TASKS  # noqa: E402
 from infra import cluster  # noqa: E402
@@ -279,10 +278,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-rank-"))
     settings = settings_for(home, args)
     result: dict[str, Any] = {
-        "benchmark": "rank",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        **run_header("rank", args),
         "tasks": list(RANKING_TASKS),
         "settings": {
             key: value

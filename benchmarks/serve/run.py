@@ -661,6 +661,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def run_header(benchmark: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The first fields of a benchmark's JSON: its name, when, the machine and the arguments."""
+    return {
+        "benchmark": benchmark,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    }
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -668,10 +678,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-serve-"))
     settings = private_settings(home, args)
     result: dict[str, Any] = {
-        "benchmark": "serve",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        **run_header("serve", args),
         "settings": {key: value for key, value in settings.model_dump(mode="json").items() if key.startswith("serve_")},
         "catalogue": {
             "bench_items": "features/item_vocab rows 'bench-<index>' appended after the real items (same schema, "
