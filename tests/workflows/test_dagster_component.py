@@ -103,6 +103,7 @@ def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> Non
             "hourly_warm_start_training": "STOPPED",
             "daily_full_retraining": "STOPPED",
             "ingest_every_15_minutes": "STOPPED",
+            "daily_ranking_training": "STOPPED",
         }
         assert {s["name"] for s in repository["sensors"]} == {"silver_events_sensor", "registered_model_sensor"}
         assert (settings.dagster_home / "storage").is_dir()  # SQLite instance storage of its own
