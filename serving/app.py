@@ -189,9 +189,9 @@ class Recommender:
         ]
         healthy = catalog is not None and all(state.get("running") for state in shard_states)
         ranker = self.ranker_watcher.current
-        errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None
+        no_errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None
         body = {
-            "status": "ok" if healthy and errors else ("degraded" if healthy else "down"),
+            "status": "ok" if healthy and no_errors else ("degraded" if healthy else "down"),
             "model": None
             if catalog is None
             else {
