@@ -179,7 +179,8 @@ class Recommender:
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """The served model, its index, the last swap and load error, and each history shard."""
-        catalog = self.watcher.current
+        retrieval, ranking = self.watcher.state, self.ranker_watcher.state  # each model with its swaps
+        catalog = retrieval.current
         if self.local_history is not None:
             shards: list[Any] = [{"shard": "in-replica", **self.local_history.status()}]
         else:
@@ -188,7 +189,7 @@ class Recommender:
             state if isinstance(state, dict) else {"error": str(state)} for state in shards
         ]
         healthy = catalog is not None and all(state.get("running") for state in shard_states)
-        ranker = self.ranker_watcher.current
+        ranker = ranking.current
         no_errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None
         body = {
             "status": "ok" if healthy and no_errors else ("degraded" if healthy else "down"),
@@ -204,7 +205,7 @@ class Recommender:
             },
             "alias": self.settings.serve_model_alias,
             "last_error": self.watcher.last_error,
-            "swaps": [swap.__dict__ for swap in self.watcher.swaps],
+            "swaps": [swap.__dict__ for swap in retrieval.swaps],
             "ranking": None
             if ranker is None
             else {
@@ -215,7 +216,7 @@ class Recommender:
                 "feature_versions": ranker.feature_versions,
             },
             "ranking_last_error": self.ranker_watcher.last_error,
-            "ranking_swaps": [swap.__dict__ for swap in self.ranker_watcher.swaps],
+            "ranking_swaps": [swap.__dict__ for swap in ranking.swaps],
             "history_shards": shard_states,
         }
         for state in shard_states:

@@ -2,8 +2,9 @@
 
 Every ``poll_s`` seconds a daemon thread asks MLflow which version the alias names. A new
 version is downloaded, loaded and indexed in that thread while requests keep using the
-current one; then one reference assignment swaps it in (requests that already took the
-old one finish with it). A version that fails to load keeps the old one serving; the
+current one; then one reference assignment swaps it in together with its SwapRecord
+(requests that already took the old one finish with it; a reader of ``state`` never sees a
+version without its record). A version that fails to load keeps the old one serving; the
 failure is logged and shown by /healthz until the alias moves again. The retrieval Catalog
 and the ranking ServedRanker are watched alike, each by a watcher of its own.
 """
@@ -40,6 +41,14 @@ class Versioned(Protocol):
 Model = TypeVar("Model", bound=Versioned)
 
 
+@dataclass(frozen=True)
+class WatchedState(Generic[Model]):
+    """What a watcher serves, published as one value: the model and the swaps that led to it."""
+
+    current: Model | None = None
+    swaps: tuple[SwapRecord, ...] = ()
+
+
 class ModelWatcher(Generic[Model]):
     """Holds the current model and replaces it when the alias moves."""
 
@@ -56,10 +65,19 @@ class ModelWatcher(Generic[Model]):
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.current: Model | None = None
-        self.swaps: list[SwapRecord] = []
+        self.state: WatchedState[Model] = WatchedState()
         self.failed_version: str | None = None
         self.last_error: str | None = None
+
+    @property
+    def current(self) -> Model | None:
+        """The model requests use now (None before the first load)."""
+        return self.state.current
+
+    @property
+    def swaps(self) -> tuple[SwapRecord, ...]:
+        """Every swap since start, the last one to ``current``."""
+        return self.state.swaps
 
     def load_now(self, required: bool = True) -> Model | None:
         """Load the alias's version synchronously (replica start). ``required``: raise when the
@@ -107,11 +125,10 @@ class ModelWatcher(Generic[Model]):
             logger.error(self.last_error)
             return
         before = self._current_version()
-        self.current = catalog  # the swap: one reference assignment
+        record = SwapRecord(before, version, time.monotonic() - started, time.time())
+        self.state = WatchedState(catalog, (*self.state.swaps, record))  # the swap: one reference assignment
         self.failed_version = None
         self.last_error = None
-        record = SwapRecord(before, version, time.monotonic() - started, time.time())
-        self.swaps.append(record)
         if self._on_swap is not None:
             self._on_swap(record)
         logger.info("serving version %s (was %s), loaded in %.1f s", version, before, time.monotonic() - started)

@@ -345,9 +345,8 @@ def promote_and_wait(settings: Settings, version: str, timeout_s: float) -> dict
     while time.perf_counter() - started < timeout_s:
         health = healthz(settings)
         model = health.get("model") or {}
-        swaps = [s for s in health.get("swaps", []) if s["to_version"] == version]
-        if model.get("version") == version and swaps:  # the replica assigns the model, then records the swap
-            swap = swaps[-1]
+        if model.get("version") == version:  # the replica publishes the model and its swap record together
+            swap = health["swaps"][-1]
             return {
                 "version": version,
                 "items": model["items"],
