@@ -35,7 +35,7 @@ def test_a_swap_publishes_the_model_and_its_record_as_one_state() -> None:
     try:
         for version in ("2", "3"):
             alias[0] = version
-            _wait(lambda v=version: watcher.current == FakeModel(v))
+            _wait(lambda: watcher.current == FakeModel(alias[0]))
             snapshots.append(watcher.state)
     finally:
         watcher.stop()
