@@ -38,6 +38,18 @@ class EncoderConfig(BaseModel):
     ffn_dim: int = Field(50, ge=1, description="SASRec: width of the ReLU feed-forward layer.")
     time_buckets: int = Field(128, ge=1, description="HSTU: buckets of log2 time gaps in the relative bias.")
     use_actions: bool = Field(True, description="Add an action-type embedding to every input position.")
+    hstu_absolute_positions: bool = Field(
+        False, description="HSTU: add a learned absolute position embedding to the input, as the reference does."
+    )
+    hstu_uvqk_bias: bool = Field(True, description="HSTU: a bias on the U/V/Q/K projection (the reference has none).")
+    hstu_norm_affine: bool = Field(
+        True, description="HSTU: learnable LayerNorm scale and shift (the reference's norms have none)."
+    )
+    hstu_reference_init: bool = Field(
+        False,
+        description="HSTU: the reference's initialisation (U/V/Q/K and relative biases N(0, 0.02), output "
+        "Xavier-uniform, positions N(0, 1/dim)) instead of PyTorch defaults and zero biases.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> EncoderConfig:

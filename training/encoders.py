@@ -20,15 +20,16 @@ from training.config import EncoderConfig
 class InputEmbedding(nn.Module):
     """Scaled item embedding + action-type embedding (+ absolute position), with dropout."""
 
-    def __init__(self, config: EncoderConfig, positional: bool) -> None:
+    def __init__(self, config: EncoderConfig, positional: bool, position_std: float = 0.02) -> None:
         super().__init__()
         self.scale = math.sqrt(config.dim)
         self.actions = nn.Embedding(len(ACTION_IDS) + 1, config.dim) if config.use_actions else None
         self.positions = nn.Embedding(config.max_len, config.dim) if positional else None
         self.dropout = nn.Dropout(config.dropout)
-        for table in (self.actions, self.positions):
-            if table is not None:
-                nn.init.normal_(table.weight, std=0.02)
+        if self.actions is not None:
+            nn.init.normal_(self.actions.weight, std=0.02)
+        if self.positions is not None:
+            nn.init.normal_(self.positions.weight, std=position_std)
 
     def forward(self, item_emb: torch.Tensor, action_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = item_emb * self.scale

@@ -10,9 +10,19 @@ The relative attention bias ``rab`` adds a learned scalar per relative position 
 per bucket of the time gap |ts_i - ts_j| (bucket = floor(4 * log2(1 + gap in seconds)),
 so buckets are a quarter octave wide). Attention is pointwise (no softmax) and normalised by
 ``max_len``, a constant, so a position's output does not depend on how much padding follows.
+
+Four switches of ``EncoderConfig`` choose between the reference implementation's choices and
+this module's earlier ones (docs/training.md has the ablation): ``hstu_absolute_positions``
+(input = item * sqrt(D) + learned absolute position, as the reference), ``hstu_uvqk_bias``
+(the reference's U/V/Q/K projection has no bias), ``hstu_norm_affine`` (the reference's
+LayerNorms have no scale or shift) and ``hstu_reference_init`` (the reference draws U/V/Q/K
+and the relative biases from N(0, 0.02), the output projection Xavier-uniform and the
+positions N(0, 1/D); otherwise PyTorch's Linear defaults and zero biases).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +32,7 @@ from training.config import EncoderConfig
 from training.encoders import InputEmbedding, SequenceEncoder
 
 BUCKETS_PER_OCTAVE = 4
+REFERENCE_STD = 0.02
 
 
 def time_gap_buckets(timestamps: torch.Tensor, num_buckets: int) -> torch.Tensor:
@@ -38,13 +49,21 @@ class HSTUBlock(nn.Module):
         super().__init__()
         self.heads = config.num_heads
         self.max_len = config.max_len
-        self.input_norm = nn.LayerNorm(config.dim)
-        self.uvqk = nn.Linear(config.dim, 4 * config.dim)
-        self.attention_norm = nn.LayerNorm(config.dim)
+        affine = config.hstu_norm_affine
+        self.input_norm = nn.LayerNorm(config.dim, elementwise_affine=affine)
+        self.uvqk = nn.Linear(config.dim, 4 * config.dim, bias=config.hstu_uvqk_bias)
+        self.attention_norm = nn.LayerNorm(config.dim, elementwise_affine=affine)
         self.output = nn.Linear(config.dim, config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.position_bias = nn.Parameter(torch.zeros(2 * config.max_len - 1))
         self.time_bias = nn.Parameter(torch.zeros(config.time_buckets))
+        if config.hstu_reference_init:
+            for weight in (self.uvqk.weight, self.position_bias, self.time_bias):
+                nn.init.normal_(weight, std=REFERENCE_STD)
+            nn.init.xavier_uniform_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+            if self.uvqk.bias is not None:
+                nn.init.zeros_(self.uvqk.bias)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, relative_positions: torch.Tensor, gap_buckets: torch.Tensor
@@ -60,11 +79,12 @@ class HSTUBlock(nn.Module):
 
 
 class HSTU(SequenceEncoder):
-    """Stacked HSTU blocks over item + action embeddings (no absolute positions: the bias has them)."""
+    """Stacked HSTU blocks over item + action embeddings (+ absolute positions when configured)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
-        self.inputs = InputEmbedding(config, positional=False)
+        position_std = math.sqrt(1.0 / config.dim) if config.hstu_reference_init else REFERENCE_STD
+        self.inputs = InputEmbedding(config, positional=config.hstu_absolute_positions, position_std=position_std)
         self.blocks = nn.ModuleList(HSTUBlock(config) for _ in range(config.num_blocks))
 
     def encode(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.config import EncoderConfig
-from training.hstu import time_gap_buckets
+from training.hstu import HSTU, time_gap_buckets
 from training.model import RetrievalModel
 
 KINDS = ["hstu", "sasrec"]
@@ -81,3 +81,49 @@ def test_time_gap_buckets_are_quarter_octaves_of_seconds() -> None:
 def test_heads_must_divide_the_width() -> None:
     with pytest.raises(ValueError, match="not divisible"):
         EncoderConfig(dim=50, num_heads=3)
+
+
+def names_to_values(model: torch.nn.Module, names: tuple[str, ...]) -> list[torch.Tensor]:
+    """The live parameters ``names`` of ``model``."""
+    params = dict(model.named_parameters())
+    return [params[name] for name in names]
+
+
+REFERENCE_HSTU = {
+    "hstu_absolute_positions": True,
+    "hstu_uvqk_bias": False,
+    "hstu_norm_affine": False,
+    "hstu_reference_init": True,
+}
+
+
+def test_the_reference_hstu_switches_build_what_they_name() -> None:
+    config = EncoderConfig(kind="hstu", dim=16, num_heads=2, max_len=8, dropout=0.0, **REFERENCE_HSTU)
+    torch.manual_seed(0)
+    model = RetrievalModel(config, num_items=20).eval()
+    names = set(model.state_dict())
+    assert "encoder.inputs.positions.weight" in names
+    assert "encoder.blocks.0.uvqk.bias" not in names
+    assert not any(name.startswith("encoder.blocks.0.input_norm") for name in names)
+    biases = names_to_values(model, ("encoder.blocks.0.position_bias", "encoder.blocks.0.time_bias"))
+    assert all(float(bias.abs().sum()) > 0 for bias in biases)
+    (positions,) = names_to_values(model, ("encoder.inputs.positions.weight",))
+    assert 0.15 < float(positions.std()) < 0.35  # N(0, 1/16): std 0.25
+    default = RetrievalModel(EncoderConfig(kind="hstu", dim=16, num_heads=2, max_len=8), num_items=20)
+    assert isinstance(default.encoder, HSTU)
+    (default_bias,) = names_to_values(default, ("encoder.blocks.0.position_bias",))
+    assert float(default_bias.abs().sum()) == 0
+    assert "encoder.inputs.positions.weight" not in default.state_dict()
+
+
+def test_reference_hstu_reads_absolute_positions() -> None:
+    """The learned absolute positions are an input: other position rows, other outputs."""
+    config = EncoderConfig(kind="hstu", dim=16, num_heads=2, max_len=8, dropout=0.0, **REFERENCE_HSTU)
+    torch.manual_seed(0)
+    model = RetrievalModel(config, num_items=20).eval()
+    inputs = _inputs()
+    before = model(*inputs)
+    (positions,) = names_to_values(model, ("encoder.inputs.positions.weight",))
+    with torch.no_grad():
+        positions.mul_(-1.0)
+    assert not torch.allclose(before, model(*inputs), atol=1e-5)
