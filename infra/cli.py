@@ -146,10 +146,13 @@ def _register_plugins() -> None:
 
 def quiet_library_logs() -> None:
     """Keep libraries' chatter off the console: kafka-python's auto-commit notes and event-loop
-    timing, MLflow's run-URL banners and registry waits (streamrec prints its own summary)."""
+    timing, MLflow's run-URL banners, registry waits and download bars, Ray Serve's driver-side
+    start notes (streamrec prints its own summary)."""
     logging.getLogger("kafka").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # deploys print their own "serving ..." line
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def main() -> None:

@@ -80,6 +80,14 @@ class TrainConfig(BaseModel):
     embedding_lr: float = Field(
         0.0, ge=0, description="Learning rate of the item table; 0 = lr for adam, 0.05 otherwise."
     )
+    warm_start_lr_scale: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A warm-started run trains the item table at this fraction of its learning rate: the "
+        "table's optimizer state starts afresh, and row-wise Adagrad's first steps, its largest, would undo "
+        "the trained rows.",
+    )
     num_negatives: int = Field(128, ge=1, description="Uniform random negatives per batch (shared by its positions).")
     in_batch_negatives: int = Field(128, ge=0, description="Negatives drawn from the batch's own target items.")
     temperature: float = Field(0.05, gt=0, description="Softmax temperature over cosine similarities.")
@@ -112,6 +120,12 @@ class TrainConfig(BaseModel):
             name = "adam" if use_gpu else "rowwise_adagrad"
         lr = self.embedding_lr or (self.lr if name == "adam" else 0.05)
         return name, lr
+
+    def warm_started(self, use_gpu: bool) -> TrainConfig:
+        """This config for a run that starts from a trained model: the item table's learning
+        rate times ``warm_start_lr_scale``, stated as ``embedding_lr`` so MLflow records what ran."""
+        _, lr = self.table_optimizer(use_gpu)
+        return self.model_copy(update={"embedding_lr": lr * self.warm_start_lr_scale})
 
     def loss_options(self) -> LossOptions:
         """The keyword options ``training.loss.retrieval_loss`` takes from this config."""

@@ -76,11 +76,14 @@ def train(
         run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Fetched before a new run is created, so a bad version fails without leaving a run behind.
     warm_state = driver.warm_start_state(settings, warm_start, log) if warm_start else None
+    if warm_start and not resume:  # a resumed run's recorded config already has it
+        config = config.warm_started(settings.train_use_gpu)
+        log(f"warm start: item table learning rate {config.table_optimizer(settings.train_use_gpu)[1]:g}")
     if not resume:
         run_id = tracking.start_run(
             settings,
             run_name,
-            params=_params(config, versions, workers, warm_start),
+            params=_params(config, versions, workers, warm_start, settings.train_use_gpu),
             tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
             feature_versions=versions.as_dict(),
         )
@@ -107,8 +110,12 @@ def train(
     return outcome
 
 
-def _params(config: TrainConfig, versions: FeatureVersions, workers: int, warm_start: str | None) -> dict[str, str]:
+def _params(
+    config: TrainConfig, versions: FeatureVersions, workers: int, warm_start: str | None, use_gpu: bool
+) -> dict[str, str]:
     params = config.flat_params()
+    table_optimizer, table_lr = config.table_optimizer(use_gpu)  # what "auto" resolved to on this device
+    params.update(table_optimizer=table_optimizer, table_lr=str(table_lr))
     params.update({f"version.{table}": str(version) for table, version in versions.as_dict().items()})
     params.update(workers=str(workers), warm_start=warm_start or "")
     return params

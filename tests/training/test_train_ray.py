@@ -70,6 +70,7 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
         assert inputs[f"{table}@v{version}"].source_type == "delta"
         assert source["path"] == settings.table_uri(table) and source["delta_table_version"] == version
     assert run.data.params["encoder.kind"] == "hstu" and run.data.params["workers"] == "2"
+    assert run.data.params["table_optimizer"] == "rowwise_adagrad" and run.data.params["table_lr"] == "0.05"
     artifacts = {item.path for item in client.list_artifacts(hstu_run.run_id)}
     assert {"model", "training_curve.png", "metrics.json"} <= artifacts
 
@@ -123,7 +124,10 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
     append_events(grown, generate_events(later), first_offset=EVENTS.events)
 
     # Tiny learning rates: after one epoch every row is still (almost) where it started.
-    run = train(grown, tiny_config(epochs=1, lr=1e-9, embedding_lr=1e-9), warm_start=hstu_run.model_version)
+    run = train(grown, tiny_config(epochs=1, lr=1e-9, embedding_lr=1e-8), warm_start=hstu_run.model_version)
+    # The warm start trains the table at warm_start_lr_scale (0.1) of its rate, and MLflow says so.
+    params = tracking.client(grown).get_run(run.run_id).data.params
+    assert float(params["table_lr"]) == pytest.approx(1e-9) and float(params["embedding_lr"]) == pytest.approx(1e-9)
     with tracking.downloaded_version(grown, run.model_version) as directory:
         table = read_weights(directory)[PLAIN_WEIGHT]
     known = len(source)
