@@ -148,7 +148,12 @@ class Settings(BaseSettings):
     serve_max_k: int = Field(1_000, ge=1, description="Largest k a request may ask for.")
     serve_max_history_items: int = Field(1_000, ge=1, description="Most items a request body's history may hold.")
     serve_max_body_bytes: int = Field(65_536, ge=256, description="Largest request body; larger ones answer 413.")
-    serve_max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica works on at once.")
+    serve_max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests one replica works on at once; high, so a burst waits in the replica's batch "
+        "queue (larger batches) instead of the router backing off from a full replica (docs/serving.md).",
+    )
     serve_max_queued_requests: int = Field(
         128, ge=1, description="Requests waiting per deployment handle; beyond this serving answers 503."
     )

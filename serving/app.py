@@ -29,10 +29,11 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.answer import Answer, Events, answer_batch
 from serving.api import (
@@ -56,29 +57,43 @@ from serving.watcher import ModelWatcher
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
 GIVEN_HISTORY_ACTION = "click"  # a history given in the body: items consumed just now
 Answered = TypeVar("Answered")
-MAX_BODY_BYTES = {"limit": 65_536}  # set by the replica from the settings (set_body_limit)
 
 api = FastAPI(
     title="streamrec serving",
     description="Retrieval and recommendations from the production model, with each user's live history.",
+    max_body_size=65_536,  # each replica sets it from the settings (set_body_limit)
 )
-
-
-@api.middleware("http")
-async def _limit_body(request: Request, call_next: Any) -> Response:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES["limit"]:
-        return JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES['limit']} bytes"}, status_code=413)
-    return await call_next(request)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class DeclaredBodyLimit:
+    """A pure ASGI middleware (no task per request, unlike ``@app.middleware``): a request that
+    declares a body over ``api.max_body_size`` gets 413 with the limit in its message before
+    anything reads it; FastAPI's own limit stops an undeclared (streamed) body at the same size."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = api.max_body_size
+        if scope["type"] == "http" and limit is not None:
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                await JSONResponse({"detail": f"the body is over {limit} bytes"}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(DeclaredBodyLimit)
+
+
 def set_body_limit(limit: int) -> None:
-    """The largest request body the middleware lets through (called by each replica)."""
-    MAX_BODY_BYTES["limit"] = limit
+    """The largest request body the ingress reads (413 above it); each replica sets it before
+    its first request, when FastAPI builds its middleware stack."""
+    api.max_body_size = limit
 
 
 def _open_history(config: ServeConfig, shard: int, shards: int) -> OnlineHistory:
