@@ -13,7 +13,25 @@ from pathlib import Path
 
 import psutil
 
-CREATE_TIME_TOLERANCE_S = 1.0
+START_TOLERANCE_S = 0.05  # the start is read in clock ticks (1/100 s): the same process reads the same
+
+
+def process_start_s(pid: int) -> float:
+    """When process ``pid`` started, in seconds since boot; raises psutil.NoSuchProcess.
+
+    Read from /proc/PID/stat on Linux: the kernel's tick count, which no change of the wall
+    clock moves. psutil's create_time() adds the boot time derived from the wall clock, so a
+    stepped clock (NTP, a virtual machine resumed from a snapshot) shifts it by the step and a
+    live process would look like another one that reused its pid. Elsewhere: create_time().
+    """
+    if not Path("/proc/self/stat").exists():
+        return float(psutil.Process(pid).create_time())
+    try:
+        # After the name, which is in parentheses and may hold spaces.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError) as error:
+        raise psutil.NoSuchProcess(pid) from error
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat; fields[0] is field 3
 
 
 @dataclass(frozen=True)
@@ -24,15 +42,13 @@ class ProcessRecord:
     command: list[str]
     log_file: str
     started_at: float
-    create_time: float  # when ``pid`` started (epoch s): tells a later process that reuses the pid apart
+    start_s: float  # process_start_s(pid): tells a later process that reuses the pid apart
 
     def alive(self) -> bool:
         """True while the recorded process (not a later one reusing its pid) runs."""
         try:
-            process = psutil.Process(self.pid)
-            # psutil derives the start from the boot time, which moves when the wall clock is stepped.
-            same = abs(process.create_time() - self.create_time) < CREATE_TIME_TOLERANCE_S
-            return same and process.status() != psutil.STATUS_ZOMBIE
+            same = abs(process_start_s(self.pid) - self.start_s) < START_TOLERANCE_S
+            return same and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
@@ -67,7 +83,7 @@ def spawn(
             env={name: value for name, value in environment.items() if value is not None},
             close_fds=True,
         )
-    record = ProcessRecord(process.pid, command, str(log_file), time.time(), psutil.Process(process.pid).create_time())
+    record = ProcessRecord(process.pid, command, str(log_file), time.time(), process_start_s(process.pid))
     pid_file.write_text(json.dumps(asdict(record)))
     return record
 

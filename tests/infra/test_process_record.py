@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from infra.processes import ProcessRecord, group_members, read_record, spawn, stop
+from infra.processes import ProcessRecord, group_members, process_start_s, read_record, spawn, stop
 
 
-def _record_of(child: subprocess.Popen[bytes], create_time: float | None = None) -> ProcessRecord:
-    started = psutil.Process(child.pid).create_time() if create_time is None else create_time
+def _record_of(child: subprocess.Popen[bytes], start_s: float | None = None) -> ProcessRecord:
+    started = process_start_s(child.pid) if start_s is None else start_s
     return ProcessRecord(child.pid, ["sleep", "30"], "", time.time(), started)
 
 
@@ -31,11 +32,29 @@ def test_a_running_child_is_alive_until_it_exits() -> None:
 def test_a_reused_pid_is_not_the_recorded_process() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        earlier = psutil.Process(child.pid).create_time() - 60.0  # the record's process started earlier
+        earlier = process_start_s(child.pid) - 60.0  # the record's process started earlier
         assert not _record_of(child, earlier).alive()
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the start in ticks since boot is Linux's")
+def test_a_stepped_wall_clock_does_not_make_a_live_process_look_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI saw `streamrec up` kill its own new Spark master as "exited during start", and later
+    # fail on "port in use" held by its own Ray head: the wall clock had been stepped (a virtual
+    # machine resumed), and psutil's create_time() moves with it.
+    record = spawn(["sleep", "30"], tmp_path / "log", tmp_path / "pid")
+    try:
+        real_boot_time = psutil.boot_time()
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real_boot_time + 30.0)
+        assert abs(psutil.Process(record.pid).create_time() - record.started_at) > 20  # the clock moved
+        assert record.alive()
+    finally:
+        stop(record, grace_s=5)
+    assert not record.alive()
 
 
 def test_spawn_records_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
