@@ -35,6 +35,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from infra.settings import Settings
 from serving.answer import Answer, Events, answer_batch
 from serving.api import (
     HistoryLineage,
@@ -61,7 +62,7 @@ Answered = TypeVar("Answered")
 api = FastAPI(
     title="streamrec serving",
     description="Retrieval and recommendations from the production model, with each user's live history.",
-    max_body_size=65_536,  # each replica sets it from the settings (set_body_limit)
+    max_body_size=Settings.model_fields["serve_max_body_bytes"].default,  # each replica: set_body_limit
 )
 
 
