@@ -68,6 +68,7 @@ def train(
     """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
 
     Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
+    from training import tracking
     from training.popularity import train_popularity
     from training.runner import train as run_training
 
@@ -95,7 +96,7 @@ def train(
     if "model_version" in outcome:
         console.print(
             f"run {outcome['run_name']} -> {settings.registered_model} version {outcome['model_version']} "
-            f"(best epoch {outcome['best_epoch']}); MLflow: {settings.mlflow_tracking_uri}"
+            f"(best epoch {outcome['best_epoch']}); MLflow: {tracking.ui_url(settings, outcome['run_id'])}"
         )
 
 

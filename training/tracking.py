@@ -23,8 +23,12 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment in the view its kind names
-MODEL_TRAINING_KIND = "custom_model_development"  # the runs/metrics view, not the GenAI traces view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the experiment holds, for MLflow's UI and API
+MODEL_TRAINING_KIND = "custom_model_development"  # runs and metrics, not GenAI traces
+# MLflow 3.17's UI picks its view from a GenAI / Model training toggle that ignores the tag above
+# and defaults to GenAI (an experiment opened plainly shows an empty traces overview); a link
+# with this query opens the runs table (with its Dataset column) or the run page.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def experiment_id(settings: Settings) -> str:
@@ -40,6 +44,12 @@ def experiment_id(settings: Settings) -> str:
         if EXPERIMENT_KIND_TAG not in experiment.tags:  # an experiment made by an older streamrec
             mlflow.set_experiment_tag(identifier, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return str(identifier)
+
+
+def ui_url(settings: Settings, run_id: str | None = None) -> str:
+    """The MLflow UI's page of the experiment's runs (or of ``run_id``), in the model-training view."""
+    page = f"#/experiments/{experiment_id(settings)}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{settings.mlflow_tracking_uri.rstrip('/')}/{page}?{MODEL_TRAINING_VIEW}"
 
 
 def start_run(

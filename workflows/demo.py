@@ -43,6 +43,7 @@ from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
+from training import tracking
 from training.config import EncoderConfig, TrainConfig
 from training.popularity import train_popularity
 from training.ranking_runner import train_ranking_popularity
@@ -159,7 +160,7 @@ def run_demo(args: DemoOptions) -> None:
     _stage(10, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
     _warm_start_round(settings, args, users[0])
 
-    console.print(f"MLflow UI: {settings.mlflow_tracking_uri}   Ray dashboard: {settings.ray_dashboard_url}")
+    console.print(f"MLflow UI: {tracking.ui_url(settings)}   Ray dashboard: {settings.ray_dashboard_url}")
     console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
 

@@ -26,3 +26,17 @@ def test_runs_on_two_lakes_each_show_their_own_feature_tables(mini_cluster: Sett
         assert sources[lake] == {
             f"{table}@v{version}": f"{tmp_path / lake}/{table}" for table, version in versions.items()
         }
+
+
+def test_ui_links_open_the_model_training_view(mini_cluster: Settings) -> None:
+    # MLflow 3.17's UI opens any experiment in its GenAI traces overview unless the link (or the
+    # user's saved toggle) names the model-training view; seen in headless Chromium.
+    settings = get_settings(mlflow_experiment=f"tracking-test-{uuid.uuid4().hex[:8]}")
+    run_id = tracking.start_run(settings, "ui-link", params={}, tags={}, feature_versions={})
+    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow_experiment)
+    base = settings.mlflow_tracking_uri.rstrip("/")
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING_KIND
+    assert tracking.ui_url(settings) == f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert tracking.ui_url(settings, run_id) == (
+        f"{base}/#/experiments/{experiment.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    )

@@ -104,12 +104,11 @@ def _run_metadata(settings: Any, model: str, outcome: Any, metrics: tuple[str, .
     feature versions it read and the ``metrics`` the run has."""
     from training import tracking
 
-    run_url = f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{tracking.experiment_id(settings)}/runs/"
     metadata: dict[str, Any] = {
         "registered_model": model,
         "model_version": outcome.model_version,
         "mlflow_run_id": outcome.run_id,
-        "mlflow_run": dg.MetadataValue.url(run_url + outcome.run_id),
+        "mlflow_run": dg.MetadataValue.url(tracking.ui_url(settings, outcome.run_id)),
         "run_name": outcome.run_name,
         "epochs_run": len(outcome.history),
         "best_epoch": outcome.best_epoch,
