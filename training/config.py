@@ -46,7 +46,7 @@ class EncoderConfig(BaseModel):
         True, description="HSTU: learnable LayerNorm scale and shift (the reference's norms have none)."
     )
     hstu_reference_init: bool = Field(
-        False,
+        True,
         description="HSTU: the reference's initialisation (U/V/Q/K and relative biases N(0, 0.02), output "
         "Xavier-uniform, positions N(0, 1/dim)) instead of PyTorch defaults and zero biases.",
     )
