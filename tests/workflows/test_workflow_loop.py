@@ -197,7 +197,7 @@ def test_training_records_the_model_version_run_and_feature_versions(loop: Loop)
     assert run.data.tags["registered_version"] == "1"
     for key in ("item_vocab", "user_sequences"):
         assert found[f"version.features/{key}"] == metadata(loop.features, key)["delta_version"]
-    assert found["mlflow_run"].endswith(found["mlflow_run_id"])
+    assert found["mlflow_run"] == tracking.ui_url(loop.settings, found["mlflow_run_id"])  # the model-training view
 
 
 def register_shuffled_copy(settings: Settings, version: str, directory: Path) -> str:

@@ -86,7 +86,7 @@ def test_ranking_examples_model_and_gate_record_their_versions(mini_cluster: Set
     assert model["version.features/ranking_examples"] == examples["delta_version"]
     assert model["version.features/item_vocab"] == examples["version.features/item_vocab"]
     assert 0.5 < model["best_val_auc_click"] < 1.0 and 0.0 < model["test_auc_click"] < 1.0
-    assert model["mlflow_run"].endswith(model["mlflow_run_id"])
+    assert model["mlflow_run"] == tracking.ui_url(settings, model["mlflow_run_id"])  # the model-training view
     run = tracking.client(settings).get_run(model["mlflow_run_id"])
     assert run.data.tags["registered_version"] == "1" and run.data.tags["task"] == "ranking"
 
