@@ -112,8 +112,11 @@ def test_the_reference_hstu_switches_build_what_they_name() -> None:
     default = RetrievalModel(EncoderConfig(kind="hstu", dim=16, num_heads=2, max_len=8), num_items=20)
     assert isinstance(default.encoder, HSTU)
     (default_bias,) = names_to_values(default, ("encoder.blocks.0.position_bias",))
-    assert float(default_bias.abs().sum()) == 0
+    assert float(default_bias.abs().sum()) > 0  # the reference initialisation is the default
     assert "encoder.inputs.positions.weight" not in default.state_dict()
+    earlier_config = EncoderConfig(kind="hstu", dim=16, num_heads=2, max_len=8, hstu_reference_init=False)
+    (earlier_bias,) = names_to_values(RetrievalModel(earlier_config, num_items=20), ("encoder.blocks.0.position_bias",))
+    assert float(earlier_bias.abs().sum()) == 0  # the earlier initialisation: zero relative biases
 
 
 def test_reference_hstu_reads_absolute_positions() -> None:
