@@ -24,7 +24,7 @@ def process_start_s(pid: int) -> float:
     stepped clock (NTP, a virtual machine resumed from a snapshot) shifts it by the step and a
     live process would look like another one that reused its pid. Elsewhere: create_time().
     """
-    if not Path("/proc/self/stat").exists():
+    if not psutil.LINUX:
         return float(psutil.Process(pid).create_time())
     try:
         # After the name, which is in parentheses and may hold spaces.

@@ -39,7 +39,7 @@ def test_a_reused_pid_is_not_the_recorded_process() -> None:
         child.wait()
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the start in ticks since boot is Linux's")
+@pytest.mark.skipif(not psutil.LINUX, reason="the start in ticks since boot is Linux's")
 def test_a_stepped_wall_clock_does_not_make_a_live_process_look_dead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
