@@ -161,7 +161,11 @@ class Settings(BaseSettings):
         128, ge=1, description="Requests waiting per deployment handle; beyond this serving answers 503."
     )
     serve_batch_max_size: int = Field(32, ge=1, description="Most queries encoded together (@serve.batch).")
-    serve_batch_wait_s: float = Field(0.003, ge=0, description="How long a batch waits to fill, in seconds.")
+    serve_batch_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch waits to fill, in seconds; 0: it takes what queued while the last one ran.",
+    )
     serve_model_poll_s: float = Field(2.0, gt=0, description="How often replicas check the model alias, in seconds.")
     serve_rank_candidates: int = Field(
         200, ge=1, description="Candidates /recommend retrieves and ranks when a ranking model serves."

@@ -362,7 +362,7 @@ class Recommender:
         answers = await asyncio.gather(*(shard.get.remote(user_id) for shard in self.shards))
         return next((answer for answer in answers if answer is not None), None)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _search(self, requests: list[tuple[Events, int, bool]]) -> list[Answer]:
         """Encode the batch's histories together and search; one catalog for the whole batch.
 
@@ -374,7 +374,7 @@ class Recommender:
             raise HTTPException(503, "no model loaded yet")
         return answer_batch(catalog, requests)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.003)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _rank(self, queries: list[RankQuery]) -> list[Ranked]:
         """Score the batch's candidates with one ranker (one history encoding per query)."""
         ranker = self.ranker_watcher.current
