@@ -58,6 +58,9 @@ from serving.watcher import ModelWatcher
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
 GIVEN_HISTORY_ACTION = "click"  # a history given in the body: items consumed just now
 Answered = TypeVar("Answered")
+# The settings' defaults; each replica sets its own settings' values in __init__.
+BATCH_SIZE_DEFAULT = Settings.model_fields["serve_batch_max_size"].default
+BATCH_WAIT_DEFAULT_S = Settings.model_fields["serve_batch_wait_s"].default
 
 api = FastAPI(
     title="streamrec serving",
@@ -362,7 +365,7 @@ class Recommender:
         answers = await asyncio.gather(*(shard.get.remote(user_id) for shard in self.shards))
         return next((answer for answer in answers if answer is not None), None)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=BATCH_SIZE_DEFAULT, batch_wait_timeout_s=BATCH_WAIT_DEFAULT_S)
     async def _search(self, requests: list[tuple[Events, int, bool]]) -> list[Answer]:
         """Encode the batch's histories together and search; one catalog for the whole batch.
 
@@ -374,7 +377,7 @@ class Recommender:
             raise HTTPException(503, "no model loaded yet")
         return answer_batch(catalog, requests)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=BATCH_SIZE_DEFAULT, batch_wait_timeout_s=BATCH_WAIT_DEFAULT_S)
     async def _rank(self, queries: list[RankQuery]) -> list[Ranked]:
         """Score the batch's candidates with one ranker (one history encoding per query)."""
         ranker = self.ranker_watcher.current
