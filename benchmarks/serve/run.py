@@ -774,7 +774,8 @@ def p99_verdict(rows: list[dict[str, Any]], rate: float, hold_p99_ms: float) -> 
     recommend = next((row for row in rows if row["endpoint"] == "/recommend" and row["rate"] == rate), None)
     if noop is None or recommend is None or not holds(noop, hold_p99_ms):
         return None
-    return keeps_up(recommend) and recommend["p99_over_noop"] is not None and recommend["p99_over_noop"] <= 2.0
+    limit = TARGETS["recommend_p99_over_noop_at_100k_items_max_rate"]
+    return keeps_up(recommend) and recommend["p99_over_noop"] is not None and recommend["p99_over_noop"] <= limit
 
 
 def verdicts(result: dict[str, Any], top_rate: float) -> dict[str, bool | None]:
@@ -786,9 +787,11 @@ def verdicts(result: dict[str, Any], top_rate: float) -> dict[str, bool | None]:
     swap = result.get("swap_under_load", {}).get("failed_requests")
     return {
         "recommend_p99_over_noop_at_100k_items_max_rate": p99_met,
-        "hnsw_recall_at_100_default_ef": None if default is None else default["recall_at_100"] >= 0.95,
-        "freshness_p95_s": None if fresh is None else fresh <= 1.0,
-        "swap_under_load_failed_requests": None if swap is None else swap == 0,
+        "hnsw_recall_at_100_default_ef": None
+        if default is None
+        else default["recall_at_100"] >= TARGETS["hnsw_recall_at_100_default_ef"],
+        "freshness_p95_s": None if fresh is None else fresh <= TARGETS["freshness_p95_s"],
+        "swap_under_load_failed_requests": None if swap is None else swap <= TARGETS["swap_under_load_failed_requests"],
     }
 
 
