@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         50_000,
         ge=1,
         description="Catalogues up to this size are searched exactly (FAISS flat); larger ones by HNSW "
-        "(at 100k items HNSW finds 0.99 of the exact top 100 at a third of the CPU: docs/serving.md).",
+        "(at 100k items HNSW finds 0.998 of the exact top 100 at a third of the CPU: docs/serving.md).",
     )
     serve_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (M) for large catalogues.")
     serve_hnsw_ef_search: int = Field(256, ge=8, description="HNSW efSearch: candidates visited per query.")

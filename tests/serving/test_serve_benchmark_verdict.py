@@ -22,7 +22,7 @@ def row(endpoint: str, achieved: float, p99_ms: float, errors: int = 0, ratio: f
 
 
 def test_two_saturated_queues_are_not_a_pass() -> None:
-    # The run of benchmarks/results/serve_100k.json at 350/s: the no-op itself failed the rate
+    # The first run at 350/s (benchmarks/results/serve_100k.json as of 6d532ee): the no-op failed the rate
     # beside /recommend, so their ratio (1.44) measures two overloaded queues.
     rows = [row("no-op", 346.0, 1228.2, errors=63), row("/recommend", 331.9, 1767.9, errors=4, ratio=1.44)]
     assert p99_verdict(rows, 350.0, HOLD_P99_MS) is None
