@@ -42,9 +42,8 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
 6. A promotion under load (at ``--extras-at`` items): a copy of the served version is
    registered and promoted while /recommend runs open loop, at the highest measured rate it
    held there (no error, p99 under ``--hold-p99-ms``; so a failure is the swap's, not
-   overload's); failed
-   requests, time from the promote call to the first answer of the new version, and the
-   swap's load seconds.
+   overload's); failed requests, time from the promote call to the first answer of the new
+   version, and the swap's load seconds.
 
 Every load run also records the CPU time of this run's own processes by role (``cpu.py``:
 proxy, replicas, history shard, generator...) per scheduled request, their busy cores and

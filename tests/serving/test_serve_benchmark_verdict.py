@@ -65,8 +65,8 @@ def test_pairs_where_the_noop_did_not_hold_are_left_out() -> None:
 
 
 def test_the_swap_runs_at_a_rate_recommend_held_not_one_it_only_survived() -> None:
-    # benchmarks/results/serve_100k.json before this rule: /recommend answered every request at 300/s but
-    # with a p99 of 1.4 s, the promotion was run there, and 996 requests failed from overload.
+    # A benchmark run on 2026-12-06 under the old rule (not kept in benchmarks/results): /recommend answered
+    # every request at 300/s but with a p99 of 1.4 s, the promotion ran there, and 996 requests failed.
     def load(rate: float, achieved: float, p99_ms: float) -> dict[str, Any]:
         return {"endpoint": "/recommend", "rate": rate, **run(achieved, p99_ms)} | {"target_qps": rate}
 
