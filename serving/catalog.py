@@ -26,8 +26,8 @@ from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE
 from infra.errors import StreamrecError
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
-from training import tracking
-from training.retriever import Retriever
+from training.common import tracking
+from training.retrieval.retriever import Retriever
 
 
 class CatalogError(StreamrecError):

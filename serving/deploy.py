@@ -19,8 +19,8 @@ from infra.errors import StreamrecError
 from infra.settings import Settings
 from serving.config import APP_NAME, ServeConfig
 from serving.registry import served_version
-from training import tracking
-from training.model_io import read_info
+from training.common import tracking
+from training.retrieval.io import read_info
 
 
 class ServeError(StreamrecError):

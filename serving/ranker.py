@@ -2,7 +2,7 @@
 
 ``load_ranker`` runs beside the request path (a replica's second model watcher): it downloads
 a registered version of ``settings.registered_ranking_model``, builds the plain ranker
-(``training.ranking_io.RankingScorer``: no TorchRec) and reads ``features/item_vocab`` at the
+(``training.ranking.io.RankingScorer``: no TorchRec) and reads ``features/item_vocab`` at the
 version the ranker was trained on, so item ids map to the ranker's own indices. Candidates
 the ranker does not know (items newer than it) are reported, never scored with an untrained row.
 
@@ -21,8 +21,8 @@ from features.tables import ITEM_VOCAB_TABLE
 from infra.settings import Settings
 from serving.answer import Events
 from serving.catalog import CatalogError, load_registered, read_item_ids
-from training import tracking
-from training.ranking_io import RankingScorer
+from training.common import tracking
+from training.ranking.io import RankingScorer
 
 RankQuery = tuple[Events, list[str], int]  # history (item id, action, ts), candidate ids, exposure ts (ms)
 

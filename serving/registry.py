@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from infra.errors import StreamrecError
 from infra.settings import Settings
-from training import tracking
+from training.common import tracking
 
 HISTORY_TAG = "streamrec.promotions"  # JSON list of versions the alias pointed at, oldest first
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from infra.cli import load_settings
 from infra.model_options import ModelOptions, merge
-from training.config import TrainConfig
+from training.retrieval.config import TrainConfig
 
 console = Console()
 
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     """Add the training commands to the streamrec CLI."""
     app.command("train")(TRAIN_OPTIONS.command(train))
     app.command("evaluate")(evaluate)
-    from training.ranking_cli import RANKING_OPTIONS, train_ranking  # multi-task ranking (docs/ranking.md)
+    from training.ranking.cli import RANKING_OPTIONS, train_ranking  # multi-task ranking (docs/ranking.md)
 
     app.command("train-ranking")(RANKING_OPTIONS.command(train_ranking))
 
@@ -68,9 +68,9 @@ def train(
     """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
 
     Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
-    from training import tracking
-    from training.popularity import train_popularity
-    from training.runner import train as run_training
+    from training.common import tracking
+    from training.retrieval.popularity import train_popularity
+    from training.retrieval.runner import train as run_training
 
     settings = load_settings()
     try:
@@ -110,7 +110,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a registered retrieval model version on a split (full catalogue by default)."""
-    from training.version_eval import evaluate_version
+    from training.retrieval.version_eval import evaluate_version
 
     settings = load_settings()
     if split not in ("test", "validation"):
@@ -130,7 +130,7 @@ def evaluate(
 def run_outcome(what: str, model: str, run: Callable[[], Any]) -> dict[str, Any]:
     """What ``run()`` produced as the commands print it (``--json``): a popularity baseline's
     metrics, or a registered run; a failed run is printed and exits with status 1."""
-    from training.errors import TrainingError
+    from training.common.errors import TrainingError
 
     try:
         result = run()

@@ -43,11 +43,11 @@ from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
-from training import tracking
-from training.config import EncoderConfig, TrainConfig
-from training.popularity import train_popularity
-from training.ranking_runner import train_ranking_popularity
-from training.runner import train
+from training.common import tracking
+from training.ranking.runner import train_ranking_popularity
+from training.retrieval.config import EncoderConfig, TrainConfig
+from training.retrieval.popularity import train_popularity
+from training.retrieval.runner import train
 from workflows.lineage import split_rows
 from workflows.rounds import RankingOptions, TrainOptions, train_ranker, warm_start_round
 

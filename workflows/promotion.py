@@ -154,15 +154,15 @@ def _metric(metrics: dict[str, float], policy: GatePolicy, who: str) -> float:
 def evaluate_at(settings: Settings, version: str, versions: dict[str, int]) -> dict[str, float]:
     """Validation metrics (``val_*``) of registered ``version`` at feature ``versions``.
 
-    Like ``training.version_eval.evaluate_version``, but at the given feature versions rather
+    Like ``training.retrieval.version_eval.evaluate_version``, but at the given feature versions rather
     than the model's own or the newest: the gate reads production at the candidate's.
     """
     from features.reader import FeatureVersions, load_examples
-    from training import tracking
-    from training.evaluation import split_metrics, split_ranks
-    from training.metrics import DEFAULT_KS
-    from training.model_io import read_info
-    from training.retriever import Retriever
+    from training.common import tracking
+    from training.retrieval.evaluation import split_metrics, split_ranks
+    from training.retrieval.io import read_info
+    from training.retrieval.metrics import DEFAULT_KS
+    from training.retrieval.retriever import Retriever
 
     with tracking.downloaded_version(settings, version) as directory:
         retriever = Retriever.from_directory(directory)
@@ -175,9 +175,9 @@ def evaluate_ranking_at(settings: Settings, version: str, versions: dict[str, in
     """Validation metrics (``val_auc_click``, ...) of registered ranker ``version`` at the
     ranking feature ``versions`` (features/ranking_examples and item_vocab)."""
     from features.ranking_reader import RankingVersions, load_ranking_examples
-    from training import tracking
-    from training.ranking_eval import evaluate, predict
-    from training.ranking_io import RankingScorer
+    from training.common import tracking
+    from training.ranking.evaluation import evaluate, predict
+    from training.ranking.io import RankingScorer
 
     with tracking.downloaded_version(settings, version, settings.registered_ranking_model) as directory:
         scorer = RankingScorer.from_directory(directory)
@@ -193,14 +193,14 @@ def model_name(settings: Settings, task: Task = "retrieval") -> str:
 
 def model_feature_versions(settings: Settings, version: str, task: Task = "retrieval") -> dict[str, int]:
     """The feature versions registered ``version`` was trained on (its model.json or ranking.json)."""
-    from training import tracking
+    from training.common import tracking
 
     with tracking.downloaded_version(settings, version, model_name(settings, task)) as directory:
         if task == "ranking":
-            from training.ranking_io import read_ranking_info
+            from training.ranking.io import read_ranking_info
 
             return read_ranking_info(directory).feature_versions
-        from training.model_io import read_info
+        from training.retrieval.io import read_info
 
         return read_info(directory).feature_versions
 
@@ -208,7 +208,7 @@ def model_feature_versions(settings: Settings, version: str, task: Task = "retri
 def compare(settings: Settings, candidate_version: str, task: Task = "retrieval") -> Comparison:
     """Evaluate the candidate and the current production version at the candidate's feature versions."""
     from serving.registry import served_version
-    from training import tracking
+    from training.common import tracking
 
     name = model_name(settings, task)
     evaluate = evaluate_ranking_at if task == "ranking" else evaluate_at
@@ -227,7 +227,7 @@ def compare(settings: Settings, candidate_version: str, task: Task = "retrieval"
 
 def record(settings: Settings, comparison: Comparison, decision: Decision, policy: GatePolicy) -> None:
     """Log the comparison and the decision to the candidate's MLflow run (``gate_*``)."""
-    from training import tracking
+    from training.common import tracking
 
     if not comparison.candidate_run_id:
         return
@@ -292,7 +292,7 @@ def newest_version(settings: Settings, model: str | None = None) -> str | None:
 
 def registered_versions(settings: Settings, model: str | None = None) -> list[int]:
     """Every registered version number of ``model`` (default ``settings.registered_model``)."""
-    from training import tracking
+    from training.common import tracking
 
     name = model or settings.registered_model
     found = tracking.client(settings).search_model_versions(filter_string=f"name = '{name}'")

@@ -29,8 +29,8 @@ from infra.settings import Settings
 from workflows.promotion import GateOutcome, GatePolicy, run_gate
 
 if TYPE_CHECKING:
-    from training.ranking_runner import RankingOutcome
-    from training.runner import TrainOutcome
+    from training.ranking.runner import RankingOutcome
+    from training.retrieval.runner import TrainOutcome
 
 Log = Callable[[str], None]
 
@@ -56,7 +56,7 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class RankingOptions:
-    """A ranking run (the defaults are ``training.ranking_config.RankingTrainConfig``'s)."""
+    """A ranking run (the defaults are ``training.ranking.config.RankingTrainConfig``'s)."""
 
     kind: Literal["ranker", "dlrm"] = "ranker"
     epochs: int = 8
@@ -89,10 +89,10 @@ def train_candidate(settings: Settings, options: TrainOptions, log: Log = print)
     """Train and register a retrieval model: a warm start from production unless there is none
     or ``options.from_scratch``."""
     from serving.registry import served_version
-    from training import tracking
-    from training.config import EncoderConfig, TrainConfig
-    from training.model_io import read_info
-    from training.runner import train
+    from training.common import tracking
+    from training.retrieval.config import EncoderConfig, TrainConfig
+    from training.retrieval.io import read_info
+    from training.retrieval.runner import train
 
     production = None if options.from_scratch else served_version(settings)
     if production is None:
@@ -134,8 +134,8 @@ def warm_start_round(
 def train_ranker(settings: Settings, options: RankingOptions, log: Log = print) -> RankingOutcome:
     """Train a ranker on the latest features/ranking_examples on Ray Train and register it
     (``settings.registered_ranking_model``); nothing is promoted."""
-    from training.ranking_config import RankerConfig, RankingTrainConfig
-    from training.ranking_runner import train_ranking
+    from training.ranking.config import RankerConfig, RankingTrainConfig
+    from training.ranking.runner import train_ranking
 
     config = RankingTrainConfig(
         model=RankerConfig(kind=options.kind),

@@ -77,8 +77,8 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from ingestion.synthetic import SyntheticConfig, generate_events
     from serving.deploy import deploy
     from serving.registry import promote
-    from training.config import EncoderConfig, TrainConfig
-    from training.runner import train
+    from training.retrieval.config import EncoderConfig, TrainConfig
+    from training.retrieval.runner import train
 
     with phase("cluster up"):
         cluster.up(settings, ["kafka", "mlflow", "ray"])
@@ -110,8 +110,8 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
 def train_pair(settings: Settings, args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
     """The ranker and DLRM of one seed on the same examples, workers and epochs."""
-    from training.ranking_config import RankerConfig, RankingTrainConfig
-    from training.ranking_runner import train_ranking
+    from training.ranking.config import RankerConfig, RankingTrainConfig
+    from training.ranking.runner import train_ranking
 
     pair = {}
     for kind in ("ranker", "dlrm"):
@@ -135,8 +135,8 @@ def train_pair(settings: Settings, args: argparse.Namespace, seed: int) -> dict[
 
 def quality(settings: Settings, args: argparse.Namespace, pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The seeds' runs side by side: mean and std per metric, the ranker's lead, speeds; popularity once."""
-    from training.ranking_config import RankingTrainConfig
-    from training.ranking_runner import train_ranking_popularity
+    from training.ranking.config import RankingTrainConfig
+    from training.ranking.runner import train_ranking_popularity
 
     runs = {kind: [pair[kind] for pair in pairs] for kind in ("ranker", "dlrm")}
     with phase("popularity"):

@@ -171,8 +171,8 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from ingestion.synthetic import SyntheticConfig, generate_events
     from serving.deploy import deploy
     from serving.registry import promote
-    from training.config import EncoderConfig, TrainConfig
-    from training.runner import train
+    from training.retrieval.config import EncoderConfig, TrainConfig
+    from training.retrieval.runner import train
 
     out: dict[str, Any] = {}
     with phase("cluster up"):
@@ -239,9 +239,9 @@ class Catalogues:
     """Model versions of the trained encoder over catalogues of N items (perturbed copies)."""
 
     def __init__(self, settings: Settings, version: str, max_items: int, noise: float, seed: int) -> None:
-        from training import tracking
-        from training.model import PLAIN_WEIGHT
-        from training.model_io import read_info, read_weights
+        from training.common import tracking
+        from training.retrieval.io import read_info, read_weights
+        from training.retrieval.model import PLAIN_WEIGHT
 
         self.settings = settings
         with tracking.downloaded_version(settings, version) as directory:
@@ -295,9 +295,9 @@ class Catalogues:
 
     def register(self, items: int, scratch: Path) -> tuple[str, str, dict[str, float]]:
         """A registered version over ``items`` items; (version, run id, seconds per step)."""
-        from training import tracking
-        from training.model import PLAIN_WEIGHT
-        from training.model_io import ModelInfo, save_model
+        from training.common import tracking
+        from training.retrieval.io import ModelInfo, save_model
+        from training.retrieval.model import PLAIN_WEIGHT
 
         seconds: dict[str, float] = {}
         started = time.perf_counter()
@@ -327,7 +327,7 @@ class Catalogues:
 
 def register_copy(settings: Settings, version: str) -> str:
     """A new registered version with the files of ``version`` (same source and run)."""
-    from training import tracking
+    from training.common import tracking
 
     client = tracking.client(settings)
     source = client.get_model_version(settings.registered_model, version)
@@ -629,8 +629,8 @@ def hnsw_recall(
     from deltalake import DeltaTable
 
     from serving.catalog import Catalog, build_index
-    from training.model import RetrievalModel
-    from training.retriever import Retriever
+    from training.retrieval.model import RetrievalModel
+    from training.retrieval.retriever import Retriever
 
     faiss.omp_set_num_threads(threads)  # as in the replicas (Ray gives a num_cpus=0 actor OMP_NUM_THREADS=1)
     model = RetrievalModel(catalogues.info.encoder, catalogues.real_items)

@@ -41,8 +41,8 @@ from infra import cluster  # noqa: E402
 from infra.processes import free_port  # noqa: E402
 from infra.settings import get_settings  # noqa: E402
 from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
-from training.config import EncoderConfig, TrainConfig  # noqa: E402
-from training.runner import train  # noqa: E402
+from training.retrieval.config import EncoderConfig, TrainConfig  # noqa: E402
+from training.retrieval.runner import train  # noqa: E402
 
 EARLIER = {
     "hstu_absolute_positions": False,

@@ -1,6 +1,6 @@
 """The baseline of the training benchmark: the same model in a plain single-process loop.
 
-No Ray, no DMP, no TorchRec: ``training.model.RetrievalModel`` (items in an ``nn.Embedding``)
+No Ray, no DMP, no TorchRec: ``training.retrieval.model.RetrievalModel`` (items in an ``nn.Embedding``)
 trained with one Adam over all parameters, on the same examples, batches, negatives and
 loss as a Ray Train worker. Only the training steps are timed, as in the worker.
 """
@@ -12,9 +12,9 @@ import time
 import torch
 
 from features.examples import SequenceExamples
-from training.config import TrainConfig
-from training.loss import retrieval_loss
-from training.model import RetrievalModel
+from training.common.loss import retrieval_loss
+from training.retrieval.config import TrainConfig
+from training.retrieval.model import RetrievalModel
 
 
 def plain_epochs(config: TrainConfig, train: SequenceExamples, epochs: int, threads: int) -> list[float]:

@@ -55,9 +55,9 @@ from infra.settings import Settings, get_settings  # noqa: E402
 from ingestion.lake_writer import append_silver  # noqa: E402
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE  # noqa: E402
 from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
-from training.config import EncoderConfig, TrainConfig  # noqa: E402
-from training.popularity import train_popularity  # noqa: E402
-from training.runner import train  # noqa: E402
+from training.retrieval.config import EncoderConfig, TrainConfig  # noqa: E402
+from training.retrieval.popularity import train_popularity  # noqa: E402
+from training.retrieval.runner import train  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "train.json"
 KINDS = ("hstu", "sasrec")

@@ -27,10 +27,10 @@ from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, generate_events
 from serving.deploy import base_url, deploy, undeploy
 from serving.registry import promote
-from training.config import EncoderConfig, TrainConfig
-from training.ranking_config import RankerConfig, RankingTrainConfig
-from training.ranking_runner import RankingOutcome, train_ranking
-from training.runner import TrainOutcome, train
+from training.ranking.config import RankerConfig, RankingTrainConfig
+from training.ranking.runner import RankingOutcome, train_ranking
+from training.retrieval.config import EncoderConfig, TrainConfig
+from training.retrieval.runner import TrainOutcome, train
 
 PARTITIONS = 4
 SYNTHETIC = dict(users=120, items=300, events=6_000, clusters=10, seed=5, span_days=2)

@@ -14,8 +14,8 @@ from conftest import Served, post, wait_for
 
 from serving.ranker import blend
 from serving.registry import promote, served_version
-from training import tracking
-from training.ranking_io import RankingScorer
+from training.common import tracking
+from training.ranking.io import RankingScorer
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from lakedata import EVENTS, append_events, tiny_config
 
 from infra.settings import Settings, get_settings
 from ingestion.synthetic import generate_events
-from training.runner import TrainOutcome, train
+from training.retrieval.runner import TrainOutcome, train
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from deltalake import write_deltalake
 from infra.settings import Settings
 from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA, SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig
-from training.config import EncoderConfig, TrainConfig
+from training.retrieval.config import EncoderConfig, TrainConfig
 
 PARTITIONS = 4
 EVENT_KEYS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.config import EncoderConfig
-from training.hstu import HSTU, time_gap_buckets
-from training.model import RetrievalModel
+from training.common.hstu import HSTU, time_gap_buckets
+from training.retrieval.config import EncoderConfig
+from training.retrieval.model import RetrievalModel
 
 KINDS = ["hstu", "sasrec"]
 

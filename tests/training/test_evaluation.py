@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from features.examples import SequenceExamples
-from training.evaluation import PopularityScorer, split_metrics, split_ranks
+from training.retrieval.evaluation import PopularityScorer, split_metrics, split_ranks
 
 
 class FixedScorer:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ingestion.schema import ACTION_IDS
-from training.loss import retrieval_loss
+from training.common.loss import retrieval_loss
 
 TEMPERATURE = 0.5
 

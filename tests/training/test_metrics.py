@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import mask_seen, prefixed, ranking_metrics, sampled_ranks
+from training.retrieval.metrics import mask_seen, prefixed, ranking_metrics, sampled_ranks
 
 
 def test_mask_seen_removes_history_and_padding_only() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.ranking_metrics import auc, average_ranks, calibration, gauc, logloss, task_metrics
+from training.ranking.metrics import auc, average_ranks, calibration, gauc, logloss, task_metrics
 
 
 def _pairs_auc(labels: np.ndarray, scores: np.ndarray) -> float:

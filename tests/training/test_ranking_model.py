@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from ingestion.schema import ACTION_IDS
-from training.config import EncoderConfig
-from training.model import RetrievalModel
-from training.model_io import ModelInfo
-from training.ranking_config import RankerConfig, RankingTrainConfig
-from training.ranking_io import RankingInfo, RankingScorer, save_ranking_model
-from training.ranking_model import RankingModel, ranking_loss
-from training.ranking_sharded import ShardedRankingModel
-from training.ranking_worker import next_item_targets, warm_start_weights
-from training.sharded_model import lookup_input, plain_weights
+from training.ranking.config import RankerConfig, RankingTrainConfig
+from training.ranking.io import RankingInfo, RankingScorer, save_ranking_model
+from training.ranking.model import RankingModel, ranking_loss
+from training.ranking.sharded_model import ShardedRankingModel
+from training.ranking.worker import next_item_targets, warm_start_weights
+from training.retrieval.config import EncoderConfig
+from training.retrieval.io import ModelInfo
+from training.retrieval.model import RetrievalModel
+from training.retrieval.sharded_model import lookup_input, plain_weights
 
 ENCODER = EncoderConfig(kind="hstu", dim=8, num_blocks=2, max_len=12, dropout=0.0)
 NUM_ITEMS = 30
@@ -105,7 +105,7 @@ def test_export_loads_without_torchrec(tmp_path: Path) -> None:
     np.save(tmp_path / "expected.npy", expected)
     script = f"""
 import sys, numpy as np
-from training.ranking_io import RankingScorer
+from training.ranking.io import RankingScorer
 scorer = RankingScorer.from_directory({str(tmp_path / "model")!r})
 got = scorer.score({HISTORY!r}, [5, 6, 7], ts=62_000)
 assert np.allclose(got, np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6), got

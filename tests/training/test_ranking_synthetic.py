@@ -9,7 +9,7 @@ import numpy as np
 
 from ingestion.schema import REQUIRED_FIELDS
 from ingestion.synthetic import SyntheticConfig, Truth, _Generator, generate_events
-from training.ranking_metrics import auc
+from training.ranking.metrics import auc
 
 CONFIG = SyntheticConfig(
     users=200, items=400, events=30_000, clusters=20, seed=5, start_ms=1_700_000_000_000, funnel=True

@@ -22,11 +22,11 @@ from features.tables import RANKING_TASKS
 from infra.settings import Settings, get_settings
 from ingestion.schema import ACTIONS, SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig, generate_events
-from training import tracking
-from training.ranking_config import RankerConfig, RankingTrainConfig
-from training.ranking_eval import evaluate, predict
-from training.ranking_io import RankingScorer
-from training.ranking_runner import RankingOutcome, ranking_settings, train_ranking
+from training.common import tracking
+from training.ranking.config import RankerConfig, RankingTrainConfig
+from training.ranking.evaluation import evaluate, predict
+from training.ranking.io import RankingScorer
+from training.ranking.runner import RankingOutcome, ranking_settings, train_ranking
 
 # 300 users, 400 items: ~25k exposures, ~20k complete train rows; the ranker's epoch takes a
 # few seconds on 2 workers. docs/ranking.md has what drives the labels and the AUC ceilings.

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from training.config import EncoderConfig
-from training.model import RetrievalModel
-from training.model_io import ModelInfo, save_model
-from training.retriever import Retriever
+from training.retrieval.config import EncoderConfig
+from training.retrieval.io import ModelInfo, save_model
+from training.retrieval.model import RetrievalModel
+from training.retrieval.retriever import Retriever
 
 NUM_ITEMS = 50
 
@@ -40,7 +40,7 @@ def test_an_exported_model_scores_without_importing_torchrec(tmp_path: Path) -> 
     script = textwrap.dedent(
         f"""
         import sys, torch
-        from training.retriever import Retriever
+        from training.retrieval.retriever import Retriever
         retriever = Retriever.from_directory({str(directory)!r})
         batch = {{"item_indices": torch.tensor([[3, 4]]), "action_ids": torch.tensor([[2, 2]]),
                   "timestamps": torch.tensor([[0, 60000]]), "lengths": torch.tensor([2])}}

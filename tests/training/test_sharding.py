@@ -17,10 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from infra.processes import free_port
-from training.config import EncoderConfig, TrainConfig
-from training.loss import retrieval_loss
-from training.sharded_model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
-from training.sharding import (
+from training.common.loss import retrieval_loss
+from training.common.sharding import (
     catalog_embeddings,
     dense_optimizer,
     gather_state,
@@ -28,7 +26,9 @@ from training.sharding import (
     load_state,
     shard_model,
 )
-from training.worker_loop import table_optimizer_state
+from training.common.worker_loop import table_optimizer_state
+from training.retrieval.config import EncoderConfig, TrainConfig
+from training.retrieval.sharded_model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
 
 # 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
 NUM_ITEMS = 40

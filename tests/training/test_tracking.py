@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 from infra.settings import Settings, get_settings
-from training import tracking
+from training.common import tracking
 
 
 def test_runs_on_two_lakes_each_show_their_own_feature_tables(mini_cluster: Settings, tmp_path: Path) -> None:

@@ -14,11 +14,12 @@ import typer
 from typer.testing import CliRunner
 
 from infra.model_options import ModelOptions
-from training import popularity, ranking_runner
 from training.cli import TRAIN_OPTIONS, register, train_config_from
-from training.config import TrainConfig
-from training.ranking_cli import RANKING_OPTIONS
-from training.ranking_config import RankingTrainConfig
+from training.ranking import runner as ranking_runner
+from training.ranking.cli import RANKING_OPTIONS
+from training.ranking.config import RankingTrainConfig
+from training.retrieval import popularity
+from training.retrieval.config import TrainConfig
 
 WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 

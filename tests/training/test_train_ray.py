@@ -18,13 +18,13 @@ from features.reader import latest_versions
 from infra import ray_access
 from infra.settings import Settings, get_settings
 from ingestion.synthetic import SyntheticConfig, generate_events
-from training import tracking
-from training.errors import TrainingError
-from training.model import PLAIN_WEIGHT
-from training.model_io import load_model, read_weights
-from training.popularity import train_popularity
-from training.retriever import Retriever
-from training.runner import TrainOutcome, train
+from training.common import tracking
+from training.common.errors import TrainingError
+from training.retrieval.io import load_model, read_weights
+from training.retrieval.model import PLAIN_WEIGHT
+from training.retrieval.popularity import train_popularity
+from training.retrieval.retriever import Retriever
+from training.retrieval.runner import TrainOutcome, train
 
 METRIC_KEYS = {f"{split}_{protocol}{name}" for split in ("val", "test") for protocol in ("", "all_") for name in
                ("hr_10", "hr_50", "hr_200", "ndcg_10", "ndcg_50", "ndcg_200", "mrr")} | {

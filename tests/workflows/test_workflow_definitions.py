@@ -70,7 +70,7 @@ def test_definitions_load_validate_and_resolve_every_job() -> None:
 def test_ranking_configs_default_to_the_ranking_packages_defaults() -> None:
     """The Dagster configs repeat the defaults (the definitions load without torch): they must agree."""
     from features.ranking import RankingSpec
-    from training.ranking_config import RankingTrainConfig
+    from training.ranking.config import RankingTrainConfig
     from workflows.assets.features import RankingExamplesConfig
     from workflows.assets.training import RankingModelConfig
     from workflows.promotion import RANKING_GATE

@@ -188,7 +188,7 @@ def test_a_failed_ray_job_fails_the_step_with_its_log_tail(mini_cluster: Setting
 
 
 def test_training_records_the_model_version_run_and_feature_versions(loop: Loop) -> None:
-    from training import tracking
+    from training.common import tracking
 
     assert loop.trained.success
     found = metadata(loop.trained, "retrieval_model")
@@ -204,9 +204,9 @@ def register_shuffled_copy(settings: Settings, version: str, directory: Path) ->
     """A worse candidate: ``version`` with its item rows permuted, registered as a new version."""
     import torch
 
-    from training import tracking
-    from training.model import PLAIN_WEIGHT
-    from training.model_io import read_info, read_weights, save_model
+    from training.common import tracking
+    from training.retrieval.io import read_info, read_weights, save_model
+    from training.retrieval.model import PLAIN_WEIGHT
 
     with tracking.downloaded_version(settings, version) as source:
         info, weights = read_info(source), read_weights(source)
@@ -243,8 +243,8 @@ def sensor_tick(loop: Loop, cursor: str | None) -> dg.SensorResult:
 
 def test_the_gate_promotes_the_first_refuses_a_worse_and_accepts_a_better_candidate(loop: Loop, tmp_path: Path) -> None:
     from serving.registry import promote, served_version
-    from training import tracking
-    from training.version_eval import evaluate_version
+    from training.common import tracking
+    from training.retrieval.version_eval import evaluate_version
 
     settings = loop.settings
     first = gate(loop)  # candidate '' = the newest registered version: 1
@@ -288,7 +288,7 @@ def test_the_gate_promotes_the_first_refuses_a_worse_and_accepts_a_better_candid
 
 def test_training_warm_starts_from_production(loop: Loop) -> None:
     from serving.registry import promote, served_version
-    from training import tracking
+    from training.common import tracking
     from workflows.rounds import TrainOptions, warm_start_round
 
     settings = loop.settings

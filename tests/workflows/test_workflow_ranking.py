@@ -48,7 +48,7 @@ def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
 
 def test_ranking_examples_model_and_gate_record_their_versions(mini_cluster: Settings, tmp_path) -> None:
     from serving.registry import served_version
-    from training import tracking
+    from training.common import tracking
 
     tag = uuid.uuid4().hex[:8]
     settings = get_settings(

@@ -64,7 +64,7 @@ def retrieval_model(
 
 
 class RankingModelConfig(dg.Config):
-    """A ranking run (the defaults are training.ranking_config.RankingTrainConfig's)."""
+    """A ranking run (the defaults are training.ranking.config.RankingTrainConfig's)."""
 
     kind: Literal["ranker", "dlrm"] = Field(
         default="ranker", description="ranker: HSTU history + target attention; dlrm: mean-pooled history."
@@ -102,7 +102,7 @@ RANKING_METRICS = ("best_val_auc_click", "best_val_gauc_click", "test_auc_click"
 def _run_metadata(settings: Any, model: str, outcome: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
     """What a training asset records: the registered version, its MLflow run, the epochs, the
     feature versions it read and the ``metrics`` the run has."""
-    from training import tracking
+    from training.common import tracking
 
     metadata: dict[str, Any] = {
         "registered_model": model,
@@ -121,7 +121,7 @@ def _run_metadata(settings: Any, model: str, outcome: Any, metrics: tuple[str, .
 
 def _feature_versions(settings: Any, run_id: str) -> dict[str, int]:
     """The feature versions the run read (its ``version.<table>`` params)."""
-    from training import tracking
+    from training.common import tracking
 
     params = tracking.client(settings).get_run(run_id).data.params
     return {key.removeprefix("version."): int(value) for key, value in params.items() if key.startswith("version.")}

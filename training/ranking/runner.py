@@ -1,9 +1,9 @@
 """The driver of a ranking run: Ray Train, then test evaluation, MLflow artifacts and registry.
 
 ``train_ranking`` pins the versions of features/ranking_examples and item_vocab, opens an MLflow
-run, and runs ``training.ranking_worker.ranking_worker`` on ``workers`` Ray Train workers.
+run, and runs ``training.ranking.worker.ranking_worker`` on ``workers`` Ray Train workers.
 Afterwards it takes the checkpoint with the best validation metric (``selection_metric``,
-default ``auc_click``), loads it as the exported plain ranker (``training.ranking_io``, the path
+default ``auc_click``), loads it as the exported plain ranker (``training.ranking.io``, the path
 serving uses) and evaluates it on the validation and test splits, logs the metrics, the
 calibration tables and plots, the model directory and the training curves, and registers a
 new version of the ranking model (``ranking_model_name``: ``streamrec-ranking`` by default).
@@ -26,14 +26,14 @@ from mlflow.exceptions import MlflowException
 
 from features.ranking_reader import RankingVersions, latest_ranking_versions, load_ranking_examples
 from infra.settings import Settings
-from training import driver, tracking
-from training.plots import plot_curves
-from training.ranking_config import RankingTrainConfig
-from training.ranking_eval import PopularityRanker, evaluate, predict
-from training.ranking_io import RankingScorer
-from training.ranking_metrics import plot_calibration
-from training.ranking_worker import RankingJob, ranking_worker
-from training.worker_loop import MODEL_DIR
+from training.common import driver, tracking
+from training.common.plots import plot_curves
+from training.common.worker_loop import MODEL_DIR
+from training.ranking.config import RankingTrainConfig
+from training.ranking.evaluation import PopularityRanker, evaluate, predict
+from training.ranking.io import RankingScorer
+from training.ranking.metrics import plot_calibration
+from training.ranking.worker import RankingJob, ranking_worker
 
 Log = Callable[[str], None]
 SHOWN = ("train_loss", "val_auc_click", "val_gauc_click", "val_auc_like", "val_auc_purchase")

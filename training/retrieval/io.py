@@ -3,7 +3,7 @@
 Layout (also the ``model/`` artifact of every MLflow run and registered version)::
 
     model.json               format, encoder config, num_items, feature table versions read
-    weights.pt               state dict of training.model.RetrievalModel (torch.save)
+    weights.pt               state dict of training.retrieval.model.RetrievalModel (torch.save)
     item_embeddings.parquet  item_index (int64, 1..num_items), embedding (float32[dim], L2-normalised)
 
 Item indices are those of ``features/item_vocab`` at the recorded version (and every later
@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from training.config import EncoderConfig
-from training.model import PLAIN_WEIGHT, RetrievalModel
+from training.retrieval.config import EncoderConfig
+from training.retrieval.model import PLAIN_WEIGHT, RetrievalModel
 
 FORMAT = 1
 METADATA_FILE = "model.json"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from features.reader import FeatureVersions, latest_versions, load_examples
 from infra.settings import Settings
-from training import tracking
-from training.evaluation import split_metrics, split_ranks
-from training.metrics import DEFAULT_KS
-from training.model_io import read_info
-from training.retriever import Retriever
+from training.common import tracking
+from training.retrieval.evaluation import split_metrics, split_ranks
+from training.retrieval.io import read_info
+from training.retrieval.metrics import DEFAULT_KS
+from training.retrieval.retriever import Retriever
 
 
 def evaluate_version(

@@ -4,7 +4,7 @@ Layout (the ``model/`` artifact of every ranking run and ``streamrec-ranking`` v
 
     ranking.json   format, "kind": "ranking", ranker config (kind, encoder, mixture, tasks...),
                    num_items, feature table versions read, label window_ms
-    weights.pt     state dict of training.ranking_model.RankingModel (torch.save):
+    weights.pt     state dict of training.ranking.model.RankingModel (torch.save):
                    item_embedding.weight (num_items + 1, dim; row 0 = padding) and tower.*
 
 Serving calls ``RankingScorer.score(history, candidates, ts)``: one history (oldest event
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ingestion.schema import ACTION_IDS
-from training.ranking_config import RankerConfig
-from training.ranking_model import RankingModel
+from training.ranking.config import RankerConfig
+from training.ranking.model import RankingModel
 
 FORMAT = 1
 KIND = "ranking"

@@ -4,15 +4,15 @@ Per epoch each worker takes an equal, disjoint shard of the train split (reshuff
 epoch), trains it batch by batch (the item table is sharded across workers, the encoder
 is replicated and synchronised by DDP), evaluates its shard of the validation split
 against the full catalogue, and all workers report one checkpoint: the exported model
-plus the optimizer states, gathered on rank 0 (see ``training.sharding``). Rank 0 logs
+plus the optimizer states, gathered on rank 0 (see ``training.common.sharding``). Rank 0 logs
 the epoch's metrics to the MLflow run the driver opened.
 
 Workers print nothing: their output (and Ray's) stays in Ray's worker logs; the driver
-shows one line per epoch from the metrics rank 0 logs to MLflow (``training.progress``).
+shows one line per epoch from the metrics rank 0 logs to MLflow (``training.common.progress``).
 
 A worker restarted by Ray Train (FailureConfig) or a ``--resume``d run finds the last
 checkpoint through ``ray.train.get_checkpoint()`` and continues with the next epoch. The
-epoch loop and the checkpoints are those of ranking too (``training.worker_loop``).
+epoch loop and the checkpoints are those of ranking too (``training.common.worker_loop``).
 """
 
 from __future__ import annotations
@@ -32,14 +32,9 @@ from torchrec.distributed import DistributedModelParallel
 from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
-from training.config import TrainConfig
-from training.evaluation import SplitRanks, split_metrics, split_ranks
-from training.loss import retrieval_loss
-from training.model_io import ModelInfo, read_weights, save_model
-from training.retriever import Retriever
-from training.sharded_model import ShardedRetrievalModel, lookup_input, plain_weights, sharded_weights
-from training.sharding import catalog_embeddings, dense_optimizer, shard_model
-from training.worker_loop import (
+from training.common.loss import retrieval_loss
+from training.common.sharding import catalog_embeddings, dense_optimizer, shard_model
+from training.common.worker_loop import (
     Progress,
     epoch_generator,
     load_exactly,
@@ -49,6 +44,11 @@ from training.worker_loop import (
     run_epochs,
     write_checkpoint,
 )
+from training.retrieval.config import TrainConfig
+from training.retrieval.evaluation import SplitRanks, split_metrics, split_ranks
+from training.retrieval.io import ModelInfo, read_weights, save_model
+from training.retrieval.retriever import Retriever
+from training.retrieval.sharded_model import ShardedRetrievalModel, lookup_input, plain_weights, sharded_weights
 
 FAULT_DELAY_S = 6.0
 

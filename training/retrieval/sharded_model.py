@@ -1,4 +1,4 @@
-"""The sharded twin of ``training.model.RetrievalModel``: the item table as a TorchRec
+"""The sharded twin of ``training.retrieval.model.RetrievalModel``: the item table as a TorchRec
 ``EmbeddingCollection`` (one table, ``item``, read by two features: the ``history`` of each
 row and the batch's ``candidates``) so DistributedModelParallel can shard it. It is what Ray
 Train workers train; ``plain_weights`` / ``sharded_weights`` convert state dicts between the
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from training.config import EncoderConfig
-from training.model import INIT_RANGE, PLAIN_WEIGHT, build_encoder
+from training.retrieval.config import EncoderConfig
+from training.retrieval.model import INIT_RANGE, PLAIN_WEIGHT, build_encoder
 
 TABLE = "item"
 HISTORY = "history"

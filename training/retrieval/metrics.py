@@ -4,7 +4,7 @@ A rank is 0-based: the number of candidates placed before the target. Scores equ
 target's count as before it when their item index is smaller (a deterministic tie-break,
 as a stable sort by descending score would give). Items already in the user's history and
 the padding index 0 are never candidates under the ``seen_filtered`` protocol (``mask_seen``;
-see ``training.evaluation``). A rank of inf is a target that can never be hit.
+see ``training.retrieval.evaluation``). A rank of inf is a target that can never be hit.
 """
 
 from __future__ import annotations

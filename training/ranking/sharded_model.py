@@ -1,9 +1,9 @@
-"""The sharded twin of ``training.ranking_model.RankingModel``: the item table as the same
+"""The sharded twin of ``training.ranking.model.RankingModel``: the item table as the same
 TorchRec ``EmbeddingCollection`` retrieval shards (one table ``item``, features ``history`` and
-``candidates``; ``training.sharded_model``), so ``training.sharding.shard_model`` wraps it in
+``candidates``; ``training.retrieval.sharded_model``), so ``training.common.sharding.shard_model`` wraps it in
 DistributedModelParallel unchanged: row-wise shards, a fused optimizer applied in backward,
 the tower replicated and data-parallel. Weights convert to the plain model with
-``training.sharded_model.plain_weights`` (the tower's names are the same in both).
+``training.retrieval.sharded_model.plain_weights`` (the tower's names are the same in both).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from training.model import INIT_RANGE
-from training.ranking_config import RankerConfig
-from training.ranking_model import RankingTower
-from training.sharded_model import CANDIDATES, HISTORY, TABLE, table_width
+from training.ranking.config import RankerConfig
+from training.ranking.model import RankingTower
+from training.retrieval.model import INIT_RANGE
+from training.retrieval.sharded_model import CANDIDATES, HISTORY, TABLE, table_width
 
 
 class ShardedRankingModel(nn.Module):
@@ -24,7 +24,7 @@ class ShardedRankingModel(nn.Module):
     def __init__(self, config: RankerConfig, num_items: int, table_device: torch.device | None = None) -> None:
         super().__init__()
         self.ranker_config = config
-        self.config = config.encoder  # training.sharding reads config.dim
+        self.config = config.encoder  # training.common.sharding reads config.dim
         self.num_items = num_items
         table = EmbeddingConfig(
             name=TABLE,

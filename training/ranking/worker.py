@@ -1,11 +1,11 @@
 """The Ray Train worker loop of ranking: every worker trains its shard of the examples with DMP.
 
-As retrieval (``training.worker``): per epoch each worker takes an equal, disjoint shard of the
+As retrieval (``training.retrieval.worker``): per epoch each worker takes an equal, disjoint shard of the
 train split (reshuffled every epoch); the item table is sharded row-wise across workers
-(``training.sharding.shard_model``, fused optimizer in backward), the tower is replicated and
+(``training.common.sharding.shard_model``, fused optimizer in backward), the tower is replicated and
 synchronised by DDP. The loss is the weighted sum of each task's mean BCE. Then each worker
 scores its shard of the validation split, the predictions are all-gathered, and every worker
-computes the same metrics (``training.ranking_metrics``); all report one checkpoint (the
+computes the same metrics (``training.ranking.metrics``); all report one checkpoint (the
 exported ranker plus optimizer states, gathered on rank 0), and rank 0 logs the epoch's metrics
 to the MLflow run the driver opened. A restarted worker group resumes from the last checkpoint.
 """
@@ -26,17 +26,9 @@ from torchrec.distributed import DistributedModelParallel
 from features.ranking_reader import RankingExamples, RankingVersions, load_ranking_examples
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS
-from training.loss import retrieval_loss
-from training.model import PLAIN_WEIGHT
-from training.model_io import ModelInfo
-from training.ranking_config import RankingTrainConfig
-from training.ranking_eval import Predictions, evaluate
-from training.ranking_io import RankingInfo, read_ranking_weights, save_ranking_model
-from training.ranking_model import ranking_loss
-from training.ranking_sharded import ShardedRankingModel
-from training.sharded_model import lookup_input, plain_weights, sharded_weights
-from training.sharding import dense_optimizer, load_state, shard_model
-from training.worker_loop import (
+from training.common.loss import retrieval_loss
+from training.common.sharding import dense_optimizer, load_state, shard_model
+from training.common.worker_loop import (
     Progress,
     epoch_generator,
     mean_over_workers,
@@ -45,6 +37,14 @@ from training.worker_loop import (
     run_epochs,
     write_checkpoint,
 )
+from training.ranking.config import RankingTrainConfig
+from training.ranking.evaluation import Predictions, evaluate
+from training.ranking.io import RankingInfo, read_ranking_weights, save_ranking_model
+from training.ranking.model import ranking_loss
+from training.ranking.sharded_model import ShardedRankingModel
+from training.retrieval.io import ModelInfo
+from training.retrieval.model import PLAIN_WEIGHT
+from training.retrieval.sharded_model import lookup_input, plain_weights, sharded_weights
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from features.reader import latest_versions, load_examples
 from infra.settings import Settings
-from training import tracking
-from training.config import TrainConfig
-from training.evaluation import PopularityScorer, split_metrics, split_ranks
+from training.common import tracking
+from training.retrieval.config import TrainConfig
+from training.retrieval.evaluation import PopularityScorer, split_metrics, split_ranks
 
 
 def train_popularity(settings: Settings, config: TrainConfig, log: Callable[[str], None] = print) -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""The parts of a Ray Train worker that retrieval (``training.worker``) and ranking
-(``training.ranking_worker``) share: the epoch loop with early stopping, reports and MLflow
+"""The parts of a Ray Train worker that retrieval (``training.retrieval.worker``) and ranking
+(``training.ranking.worker``) share: the epoch loop with early stopping, reports and MLflow
 metrics, and the checkpoints (the exported model plus optimizer states, gathered on rank 0)
 that a restarted worker group or a resumed run continues from.
 """
@@ -23,9 +23,9 @@ from torchrec.distributed import DistributedModelParallel
 
 from features.rows import PaddedRows
 from infra.settings import Settings
-from training.sharded_model import sharded_weights
-from training.sharding import gather_state, load_state
-from training.tracking import log_metrics
+from training.common.sharding import gather_state, load_state
+from training.common.tracking import log_metrics
+from training.retrieval.sharded_model import sharded_weights
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -188,7 +188,7 @@ def restore_checkpoint(
 
 
 def load_exactly(tensors: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
-    """Load ``full`` into ``tensors`` (``training.sharding.load_state``); every tensor must be there."""
+    """Load ``full`` into ``tensors`` (``training.common.sharding.load_state``); every tensor must be there."""
     missing = load_state(tensors, full)
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")

@@ -1,11 +1,11 @@
 """The driver of a training run: Ray Train, then test evaluation, MLflow artifacts and registry.
 
-(The popularity baseline is ``training.popularity``; evaluating a registered version,
-``training.version_eval``; job records, ``training.jobs``.)
+(The popularity baseline is ``training.retrieval.popularity``; evaluating a registered version,
+``training.retrieval.version_eval``; job records, ``training.common.jobs``.)
 
 ``train`` pins the feature table versions, opens an MLflow run, writes the run's job to
 its Ray Train storage folder (so ``--resume NAME`` repeats exactly the same job), and runs
-``training.worker.train_worker`` on ``workers`` Ray Train workers. Ray Train restores the
+``training.retrieval.worker.train_worker`` on ``workers`` Ray Train workers. Ray Train restores the
 latest checkpoint after a worker failure (FailureConfig) and when a run with the same
 name is started again (``--resume``). Afterwards the driver takes the checkpoint with the
 best validation metric, evaluates it on the test split, logs the model directory, a
@@ -24,15 +24,15 @@ from typing import Any
 
 from features.reader import FeatureVersions, latest_versions, load_examples
 from infra.settings import Settings
-from training import driver, tracking
-from training.config import TrainConfig
-from training.evaluation import split_metrics, split_ranks
-from training.jobs import read_job, write_job
-from training.plots import plot_curves
-from training.progress import EpochFollower
-from training.retriever import Retriever
-from training.worker import TrainJob, train_worker
-from training.worker_loop import MODEL_DIR
+from training.common import driver, tracking
+from training.common.jobs import read_job, write_job
+from training.common.plots import plot_curves
+from training.common.progress import EpochFollower
+from training.common.worker_loop import MODEL_DIR
+from training.retrieval.config import TrainConfig
+from training.retrieval.evaluation import split_metrics, split_ranks
+from training.retrieval.retriever import Retriever
+from training.retrieval.worker import TrainJob, train_worker
 
 Log = Callable[[str], None]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from mlflow.exceptions import MlflowException
 
 from infra.settings import Settings
-from training import tracking
+from training.common import tracking
 
 POLL_S = 2.0
 SHOWN = ("train_loss", "val_hr_10", "val_ndcg_10", "val_all_hr_10")

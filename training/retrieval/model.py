@@ -1,9 +1,9 @@
 """The plain retrieval model: an item table plus a sequential encoder, scored by cosine similarity.
 
 ``RetrievalModel`` keeps the item rows in a plain ``nn.Embedding``: the form a trained model
-is exported in, evaluated, served (through ``training.retriever.Retriever``) and trained in
+is exported in, evaluated, served (through ``training.retrieval.retriever.Retriever``) and trained in
 the plain-PyTorch baseline of the benchmark. This module never imports TorchRec: its
-sharded twin, ``training.sharded_model.ShardedRetrievalModel``, is what Ray Train workers
+sharded twin, ``training.retrieval.sharded_model.ShardedRetrievalModel``, is what Ray Train workers
 train; both share the encoder classes and parameter names (``encoder.*``), so weights move
 between them unchanged.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.config import EncoderConfig
-from training.encoders import SequenceEncoder
-from training.hstu import HSTU
-from training.sasrec import SASRec
+from training.common.encoders import SequenceEncoder
+from training.common.hstu import HSTU
+from training.common.sasrec import SASRec
+from training.retrieval.config import EncoderConfig
 
 PLAIN_WEIGHT = "item_embedding.weight"  # state-dict key of the item rows
 INIT_RANGE = 0.035  # item rows start uniform in [-r, r] (std 0.02, as the HSTU reference)

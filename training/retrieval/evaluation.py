@@ -8,7 +8,7 @@ of its target among the catalogue (item index 0, padding, is never a candidate):
   rank is infinite, so the best achievable HR is 1 - (share of repeated targets).
 * ``all_items``: nothing is removed; a repeated target competes like any other item.
 
-Scorers are linear: scores = queries(batch) @ items.T, covered by ``training.retriever.Retriever``
+Scorers are linear: scores = queries(batch) @ items.T, covered by ``training.retrieval.retriever.Retriever``
 (the models) and ``PopularityScorer`` (the baseline), and the catalogue is walked in chunks
 with running counts, so memory does not grow with the number of items. With ``sampled`` the
 target is ranked against ``negatives`` random candidates instead (of the unseen items, or of
@@ -26,8 +26,8 @@ import torch
 
 from features.examples import SequenceExamples
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
-from training.metrics import mask_seen, ranking_metrics, sampled_ranks
-from training.retriever import DEFAULT_CHUNK_ITEMS
+from training.retrieval.metrics import mask_seen, ranking_metrics, sampled_ranks
+from training.retrieval.retriever import DEFAULT_CHUNK_ITEMS
 
 PROTOCOLS = ("seen_filtered", "all_items")
 

@@ -2,7 +2,7 @@
 
 ``RankerConfig`` is the architecture (exported with the model); ``RankingTrainConfig`` is
 everything a run computes (its MLflow params). The item table's sharding and optimizers are
-those of retrieval training (``training.sharding``), so ``RankingTrainConfig.sharding_config``
+those of retrieval training (``training.common.sharding``), so ``RankingTrainConfig.sharding_config``
 hands them over as a ``TrainConfig``.
 """
 
@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.ranking_reader import TASKS
-from training.config import EmbeddingOptimizer, EncoderConfig, Sharding, TrainConfig
+from training.retrieval.config import EmbeddingOptimizer, EncoderConfig, Sharding, TrainConfig
 
 RankerKind = Literal["ranker", "dlrm"]
 Mixture = Literal["mmoe", "shared_bottom"]
@@ -34,7 +34,7 @@ class RankerConfig(BaseModel):
     )
     encoder: EncoderConfig = Field(
         default_factory=_default_encoder,
-        description="The history encoder (HSTU blocks of training.hstu); dlrm uses only its dim and max_len.",
+        description="The history encoder (HSTU blocks of training.common.hstu); dlrm uses only its dim and max_len.",
     )
     mixture: Mixture = Field("mmoe", description="mmoe (experts + a softmax gate per task) or shared_bottom.")
     experts: int = Field(4, ge=1, description="MMoE experts.")
@@ -64,7 +64,7 @@ class RankingTrainConfig(BaseModel):
         0.0,
         ge=0,
         description="ranker: weight of an auxiliary next-item loss on its HSTU states (retrieval's sampled "
-        "softmax, training.loss; target = the next event's item when it is another item); 0 disables. dlrm "
+        "softmax, training.common.loss; target = the next event's item when it is another item); 0 disables. dlrm "
         "has no sequence encoder and ignores it.",
     )
     num_negatives: int = Field(64, ge=1, description="Uniform negatives per batch of the next-item loss.")
@@ -117,7 +117,7 @@ class RankingTrainConfig(BaseModel):
         return [float(self.task_weights.get(task, 1.0)) for task in self.model.tasks]
 
     def sharding_config(self) -> TrainConfig:
-        """The fields ``training.sharding`` reads (table optimizer, betas, sharding, seed, lr)."""
+        """The fields ``training.common.sharding`` reads (table optimizer, betas, sharding, seed, lr)."""
         return TrainConfig(
             encoder=self.model.encoder,
             lr=self.lr,

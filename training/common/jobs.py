@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow.fs
 
-from training.errors import TrainingError
+from training.common.errors import TrainingError
 
 JOB_FILE = "streamrec_job.json"
 

@@ -1,5 +1,5 @@
-"""The driver-side steps that retrieval runs (``training.runner``) and ranking runs
-(``training.ranking_runner``) share: connecting to Ray and checking its resources, the
+"""The driver-side steps that retrieval runs (``training.retrieval.runner``) and ranking runs
+(``training.ranking.runner``) share: connecting to Ray and checking its resources, the
 TorchTrainer of a worker loop, a warm start's model, fitting while the MLflow run's epochs are
 followed, the best epoch's model, and ending the MLflow run FINISHED or FAILED.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 from infra import ray_access
 from infra.settings import Settings
-from training import tracking
-from training.errors import TrainingError
-from training.model_io import read_info, read_weights
-from training.worker_loop import MODEL_DIR, TRAIN_STATE_FILE, LoopConfig, LoopJob
+from training.common import tracking
+from training.common.errors import TrainingError
+from training.common.worker_loop import MODEL_DIR, TRAIN_STATE_FILE, LoopConfig, LoopJob
+from training.retrieval.io import read_info, read_weights
 
 Log = Callable[[str], None]
 

@@ -33,9 +33,9 @@ from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, Tr
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from training.config import TrainConfig
-from training.model import INIT_RANGE
-from training.sharded_model import CANDIDATES, HISTORY, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
+from training.retrieval.config import TrainConfig
+from training.retrieval.model import INIT_RANGE
+from training.retrieval.sharded_model import CANDIDATES, HISTORY, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
 
 INIT_BLOCK_ROWS = 4096  # rows drawn from one generator; a rank draws only the blocks its shard touches
 

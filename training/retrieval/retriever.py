@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.encoders import SequenceEncoder, last_hidden
-from training.model_io import ModelInfo, load_model
+from training.common.encoders import SequenceEncoder, last_hidden
+from training.retrieval.io import ModelInfo, load_model
 
 DEFAULT_CHUNK_ITEMS = 65_536
 
@@ -38,7 +38,7 @@ class Retriever:
 
     @classmethod
     def from_directory(cls, directory: Path | str) -> Retriever:
-        """The retriever of an exported model directory (``training.model_io`` layout)."""
+        """The retriever of an exported model directory (``training.retrieval.io`` layout)."""
         model, info = load_model(directory)
         return cls(model.encoder, model.item_embedding.weight, info)
 

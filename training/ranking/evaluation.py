@@ -2,7 +2,7 @@
 
 ``predict`` runs any batch scorer (``RankingScorer.score_batch``, the popularity baseline's)
 over the valid rows of a split and returns what the metrics need; ``evaluate`` turns that
-into MLflow metrics and calibration tables (``training.ranking_metrics``).
+into MLflow metrics and calibration tables (``training.ranking.metrics``).
 
 The popularity baseline scores a candidate by its positive rate per task in the train split,
 smoothed towards the task's overall rate (``(positives + m * rate) / (rows + m)``, m =
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from features.ranking_reader import RankingExamples
-from training.ranking_metrics import calibration_tables, task_metrics
+from training.ranking.metrics import calibration_tables, task_metrics
 
 PRIOR_ROWS = 20.0
 BatchScorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]

@@ -12,7 +12,7 @@ from rich.console import Console
 from infra.cli import load_settings
 from infra.model_options import ModelOptions, merge
 from training.cli import run_outcome
-from training.ranking_config import RankerConfig, RankingTrainConfig
+from training.ranking.config import RankerConfig, RankingTrainConfig
 
 console = Console()
 
@@ -46,8 +46,8 @@ def train_ranking(
     log it to MLflow and register it as streamrec-ranking (`features build --ranking` first).
 
     Every other option is a RankingTrainConfig field (ranker and encoder fields included)."""
-    from training.ranking_runner import ranking_model_name, train_ranking_popularity
-    from training.ranking_runner import train_ranking as run_ranking
+    from training.ranking.runner import ranking_model_name, train_ranking_popularity
+    from training.ranking.runner import train_ranking as run_ranking
 
     if model not in ("ranker", "dlrm", "popularity"):
         console.print(f"[red]--model must be ranker, dlrm or popularity, not {model!r}[/red]")

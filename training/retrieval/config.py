@@ -17,7 +17,7 @@ Sharding = Literal["row_wise", "table_wise"]
 
 
 class LossOptions(TypedDict):
-    """The keyword options ``training.loss.retrieval_loss`` takes from a TrainConfig."""
+    """The keyword options ``training.common.loss.retrieval_loss`` takes from a TrainConfig."""
 
     temperature: float
     in_batch_negatives: int
@@ -128,7 +128,7 @@ class TrainConfig(BaseModel):
         return self.model_copy(update={"embedding_lr": lr * self.warm_start_lr_scale})
 
     def loss_options(self) -> LossOptions:
-        """The keyword options ``training.loss.retrieval_loss`` takes from this config."""
+        """The keyword options ``training.common.loss.retrieval_loss`` takes from this config."""
         return {
             "temperature": self.temperature,
             "in_batch_negatives": self.in_batch_negatives,
