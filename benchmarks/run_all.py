@@ -1,7 +1,8 @@
-"""`make bench`: run every benchmark (benchmarks/<area>/run.py) one after another.
+"""`make bench`: run every benchmark (``python -m benchmarks.<name>``) one after another.
 
 Each benchmark measures its baseline side by side in the same run and writes
-benchmarks/results/<area>.json; this runner prints where each result landed.
+benchmarks/results/<name>.json, headed by the command that produced it; this runner prints
+where each result landed.
 """
 
 from __future__ import annotations
@@ -9,22 +10,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent
+from benchmarks.harness import RESULTS, ROOT
+
+BENCHMARKS = ("demo", "features", "ingest", "rank", "serve", "train")
 
 
 def main() -> int:
-    """Run each area's benchmark in its own process; returns the number of failures."""
+    """Run each benchmark in its own process; returns the number of failures."""
     failures = 0
-    for script in sorted(BENCHMARKS.glob("*/run.py")):
-        area = script.parent.name
-        print(f"=== benchmark {area}", flush=True)
+    for name in BENCHMARKS:
+        print(f"=== benchmark {name}", flush=True)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(script)], cwd=BENCHMARKS.parent)
+        result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=ROOT)
         seconds = time.monotonic() - started
         status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
-        print(f"=== {area}: {status} in {seconds:.0f}s -> {BENCHMARKS / 'results' / (area + '.json')}", flush=True)
+        print(f"=== {name}: {status} in {seconds:.0f}s -> {RESULTS / (name + '.json')}", flush=True)
         failures += result.returncode != 0
     return failures
 

@@ -12,20 +12,16 @@ a temporary lake. Measured in one run:
   4. load_examples("train") against reading the user_sequences table into Arrow (its I/O floor),
      on the built tables and on 100k users x 200 events written directly.
 
-    .venv/bin/python benchmarks/features/run.py [--events 1000000]
+    .venv/bin/python -m benchmarks.features [--events 1000000] [--out PATH]
 
-Writes benchmarks/results/features.json and prints its path.
+Writes benchmarks/results/features.json (``--out``) and prints its path.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,23 +30,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from features.build import build  # noqa: E402
-from features.reader import load_examples  # noqa: E402
-from features.tables import (  # noqa: E402
+from benchmarks.harness import RESULTS, header, private_home, private_settings, write_result
+from features.build import build
+from features.reader import load_examples
+from features.tables import (
     ITEM_STATS_TABLE,
     ITEM_VOCAB_SCHEMA,
     ITEM_VOCAB_TABLE,
     USER_SEQUENCES_SCHEMA,
     USER_SEQUENCES_TABLE,
 )
-from infra.settings import Settings, get_settings  # noqa: E402
-from ingestion.lake_writer import append_silver, as_silver  # noqa: E402
-from ingestion.schema import ACTIONS, SILVER_TABLE  # noqa: E402
+from infra.settings import Settings, get_settings
+from ingestion.lake_writer import append_silver, as_silver
+from ingestion.schema import ACTIONS, SILVER_TABLE
 
-RESULT = ROOT / "benchmarks" / "results" / "features.json"
+RESULT = RESULTS / "features.json"
 ACTION_SHARES = {
     "impression": 0.45,
     "click": 0.2,
@@ -161,12 +155,14 @@ def main() -> None:
     parser.add_argument("--new-fraction", type=float, default=0.01)
     parser.add_argument("--reader-users", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     quiet = lambda message: None  # noqa: E731
+    result_header = header("features", args, seeds=[args.seed])
 
-    with tempfile.TemporaryDirectory(prefix="streamrec-bench-features-") as home:
-        settings = get_settings(home=Path(home), lake_uri="")
+    with private_home("features") as home:
+        settings = private_settings(home)
         silver = settings.table_uri(SILVER_TABLE)
         days = 30
         base = silver_batch(
@@ -214,13 +210,12 @@ def main() -> None:
         examples, reader_s = best_of(3, load_examples, settings, "train")
         sequences_rows = DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE)).count()
         spark.stop()
-        at_scale = reader_at_scale(Path(home) / "reader", args.reader_users, 200, rng)
+        at_scale = reader_at_scale(home / "reader", args.reader_users, 200, rng)
         print(f"reader, {args.reader_users:,} users x 200 events: {at_scale['load_examples_test_s']:.2f}s", flush=True)
 
     ratio = incremental_s / min(full_s, rebuild_s)  # against the faster full build: conservative
     result = {
-        "benchmark": "features",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        **result_header,
         "data": {
             "events": args.events,
             "users": args.users,
@@ -251,12 +246,10 @@ def main() -> None:
             "ratio_to_plain_read": round(reader_s / plain_read_s, 2),
         },
         "reader_at_scale": at_scale,
-        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
-    print(f"results: {RESULT}")
+    print(f"results: {args.out}")
     if not equal:
         sys.exit("incremental build differs from the full rebuild")
 

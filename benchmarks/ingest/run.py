@@ -14,37 +14,30 @@ Starts its own Tansu broker (free port, temporary home), then in one run:
      a watcher polls bronze; freshness = time an event_id is visible in bronze - its send time
      (p50/p95/max).
 
-    .venv/bin/python benchmarks/ingest/run.py [--events 1000000] [--rate 2000] [--seconds 30]
+    .venv/bin/python -m benchmarks.ingest [--events 1000000] [--rate 2000] [--seconds 30] [--out PATH]
 
-Writes benchmarks/results/ingest.json and prints its path.
+Writes benchmarks/results/ingest.json (``--out``) and prints its path.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import RESULTS, header, loads, private_home, private_settings, shutdown, write_result
+from infra import cluster
+from infra.processes import tree_cpu_seconds
+from infra.settings import Settings
+from ingestion.producer import encode_event, open_producer, produce
+from ingestion.schema import BRONZE_TABLE
+from ingestion.stream import BatchReport, run_ingest
+from ingestion.synthetic import SyntheticConfig, generate_events
 
-from infra import cluster  # noqa: E402
-from infra.processes import free_port, tree_cpu_seconds  # noqa: E402
-from infra.settings import Settings, get_settings  # noqa: E402
-from ingestion.producer import encode_event, open_producer, produce  # noqa: E402
-from ingestion.schema import BRONZE_TABLE  # noqa: E402
-from ingestion.stream import BatchReport, run_ingest  # noqa: E402
-from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
-
-RESULT = ROOT / "benchmarks" / "results" / "ingest.json"
+RESULT = RESULTS / "ingest.json"
 TARGETS = {"events_per_s": 50_000, "ratio_vs_bare_consumer": 0.6, "freshness_p95_s": 5.0}
 
 
@@ -62,7 +55,7 @@ def bare_consumer(settings: Settings) -> dict:
     """Records/s of one kafka-python consumer reading the whole topic (all partitions assigned)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from ingestion.kafka_source import high_watermarks
+    from ingestion.kafka_client import high_watermarks
 
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
@@ -188,17 +181,27 @@ def main() -> None:
     parser.add_argument("--max-records-per-trigger", type=int, default=None, help="default: the setting")
     parser.add_argument("--rate", type=float, default=2_000, help="events/s of the freshness producer")
     parser.add_argument("--seconds", type=float, default=30, help="how long the freshness producer runs")
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    # The synthetic events' seeds: 1 for the throughput topic, 7 for the freshness producer.
+    result_header = header("ingest", args, seeds=[1, 7])
+    load_before = loads()
+    with private_home("ingest") as home:
+        env = {"STREAMREC_TOPIC": "bench-throughput", "STREAMREC_TOPIC_PARTITIONS": str(args.partitions),
+               "STREAMREC_LAKE_URI": str(home / "lake")}  # fmt: skip
+        if args.max_records_per_trigger:
+            env["STREAMREC_INGEST_MAX_RECORDS_PER_TRIGGER"] = str(args.max_records_per_trigger)
+        settings = private_settings(home, **env)
+        result = measure(settings, args, home)
+    result = {**result_header, **result}
+    result["machine"]["load_average_1_5_15_min"] = {"before": load_before, "after": loads()}
+    write_result(args.out, result)
+    print(json.dumps({k: result[k] for k in ("ratio_vs_bare_consumer", "met")}))
+    print(args.out)
 
-    load_before = os.getloadavg()
-    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-ingest-"))
-    os.environ.update(
-        STREAMREC_HOME=str(home), STREAMREC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}", STREAMREC_EXTERNAL=""
-    )
-    overrides = {"ingest_max_records_per_trigger": args.max_records_per_trigger} if args.max_records_per_trigger else {}
-    settings = get_settings(
-        topic="bench-throughput", topic_partitions=args.partitions, lake_uri=str(home / "lake"), **overrides
-    )
+
+def measure(settings: Settings, args: argparse.Namespace, home: Path) -> dict:
+    """Produce, the bare consumer, ingest, the bare consumer again, freshness; their figures."""
     try:
         cluster.up(settings, ["kafka"])
         print(f"producing {args.events:,} events ...", flush=True)
@@ -217,22 +220,11 @@ def main() -> None:
         create_topic(fresh_settings)
         fresh = freshness(fresh_settings, args.rate, args.seconds)
     finally:
-        cluster.down(settings)
+        shutdown(settings)
     # The baseline runs before and after ingest; their mean evens out load that changed meanwhile.
     baseline_rate = (before["records_per_s"] + after["records_per_s"]) / 2
     ratio = (ingest["sustained_records_per_s"] or 0) / baseline_rate
-    result = {
-        "benchmark": "ingest",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_1_5_15_min": {
-                "before": [round(x, 2) for x in load_before],
-                "after": [round(x, 2) for x in os.getloadavg()],
-            },
-        },
+    return {
         "events": args.events,
         "partitions": args.partitions,
         "producer_records_per_s": produced.rate,
@@ -248,11 +240,6 @@ def main() -> None:
             "freshness_p95_s": fresh["p95_s"] <= TARGETS["freshness_p95_s"],
         },
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(home, ignore_errors=True)
-    print(json.dumps({k: result[k] for k in ("ratio_vs_bare_consumer", "met")}))
-    print(RESULT)
 
 
 if __name__ == "__main__":

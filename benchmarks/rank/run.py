@@ -16,10 +16,10 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then:
    replica; then at each ``--rates`` value, side by side in turns: retrieval alone (POST /retrieve with k 10 and
    exclude_seen, the work /recommend did before a ranker served), /recommend (retrieve
    ``serve_rank_candidates`` -> rank -> blend -> 10), and /rank with 200 candidates (each
-   user's top 200 retrieved items, fetched beforehand). Open loop (benchmarks/serve/loadgen.py),
+   user's top 200 retrieved items, fetched beforehand). Open loop (benchmarks.common.loadgen),
    latency from the scheduled send; the CPU time per request of this run's processes.
 
-    .venv/bin/python benchmarks/rank/run.py [--seeds 0 1 2] [--rates 10 25 50] [--quick]
+    .venv/bin/python -m benchmarks.rank [--seeds 0 1 2] [--rates 10 25 50] [--quick]
 
 Writes benchmarks/results/rank.json (``--out``) and prints a summary. Targets: the ranker's
 click AUC (test) above DLRM's by >= 0.01; /recommend p99 <= 1.5x retrieval-alone p99.
@@ -29,43 +29,54 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import requests
 
-import requests  # noqa: E402
+from benchmarks.common import loadgen
+from benchmarks.common.cpu import CpuMeter
+from benchmarks.common.loadgen import keeps_up
+from benchmarks.common.loadgen import summary_line as load_line
+from benchmarks.harness import (
+    PHASES,
+    RESULTS,
+    header,
+    loads,
+    log,
+    phase,
+    private_home,
+    private_settings,
+    shutdown,
+    write_result,
+)
+from features.tables import RANKING_TASKS
+from infra import cluster
+from infra.settings import Settings
 
-from benchmarks.serve import loadgen  # noqa: E402
-from benchmarks.serve.cpu import CpuMeter  # noqa: E402
-from benchmarks.serve.run import METER, PHASES, keeps_up, loads, log, phase, private_settings, run_header, shutdown  # noqa: E402
-from benchmarks.serve.run import summary_line as load_line  # noqa: E402
-from features.tables import RANKING_TASKS  # noqa: E402
-from infra import cluster  # noqa: E402
-from infra.settings import Settings, get_settings  # noqa: E402
-
-RESULT = ROOT / "benchmarks" / "results" / "rank.json"
+RESULT = RESULTS / "rank.json"
 TARGETS = {"ranker_test_auc_click_over_dlrm": 0.01, "recommend_p99_over_retrieval_alone": 1.5}
 FULL = dict(users=300, items=400, events=40_000, seeds=[0, 1, 2], epochs=5, rates=[5.0, 10.0, 20.0], duration=20.0)
 QUICK = dict(users=150, items=200, events=10_000, seeds=[0], epochs=1, rates=[10.0], duration=5.0)
 RANK_CANDIDATES = 200
 
 
+METER: list[CpuMeter] = []  # set once the cluster is up
+
+
 def settings_for(home: Path, args: argparse.Namespace) -> Settings:
-    """The serving benchmark's private settings, with names of this benchmark's own."""
-    private_settings(home, args)  # exports the private cluster's STREAMREC_* (Spark and Ray read them)
-    os.environ.update({"STREAMREC_TOPIC": "bench-rank", "STREAMREC_REGISTERED_MODEL": "bench-rank-retrieval",
-                       "STREAMREC_REGISTERED_RANKING_MODEL": "bench-rank-ranking",
-                       "STREAMREC_MLFLOW_EXPERIMENT": "bench-rank"})  # fmt: skip
-    return get_settings()
+    """The private cluster's settings, with names of this benchmark's own."""
+    return private_settings(
+        home,
+        STREAMREC_TOPIC="bench-rank",
+        STREAMREC_REGISTERED_MODEL="bench-rank-retrieval",
+        STREAMREC_REGISTERED_RANKING_MODEL="bench-rank-ranking",
+        STREAMREC_MLFLOW_EXPERIMENT="bench-rank",
+        STREAMREC_TRAIN_WORKERS=str(args.workers),
+    )
 
 
 def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +88,8 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from ingestion.synthetic import SyntheticConfig, generate_events
     from serving.deploy import deploy
     from serving.registry import promote
-    from training.retrieval.config import EncoderConfig, TrainConfig
+    from training.common.config import EncoderConfig
+    from training.retrieval.config import TrainConfig
     from training.retrieval.runner import train
 
     with phase("cluster up"):
@@ -264,7 +276,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
-    args.exact_max_items = None  # private_settings reads it
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -273,12 +284,20 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    with private_home("rank") as home:
+        result = run(args, home)
+    print_summary(result)
+    print(args.out)
+
+
+def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Pipeline, models and latency on a private cluster in ``home``; the result, written to ``args.out``."""
     started = time.perf_counter()
     load_start = loads()
-    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-rank-"))
     settings = settings_for(home, args)
     result: dict[str, Any] = {
-        **run_header("rank", args),
+        # Seed 0 makes the funnel events; ranker and DLRM train once per seed of --seeds; --seed picks the requests.
+        **header("rank", args, seeds=sorted({0, args.seed, *args.seeds})),
         "tasks": list(RANKING_TASKS),
         "settings": {
             key: value
@@ -300,16 +319,13 @@ def main() -> None:
         result["quality"] = quality(settings, args, pairs)
     finally:
         shutdown(settings)
-        shutil.rmtree(home, ignore_errors=True)
     result["phases"] = PHASES
     result["machine"]["load_average_1_5_15_min"] = {"start": load_start, "end": loads()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["targets"] = TARGETS
     result["met"] = verdicts(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print_summary(result)
-    print(args.out)
+    write_result(args.out, result)
+    return result
 
 
 def verdicts(result: dict[str, Any]) -> dict[str, bool | None]:

@@ -6,7 +6,7 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
 1. Pipeline: synthetic events -> a topic -> ``run_ingest(until_idle=True)`` -> the feature
    build -> a small HSTU trained on Ray Train (registered by ``train``) -> ``promote`` ->
    ``serving.deploy.deploy``; beside the real app, in the same Serve instance, a no-op app
-   (``noop.py``: the same FastAPI ingress shape, no work) under ``/noop``.
+   (``benchmarks.common.noop``: the same FastAPI ingress shape, no work) under ``/noop``.
 2. Catalogue sizes (``--sizes``, default 10k, 100k, 1M items): for each size N a model
    version with N items. Bench items are appended to ``features/item_vocab`` (indices after
    the real ones, the same schema and build record the feature build writes, so
@@ -25,7 +25,7 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
    ``serving.catalog.build_index`` both ways on the served vectors, queries from
    ``Catalog.encode`` of real user histories (``--recall-queries``), for several efSearch
    values, each with its single-query time.
-4. Load: an open-loop generator (``loadgen.py``: fixed schedule, latency from the scheduled
+4. Load: an open-loop generator (``benchmarks.common.loadgen``: fixed schedule, latency from the scheduled
    time, bounded in-flight). First the highest rate the no-op holds (achieved >= 95% of the
    target, no error, p99 < ``--hold-p99-ms``); then at each size /recommend and /retrieve
    (random known users) at that rate and at half of it, each rate with the no-op measured
@@ -45,11 +45,11 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
    overload's); failed requests, time from the promote call to the first answer of the new
    version, and the swap's load seconds.
 
-Every load run also records the CPU time of this run's own processes by role (``cpu.py``:
+Every load run also records the CPU time of this run's own processes by role (``benchmarks.common.cpu``:
 proxy, replicas, history shard, generator...) per scheduled request, their busy cores and
 the whole machine's, so starvation by other work on the machine shows in the JSON.
 
-    .venv/bin/python benchmarks/serve/run.py [--sizes 10000 100000 1000000] [--duration 20] [--quick]
+    .venv/bin/python -m benchmarks.serve [--sizes 10000 100000 1000000] [--duration 20] [--quick]
 
 Writes benchmarks/results/serve.json (``--out``) and prints a summary table. Each phase
 records the load averages before and after it: only ratios measured side by side in this run
@@ -62,35 +62,39 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import platform
 import random
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import requests
+import torch
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.common import loadgen
+from benchmarks.common.cpu import CpuMeter
+from benchmarks.common.loadgen import holds, keeps_up, summary_line
+from benchmarks.harness import (
+    PHASES,
+    RESULTS,
+    header,
+    loads,
+    log,
+    phase,
+    private_home,
+    private_settings,
+    shutdown,
+    write_result,
+)
+from features.tables import ITEM_VOCAB_SCHEMA, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, build_record, recorded_state
+from infra import cluster
+from infra.settings import Settings
 
-from benchmarks.serve import loadgen  # noqa: E402
-from benchmarks.serve.cpu import CpuMeter  # noqa: E402
-from features.tables import ITEM_VOCAB_SCHEMA, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, build_record, recorded_state  # noqa: E402  # noqa: E402
-from infra import cluster  # noqa: E402
-from infra.processes import free_port  # noqa: E402
-from infra.settings import Settings, get_settings  # noqa: E402
-
-RESULT = ROOT / "benchmarks" / "results" / "serve.json"
+RESULT = RESULTS / "serve.json"
 TARGETS = {
     "recommend_p99_over_noop_at_100k_items_max_rate": 2.0,
     "hnsw_recall_at_100_default_ef": 0.95,
@@ -105,52 +109,15 @@ QUICK = dict(users=500, items=2_000, events=20_000, epochs=1, sizes=[10_000], du
              low_duration=5.0, noop_rates=[50, 100, 200], freshness_users=10, recall_queries=200,
              swap_duration=12.0, knee_pairs=2)  # fmt: skip
 
-PHASES: list[dict[str, Any]] = []
 METER: list[CpuMeter] = []  # set once the cluster is up
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loads() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
-@contextmanager
-def phase(name: str) -> Iterator[dict[str, Any]]:
-    """Time a phase and record the load averages before and after it (PHASES, in the JSON)."""
-    record: dict[str, Any] = {"phase": name, "load_before": loads()}
-    started = time.perf_counter()
-    log(f"{name} ...")
-    try:
-        yield record
-    finally:
-        record["seconds"] = round(time.perf_counter() - started, 1)
-        record["load_after"] = loads()
-        PHASES.append(record)
-        log(f"{name}: {record['seconds']} s (load {record['load_before'][0]} -> {record['load_after'][0]})")
 
 
 # Setup ----------------------------------------------------------------------------------
 
 
-def private_settings(home: Path, args: argparse.Namespace) -> Settings:
-    """Settings of a private mini-cluster on free ports; STREAMREC_* exported first (Spark, Ray read them)."""
+def settings_for(home: Path, args: argparse.Namespace) -> Settings:
+    """The private cluster's settings, with names of this benchmark's own."""
     env = {
-        "STREAMREC_HOME": str(home),
-        "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "STREAMREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
-        "STREAMREC_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
-        "STREAMREC_RAY_DASHBOARD_PORT": str(free_port()),
-        "STREAMREC_RAY_CLIENT_PORT": str(free_port()),
-        "STREAMREC_SERVE_PORT": str(free_port()),
-        "STREAMREC_DAGSTER_PORT": str(free_port()),
-        "STREAMREC_EXTERNAL": "",
-        "STREAMREC_LAKE_URI": "",
-        "STREAMREC_TRAIN_STORAGE": "",
-        "STREAMREC_RAY_AUTH": "token",
-        "STREAMREC_RAY_AUTH_TOKEN_FILE": str(home / "ray" / "auth_token"),
         "STREAMREC_TOPIC": "bench-serve",
         "STREAMREC_REGISTERED_MODEL": "bench-serve-retrieval",
         "STREAMREC_MLFLOW_EXPERIMENT": "bench-serve",
@@ -158,9 +125,7 @@ def private_settings(home: Path, args: argparse.Namespace) -> Settings:
     }
     if args.exact_max_items:
         env["STREAMREC_SERVE_EXACT_MAX_ITEMS"] = str(args.exact_max_items)
-    os.environ.pop("STREAMREC_CONFIG", None)
-    os.environ.update(env)
-    return get_settings()
+    return private_settings(home, **env)
 
 
 def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -171,7 +136,8 @@ def pipeline(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from ingestion.synthetic import SyntheticConfig, generate_events
     from serving.deploy import deploy
     from serving.registry import promote
-    from training.retrieval.config import EncoderConfig, TrainConfig
+    from training.common.config import EncoderConfig
+    from training.retrieval.config import TrainConfig
     from training.retrieval.runner import train
 
     out: dict[str, Any] = {}
@@ -210,7 +176,7 @@ def deploy_noop(settings: Settings) -> None:
     """The no-op app in the same Serve instance as the real one; returns once it answers."""
     from ray import serve
 
-    from benchmarks.serve.noop import APP_NAME, ROUTE_PREFIX, noop_app
+    from benchmarks.common.noop import APP_NAME, ROUTE_PREFIX, noop_app
 
     app = noop_app(settings.serve_max_ongoing_requests, settings.serve_max_queued_requests)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
@@ -240,8 +206,8 @@ class Catalogues:
 
     def __init__(self, settings: Settings, version: str, max_items: int, noise: float, seed: int) -> None:
         from training.common import tracking
+        from training.common.model import PLAIN_WEIGHT
         from training.retrieval.io import read_info, read_weights
-        from training.retrieval.model import PLAIN_WEIGHT
 
         self.settings = settings
         with tracking.downloaded_version(settings, version) as directory:
@@ -296,8 +262,8 @@ class Catalogues:
     def register(self, items: int, scratch: Path) -> tuple[str, str, dict[str, float]]:
         """A registered version over ``items`` items; (version, run id, seconds per step)."""
         from training.common import tracking
+        from training.common.model import PLAIN_WEIGHT
         from training.retrieval.io import ModelInfo, save_model
-        from training.retrieval.model import PLAIN_WEIGHT
 
         seconds: dict[str, float] = {}
         started = time.perf_counter()
@@ -331,6 +297,8 @@ def register_copy(settings: Settings, version: str) -> str:
 
     client = tracking.client(settings)
     source = client.get_model_version(settings.registered_model, version)
+    if source.source is None:
+        raise RuntimeError(f"{settings.registered_model} version {version} names no source to copy")
     return str(client.create_model_version(settings.registered_model, source.source, run_id=source.run_id).version)
 
 
@@ -388,18 +356,9 @@ def measure(
     return result
 
 
-def keeps_up(result: dict[str, Any]) -> bool:
-    """No errors and at least 95% of the target rate achieved."""
-    return result["errors"] == 0 and result["achieved_qps"] >= 0.95 * result["target_qps"]
-
-
-def holds(result: dict[str, Any], p99_limit_ms: float) -> bool:
-    return keeps_up(result) and result["p99_ms"] is not None and result["p99_ms"] < p99_limit_ms
-
-
 def noop_max_rate(settings: Settings, args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
     """The highest stepped rate the no-op holds (a failing step is measured once more)."""
-    from benchmarks.serve.noop import ROUTE_PREFIX
+    from benchmarks.common.noop import ROUTE_PREFIX
 
     steps, best = [], None
     for rate in args.noop_rates:
@@ -424,7 +383,7 @@ def noop_max_rate(settings: Settings, args: argparse.Namespace, users: list[str]
 
 def size_load(settings: Settings, args: argparse.Namespace, users: list[str], rates: list[float]) -> list[dict]:
     """/recommend and /retrieve at each rate, each rate with the no-op measured right before them."""
-    from benchmarks.serve.noop import ROUTE_PREFIX
+    from benchmarks.common.noop import ROUTE_PREFIX
 
     for path in ("/recommend", "/retrieve"):  # warm-up: first queries of a new catalogue
         measure(settings, path, args.low_rate, 3.0, users, seed=7)
@@ -471,7 +430,7 @@ def knee_pairs(
 ) -> list[dict[str, Any]]:
     """``--knee-pairs`` side-by-side p99s of the no-op and /recommend at ``rate``: the pair that
     ``size_load`` measured there if any (no-op first), then more, alternating which goes first."""
-    from benchmarks.serve.noop import ROUTE_PREFIX
+    from benchmarks.common.noop import ROUTE_PREFIX
 
     first = {row["endpoint"]: row for row in rows if row["rate"] == rate}
     pairs = []
@@ -506,15 +465,6 @@ def pair_figures(noop: dict, recommend: dict, hold_p99_ms: float, first: int) ->
         },  # fmt: skip
         "p99_ratio": None if ratio is None else round(ratio, 2),
     }
-
-
-def summary_line(result: dict[str, Any]) -> str:
-    top = ", ".join(f"{name} {ms}" for name, ms in list(result["cpu_ms_per_request"].items())[:3])
-    return (
-        f"{result['achieved_qps']:.0f}/s p50 {result['p50_ms']} p95 {result['p95_ms']} p99 {result['p99_ms']} ms, "
-        f"{result['errors']} errors {result['errors_by_kind'] or ''}; CPU ms/request "
-        f"{result['cpu_ms_per_request_total']} ({top}), machine busy {result['machine_busy_cores']} cores"
-    )
 
 
 # Freshness and swap under load ------------------------------------------------------------
@@ -726,24 +676,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_header(benchmark: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The first fields of a benchmark's JSON: its name, when, the machine and the arguments."""
-    return {
-        "benchmark": benchmark,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-    }
-
-
 def main() -> None:
     args = parse_args()
+    with private_home("serve") as home:
+        result = run(args, home)
+    print_summary(result)
+    print(args.out)
+
+
+def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Every phase on a private cluster in ``home``; the result, written to ``args.out``."""
     started = time.perf_counter()
     load_start = loads()
-    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-serve-"))
-    settings = private_settings(home, args)
+    settings = settings_for(home, args)
     result: dict[str, Any] = {
-        **run_header("serve", args),
+        **header("serve", args, seeds=[args.seed]),
         "settings": {key: value for key, value in settings.model_dump(mode="json").items() if key.startswith("serve_")},
         "catalogue": {
             "bench_items": "features/item_vocab rows 'bench-<index>' appended after the real items (same schema, "
@@ -806,29 +753,13 @@ def main() -> None:
             )
     finally:
         shutdown(settings)
-        shutil.rmtree(home, ignore_errors=True)
     result["phases"] = PHASES
     result["machine"]["load_average_1_5_15_min"] = {"start": load_start, "end": loads()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["targets"] = TARGETS
     result["met"] = verdicts(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print_summary(result)
-    print(args.out)
-
-
-def shutdown(settings: Settings) -> None:
-    try:
-        import ray
-        from ray import serve
-
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-    except Exception as error:  # the cluster goes down next anyway
-        log(f"serve shutdown: {error}")
-    cluster.down(settings)
+    write_result(args.out, result)
+    return result
 
 
 def median_p99_ratio(pairs: list[dict[str, Any]]) -> float | None:

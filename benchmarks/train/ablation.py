@@ -15,7 +15,7 @@ the same hyperparameters (model selected on validation, test read once):
 Test NDCG@10 / HR@10 under both protocols, mean and std over seeds, and each variant's gap
 to ``earlier`` and to ``sasrec`` with whether it exceeds one standard deviation.
 
-    .venv/bin/python benchmarks/train/ablation.py --dataset ../shared/data/wikipedia.txt [--seeds 0 1 2]
+    .venv/bin/python -m benchmarks.train.ablation --dataset ../shared/data/wikipedia.txt [--seeds 0 1 2]
 
 Writes benchmarks/results/hstu_ablation_<dataset>.json (``--out``) and prints the table.
 """
@@ -24,25 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.serve.run import run_header  # noqa: E402
-from benchmarks.train.run import build_lake  # noqa: E402
-from infra import cluster  # noqa: E402
-from infra.processes import free_port  # noqa: E402
-from infra.settings import get_settings  # noqa: E402
-from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
-from training.retrieval.config import EncoderConfig, TrainConfig  # noqa: E402
-from training.retrieval.runner import train  # noqa: E402
+from benchmarks.harness import RESULTS, header, private_home, private_settings, shutdown, write_result
+from benchmarks.train.run import build_lake
+from infra import cluster
+from infra.settings import Settings
+from ingestion.synthetic import SyntheticConfig, generate_events
+from training.common.config import EncoderConfig
+from training.retrieval.config import TrainConfig
+from training.retrieval.runner import train
 
 EARLIER = {
     "hstu_absolute_positions": False,
@@ -91,22 +85,17 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    name = args.dataset.stem if args.dataset else "synthetic"
-    out = args.out or ROOT / "benchmarks" / "results" / f"hstu_ablation_{name}.json"
+    with private_home("ablation") as home:
+        run(args, private_settings(home))
 
-    home = Path(tempfile.mkdtemp(prefix="streamrec-ablation-"))
-    settings = get_settings(
-        home=home,
-        lake_uri="",
-        external=[],
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
-        ray_address=f"127.0.0.1:{free_port()}",
-        ray_dashboard_port=free_port(),
-        ray_client_port=free_port(),
-        train_storage="",
-    )
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
+    """Every variant over every seed on the private cluster of ``settings``; writes the result file."""
+    name = args.dataset.stem if args.dataset else "synthetic"
+    out = args.out or RESULTS / f"hstu_ablation_{name}.json"
     started = time.perf_counter()
-    result: dict[str, Any] = {**run_header("hstu_ablation", args), "variants": VARIANTS}
+    # Seed 0 makes the synthetic events (without --dataset); each variant trains once per seed of --seeds.
+    result: dict[str, Any] = {**header("hstu_ablation", args, seeds=sorted({0, *args.seeds})), "variants": VARIANTS}
     table: dict[str, Any] = {}
     try:
         cluster.up(settings, ["mlflow", "ray"])
@@ -127,13 +116,9 @@ def main() -> None:
                 runs.append({"seed": seed, "best_epoch": run.best_epoch, **{key: run.metrics[key] for key in METRICS}})
                 print(f"{variant} seed {seed}: {json.dumps(runs[-1])}", flush=True)
             table[variant] = {"runs": runs, "summary": {key: mean_std([r[key] for r in runs]) for key in METRICS}}
-            write(out, {**result, "table": table, "complete": False})  # a cut-short run keeps what it measured
+            write_result(out, {**result, "table": table, "complete": False})  # a cut-short run keeps what it measured
     finally:
-        import ray
-
-        ray.shutdown()
-        cluster.down(settings, ["mlflow", "ray"])
-        shutil.rmtree(home, ignore_errors=True)
+        shutdown(settings)
     result["table"] = table
     result["complete"] = True
     result["gaps_ndcg_10"] = {
@@ -146,14 +131,8 @@ def main() -> None:
     for variant, row in table.items():
         cells = [row["summary"][key] for key in METRICS]
         print(f"{variant:<16}" + "".join(f"{cell['mean']:>15.4f}±{cell['std']:.4f}" for cell in cells))
-    write(out, result)
+    write_result(out, result)
     print(f"\nresults: {out}")
-
-
-def write(out: Path, result: dict[str, Any]) -> None:
-    """``result`` as indented JSON at ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

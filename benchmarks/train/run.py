@@ -6,7 +6,7 @@ reference hyperparameters (dim 50, 2 blocks, 1 head, max_len 200, batch 128, 128
 1. Synthetic events (``ingestion.synthetic``) are written to silver/events and the real
    feature build (Spark) makes the feature tables; every run reads them through the reader.
 2. For HSTU and SASRec, train sequences/s (the training steps of an epoch, after the first)
-   * in the plain single-process loop (``plain_loop.py``: nn.Embedding, no Ray, no DMP), with
+   * in the plain single-process loop (``benchmarks.train.plain_loop``: nn.Embedding, no Ray, no DMP), with
      as many torch threads as one Ray worker has CPUs;
    * with ``streamrec train`` on 1 worker without and with length bucketing (same data, same
      run: the speed-up of grouping batches by length), and on 2 workers with it.
@@ -19,9 +19,9 @@ reference hyperparameters (dim 50, 2 blocks, 1 head, max_len 200, batch 128, 128
    feature build). The JSON records the hyperparameters that ran (the resolved item-table
    optimizer included) and the arguments.
 
-    .venv/bin/python benchmarks/train/run.py [--events 100000] [--dataset ml-1m/ratings.dat --format movielens]
+    .venv/bin/python -m benchmarks.train [--events 100000] [--dataset ml-1m/ratings.dat --format movielens]
 
-Writes benchmarks/results/train.json and prints its path.
+Writes benchmarks/results/train.json (``--out``) and prints its path.
 """
 
 from __future__ import annotations
@@ -29,37 +29,30 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import pyarrow as pa
 
-import pyarrow as pa  # noqa: E402
+from benchmarks.harness import RESULTS, header, private_home, private_settings, shutdown, write_result
+from benchmarks.train.plain_loop import plain_epochs
+from features.build import build
+from features.reader import latest_versions, load_examples
+from infra import cluster
+from infra.settings import Settings
+from ingestion.lake_writer import append_silver
+from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE
+from ingestion.synthetic import SyntheticConfig, generate_events
+from training.common.config import EncoderConfig
+from training.retrieval.config import TrainConfig
+from training.retrieval.popularity import train_popularity
+from training.retrieval.runner import train
 
-from benchmarks.train.plain_loop import plain_epochs  # noqa: E402
-from features.build import build  # noqa: E402
-from features.reader import latest_versions, load_examples  # noqa: E402
-from infra import cluster  # noqa: E402
-from infra.processes import free_port  # noqa: E402
-from infra.settings import Settings, get_settings  # noqa: E402
-from ingestion.lake_writer import append_silver  # noqa: E402
-from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE  # noqa: E402
-from ingestion.synthetic import SyntheticConfig, generate_events  # noqa: E402
-from training.retrieval.config import EncoderConfig, TrainConfig  # noqa: E402
-from training.retrieval.popularity import train_popularity  # noqa: E402
-from training.retrieval.runner import train  # noqa: E402
-
-RESULT = ROOT / "benchmarks" / "results" / "train.json"
+RESULT = RESULTS / "train.json"
 KINDS = ("hstu", "sasrec")
 OVERHEAD_TARGET = 1.3
 
@@ -199,29 +192,24 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true", help="only the quality table")
     parser.add_argument("--dataset", type=Path, help="an extra dataset for the quality table")
     parser.add_argument("--format", choices=("sasrec", "movielens", "csv"), default="sasrec")
+    parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    with private_home("train") as home:
+        run(args, home, private_settings(home))
 
-    home = Path(tempfile.mkdtemp(prefix="streamrec-train-bench-"))
-    settings = get_settings(
-        home=home,
-        lake_uri="",
-        external=[],
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
-        ray_address=f"127.0.0.1:{free_port()}",
-        ray_dashboard_port=free_port(),
-        ray_client_port=free_port(),
-        train_storage="",
-    )
+
+def run(args: argparse.Namespace, home: Path, settings: Settings) -> None:
+    """Throughput and quality on the private cluster of ``settings``; writes ``args.out``."""
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        # Seed 0 makes the synthetic events; the quality table trains once per seed of --seeds.
+        **header("train", args, seeds=sorted({0, *args.seeds})),
         "hyperparameters": {
             **TrainConfig().model_dump(mode="json"),
             "resolved_table_optimizer": dict(
                 zip(("name", "lr"), TrainConfig().table_optimizer(use_gpu=False), strict=True)
             ),
         },
-        "arguments": {key: str(value) for key, value in vars(args).items()},
     }
     try:
         cluster.up(settings, ["mlflow", "ray"])
@@ -245,11 +233,7 @@ def main() -> None:
                                  **build_lake(dataset, replay_events(frame))}  # fmt: skip
             result["quality"][args.dataset.name] = quality(dataset, args.quality_epochs, args.patience, args.seeds)
     finally:
-        import ray
-
-        ray.shutdown()
-        cluster.down(settings, ["mlflow", "ray"])
-        shutil.rmtree(home, ignore_errors=True)
+        shutdown(settings)
     result["hstu_vs_sasrec"] = {name: comparison(table) for name, table in result["quality"].items()}
     result["seconds"] = round(time.perf_counter() - started, 1)
 
@@ -259,9 +243,8 @@ def main() -> None:
     for name, table in result["quality"].items():
         print_quality(name, table)
         print(f"HSTU vs SASRec (NDCG@10): {json.dumps(result['hstu_vs_sasrec'][name])}")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nresults: {RESULT}")
+    write_result(args.out, result)
+    print(f"\nresults: {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 OnBody = Callable[[float, bytes], None]  # (arrival time, loop clock; response body) of each 200
+Side = Callable[[float], Coroutine[Any, Any, Any]]  # an async function run beside the load from its start time
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,12 @@ class LoadSpec:
     timeout_s: float = 10.0  # per request, from when it is handed to aiohttp
 
 
-def run(
-    spec: LoadSpec, on_body: OnBody | None = None, side: Callable[[float], Awaitable[Any]] | None = None
-) -> dict[str, Any]:
+def run(spec: LoadSpec, on_body: OnBody | None = None, side: Side | None = None) -> dict[str, Any]:
     """Run ``spec`` open loop; ``side(start)`` runs beside it (e.g. a promotion); returns the figures."""
     return asyncio.run(_run(spec, on_body, side))
 
 
-async def _run(spec: LoadSpec, on_body: OnBody | None, side: Callable[[float], Awaitable[Any]] | None) -> dict:
+async def _run(spec: LoadSpec, on_body: OnBody | None, side: Side | None) -> dict:
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -126,3 +125,23 @@ async def _run(spec: LoadSpec, on_body: OnBody | None, side: Callable[[float], A
 
 def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+
+def keeps_up(result: dict[str, Any]) -> bool:
+    """No errors and at least 95% of the target rate achieved."""
+    return result["errors"] == 0 and result["achieved_qps"] >= 0.95 * result["target_qps"]
+
+
+def holds(result: dict[str, Any], p99_limit_ms: float) -> bool:
+    """Kept up, and p99 under ``p99_limit_ms``."""
+    return keeps_up(result) and result["p99_ms"] is not None and result["p99_ms"] < p99_limit_ms
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One log line of a run's figures, with the CPU usage ``CpuMeter.usage`` added to them."""
+    top = ", ".join(f"{name} {ms}" for name, ms in list(result["cpu_ms_per_request"].items())[:3])
+    return (
+        f"{result['achieved_qps']:.0f}/s p50 {result['p50_ms']} p95 {result['p95_ms']} p99 {result['p99_ms']} ms, "
+        f"{result['errors']} errors {result['errors_by_kind'] or ''}; CPU ms/request "
+        f"{result['cpu_ms_per_request_total']} ({top}), machine busy {result['machine_busy_cores']} cores"
+    )

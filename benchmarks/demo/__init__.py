@@ -1,0 +1,1 @@
+"""The demo benchmark: `python -m benchmarks.demo --help`."""

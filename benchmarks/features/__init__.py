@@ -1,0 +1,1 @@
+"""The features benchmark: `python -m benchmarks.features --help`."""

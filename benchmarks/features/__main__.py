@@ -1,0 +1,3 @@
+from benchmarks.features.run import main
+
+main()

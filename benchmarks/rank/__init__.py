@@ -1,0 +1,1 @@
+"""The rank benchmark: `python -m benchmarks.rank --help`."""

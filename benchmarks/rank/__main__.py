@@ -1,0 +1,3 @@
+from benchmarks.rank.run import main
+
+main()

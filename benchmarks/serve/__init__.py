@@ -1,0 +1,1 @@
+"""The serve benchmark: `python -m benchmarks.serve --help`."""

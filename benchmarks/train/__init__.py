@@ -1,0 +1,1 @@
+"""The train benchmark: `python -m benchmarks.train --help`."""

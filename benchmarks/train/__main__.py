@@ -1,0 +1,3 @@
+from benchmarks.train.run import main
+
+main()

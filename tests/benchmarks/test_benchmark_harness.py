@@ -1,0 +1,112 @@
+"""The benchmarks' harness without services: the result header, the atomic write, private
+settings, the demo's stage timings, and that every benchmark starts as a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import harness
+from benchmarks.demo.run import reported, stages
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = [
+    "benchmarks.demo",
+    "benchmarks.features",
+    "benchmarks.ingest",
+    "benchmarks.rank",
+    "benchmarks.serve",
+    "benchmarks.train",
+    "benchmarks.train.ablation",
+]
+
+
+@pytest.fixture
+def environ() -> Iterator[None]:
+    """The process environment as it was, after a test that exports STREAMREC_* variables."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_the_header_names_command_commit_machine_date_and_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        sys, "orig_argv", ["/somewhere/.venv/bin/python", "-m", "benchmarks.features", "--events", "1 000"]
+    )
+    args = argparse.Namespace(events=1000, out=Path("benchmarks/results/x.json"))
+    head = harness.header("features", args, seeds=[0, 1])
+    assert head["benchmark"] == "features"
+    assert head["command"] == "python -m benchmarks.features --events '1 000'"
+    assert len(head["commit"].removesuffix("-dirty")) == 40
+    assert head["when"].endswith("+00:00")
+    assert head["machine"]["cpus"] == os.cpu_count() and head["machine"]["memory_gib"] > 0
+    assert head["arguments"] == {"events": 1000, "out": "benchmarks/results/x.json"}
+    assert head["seeds"] == [0, 1]
+    json.dumps(head)  # the header is plain JSON
+
+
+def test_a_failed_write_leaves_the_last_result_whole(tmp_path: Path) -> None:
+    path = tmp_path / "results" / "bench.json"
+    assert harness.write_result(path, {"figure": 1.5}) == path
+    assert json.loads(path.read_text()) == {"figure": 1.5}
+    with pytest.raises(TypeError):
+        harness.write_result(path, {"figure": object()})
+    assert json.loads(path.read_text()) == {"figure": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no .tmp left behind
+
+
+def test_private_settings_use_the_home_given_and_free_ports(tmp_path: Path, environ: None) -> None:
+    first = harness.private_settings(tmp_path, STREAMREC_TOPIC="bench-x")
+    assert os.environ["STREAMREC_HOME"] == str(tmp_path)
+    assert os.environ["STREAMREC_TOPIC"] == "bench-x"
+    assert first.home == tmp_path
+    ports = {os.environ[name] for name in ("STREAMREC_SERVE_PORT", "STREAMREC_RAY_DASHBOARD_PORT",
+                                           "STREAMREC_RAY_CLIENT_PORT", "STREAMREC_DAGSTER_PORT")}  # fmt: skip
+    assert len(ports) == 4
+
+
+def test_phases_are_timed_and_recorded() -> None:
+    before = len(harness.PHASES)
+    with harness.phase("nothing") as record:
+        record["note"] = "kept"
+    assert harness.PHASES[before]["phase"] == "nothing" and harness.PHASES[before]["note"] == "kept"
+    assert harness.PHASES[before]["seconds"] >= 0 and len(harness.PHASES[before]["load_after"]) == 3
+    del harness.PHASES[before:]
+
+
+def test_demo_stages_run_from_one_rule_to_the_next() -> None:
+    rule = "─" * 20
+    lines = [
+        (0.0, f"{rule} 1. local mini-cluster {rule}"),
+        (3.0, "kafka   local ..."),
+        (12.5, f"{rule} 2. produce 200,000 synthetic events {rule}"),
+        (40.0, "ranking stage: 71s"),
+        (40.5, "failed requests during the round: 0 of 527"),
+        (41.0, "demo finished in 264s; the cluster keeps running (`streamrec down`)"),
+    ]
+    assert stages(lines, ended=42.0) == [
+        {"stage": 1, "title": "local mini-cluster", "seconds": 12.5},
+        {"stage": 2, "title": "produce 200,000 synthetic events", "seconds": 29.5},
+    ]
+    assert reported(lines) == {
+        "round": ["failed requests during the round: 0 of 527"],
+        "ranking_stage_s": 71,
+        "demo_reported_s": 264,
+    }
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_benchmark_runs_as_a_module(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "--out" in done.stdout  # each says where its result goes
