@@ -21,6 +21,7 @@ import requests
 
 from features.build import build
 from features.ranking import RankingSpec
+from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.producer import OutRecord, encode_event, open_producer
 from ingestion.stream import run_ingest
@@ -85,14 +86,8 @@ def action(user_id: str, item_id: str, kind: str) -> OutRecord:
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
-    """The first true value of ``predicate()`` within ``timeout_s``; AssertionError after."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s} s")
+    """The first true value of ``predicate()`` within ``timeout_s``; TimeoutError after."""
+    return wait_until(predicate, timeout_s, every_s, what="the condition")
 
 
 def post(served: Served, path: str, body: object, **kwargs: object) -> requests.Response:
