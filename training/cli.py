@@ -1,160 +1,16 @@
-"""`streamrec train` and `streamrec evaluate`."""
+"""The training commands of the streamrec CLI (pyproject's ``training`` entry point)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any
-
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from infra.cli import load_settings
-from infra.model_options import ModelOptions, merge
-from training.retrieval.config import TrainConfig
-
-console = Console()
-
-
-# The documented short names of TrainConfig fields stay options next to the fields' own names.
-TRAIN_ALIASES = {"encoder.num_blocks": "--blocks", "encoder.num_heads": "--heads", "num_negatives": "--negatives"}
-TRAIN_OPTIONS = ModelOptions(TrainConfig, exclude={"encoder.kind"}, aliases=TRAIN_ALIASES)  # kind: --model
+from training.ranking.cli import RANKING_OPTIONS, train_ranking
+from training.retrieval.cli import TRAIN_OPTIONS, evaluate, train
 
 
 def register(app: typer.Typer) -> None:
-    """Add the training commands to the streamrec CLI."""
+    """Add the training commands to the streamrec CLI: retrieval (docs/training.md) and
+    multi-task ranking (docs/ranking.md)."""
     app.command("train")(TRAIN_OPTIONS.command(train))
     app.command("evaluate")(evaluate)
-    from training.ranking.cli import RANKING_OPTIONS, train_ranking  # multi-task ranking (docs/ranking.md)
-
     app.command("train-ranking")(RANKING_OPTIONS.command(train_ranking))
-
-
-def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
-    """Rows = splits (val, test, ...), columns = metrics."""
-    rows: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        split, _, name = key.partition("_")
-        if split == "best":
-            split, _, name = name.partition("_")
-        rows.setdefault(split, {})[name] = value
-    columns = list(dict.fromkeys(name for row in rows.values() for name in row))
-    table = Table(title=title)
-    table.add_column("split")
-    for name in columns:
-        table.add_column(name, justify="right")
-    for split, row in rows.items():
-        table.add_row(split, *(f"{row[name]:.4f}" if name in row else "-" for name in columns))
-    return table
-
-
-def train(
-    overrides: dict[str, Any],
-    model: Annotated[str, typer.Option(help="hstu, sasrec or popularity (the baseline, no Ray).")] = "hstu",
-    workers: Annotated[int | None, typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML or JSON TrainConfig; options given on the command line win.")
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Continue the run with this name from its last checkpoint.")
-    ] = None,
-    warm_start: Annotated[
-        str | None, typer.Option(help="Start from this registered model version (or 'latest').")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
-) -> None:
-    """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
-
-    Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
-    from training.common import tracking
-    from training.retrieval.popularity import train_popularity
-    from training.retrieval.runner import train as run_training
-
-    settings = load_settings()
-    try:
-        train_config = train_config_from(model, config, overrides)
-    except ValueError as error:
-        console.print(f"[red]invalid training config:[/red] {error}")
-        raise typer.Exit(2) from error
-
-    if model == "popularity":
-        outcome = run_outcome("training", model, lambda: train_popularity(settings, train_config, log=console.print))
-    else:
-        outcome = run_outcome(
-            "training",
-            train_config.encoder.kind,
-            lambda: run_training(
-                settings, train_config, workers=workers, resume=resume, warm_start=warm_start, log=console.print
-            ),
-        )
-    if as_json:
-        print(json.dumps(outcome))
-        return
-    console.print(_metrics_table(f"{outcome['model']} metrics", outcome["metrics"]))
-    if "model_version" in outcome:
-        console.print(
-            f"run {outcome['run_name']} -> {settings.registered_model} version {outcome['model_version']} "
-            f"(best epoch {outcome['best_epoch']}); MLflow: {tracking.ui_url(settings, outcome['run_id'])}"
-        )
-
-
-def evaluate(
-    version: Annotated[str, typer.Argument(help="Registered model version, or 'latest'.")] = "latest",
-    split: Annotated[str, typer.Option(help="test or validation.")] = "test",
-    latest_features: Annotated[
-        bool, typer.Option("--latest-features", help="Read the newest feature versions, not the model's.")
-    ] = False,
-    sampled: Annotated[bool, typer.Option("--sampled", help="Rank against 100 random negatives.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-) -> None:
-    """Evaluate a registered retrieval model version on a split (full catalogue by default)."""
-    from training.retrieval.version_eval import evaluate_version
-
-    settings = load_settings()
-    if split not in ("test", "validation"):
-        console.print("[red]--split must be test or validation[/red]")
-        raise typer.Exit(2)
-    try:
-        metrics, versions = evaluate_version(settings, version, split, latest_features=latest_features, sampled=sampled)
-    except (FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"[red]evaluation failed:[/red] {error}")
-        raise typer.Exit(1) from error
-    if as_json:
-        print(json.dumps({"version": version, "features": versions, "metrics": metrics}))
-        return
-    console.print(_metrics_table(f"{settings.registered_model} {version} on {split} (features {versions})", metrics))
-
-
-def run_outcome(what: str, model: str, run: Callable[[], Any]) -> dict[str, Any]:
-    """What ``run()`` produced as the commands print it (``--json``): a popularity baseline's
-    metrics, or a registered run; a failed run is printed and exits with status 1."""
-    from training.common.errors import TrainingError
-
-    try:
-        result = run()
-    except (TrainingError, FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"[red]{what} failed:[/red] {error}")
-        raise typer.Exit(1) from error
-    if isinstance(result, dict):
-        return {"model": "popularity", "metrics": result}
-    return {
-        "model": model,
-        "run_name": result.run_name,
-        "run_id": result.run_id,
-        "model_version": result.model_version,
-        "best_epoch": result.best_epoch,
-        "metrics": result.metrics,
-    }
-
-
-def train_config_from(model: str, config: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of ``streamrec train``: the ``config`` file's fields, the given options on
-    top, the encoder kind from ``model`` (raises ValueError when the result is invalid)."""
-    import yaml
-
-    fields = merge(yaml.safe_load(config.read_text()) if config else {}, overrides)
-    if model != "popularity":
-        fields["encoder"] = {**fields.get("encoder", {}), "kind": model}
-    return TrainConfig.model_validate(fields)

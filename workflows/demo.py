@@ -18,12 +18,12 @@ stay as they were and training runs once more.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -36,7 +36,7 @@ from features.ranking import RankingSpec
 from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs
-from infra.polling import wait_until
+from infra.model_options import merge
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
 from ingestion.producer import encode_event, produce, with_bad_records
@@ -46,12 +46,13 @@ from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_even
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.common import tracking
+from training.ranking.config import RankingTrainConfig
 from training.ranking.runner import train_ranking_popularity
-from training.retrieval.config import EncoderConfig, TrainConfig
+from training.retrieval.config import TrainConfig
 from training.retrieval.popularity import train_popularity
 from training.retrieval.runner import train
 from workflows.lineage import split_rows
-from workflows.rounds import RankingOptions, TrainOptions, train_ranker, warm_start_round
+from workflows.rounds import WARM_START_TRAIN, RankingOptions, TrainOptions, train_ranker, warm_start_round
 
 console = Console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
@@ -67,7 +68,10 @@ RANKING_COLUMNS = {  # column: (popularity key, ranker key)
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Sizes of one demo run (the `streamrec demo` options)."""
+    """Sizes of one demo run (the `streamrec demo` options), and overrides of its training runs:
+    ``train`` (TrainConfig fields, nested as in a `streamrec train --config` file) and
+    ``ranking_train`` (RankingTrainConfig's) over the epochs and seed above. Invalid overrides
+    fail here, with TrainConfig's reasons, before anything starts."""
 
     events: int = 200_000
     users: int = 2_000
@@ -77,6 +81,24 @@ class DemoOptions:
     workers: int = 2
     seed: int = 0
     ranking_epochs: int = 2
+    train: Mapping[str, Any] = field(default_factory=dict)
+    ranking_train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train_config("hstu")
+        self.ranking_config()
+
+    def train_config(self, kind: str, epochs: int | None = None) -> TrainConfig:
+        """The TrainConfig of the demo's ``kind`` run (the demo trains each kind; ``epochs``
+        instead of the demo's, for the warm-start round)."""
+        fields = merge({"epochs": self.epochs if epochs is None else epochs, "seed": self.seed}, self.train)
+        return TrainConfig.model_validate(merge(fields, {"encoder": {"kind": kind}}))
+
+    def ranking_config(self) -> RankingTrainConfig:
+        """The RankingTrainConfig of the demo's ranker."""
+        return RankingTrainConfig.model_validate(
+            merge({"epochs": self.ranking_epochs, "seed": self.seed}, self.ranking_train)
+        )
 
 
 def run_demo(args: DemoOptions) -> None:
@@ -119,10 +141,9 @@ def run_demo(args: DemoOptions) -> None:
     _stage(5, "training on Ray Train (sharded item table), tracked in MLflow", "streamrec train --model hstu")
     results: dict[str, dict[str, float]] = {}
     versions: dict[str, str] = {}
-    results["popularity"] = train_popularity(settings, TrainConfig())
+    results["popularity"] = train_popularity(settings, args.train_config("hstu"))  # its evaluation options
     for kind in ("sasrec", "hstu"):
-        config = TrainConfig(encoder=EncoderConfig(kind=kind), epochs=args.epochs, seed=args.seed)
-        outcome = train(settings, config, workers=args.workers, log=console.print)
+        outcome = train(settings, args.train_config(kind), workers=args.workers, log=console.print)
         results[kind], versions[kind] = outcome.metrics, outcome.model_version
 
     _stage(6, "summary", "streamrec evaluate latest")
@@ -236,7 +257,7 @@ def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
     if report.fallback_reason:
         console.print(f"[dim]a full build because {report.fallback_reason}[/dim]")
     baseline = train_ranking_popularity(settings, log=lambda line: None)
-    options = RankingOptions(epochs=args.ranking_epochs, seed=args.seed, workers=args.workers)
+    options = RankingOptions(args.ranking_config(), workers=args.workers)
     outcome = train_ranker(settings, options, log=console.print)
     console.print(_ranking_table(settings, outcome.model_version, outcome.metrics, baseline))
 
@@ -260,15 +281,13 @@ def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
 
 def _wait_for_ranker(settings: Settings, version: str, timeout_s: float) -> dict[str, Any] | None:
     """The /healthz ``ranking`` object once it names ``version`` (None: not within ``timeout_s``)."""
-
-    def served() -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         ranking = health(settings).get("ranking")
-        return dict(ranking) if ranking and str(ranking["version"]) == version else None
-
-    try:
-        return wait_until(served, timeout_s, interval_s=0.2, what=f"/healthz to name ranking version {version}")
-    except TimeoutError:
-        return None
+        if ranking and str(ranking["version"]) == version:
+            return dict(ranking)
+        time.sleep(0.2)
+    return None
 
 
 def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], baseline: dict[str, float]) -> Table:
@@ -304,9 +323,8 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     client = _SteadyClient(settings, user)
     client.start()
     try:
-        round_ = warm_start_round(
-            settings, TrainOptions(epochs=min(args.epochs, 3), seed=args.seed, workers=args.workers), log=console.print
-        )
+        config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
+        round_ = warm_start_round(settings, TrainOptions(config, workers=args.workers), log=console.print)
         decision = round_.gate.decision
         console.print(f"gate: {decision.label}: {decision.reason}")
         if decision.promote:
@@ -335,13 +353,9 @@ class _SteadyClient:
         self._thread.join()
 
     def wait_for_version(self, version: str, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):  # the caller reports the versions seen
-            wait_until(
-                lambda: self.versions and self.versions[-1] == version,
-                timeout_s,
-                interval_s=0.1,
-                what=f"/recommend to answer with version {version}",
-            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (not self.versions or self.versions[-1] != version):
+            time.sleep(0.1)
 
     def _run(self) -> None:
         with requests.Session() as session:

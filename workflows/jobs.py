@@ -15,9 +15,7 @@ from workflows.assets import (
     retrieval_promotion,
 )
 from workflows.assets.training import RetrievalTrainConfig
-
-WARM_START_EPOCHS = 3
-FULL_RETRAIN_EPOCHS = 20
+from workflows.rounds import FULL_RETRAIN_TRAIN, WARM_START_TRAIN
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -34,14 +32,14 @@ features_job = dg.define_asset_job(
 warm_start_training_job = dg.define_asset_job(
     "warm_start_training_job",
     selection=dg.AssetSelection.assets(retrieval_model),
-    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(epochs=WARM_START_EPOCHS)}),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(train=WARM_START_TRAIN)}),
     description="A short run that continues the production model on the latest features.",
 )
 
 full_retraining_job = dg.define_asset_job(
     "full_retraining_job",
     selection=dg.AssetSelection.assets(retrieval_model),
-    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(from_scratch=True, epochs=FULL_RETRAIN_EPOCHS)}),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(from_scratch=True, train=FULL_RETRAIN_TRAIN)}),
     description="Training from scratch on the latest features.",
 )
 
@@ -56,7 +54,7 @@ loop_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         ingest, feature_build, retrieval_model, retrieval_evaluation, retrieval_promotion
     ),
-    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(epochs=WARM_START_EPOCHS)}),
+    config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(train=WARM_START_TRAIN)}),
     description="One round of the loop: ingest, features, warm-start training, evaluation and the gate.",
 )
 

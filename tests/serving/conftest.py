@@ -21,16 +21,16 @@ import requests
 
 from features.build import build
 from features.ranking import RankingSpec
-from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.producer import OutRecord, encode_event, open_producer
 from ingestion.stream import run_ingest
 from ingestion.synthetic import SyntheticConfig, generate_events
 from serving.deploy import base_url, deploy, undeploy
 from serving.registry import promote
+from training.common.config import EncoderConfig
 from training.ranking.config import RankerConfig, RankingTrainConfig
 from training.ranking.runner import RankingOutcome, train_ranking
-from training.retrieval.config import EncoderConfig, TrainConfig
+from training.retrieval.config import TrainConfig
 from training.retrieval.runner import TrainOutcome, train
 
 PARTITIONS = 4
@@ -86,8 +86,14 @@ def action(user_id: str, item_id: str, kind: str) -> OutRecord:
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
-    """The first true value of ``predicate()`` within ``timeout_s``; TimeoutError after."""
-    return wait_until(predicate, timeout_s, every_s, what="the condition")
+    """The first true value of ``predicate()`` within ``timeout_s``; AssertionError after."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"not within {timeout_s} s")
 
 
 def post(served: Served, path: str, body: object, **kwargs: object) -> requests.Response:

@@ -13,7 +13,8 @@ from deltalake import write_deltalake
 from infra.settings import Settings
 from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA, SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig
-from training.retrieval.config import EncoderConfig, TrainConfig
+from training.common.config import EncoderConfig
+from training.retrieval.config import TrainConfig
 
 PARTITIONS = 4
 EVENT_KEYS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")

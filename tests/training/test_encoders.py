@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from training.common.config import EncoderConfig
 from training.common.hstu import HSTU, time_gap_buckets
-from training.retrieval.config import EncoderConfig
 from training.retrieval.model import RetrievalModel
 
 KINDS = ["hstu", "sasrec"]

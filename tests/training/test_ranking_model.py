@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from ingestion.schema import ACTION_IDS
+from training.common.config import EncoderConfig
+from training.common.sharded_table import lookup_input, plain_weights
 from training.ranking.config import RankerConfig, RankingTrainConfig
 from training.ranking.io import RankingInfo, RankingScorer, save_ranking_model
 from training.ranking.model import RankingModel, ranking_loss
 from training.ranking.sharded_model import ShardedRankingModel
 from training.ranking.worker import next_item_targets, warm_start_weights
-from training.retrieval.config import EncoderConfig
 from training.retrieval.io import ModelInfo
 from training.retrieval.model import RetrievalModel
-from training.retrieval.sharded_model import lookup_input, plain_weights
 
 ENCODER = EncoderConfig(kind="hstu", dim=8, num_blocks=2, max_len=12, dropout=0.0)
 NUM_ITEMS = 30

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from training.retrieval.config import EncoderConfig
+from training.common.config import EncoderConfig
 from training.retrieval.io import ModelInfo, save_model
 from training.retrieval.model import RetrievalModel
 from training.retrieval.retriever import Retriever

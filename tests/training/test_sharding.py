@@ -17,7 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from infra.processes import free_port
+from training.common.config import EncoderConfig, TableConfig
 from training.common.loss import retrieval_loss
+from training.common.sharded_table import TABLE_WEIGHT, lookup_input
 from training.common.sharding import (
     catalog_embeddings,
     dense_optimizer,
@@ -27,8 +29,10 @@ from training.common.sharding import (
     shard_model,
 )
 from training.common.worker_loop import table_optimizer_state
-from training.retrieval.config import EncoderConfig, TrainConfig
-from training.retrieval.sharded_model import TABLE_WEIGHT, ShardedRetrievalModel, lookup_input
+from training.retrieval.config import TrainConfig
+
+# 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
+from training.retrieval.sharded_model import ShardedRetrievalModel
 
 # 41 rows, split 21/20 row-wise over 2 ranks; dim 10 is stored in a 12-column table (FBGEMM needs multiples of 4)
 NUM_ITEMS = 40
@@ -60,10 +64,12 @@ def _check(rank: int, world: int, port: int, sharding: str, scratch: str) -> Non
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    config = TrainConfig(encoder=EncoderConfig(dim=10, max_len=6), sharding=sharding)
+    config = TrainConfig(encoder=EncoderConfig(dim=10, max_len=6), table=TableConfig(sharding=sharding))
     model = ShardedRetrievalModel(config.encoder, NUM_ITEMS, torch.device("meta"))
-    dmp = shard_model(model, config, torch.device("cpu"), world)
-    optimizer = dense_optimizer(dmp, config)
+    dmp = shard_model(
+        model, config.table, torch.device("cpu"), world, dense_lr=config.lr, betas=config.betas, seed=config.seed
+    )
+    optimizer = dense_optimizer(dmp, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     initial = catalog_embeddings(dmp, NUM_ITEMS + 1)
     # Every row drawn on its own: the same table for any world size and sharding, no two rows alike.
     assert torch.equal(initial, initial_rows(0, NUM_ITEMS + 1, 12, 10, config.seed))

@@ -14,11 +14,12 @@ import typer
 from typer.testing import CliRunner
 
 from infra.model_options import ModelOptions
-from training.cli import TRAIN_OPTIONS, register, train_config_from
+from training.cli import register
 from training.ranking import runner as ranking_runner
 from training.ranking.cli import RANKING_OPTIONS
 from training.ranking.config import RankingTrainConfig
 from training.retrieval import popularity
+from training.retrieval.cli import TRAIN_OPTIONS, train_config_from
 from training.retrieval.config import TrainConfig
 
 WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
@@ -69,7 +70,7 @@ def test_help_lists_every_scalar_field_with_its_default(
     fields = {".".join(option.path) for option in options.options}
     assert len(fields) == len(options.options)
     if command == "train":
-        assert {"epochs", "encoder.num_blocks", "encoder.dropout", "sampled_eval", "sharding"} <= fields
+        assert {"epochs", "encoder.num_blocks", "encoder.dropout", "sampled_eval", "table.sharding"} <= fields
         assert "(default: 20)" in shown and "<row_wise|table_wise>" in shown
     else:  # the ranker's encoder defaults, not EncoderConfig's
         assert {"model.mixture", "model.dropout", "model.encoder.dropout", "warm_start"} <= fields

@@ -20,8 +20,8 @@ from infra.settings import Settings, get_settings
 from ingestion.synthetic import SyntheticConfig, generate_events
 from training.common import tracking
 from training.common.errors import TrainingError
+from training.common.model import PLAIN_WEIGHT
 from training.retrieval.io import load_model, read_weights
-from training.retrieval.model import PLAIN_WEIGHT
 from training.retrieval.popularity import train_popularity
 from training.retrieval.retriever import Retriever
 from training.retrieval.runner import TrainOutcome, train

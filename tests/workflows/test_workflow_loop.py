@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 EVENTS = 6_000
 BAD_FRACTION = 0.02
 SYNTHETIC = dict(users=120, items=300, events=EVENTS, clusters=10, seed=7, span_days=2)
-TINY = dict(kind="hstu", dim=32, max_len=50, batch_size=32, patience=0)
+TINY = {"encoder": {"kind": "hstu", "dim": 32, "max_len": 50}, "batch_size": 32, "patience": 0}
 
 
 @dataclass
@@ -98,7 +98,7 @@ def loop(mini_cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     features = dg.materialize(
         [feature_build, user_sequences_row_drift], resources=resources(settings), instance=instance
     )
-    config = RetrievalTrainConfig(epochs=2, **TINY)  # type: ignore[arg-type]
+    config = RetrievalTrainConfig(train={**TINY, "epochs": 2})
     trained = dg.materialize(
         [retrieval_model],
         resources=resources(settings),
@@ -205,8 +205,8 @@ def register_shuffled_copy(settings: Settings, version: str, directory: Path) ->
     import torch
 
     from training.common import tracking
+    from training.common.model import PLAIN_WEIGHT
     from training.retrieval.io import read_info, read_weights, save_model
-    from training.retrieval.model import PLAIN_WEIGHT
 
     with tracking.downloaded_version(settings, version) as source:
         info, weights = read_info(source), read_weights(source)
@@ -289,11 +289,11 @@ def test_the_gate_promotes_the_first_refuses_a_worse_and_accepts_a_better_candid
 def test_training_warm_starts_from_production(loop: Loop) -> None:
     from serving.registry import promote, served_version
     from training.common import tracking
-    from workflows.rounds import TrainOptions, warm_start_round
+    from workflows.rounds import TrainOptions, round_train_config, warm_start_round
 
     settings = loop.settings
     promote(settings, "1")
-    config = RetrievalTrainConfig(epochs=1, kind="sasrec")  # architecture fields apply to from-scratch runs only
+    config = RetrievalTrainConfig(train={"epochs": 1, "encoder": {"kind": "sasrec"}})  # from-scratch runs only
     result = dg.materialize(
         [retrieval_model],
         resources=resources(settings),
@@ -305,7 +305,8 @@ def test_training_warm_starts_from_production(loop: Loop) -> None:
     assert int(found["model_version"]) > 1
 
     # The same round without Dagster (what a script or the demo calls): warm start, then the gate.
-    round_ = warm_start_round(settings, TrainOptions(epochs=1, batch_size=32), log=lambda _: None)
+    options = TrainOptions(round_train_config({"epochs": 1, "batch_size": 32}))
+    round_ = warm_start_round(settings, options, log=lambda _: None)
     assert round_.warm_start_from == "1" and int(round_.trained.model_version) > int(found["model_version"])
     assert round_.gate.comparison.production_version == "1"
     assert round_.gate.production_after == served_version(settings)

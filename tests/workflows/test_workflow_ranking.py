@@ -73,7 +73,7 @@ def test_ranking_examples_model_and_gate_record_their_versions(mini_cluster: Set
     for table in (ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, ITEM_STATS_TABLE, RANKING_EXAMPLES_TABLE):
         assert examples[f"version.{table}"] == delta_version(settings, table) is not None
 
-    config = RankingModelConfig(epochs=1, workers=1, batch_size=64)
+    config = RankingModelConfig(workers=1, train={"epochs": 1, "batch_size": 64})
     trained = dg.materialize(
         [ranking_model, ranking_promotion],
         resources=resources(settings),

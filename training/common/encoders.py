@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ingestion.schema import ACTION_IDS
-from training.retrieval.config import EncoderConfig
+from training.common.config import EncoderConfig
 
 
 class InputEmbedding(nn.Module):

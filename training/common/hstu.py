@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.common.config import EncoderConfig
 from training.common.encoders import InputEmbedding, SequenceEncoder
-from training.retrieval.config import EncoderConfig
 
 BUCKETS_PER_OCTAVE = 4
 REFERENCE_STD = 0.02

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.common.config import EncoderConfig
 from training.common.encoders import InputEmbedding, SequenceEncoder
-from training.retrieval.config import EncoderConfig
 
 
 class SASRecBlock(nn.Module):

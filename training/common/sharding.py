@@ -33,9 +33,9 @@ from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, Tr
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from training.retrieval.config import TrainConfig
-from training.retrieval.model import INIT_RANGE
-from training.retrieval.sharded_model import CANDIDATES, HISTORY, TABLE, TABLE_WEIGHT, ShardedRetrievalModel
+from training.common.config import TableConfig
+from training.common.model import INIT_RANGE
+from training.common.sharded_table import CANDIDATES, HISTORY, TABLE, TABLE_WEIGHT, ShardedTableModel
 
 INIT_BLOCK_ROWS = 4096  # rows drawn from one generator; a rank draws only the blocks its shard touches
 
@@ -48,26 +48,36 @@ TABLE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 
 
 def shard_model(
-    model: ShardedRetrievalModel, config: TrainConfig, device: torch.device, local_world_size: int
+    model: ShardedTableModel,
+    table: TableConfig,
+    device: torch.device,
+    local_world_size: int,
+    *,
+    dense_lr: float,
+    betas: tuple[float, float],
+    seed: int,
 ) -> DistributedModelParallel:
-    """``model`` (item table on the meta device) wrapped in DMP over the default process group."""
-    name, lr = config.table_optimizer(device.type == "cuda")
+    """``model`` (item table on the meta device) wrapped in DMP over the default process group.
+
+    The table's optimizer is ``table``'s (its learning rate resolved from ``dense_lr`` when 0;
+    Adam's ``betas`` are the dense optimizer's); its rows are drawn from ``seed``."""
+    name, lr = table.optimizer(device.type == "cuda", dense_lr)
     kwargs: dict[str, float] = {"lr": lr}
     if name == "adam":
-        kwargs.update(beta1=config.betas[0], beta2=config.betas[1])
+        kwargs.update(beta1=betas[0], beta2=betas[1])
     apply_optimizer_in_backward(TABLE_OPTIMIZERS[name], model.item_table.parameters(), kwargs)
     sharder = EmbeddingCollectionSharder()
     topology = TopologyFactory.create_topology(
         TrainerConfig(world_size=dist.get_world_size(), local_world_size=local_world_size),
         kernel_config=KernelConfig(compute_device=device.type),
     )
-    constraints = {TABLE: ParameterConstraints(sharding_types=[config.sharding], compute_kernels=["fused"])}
+    constraints = {TABLE: ParameterConstraints(sharding_types=[table.sharding], compute_kernels=["fused"])}
     planner = EmbeddingShardingPlanner(
         topology=topology, constraints=constraints, storage_reservation=FixedPercentageStorageReservation(0.15)
     )
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=[sharder])
-    initialise_table(dmp, config.seed, model.config.dim)
+    initialise_table(dmp, seed, model.dim)
     return dmp
 
 
@@ -96,10 +106,12 @@ def initialise_table(dmp: DistributedModelParallel, seed: int, dim: int) -> None
             shard.tensor.copy_(values.to(shard.tensor.device, shard.tensor.dtype))
 
 
-def dense_optimizer(dmp: DistributedModelParallel, config: TrainConfig) -> torch.optim.Optimizer:
+def dense_optimizer(
+    dmp: DistributedModelParallel, *, lr: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.Optimizer:
     """Adam over the replicated (data-parallel) parameters: everything but the item table."""
     params = [param for _, param in in_backward_optimizer_filter(dmp.named_parameters())]
-    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def catalog_embeddings(dmp: DistributedModelParallel, num_rows: int) -> torch.Tensor:
@@ -119,7 +131,7 @@ def catalog_embeddings(dmp: DistributedModelParallel, num_rows: int) -> torch.Te
         lengths=torch.tensor([per_rank, 0], device=device),
     )
     with torch.no_grad():
-        mine = cast(ShardedRetrievalModel, dmp.module).item_table(lookups)[HISTORY].values().contiguous()
+        mine = cast(ShardedTableModel, dmp.module).item_table(lookups)[HISTORY].values().contiguous()
     slices = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(slices, mine)
     return torch.cat(slices)[:num_rows]

@@ -23,9 +23,9 @@ from torchrec.distributed import DistributedModelParallel
 
 from features.rows import PaddedRows
 from infra.settings import Settings
+from training.common.sharded_table import sharded_weights
 from training.common.sharding import gather_state, load_state
 from training.common.tracking import log_metrics
-from training.retrieval.sharded_model import sharded_weights
 
 TRAIN_STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"

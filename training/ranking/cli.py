@@ -11,8 +11,9 @@ from rich.console import Console
 
 from infra.cli import load_settings
 from infra.model_options import ModelOptions, merge
-from training.cli import run_outcome
-from training.ranking.config import RankerConfig, RankingTrainConfig
+from training.common.config import nest_table_fields
+from training.common.outcome import run_outcome
+from training.ranking.config import RankingTrainConfig
 
 console = Console()
 
@@ -96,16 +97,14 @@ def ranking_config_from(
     model: str, config: Path | None, overrides: dict[str, Any], task_weights: list[str]
 ) -> RankingTrainConfig:
     """The RankingTrainConfig of ``streamrec train-ranking``: the ``config`` file's fields, the
-    given options on top (``task_weights`` as TASK=WEIGHT), the ranker kind from ``model``; the
-    encoder fields given are set on the ranker's default encoder (raises ValueError when invalid)."""
+    given options on top (``task_weights`` as TASK=WEIGHT), the ranker kind from ``model``
+    (raises ValueError when invalid)."""
     import yaml
 
-    fields = merge(yaml.safe_load(config.read_text()) if config else {}, overrides)
-    ranker = dict(fields.get("model", {}))
-    ranker["encoder"] = {**RankerConfig().encoder.model_dump(), **ranker.get("encoder", {})}
+    # The file may name the table's fields at the top level; the options name them in ``table``.
+    fields = merge(nest_table_fields(yaml.safe_load(config.read_text()) if config else {}), overrides)
     if model != "popularity":
-        ranker["kind"] = model
-    fields["model"] = ranker
+        fields["model"] = {**fields.get("model", {}), "kind": model}
     if task_weights:
         fields["task_weights"] = {name: float(value) for name, _, value in (w.partition("=") for w in task_weights)}
     return RankingTrainConfig.model_validate(fields)

@@ -1,19 +1,18 @@
 """Typed configurations of the multi-task rankers and of a ranking training run.
 
 ``RankerConfig`` is the architecture (exported with the model); ``RankingTrainConfig`` is
-everything a run computes (its MLflow params). The item table's sharding and optimizers are
-those of retrieval training (``training.common.sharding``), so ``RankingTrainConfig.sharding_config``
-hands them over as a ``TrainConfig``.
+everything a run computes (its MLflow params). The item table is trained and sharded as
+retrieval's (``training.common.sharding``), configured by the same ``TableConfig``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.ranking_reader import TASKS
-from training.retrieval.config import EmbeddingOptimizer, EncoderConfig, Sharding, TrainConfig
+from training.common.config import EncoderConfig, TableConfig, nest_table_fields
 
 RankerKind = Literal["ranker", "dlrm"]
 Mixture = Literal["mmoe", "shared_bottom"]
@@ -42,6 +41,15 @@ class RankerConfig(BaseModel):
     tower_dim: int = Field(32, ge=1, description="Hidden width of each task's head.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in the experts and heads.")
     tasks: tuple[str, ...] = Field(TASKS, description="Heads, in label-column order of features/ranking_examples.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_over_the_rankers_default(cls, data: Any) -> Any:
+        """Encoder fields given as a mapping (a config file, CLI options, workflow overrides) are
+        set on the ranker's default encoder, not on EncoderConfig's (dim 50, max_len 200)."""
+        if isinstance(data, dict) and isinstance(data.get("encoder"), dict):
+            return {**data, "encoder": {**_default_encoder().model_dump(), **data["encoder"]}}
+        return data
 
     @model_validator(mode="after")
     def _known_tasks(self) -> RankerConfig:
@@ -79,9 +87,9 @@ class RankingTrainConfig(BaseModel):
     )
     betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas of the dense parameters.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the dense parameters.")
-    embedding_optimizer: EmbeddingOptimizer = Field("auto", description="Fused optimizer of the sharded item table.")
-    embedding_lr: float = Field(0.0, ge=0, description="Item-table learning rate; 0 = lr for adam, 0.05 otherwise.")
-    sharding: Sharding = Field("row_wise", description="How the planner may shard the item table.")
+    table: TableConfig = Field(
+        default_factory=TableConfig, description="The item table's optimizer, learning rate and sharding."
+    )
     eval_batch_size: int = Field(512, ge=1, description="Examples per evaluation batch.")
     selection_metric: str = Field("auc_click", description="Validation metric (higher is better) that picks the epoch.")
     patience: int = Field(3, ge=0, description="Stop after this many epochs without a better val metric; 0 = never.")
@@ -94,6 +102,11 @@ class RankingTrainConfig(BaseModel):
         description="A registered retrieval version (of Settings.registered_model, or 'latest') whose item rows "
         "(both kinds) and HSTU blocks (ranker; the encoder configs must be equal) initialise the run.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _table_fields_at_top(cls, data: Any) -> Any:
+        return nest_table_fields(data)
 
     @model_validator(mode="after")
     def _check(self) -> RankingTrainConfig:
@@ -116,23 +129,12 @@ class RankingTrainConfig(BaseModel):
         """The loss weight of every head, in task order."""
         return [float(self.task_weights.get(task, 1.0)) for task in self.model.tasks]
 
-    def sharding_config(self) -> TrainConfig:
-        """The fields ``training.common.sharding`` reads (table optimizer, betas, sharding, seed, lr)."""
-        return TrainConfig(
-            encoder=self.model.encoder,
-            lr=self.lr,
-            betas=self.betas,
-            weight_decay=self.weight_decay,
-            embedding_optimizer=self.embedding_optimizer,
-            embedding_lr=self.embedding_lr,
-            sharding=self.sharding,
-            seed=self.seed,
-        )
-
     def flat_params(self) -> dict[str, str]:
-        """Every field as a flat {name: value} map for MLflow params (model.*, model.encoder.*)."""
+        """Every field as a flat {name: value} map for MLflow params (model.*, model.encoder.*; the
+        table's fields unprefixed, as they were named before the table had its own config)."""
         model = self.model.model_dump(exclude={"encoder"})
         params = {f"model.{key}": str(value) for key, value in model.items()}
         params.update({f"model.encoder.{key}": str(value) for key, value in self.model.encoder.model_dump().items()})
-        params.update({key: str(value) for key, value in self.model_dump(exclude={"model"}).items()})
+        params.update({key: str(value) for key, value in self.table.model_dump().items()})
+        params.update({key: str(value) for key, value in self.model_dump(exclude={"model", "table"}).items()})
         return params

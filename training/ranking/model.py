@@ -3,10 +3,10 @@
 Both rankers share one layout: an item table (``item_embedding`` here, a sharded TorchRec
 table in ``training.ranking.sharded_model``) and a ``tower`` that takes the looked-up embeddings.
 The tower's parameter names are the same in both forms, so weights move between them with
-``training.retrieval.sharded_model.plain_weights`` / ``sharded_weights``.
+``training.common.sharded_table.plain_weights`` / ``sharded_weights``.
 
 * **ranker** (target-aware): the history is encoded by the HSTU blocks of retrieval
-  (``training.common.hstu.HSTU``, via ``training.retrieval.model.build_encoder``: the same code, not a copy);
+  (``training.common.hstu.HSTU``, via ``training.common.model.build_encoder``: the same code, not a copy);
   the candidate's embedding attends over the encoded history (target attention: a softmax over
   history positions of query(candidate) . key(h_j) plus a learned bias per bucket of the time
   gap between the exposure and event j); the mixture reads [candidate, attention readout,
@@ -32,8 +32,8 @@ from torch import nn
 from ingestion.schema import ACTION_IDS
 from training.common.encoders import last_hidden
 from training.common.hstu import BUCKETS_PER_OCTAVE
+from training.common.model import INIT_RANGE, build_encoder
 from training.ranking.config import RankerConfig
-from training.retrieval.model import INIT_RANGE, build_encoder
 
 
 @dataclass

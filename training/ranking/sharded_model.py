@@ -1,40 +1,27 @@
 """The sharded twin of ``training.ranking.model.RankingModel``: the item table as the same
-TorchRec ``EmbeddingCollection`` retrieval shards (one table ``item``, features ``history`` and
-``candidates``; ``training.retrieval.sharded_model``), so ``training.common.sharding.shard_model`` wraps it in
-DistributedModelParallel unchanged: row-wise shards, a fused optimizer applied in backward,
-the tower replicated and data-parallel. Weights convert to the plain model with
-``training.retrieval.sharded_model.plain_weights`` (the tower's names are the same in both).
+TorchRec table retrieval shards (``training.common.sharded_table``), so
+``training.common.sharding.shard_model`` wraps it in DistributedModelParallel unchanged:
+row-wise shards, a fused optimizer applied in backward, the tower replicated and
+data-parallel. Weights convert to the plain model with
+``training.common.sharded_table.plain_weights`` (the tower's names are the same in both).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor
 
+from training.common.sharded_table import CANDIDATES, HISTORY, ShardedTableModel
 from training.ranking.config import RankerConfig
 from training.ranking.model import RankingTower
-from training.retrieval.model import INIT_RANGE
-from training.retrieval.sharded_model import CANDIDATES, HISTORY, TABLE, table_width
 
 
-class ShardedRankingModel(nn.Module):
+class ShardedRankingModel(ShardedTableModel):
     """Training model of a ranker: build it with ``table_device=torch.device("meta")`` for DMP."""
 
     def __init__(self, config: RankerConfig, num_items: int, table_device: torch.device | None = None) -> None:
-        super().__init__()
+        super().__init__(config.encoder.dim, num_items, table_device)
         self.ranker_config = config
-        self.config = config.encoder  # training.common.sharding reads config.dim
-        self.num_items = num_items
-        table = EmbeddingConfig(
-            name=TABLE,
-            embedding_dim=table_width(config.encoder.dim),
-            num_embeddings=num_items + 1,
-            feature_names=[HISTORY, CANDIDATES],
-            weight_init_min=-INIT_RANGE,
-            weight_init_max=INIT_RANGE,
-        )
-        self.item_table = EmbeddingCollection(tables=[table], device=table_device)
         self.tower = RankingTower(config)
 
     def forward(
@@ -48,11 +35,11 @@ class ShardedRankingModel(nn.Module):
         ts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits (B, T), hidden states (B, L, D), history embeddings (B, L, D), embeddings of
-        the extra looked-up items (U, D)). ``lookups`` from ``sharded_model.lookup_input(item_indices,
+        the extra looked-up items (U, D)). ``lookups`` from ``sharded_table.lookup_input(item_indices,
         lengths, cat(candidate_ids, extra))``: the B candidates first, then U extra items (the
         next-item loss's negatives). The ids themselves give the target-aware match features."""
         embedded = self.item_table(lookups)
-        dim = self.config.dim
+        dim = self.dim
         history_emb = embedded[HISTORY].to_padded_dense(action_ids.shape[1])[..., :dim]
         looked_up = embedded[CANDIDATES].values()[:, :dim]
         candidates, extra = looked_up[: len(candidate_ids)], looked_up[len(candidate_ids) :]

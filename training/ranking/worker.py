@@ -27,6 +27,8 @@ from features.ranking_reader import RankingExamples, RankingVersions, load_ranki
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS
 from training.common.loss import retrieval_loss
+from training.common.model import PLAIN_WEIGHT
+from training.common.sharded_table import lookup_input, plain_weights, sharded_weights
 from training.common.sharding import dense_optimizer, load_state, shard_model
 from training.common.worker_loop import (
     Progress,
@@ -43,8 +45,6 @@ from training.ranking.io import RankingInfo, read_ranking_weights, save_ranking_
 from training.ranking.model import ranking_loss
 from training.ranking.sharded_model import ShardedRankingModel
 from training.retrieval.io import ModelInfo
-from training.retrieval.model import PLAIN_WEIGHT
-from training.retrieval.sharded_model import lookup_input, plain_weights, sharded_weights
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,16 @@ def ranking_worker(loop_config: dict[str, Any]) -> None:
     val = load_ranking_examples(job.settings, "validation", job.versions, max_len=max_len)
     num_items = train.num_items
     model = ShardedRankingModel(config.model, num_items, table_device=torch.device("meta"))
-    sharding = config.sharding_config()
-    dmp = shard_model(model, sharding, device, context.get_local_world_size())  # type: ignore[arg-type]
-    optimizer = dense_optimizer(dmp, sharding)
+    dmp = shard_model(
+        model,
+        config.table,
+        device,
+        context.get_local_world_size(),
+        dense_lr=config.lr,
+        betas=config.betas,
+        seed=config.seed,
+    )
+    optimizer = dense_optimizer(dmp, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     progress = _restore(dmp, optimizer, job, num_items)
     info = RankingInfo(config.model, num_items, job.versions.as_dict(), train.window_ms)
     weights = torch.tensor(config.weights(), device=device)

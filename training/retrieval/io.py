@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from training.retrieval.config import EncoderConfig
-from training.retrieval.model import PLAIN_WEIGHT, RetrievalModel
+from training.common.config import EncoderConfig
+from training.common.model import PLAIN_WEIGHT
+from training.retrieval.model import RetrievalModel
 
 FORMAT = 1
 METADATA_FILE = "model.json"

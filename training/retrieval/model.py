@@ -5,7 +5,7 @@ is exported in, evaluated, served (through ``training.retrieval.retriever.Retrie
 the plain-PyTorch baseline of the benchmark. This module never imports TorchRec: its
 sharded twin, ``training.retrieval.sharded_model.ShardedRetrievalModel``, is what Ray Train workers
 train; both share the encoder classes and parameter names (``encoder.*``), so weights move
-between them unchanged.
+between them unchanged (``training.common.sharded_table``).
 """
 
 from __future__ import annotations
@@ -13,19 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.common.encoders import SequenceEncoder
-from training.common.hstu import HSTU
-from training.common.sasrec import SASRec
-from training.retrieval.config import EncoderConfig
-
-PLAIN_WEIGHT = "item_embedding.weight"  # state-dict key of the item rows
-INIT_RANGE = 0.035  # item rows start uniform in [-r, r] (std 0.02, as the HSTU reference)
-
-
-def build_encoder(config: EncoderConfig) -> SequenceEncoder:
-    """The encoder ``config.kind`` names."""
-    encoders: dict[str, type[SequenceEncoder]] = {"hstu": HSTU, "sasrec": SASRec}
-    return encoders[config.kind](config)
+from training.common.config import EncoderConfig
+from training.common.model import INIT_RANGE, build_encoder
 
 
 class RetrievalModel(nn.Module):

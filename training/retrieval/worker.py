@@ -33,6 +33,7 @@ from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
 from training.common.loss import retrieval_loss
+from training.common.sharded_table import lookup_input, plain_weights, sharded_weights
 from training.common.sharding import catalog_embeddings, dense_optimizer, shard_model
 from training.common.worker_loop import (
     Progress,
@@ -48,7 +49,7 @@ from training.retrieval.config import TrainConfig
 from training.retrieval.evaluation import SplitRanks, split_metrics, split_ranks
 from training.retrieval.io import ModelInfo, read_weights, save_model
 from training.retrieval.retriever import Retriever
-from training.retrieval.sharded_model import ShardedRetrievalModel, lookup_input, plain_weights, sharded_weights
+from training.retrieval.sharded_model import ShardedRetrievalModel
 
 FAULT_DELAY_S = 6.0
 
@@ -80,8 +81,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     val = load_examples(job.settings, "validation", job.versions, max_len=encoder.max_len)
     num_items = train.num_items
     model = ShardedRetrievalModel(encoder, num_items, table_device=torch.device("meta"))
-    dmp = shard_model(model, config, device, context.get_local_world_size())
-    optimizer = dense_optimizer(dmp, config)
+    dmp = shard_model(
+        model,
+        config.table,
+        device,
+        context.get_local_world_size(),
+        dense_lr=config.lr,
+        betas=config.betas,
+        seed=config.seed,
+    )
+    optimizer = dense_optimizer(dmp, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     progress = _restore(dmp, optimizer, job, num_items)
     info = ModelInfo(encoder=encoder, num_items=num_items, feature_versions=job.versions.as_dict())
     val_shard = val.shard(rank, world)

@@ -13,34 +13,45 @@ Neither asset promotes: the retrieval gate (``workflows.assets.promotion``) or
 """
 
 # No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
 
 from workflows.resources import StreamrecResource
-from workflows.rounds import RankingOptions, TrainOptions, train_candidate, train_ranker
+from workflows.rounds import (
+    RankingOptions,
+    TrainOptions,
+    ranking_train_config,
+    round_train_config,
+    train_candidate,
+    train_ranker,
+)
 
 GROUP = "training"
 
 
 class RetrievalTrainConfig(dg.Config):
-    """A training run of the retrieval model (architecture fields apply to from-scratch runs)."""
+    """A training run of the retrieval model: what only the workflow decides, and ``train``,
+    TrainConfig fields validated by TrainConfig when the run starts."""
 
     from_scratch: bool = Field(default=False, description="Ignore production and train from random initialisation.")
-    kind: Literal["hstu", "sasrec"] = Field(default="hstu", description="From scratch: hstu or sasrec.")
-    dim: int = Field(default=50, description="From scratch: embedding and hidden width.")
-    num_blocks: int = Field(default=2, description="From scratch: attention blocks.")
-    num_heads: int = Field(default=1, description="From scratch: attention heads.")
-    max_len: int = Field(default=200, description="From scratch: history length the encoder reads.")
-    dropout: float = Field(default=0.2, description="From scratch: dropout.")
-    epochs: int = Field(default=5, description="Most epochs (early stopping may end sooner).")
-    batch_size: int = Field(default=128, description="Sequences per batch on each worker.")
-    lr: float = Field(default=1e-3, description="Adam learning rate of the dense parameters.")
-    patience: int = Field(default=5, description="Early-stopping patience in epochs; 0 = never.")
-    seed: int = Field(default=0, description="Seed of initialisation, shuffling and negatives.")
-    workers: int = Field(default=0, description="Ray Train workers; 0 = settings.train_workers.")
+    workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train_workers.")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig fields over a round's defaults (TrainConfig's, but epochs 5), nested as in a "
+        "`streamrec train --config` file, e.g. {epochs: 3, encoder: {dim: 64}}; the encoder applies to "
+        "from-scratch runs (a warm start keeps production's). See docs/training.md.",
+    )
+
+    def options(self) -> TrainOptions:
+        """The run's options; a ``train`` that TrainConfig rejects fails the run with its reasons."""
+        try:
+            config = round_train_config(self.train)
+        except ValueError as error:
+            raise dg.Failure(description=f"invalid retrieval_model config `train`: {error}") from error
+        return TrainOptions(config, from_scratch=self.from_scratch, workers=self.workers)
 
 
 @dg.asset(
@@ -53,7 +64,7 @@ def retrieval_model(
     context: AssetExecutionContext, config: RetrievalTrainConfig, streamrec: StreamrecResource
 ) -> dg.MaterializeResult:
     settings = streamrec.settings()
-    candidate = train_candidate(settings, TrainOptions(**config.model_dump()), log=context.log.info)
+    candidate = train_candidate(settings, config.options(), log=context.log.info)
     outcome, production = candidate.trained, candidate.warm_start_from
     metadata = {
         **_run_metadata(settings, settings.registered_model, outcome, RETRIEVAL_METRICS),
@@ -64,17 +75,23 @@ def retrieval_model(
 
 
 class RankingModelConfig(dg.Config):
-    """A ranking run (the defaults are training.ranking.config.RankingTrainConfig's)."""
+    """A ranking run: the Ray Train workers, and ``train``, RankingTrainConfig fields validated by
+    RankingTrainConfig when the run starts."""
 
-    kind: Literal["ranker", "dlrm"] = Field(
-        default="ranker", description="ranker: HSTU history + target attention; dlrm: mean-pooled history."
-    )
-    epochs: int = Field(default=8, ge=1, description="Most epochs (early stopping may end sooner).")
-    batch_size: int = Field(default=128, ge=1, description="Examples per batch on each worker.")
-    lr: float = Field(default=3e-3, gt=0, description="Adam learning rate of the dense parameters.")
-    patience: int = Field(default=3, ge=0, description="Early-stopping patience in epochs; 0 = never.")
-    seed: int = Field(default=0, description="Seed of initialisation and shuffling.")
     workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train_workers.")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="RankingTrainConfig fields over its defaults, nested as in a `streamrec train-ranking "
+        "--config` file, e.g. {epochs: 3, model: {kind: dlrm}}. See docs/ranking.md.",
+    )
+
+    def options(self) -> RankingOptions:
+        """The run's options; a ``train`` that RankingTrainConfig rejects fails the run with its reasons."""
+        try:
+            config = ranking_train_config(self.train)
+        except ValueError as error:
+            raise dg.Failure(description=f"invalid ranking_model config `train`: {error}") from error
+        return RankingOptions(config, workers=self.workers)
 
 
 @dg.asset(
@@ -87,10 +104,11 @@ def ranking_model(
     context: AssetExecutionContext, config: RankingModelConfig, streamrec: StreamrecResource
 ) -> dg.MaterializeResult:
     settings = streamrec.settings()
-    outcome = train_ranker(settings, RankingOptions(**config.model_dump()), log=context.log.info)
+    options = config.options()
+    outcome = train_ranker(settings, options, log=context.log.info)
     metadata = {
         **_run_metadata(settings, settings.registered_ranking_model, outcome, RANKING_METRICS),
-        "model": config.kind,
+        "model": options.config.model.kind,
     }
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.model_version}"))
 

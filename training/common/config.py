@@ -1,0 +1,92 @@
+"""Configuration both model families share: the sequential encoder's architecture and how the
+sharded item table is trained and laid out.
+
+``TrainConfig`` (retrieval) and ``RankingTrainConfig`` (ranking) each hold an ``EncoderConfig``
+and a ``TableConfig``; ``training.common.sharding`` reads only the latter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EncoderKind = Literal["hstu", "sasrec"]
+EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
+Sharding = Literal["row_wise", "table_wise"]
+
+
+class EncoderConfig(BaseModel):
+    """Architecture of a sequential encoder (HSTU or SASRec) and its item table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: EncoderKind = Field("hstu", description="hstu or sasrec.")
+    dim: int = Field(50, ge=2, description="Embedding and hidden width.")
+    num_blocks: int = Field(2, ge=1, description="Stacked attention blocks.")
+    num_heads: int = Field(1, ge=1, description="Attention heads; dim must divide by it.")
+    max_len: int = Field(200, ge=2, description="Longest history the encoder reads (the last events).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on inputs and block outputs.")
+    ffn_dim: int = Field(50, ge=1, description="SASRec: width of the ReLU feed-forward layer.")
+    time_buckets: int = Field(128, ge=1, description="HSTU: buckets of log2 time gaps in the relative bias.")
+    use_actions: bool = Field(True, description="Add an action-type embedding to every input position.")
+    hstu_absolute_positions: bool = Field(
+        False, description="HSTU: add a learned absolute position embedding to the input, as the reference does."
+    )
+    hstu_uvqk_bias: bool = Field(True, description="HSTU: a bias on the U/V/Q/K projection (the reference has none).")
+    hstu_norm_affine: bool = Field(
+        True, description="HSTU: learnable LayerNorm scale and shift (the reference's norms have none)."
+    )
+    hstu_reference_init: bool = Field(
+        True,
+        description="HSTU: the reference's initialisation (U/V/Q/K and relative biases N(0, 0.02), output "
+        "Xavier-uniform, positions N(0, 1/dim)) instead of PyTorch defaults and zero biases.",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> EncoderConfig:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class TableConfig(BaseModel):
+    """How the sharded item table is trained and laid out: its fused optimizer, its learning
+    rate and the sharding the planner may choose."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedding_optimizer: EmbeddingOptimizer = Field(
+        "auto",
+        description="Fused optimizer of the sharded item table, applied in backward; auto = adam on GPU, "
+        "rowwise_adagrad on CPU (FBGEMM's CPU kernels have no Adam).",
+    )
+    embedding_lr: float = Field(
+        0.0, ge=0, description="Learning rate of the item table; 0 = lr for adam, 0.05 otherwise."
+    )
+    sharding: Sharding = Field("row_wise", description="How the planner may shard the item table.")
+
+    def optimizer(self, use_gpu: bool, dense_lr: float) -> tuple[str, float]:
+        """(optimizer name, learning rate) of the table: ``auto`` resolved for the device, a
+        learning rate of 0 resolved from the dense parameters' ``dense_lr``."""
+        name = self.embedding_optimizer
+        if name == "auto":
+            name = "adam" if use_gpu else "rowwise_adagrad"
+        return name, self.embedding_lr or (dense_lr if name == "adam" else 0.05)
+
+
+TABLE_FIELDS = frozenset(TableConfig.model_fields)
+
+
+def nest_table_fields(data: Any) -> Any:
+    """A run config's input with TableConfig fields given at the top level (as config files and
+    job records written before the table had its own config do) moved into ``table``."""
+    if not isinstance(data, dict) or not TABLE_FIELDS & data.keys():
+        return data
+    flat = {key: data[key] for key in TABLE_FIELDS & data.keys()}
+    table = data.get("table", {})
+    table = table.model_dump(exclude_unset=True) if isinstance(table, TableConfig) else dict(table)
+    both = sorted(flat.keys() & table.keys())
+    if both:
+        raise ValueError(f"{', '.join(both)} given both at the top level and in table")
+    return {**{key: value for key, value in data.items() if key not in TABLE_FIELDS}, "table": {**table, **flat}}
