@@ -1,1 +1,1 @@
-"""streamrec training."""
+"""streamrec training: common/ (shared), retrieval/ (HSTU, SASRec) and ranking/ (multi-task rankers)."""

@@ -1,1 +1,1 @@
-"""streamrec training: common."""
+"""Shared by retrieval and ranking: configs, encoders, sharded item table, losses, worker loop, MLflow."""

@@ -1,1 +1,1 @@
-"""streamrec training: retrieval."""
+"""Retrieval training: HSTU and SASRec next-item models, their evaluation, export and `streamrec train` / `evaluate`."""
