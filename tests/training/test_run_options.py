@@ -17,11 +17,12 @@ from pydantic import BaseModel, ValidationError
 from typer.testing import CliRunner
 
 from training.cli import register
+from training.common.config import TableConfig
 from training.ranking import runner as ranking_runner
-from training.ranking.cli import RANKING_OPTIONS
+from training.ranking.cli import RANKING_OPTIONS, ranking_config_from
 from training.ranking.config import RankingTrainConfig
 from training.retrieval import runner as retrieval_runner
-from training.retrieval.cli import TRAIN_OPTIONS
+from training.retrieval.cli import TRAIN_OPTIONS, train_config_from
 from training.retrieval.config import TrainConfig
 from workflows.assets.training import RankingModelConfig, RetrievalTrainConfig
 from workflows.demo import DemoOptions
@@ -256,3 +257,12 @@ def test_table_fields_keep_their_top_level_names() -> None:
     assert ranking["embedding_lr"] == "0.3" and "table.embedding_lr" not in ranking
     with pytest.raises(ValidationError, match="sharding given both at the top level and in table"):
         TrainConfig.model_validate({"sharding": "table_wise", "table": {"sharding": "row_wise"}})
+
+
+def test_a_config_files_top_level_table_fields_yield_to_the_options(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("sharding: table_wise\nembedding_lr: 0.2\n")
+    options = {"table": {"sharding": "row_wise"}}  # --sharding row_wise
+    assert train_config_from("hstu", config, options).table == TableConfig(sharding="row_wise", embedding_lr=0.2)
+    ranking = ranking_config_from("ranker", config, {}, [])
+    assert ranking.table == TableConfig(sharding="table_wise", embedding_lr=0.2)
