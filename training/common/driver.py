@@ -1,6 +1,6 @@
 """The driver-side steps that retrieval runs (``training.retrieval.runner``) and ranking runs
 (``training.ranking.runner``) share: connecting to Ray and checking its resources, the
-TorchTrainer of a worker loop, a warm start's model, fitting while the MLflow run's epochs are
+TorchTrainer of a worker loop, fitting while the MLflow run's epochs are
 followed, the best epoch's model, and ending the MLflow run FINISHED or FAILED.
 """
 
@@ -19,7 +19,6 @@ from infra.settings import Settings
 from training.common import tracking
 from training.common.errors import TrainingError
 from training.common.worker_loop import MODEL_DIR, TRAIN_STATE_FILE, LoopConfig, LoopJob
-from training.retrieval.io import read_info, read_weights
 
 Log = Callable[[str], None]
 
@@ -102,15 +101,6 @@ def torch_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-
-
-def warm_start_state(settings: Settings, version: str, log: Log) -> tuple[Any, dict[str, Any]]:
-    """(ModelInfo, weights) of a registered retrieval model version, for the workers to start from."""
-    with tracking.downloaded_version(settings, version) as directory:
-        info = read_info(directory)
-        weights = read_weights(directory)
-    log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
-    return info, weights
 
 
 def fit(

@@ -34,6 +34,7 @@ from training.ranking.evaluation import PopularityRanker, evaluate, predict
 from training.ranking.io import RankingScorer
 from training.ranking.metrics import plot_calibration
 from training.ranking.worker import RankingJob, ranking_worker
+from training.retrieval.io import warm_start_state  # a ranker may start from a retrieval version
 
 Log = Callable[[str], None]
 SHOWN = ("train_loss", "val_auc_click", "val_gauc_click", "val_auc_like", "val_auc_purchase")
@@ -74,7 +75,7 @@ def train_ranking(
         feature_versions=versions.as_dict(),
     )
     log(f"run {run_name}: {kind} ({config.model.mixture}), {workers} worker(s), features {versions.as_dict()}")
-    warm = driver.warm_start_state(settings, config.warm_start, log) if config.warm_start else None
+    warm = warm_start_state(settings, config.warm_start, log) if config.warm_start else None
     job = RankingJob(
         settings=settings,
         config=config,

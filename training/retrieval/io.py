@@ -13,6 +13,7 @@ one: the vocabulary is append-only), so ``item_index`` joins the vocabulary to g
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from infra.settings import Settings
 from training.common.config import EncoderConfig
 from training.common.model import PLAIN_WEIGHT
 from training.retrieval.model import RetrievalModel
@@ -86,3 +88,17 @@ def load_model(directory: Path | str) -> tuple[RetrievalModel, ModelInfo]:
     model = RetrievalModel(info.encoder, info.num_items)
     model.load_state_dict(read_weights(directory))
     return model.eval(), info
+
+
+def warm_start_state(
+    settings: Settings, version: str, log: Callable[[str], None]
+) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """(ModelInfo, weights) of a registered retrieval model version, for the workers of a
+    retrieval or ranking run to start from."""
+    from training.common import tracking  # MLflow: only runs read registered versions, serving does not
+
+    with tracking.downloaded_version(settings, version) as directory:
+        info = read_info(directory)
+        weights = read_weights(directory)
+    log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
+    return info, weights

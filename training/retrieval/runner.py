@@ -31,6 +31,7 @@ from training.common.progress import EpochFollower
 from training.common.worker_loop import MODEL_DIR
 from training.retrieval.config import TrainConfig
 from training.retrieval.evaluation import split_metrics, split_ranks
+from training.retrieval.io import warm_start_state
 from training.retrieval.retriever import Retriever
 from training.retrieval.worker import TrainJob, train_worker
 
@@ -75,7 +76,7 @@ def train(
         versions = latest_versions(settings)
         run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Fetched before a new run is created, so a bad version fails without leaving a run behind.
-    warm_state = driver.warm_start_state(settings, warm_start, log) if warm_start else None
+    warm_state = warm_start_state(settings, warm_start, log) if warm_start else None
     if warm_start and not resume:  # a resumed run's recorded config already has it
         config = config.warm_started(settings.train_use_gpu)
         log(f"warm start: item table learning rate {config.table_optimizer(settings.train_use_gpu)[1]:g}")
