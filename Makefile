@@ -1,5 +1,6 @@
 # streamrec: `make demo` runs the pipeline end to end on the local mini-cluster,
-# `make test` runs lint, types and the test suite. Both set up .venv first (idempotent).
+# `make test` runs lint, types and the whole test suite (what CI runs), `make test-fast` lint,
+# types and the tests that start no service. All set up .venv first (idempotent).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.streamrec-setup
 TORCHREC := torchrec==1.8.0
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup test lint demo bench up down status clean
+.PHONY: setup test test-fast lint demo bench up down status clean
 
 setup: $(STAMP)
 
@@ -23,10 +24,23 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Lint and types first (the `lint` target), then pytest. pytest exits 5 when it collects
-# no tests: reported as a failure, never a pass.
+# no tests: reported as a failure, never a pass. PYTEST_ARGS adds pytest arguments for a
+# developer (`make test PYTEST_ARGS="-x tests/serving"`); .ci/run clears it and PYTEST_ADDOPTS,
+# so CI's environment cannot narrow the suite.
+PYTEST = $(BIN)/python -m pytest
+define run_pytest
+	@$(PYTEST) $(1) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+endef
+
+# The whole suite. Tiers (markers set by tests/conftest.py): integration tests start a real
+# service, e2e tests run several as a loop; the rest are unit tests.
 test: lint
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(call run_pytest,)
+
+# The unit tests only: a signal in a few minutes.
+test-fast: lint
+	$(call run_pytest,-m "not integration and not e2e")
 
 # ruff (lint and format check) and mypy, configured in pyproject.toml.
 lint: setup
