@@ -5,6 +5,12 @@ temporary home, so tests never touch a developer's own cluster and may run besid
 In-process code and subprocesses (the `streamrec` CLI, Spark, Ray workers) all read
 these variables through ``infra.settings.get_settings()``.
 
+Tiers are assigned here, by fixture: a test that uses (directly or through another fixture)
+one that starts a real service is marked ``integration``, one that runs several services as a
+loop ``e2e`` (see ``SERVICE_FIXTURES``). Tests that start services by other means (a `streamrec
+up` subprocess, Spark inside the code under test) carry the marker by hand. `make test-fast`
+runs the rest; an unmarked test that starts the cluster, Spark or a Ray driver fails (``_fast_tier_guard``).
+
 ``HOME`` points at a temporary directory as well: Ray keeps (and, for a new local
 ``ray.init()`` cluster, writes) its token at ~/.ray/auth_token, and a token there turns
 authentication on for every later `ray start` on the machine. The suite never reads or
@@ -17,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,7 +31,25 @@ from infra import cluster
 from infra.processes import free_port
 from infra.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from pipelinedata import TrainedPipeline
+
 _TEST_ENV: dict[str, str] = {}
+
+# Fixtures that start a real service, and the tier of every test that uses one. A test that
+# needs several takes the highest (e2e over integration). Fixtures defined in a test module
+# count too: they are matched by name.
+SERVICE_FIXTURES: dict[str, str] = {
+    "mini_cluster": "integration",  # broker, MLflow and the Ray head
+    "kafka_broker": "integration",
+    "ray_head": "integration",  # tests/features/conftest.py
+    "spark": "integration",  # tests/features/conftest.py, tests/ingestion/conftest.py
+    "trained_pipeline": "integration",  # ingest, features and training on the mini-cluster
+    "served": "integration",  # tests/serving/conftest.py: the trained pipeline deployed on Ray Serve
+    "loop": "e2e",  # tests/workflows/test_workflow_loop.py: ingest -> features -> train -> gate
+    "cluster_env": "e2e",  # tests/infra/test_cluster_profile.py: the multi-node cluster profile
+}
+TIERS = ("integration", "e2e")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +73,45 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     os.environ.pop("STREAMREC_CONFIG", None)
     os.environ.update(_TEST_ENV)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a service fixture with that fixture's tier; fail collection
+    when no test uses one of them any more (renamed: its tests would drop into the fast tier)."""
+    used = {name for item in items for name in getattr(item, "fixturenames", ())}
+    unused = sorted(set(SERVICE_FIXTURES) - used)
+    if unused and _collected_everything(config):
+        raise pytest.UsageError(f"no test uses these SERVICE_FIXTURES of tests/conftest.py (renamed?): {unused}")
+    for item in items:
+        tiers = {SERVICE_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SERVICE_FIXTURES}
+        for tier in TIERS:
+            if tier in tiers and item.get_closest_marker(tier) is None:
+                item.add_marker(tier)
+
+
+def _collected_everything(config: pytest.Config) -> bool:
+    """Whether the whole tests/ tree was collected (a run of one file does not define every fixture)."""
+    return [Path(arg).resolve() for arg in config.args] == [Path(config.rootpath, "tests").resolve()]
+
+
+def _tier_of(item: pytest.Item) -> str:
+    return next((tier for tier in TIERS if item.get_closest_marker(tier) is not None), "")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test of the fast tier that starts the cluster, a Spark session or a Ray driver fails, naming why:
+    it is mis-tiered (give it a service fixture or an ``integration`` marker)."""
+    if _tier_of(request.node):
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a service but is not marked integration or e2e")
+
+    monkeypatch.setattr("infra.cluster.up", refuse)
+    monkeypatch.setattr("infra.spark.spark_session", refuse)
+    monkeypatch.setattr("infra.ray_access.connect", refuse)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -75,3 +139,14 @@ def kafka_broker() -> Iterator[Settings]:
     settings = get_settings()
     cluster.up(settings, ["kafka"])
     yield settings
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(mini_cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
+    """Synthetic events -> broker -> ingest -> features -> a retriever and a ranker registered in
+    MLflow (neither promoted), built once per session and shared by the serving and training
+    tests (tests/pipelinedata.py). Tests read it and may register or promote versions of its
+    models; none may change its lake (copy it first)."""
+    from pipelinedata import train_pipeline
+
+    return train_pipeline(tmp_path_factory.mktemp("pipeline-home"))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from featuredata import append_silver, silver_rows
 
 from infra.settings import get_settings
@@ -19,6 +20,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([STREAMREC, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # Spark, in the `streamrec features build` subprocess
 def test_build_prints_versions_read_and_written(test_env: dict[str, str], tmp_path: Path) -> None:
     env = {**os.environ, **test_env, "STREAMREC_HOME": str(tmp_path), "COLUMNS": "200"}
     settings = get_settings(home=tmp_path)

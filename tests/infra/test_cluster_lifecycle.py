@@ -121,7 +121,7 @@ def _round_trip_ray(env: dict[str, str]) -> None:
     assert result.stdout.strip().splitlines()[-1] == "285"
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # starts the mini-cluster through the CLI: no service fixture
 def test_up_status_use_down(tmp_path: Path) -> None:
     env = _env(tmp_path / "home")
     settings = _settings(env)

@@ -29,7 +29,7 @@ from ingestion.schema import BRONZE_TABLE
 STREAMREC = str(Path(sys.executable).parent / "streamrec")
 EVENTS = 3_000
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = pytest.mark.cluster  # e2e through the cluster_env fixture (tests/conftest.py)
 
 
 def _settings(env: dict[str, str]) -> Settings:

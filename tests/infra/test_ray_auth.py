@@ -76,7 +76,7 @@ def _nodes_status(settings: Settings, headers: dict[str, str] | None = None) -> 
     return requests.get(f"{settings.ray_dashboard_url}/api/v0/nodes", headers=headers, timeout=10).status_code
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # starts Ray through the CLI: no service fixture
 @pytest.mark.parametrize("user_token", [True, False], ids=["user-token-present", "no-user-token"])
 def test_token_cluster_up_status_task_down(tmp_path: Path, user_token: bool) -> None:
     env = _env(tmp_path)
@@ -128,7 +128,7 @@ def test_token_cluster_up_status_task_down(tmp_path: Path, user_token: bool) -> 
         assert not user_token_file.parent.exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # starts Ray through the CLI: no service fixture
 def test_authentication_can_be_turned_off(tmp_path: Path) -> None:
     env = _env(tmp_path, STREAMREC_RAY_AUTH="disabled")
     settings = _settings(env)

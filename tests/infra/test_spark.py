@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 _SCRIPT = """
 import sys
 from infra.settings import get_settings
@@ -25,6 +27,7 @@ spark.stop()
 """
 
 
+@pytest.mark.integration  # a local Spark session, in a subprocess
 def test_workers_use_the_driver_interpreter_whatever_python3_is_on_path(tmp_path: Path) -> None:
     # A bare `python3` first on PATH (no pyarrow, no project packages): Spark's default.
     bare_bin = tmp_path / "bin"

@@ -41,8 +41,6 @@ from ingestion.schema import BRONZE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
 from serving.history import HistoryEvent, OnlineHistory, UserHistory, partition_of
 
-pytestmark = pytest.mark.slow
-
 MAX_LEN = 4
 PARTITIONS = 2
 QUIET = lambda line: None  # noqa: E731

@@ -10,14 +10,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import requests
-from conftest import Served, post, wait_for
+from servingdata import Served, post, wait_for
 
 from serving.ranker import blend
 from serving.registry import promote, served_version
 from training.common import tracking
 from training.ranking.io import RankingScorer
-
-pytestmark = pytest.mark.slow
 
 
 def _ranking_version(served: Served) -> str | None:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Served, action, post, send, wait_for
+from servingdata import Served, action, post, send, wait_for
 
 from features.tables import ITEM_STATS_TABLE
 from serving.catalog import read_popularity
 from serving.registry import promote, rollback, served_version
 from training.common import tracking
 
-pytestmark = pytest.mark.slow
 JSON = {"content-type": "application/json"}
 
 

@@ -1,34 +1,23 @@
-"""Fixtures of the training tests: a lake of synthetic sequential events (real feature
-build) and runs on the session's real Ray head and MLflow server."""
+"""Fixtures of the training tests: the session's trained pipeline (tests/pipelinedata.py): its
+lake, its two-worker HSTU run and model names, on the session's real Ray head and MLflow server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from lakedata import EVENTS, append_events, tiny_config
+from pipelinedata import TrainedPipeline
 
-from infra.settings import Settings, get_settings
-from ingestion.synthetic import generate_events
-from training.retrieval.runner import TrainOutcome, train
-
-
-@pytest.fixture(scope="session")
-def lake_home(mini_cluster: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home whose lake holds silver events and feature tables built from them."""
-    home = tmp_path_factory.mktemp("training-home")
-    append_events(get_settings(home=home), generate_events(EVENTS))
-    return home
+from infra.settings import Settings
+from training.retrieval.runner import TrainOutcome
 
 
 @pytest.fixture(scope="session")
-def settings(lake_home: Path) -> Settings:
-    """Settings of the training tests: their own lake and checkpoints, the session cluster."""
-    return get_settings(home=lake_home, train_workers=2, train_max_failures=1)
+def settings(trained_pipeline: TrainedPipeline) -> Settings:
+    """Settings of the training tests: the pipeline's lake, checkpoints and model names (2 workers,
+    one retry), the session cluster. Tests that change the lake work on a copy."""
+    return trained_pipeline.settings
 
 
 @pytest.fixture(scope="session")
-def hstu_run(settings: Settings) -> Iterator[TrainOutcome]:
-    """One 2-worker HSTU run (row-wise sharded item table), registered in MLflow."""
-    yield train(settings, tiny_config("hstu"))
+def hstu_run(trained_pipeline: TrainedPipeline) -> TrainOutcome:
+    """The pipeline's 2-worker HSTU run (row-wise sharded item table), registered in MLflow."""
+    return trained_pipeline.run

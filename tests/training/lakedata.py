@@ -1,4 +1,4 @@
-"""Synthetic events written to silver/events, then the real feature build; small training configs."""
+"""Synthetic events written to silver/events as ingestion writes them, then the real feature build."""
 
 from __future__ import annotations
 
@@ -12,22 +12,10 @@ from deltalake import write_deltalake
 
 from infra.settings import Settings
 from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA, SILVER_TABLE
-from ingestion.synthetic import SyntheticConfig
-from training.common.config import EncoderConfig
-from training.retrieval.config import TrainConfig
 
 PARTITIONS = 4
 EVENT_KEYS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")
 START_MS = 1_700_000_000_000
-# 300 users, 1000 items in 20 clusters: small enough for about a second per epoch on 2
-# cores, structured enough that sequence models beat popularity by far.
-EVENTS = SyntheticConfig(users=300, items=1_000, events=30_000, clusters=20, seed=0, start_ms=START_MS)
-
-
-def tiny_config(kind: str = "hstu", **overrides: object) -> TrainConfig:
-    """A small model and short run that still learns the synthetic structure."""
-    encoder = EncoderConfig(kind=kind, dim=32, max_len=50)
-    return TrainConfig(encoder=encoder, **{"epochs": 6, "batch_size": 32, "patience": 0, **overrides})
 
 
 def silver_table(events: Iterable[dict[str, Any]], first_offset: int = 0) -> pa.Table:

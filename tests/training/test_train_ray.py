@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from lakedata import EVENTS, START_MS, append_events, tiny_config
+from lakedata import append_events
+from pipelinedata import EVENTS, tiny_config
 
 from features.reader import latest_versions
 from infra import ray_access
@@ -39,6 +40,8 @@ def _history(settings: Settings, run_id: str, key: str) -> list[tuple[int, float
 def test_two_worker_hstu_and_sasrec_beat_popularity(settings: Settings, hstu_run: TrainOutcome) -> None:
     popularity = train_popularity(settings, tiny_config())
     sasrec_run = train(settings, tiny_config("sasrec"))
+    # A margin no seed closes (benchmarks/results/train.json over seeds 0-2 on the same generator:
+    # test HR@10 0.154 HSTU, 0.166 SASRec, 0.005 popularity); HSTU against SASRec is the benchmark's.
     for run in (hstu_run, sasrec_run):
         val_hr = run.metrics["best_val_hr_10"]
         assert val_hr >= popularity["val_hr_10"] + 0.05 and val_hr >= 3 * popularity["val_hr_10"], (run, popularity)
@@ -74,7 +77,7 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
     artifacts = {item.path for item in client.list_artifacts(hstu_run.run_id)}
     assert {"model", "training_curve.png", "metrics.json"} <= artifacts
 
-    model_version = client.get_model_version("streamrec-retrieval", hstu_run.model_version)
+    model_version = client.get_model_version(settings.registered_model, hstu_run.model_version)
     assert model_version.run_id == hstu_run.run_id
     with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
         _, info = load_model(directory)
@@ -118,9 +121,11 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
         source = read_weights(directory)[PLAIN_WEIGHT]
     # A copy of the lake gets a day of new events naming 200 items the vocabulary lacks.
     shutil.copytree(settings.home / "lake", tmp_path / "lake")
-    grown = get_settings(home=tmp_path, train_workers=2)
+    grown = get_settings(home=tmp_path, train_workers=2, registered_model=settings.registered_model)
+    # The pipeline's clock ends about a day ago: these start half a day ago, after all of its events.
     later = SyntheticConfig(users=300, items=1_200, events=6_000, clusters=20, seed=1,
-                            start_ms=START_MS + 40 * 86_400_000, span_days=1.0)  # fmt: skip
+                            start_ms=EVENTS.start_ms + int((EVENTS.span_days + 0.5) * 86_400_000),
+                            span_days=0.25)  # fmt: skip
     append_events(grown, generate_events(later), first_offset=EVENTS.events)
 
     # Tiny learning rates: after one epoch every row is still (almost) where it started.
@@ -139,7 +144,7 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
 
 
 def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_run: TrainOutcome) -> None:
-    env = {**os.environ, "STREAMREC_HOME": str(settings.home)}
+    env = {**os.environ, "STREAMREC_HOME": str(settings.home), "STREAMREC_REGISTERED_MODEL": settings.registered_model}
     cli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "streamrec")
     popularity = subprocess.run(
         [cli, "train", "--model", "popularity", "--json"], env=env, capture_output=True, text=True

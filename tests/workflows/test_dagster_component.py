@@ -90,7 +90,7 @@ def _sensor_turns_silver_into_features(settings: Settings, repository: dict[str,
     assert all(delta_version(settings, table) == 0 for table in TABLES.values())  # the run built the features
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # `streamrec up dagster`: no service fixture
 def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path, dagster_enabled=True, dagster_port=free_port())
     append_clicks(settings, users=5, per_user=4)

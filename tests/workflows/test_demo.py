@@ -9,11 +9,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from deltalake import DeltaTable
 from kafka.admin import KafkaAdminClient
 
 from infra.settings import Settings, get_settings
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
+
+pytestmark = pytest.mark.e2e  # every stage of `streamrec demo` on the mini-cluster
 
 EVENTS = 4_000
 # Per run: the synthetic events, a tenth as many new ones before the warm-start round, one dislike.

@@ -31,8 +31,6 @@ from workflows.lineage import delta_version, row_count
 from workflows.resources import PromotionPolicy, QualityThresholds, StepRunner, StreamrecResource
 from workflows.sensors import registered_model_sensor
 
-pytestmark = pytest.mark.slow
-
 EVENTS = 6_000
 BAD_FRACTION = 0.02
 SYNTHETIC = dict(users=120, items=300, events=EVENTS, clusters=10, seed=7, span_days=2)

@@ -27,7 +27,7 @@ from workflows.assets.training import RankingModelConfig
 from workflows.lineage import delta_version, row_count
 from workflows.resources import RankingPromotionPolicy, StepRunner, StreamrecResource
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e  # ranking examples -> ranker -> gate on the mini-cluster
 
 SYNTHETIC = dict(users=120, items=300, events=6_000, clusters=10, seed=7, span_days=2, funnel=True)
 
