@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +81,19 @@ class BuildReport:
     def versions(self) -> dict[str, int]:
         """{table: version} of silver and every feature table after the build."""
         return {SILVER_TABLE: self.silver_version, **{update.table: update.version for update in self.tables}}
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON form (`streamrec features build --json`, the Dagster step's summary): mode,
+        silver_version, new_silver_rows and fallback_reason when there are any, rows_written
+        and versions ({table: ...} of every feature table; versions with silver's)."""
+        found: dict[str, Any] = {"mode": self.mode, "silver_version": self.silver_version}
+        if self.new_silver_rows is not None:
+            found["new_silver_rows"] = self.new_silver_rows
+        if self.fallback_reason:
+            found["fallback_reason"] = self.fallback_reason
+        found["rows_written"] = {update.table: update.rows for update in self.tables}
+        found["versions"] = self.versions()
+        return found
 
 
 def build(

@@ -36,6 +36,10 @@ def build(
         float, typer.Option(help="Ranking: label window after an exposure, in seconds.")
     ] = RANKING_WINDOW_S,
     ranking_max_len: Annotated[int, typer.Option(help="Ranking: history events kept per example.")] = RANKING_MAX_LEN,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the outcome as one JSON object on stdout (progress goes to stderr)."),
+    ] = False,
 ) -> None:
     """Build the feature tables from the latest silver/events version; print versions read and written."""
     from features.build import build as run_build
@@ -43,9 +47,10 @@ def build(
     from infra.cli import load_settings
 
     started = time.monotonic()
+    progress = Console(stderr=True) if as_json else console
 
     def log(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
+        progress.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")
 
     try:
         spec = RankingSpec(window_ms=int(ranking_window_s * 1000), max_len=ranking_max_len) if ranking else None
@@ -53,6 +58,9 @@ def build(
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]features build failed:[/red] {error}")
         raise typer.Exit(1) from error
+    if as_json:
+        print(json.dumps(report.summary()))
+        return
     console.print(f"features build ({report.mode}) from silver/events version {report.silver_version}:")
     table = Table()
     for column in ("table", "version", "rows", "change"):

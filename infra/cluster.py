@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import dataclass
 
 from infra.components import Component, Health, all_components
 from infra.errors import StreamrecError
+from infra.polling import wait_until
 from infra.processes import log_tail, port_in_use, read_record, spawn, stop
 from infra.settings import Settings
 
@@ -41,11 +42,17 @@ def select(settings: Settings, names: list[str] | None) -> list[Component]:
 
 
 def _wait_healthy(component: Component, timeout_s: float, pid_alive=lambda: True) -> Health:
-    deadline = time.monotonic() + timeout_s
+    """The component's health once it is ok or its process died; its last health after ``timeout_s``."""
     health = component.probe()
-    while not health.ok and time.monotonic() < deadline and pid_alive():
-        time.sleep(0.5)
+
+    def settled() -> bool:
+        nonlocal health
         health = component.probe()
+        return health.ok or not pid_alive()
+
+    if not health.ok and pid_alive():
+        with contextlib.suppress(TimeoutError):
+            wait_until(settled, timeout_s, interval_s=0.5, what=f"{component.name} to become healthy")
     return health
 
 

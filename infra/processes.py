@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+
+from infra.polling import wait_until
 
 START_TOLERANCE_S = 0.05  # the start is read in clock ticks (1/100 s): the same process reads the same
 
@@ -95,11 +98,9 @@ def stop(record: ProcessRecord, grace_s: float = 15.0) -> None:
             os.killpg(record.pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not group_members(record.pid):
-                return
-            time.sleep(0.1)
+        with contextlib.suppress(TimeoutError):  # then the next signal
+            wait_until(lambda: not group_members(record.pid), wait_s, interval_s=0.1, what=f"group {record.pid} to end")
+            return
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

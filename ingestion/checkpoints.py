@@ -53,7 +53,7 @@ def topic_ends(settings: Settings) -> dict[str, int]:
     """{partition: high watermark} of the topic; a plain IngestError without broker or topic."""
     from kafka.errors import KafkaError
 
-    from ingestion.kafka_source import KafkaSourceError, high_watermarks, kafka_consumer
+    from ingestion.kafka_client import KafkaSourceError, high_watermarks, kafka_consumer
 
     try:
         consumer = kafka_consumer(settings.kafka_bootstrap, bootstrap_timeout_ms=5_000)

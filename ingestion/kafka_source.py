@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,18 +40,12 @@ import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from infra.errors import StreamrecError
-from ingestion.schema import KAFKA_RECORD_SCHEMA
+from ingestion.kafka_client import KafkaSourceError, high_watermarks, kafka_consumer, records_batch
 
 SPARK_SCHEMA = "key binary, value binary, partition int, offset bigint, timestamp timestamp"
 SOURCE_NAME = "kafka_python"
 _ROWS_PER_ARROW_BATCH = 20_000
 _MIN_SPLIT = 10_000  # records: smaller ranges are not split further
-_WATERMARK_WAIT_S = 5.0
-
-
-class KafkaSourceError(StreamrecError):
-    """The topic cannot be read as the stream's offsets say (missing topic, lost records)."""
 
 
 @dataclass(frozen=True)
@@ -175,50 +169,6 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return high_watermarks(self._consumer, self.topic)
 
 
-def kafka_consumer(bootstrap: str, **config: Any):  # -> kafka.KafkaConsumer
-    """A group-less consumer for explicit assignment, with large fetches; never skips lost offsets."""
-    from kafka import KafkaConsumer
-
-    return KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="none",  # a position that no longer exists is an error, never a skip
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_bytes=64 << 20,
-        **config,
-    )
-
-
-def high_watermarks(consumer: Any, topic: str) -> dict[str, int]:
-    """{partition: offset after the last record} of every partition of ``topic``, from fetch responses.
-
-    ListOffsets(latest) may lag behind the end (Tansu names the last batch's base offset), so
-    each partition is fetched from there and the high watermark of the response is used.
-    """
-    from kafka import TopicPartition
-
-    consumer.topics()  # a metadata request: finds partitions added since the last call
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise KafkaSourceError(f"topic {topic} does not exist")
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign([])
-    consumer.assign(tps)  # fresh partition state: no high watermark left from an earlier call
-    listed = consumer.end_offsets(tps)
-    ends = dict(listed)
-    for tp in tps:
-        consumer.seek(tp, listed[tp])
-    deadline = time.monotonic() + _WATERMARK_WAIT_S
-    while time.monotonic() < deadline:
-        for tp, records in consumer.poll(timeout_ms=200).items():
-            ends[tp] = max(ends[tp], records[-1].offset + 1)
-        if all(consumer.highwater(tp) is not None for tp in tps):
-            break
-    for tp in tps:
-        ends[tp] = max(ends[tp], consumer.highwater(tp) or 0)
-    return {str(tp.partition): end for tp, end in ends.items()}
-
-
 def _share_limit(start: dict[str, int], ends: dict[str, int], max_rows: int) -> dict[str, int]:
     """Ends that give a micro-batch exactly ``max_rows`` records (when more wait), shared
     among partitions in proportion to their lag (largest remainders get the leftovers)."""
@@ -266,18 +216,3 @@ def read_range(part: KafkaRange) -> Iterator[pa.RecordBatch]:
                     )
     finally:
         consumer.close()
-
-
-def records_batch(records: Sequence[Any], partition: int) -> pa.RecordBatch:
-    """kafka-python ConsumerRecords of one partition as KAFKA_RECORD_SCHEMA rows (what validation reads)."""
-    n = len(records)
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([r.key for r in records], pa.binary()),
-            pa.array([r.value for r in records], pa.binary()),
-            pa.array([partition] * n, pa.int32()),
-            pa.array([r.offset for r in records], pa.int64()),
-            pa.array([r.timestamp * 1000 for r in records], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        ],
-        schema=KAFKA_RECORD_SCHEMA,
-    )

@@ -11,6 +11,7 @@ only what the crash prevented. See docs/ingestion.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.lake import append_once
+from infra.polling import wait_until
 from infra.settings import Settings
 from ingestion.checkpoints import checkpoint_path, exclusive, topic_ends
 from ingestion.errors import IngestError, error_digest
@@ -214,8 +216,12 @@ def run_ingest(
 
 def _stop_between_batches(query: Any, patience_s: float = 120.0) -> None:
     """Stop ``query`` once no micro-batch is running (a stop mid-batch is safe, only wasteful)."""
-    deadline = time.monotonic() + patience_s
-    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # a batch still running after patience_s is stopped with it
+        wait_until(
+            lambda: not (query.isActive and query.status.get("isTriggerActive")),
+            patience_s,
+            interval_s=0.1,
+            what="the running micro-batch to end",
+        )
     if query.isActive:
         query.stop()

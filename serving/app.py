@@ -4,7 +4,7 @@ Two rules of this module: no ``from __future__ import annotations`` (FastAPI rea
 annotations as real types), and the deployments use only names imported or defined above them
 (``@serve.ingress`` pickles the routes while this module is still being imported).
 
-    HistoryShard x serve_history_shards   each tails its Kafka partitions (serving.history)
+    HistoryShard x serve_history_shards   each tails its Kafka partitions (serving.history.store)
     Recommender  x serve_replicas         FastAPI ingress: /retrieve, /rank, /recommend, /healthz, /metrics
 
 A request for a stored user asks the shards for the user's history (a user lives in one
@@ -48,8 +48,8 @@ from serving.api import (
     ScoredItem,
 )
 from serving.catalog import Catalog, load_catalog
-from serving.config import ServeConfig
-from serving.history import OnlineHistory, UserHistory
+from serving.config import ServeConfig, production_config
+from serving.history.store import OnlineHistory, UserHistory
 from serving.metrics import ServingMetrics
 from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
 from serving.registry import served_version
@@ -407,6 +407,5 @@ def app_from_settings(args: dict[str, str]) -> Any:
     (import path ``serving.app:app_from_settings``): settings from the environment, ``args``
     as setting overrides (e.g. ``{"serve_replicas": "4"}``), the production model's config."""
     from infra.settings import get_settings
-    from serving.deploy import production_config
 
     return build_app(production_config(get_settings(**args)))

@@ -1,8 +1,9 @@
 """The typed configuration a serving application is built from (``serving.app.build_app``).
 
-It is made on the driver from the settings (``ServeConfig.from_settings``) and bound into
-every deployment, so replicas read the same values wherever Ray places them, and the
-history shards bootstrap from the feature versions the served model was trained on.
+It is made on the driver from the settings (``ServeConfig.from_settings``; for the model the
+serving alias names, ``production_config``) and bound into every deployment, so replicas read
+the same values wherever Ray places them, and the history shards bootstrap from the feature
+versions the served model was trained on.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
+from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, recorded_state
 from infra.settings import Settings
+from serving.errors import ServeError
+from serving.registry import served_version
+from training.common import tracking
+from training.retrieval.io import read_info
 
 APP_NAME = "streamrec"
 
@@ -50,3 +55,20 @@ class ServeConfig(BaseModel):
     @property
     def item_vocab_version(self) -> int:
         return self.bootstrap_versions[ITEM_VOCAB_TABLE]
+
+
+def production_config(settings: Settings) -> ServeConfig:
+    """The ServeConfig of the version the serving alias names: the feature versions it was
+    trained on (the history shards bootstrap from exactly those) and their history length."""
+    version = served_version(settings)
+    if version is None:
+        raise ServeError(
+            f"{settings.registered_model} has no {settings.serve_model_alias!r} version: "
+            "promote one first (`streamrec promote --version N`)"
+        )
+    with tracking.downloaded_version(settings, version) as directory:
+        versions = read_info(directory).feature_versions
+    state = recorded_state(settings.table_uri(USER_SEQUENCES_TABLE), versions[USER_SEQUENCES_TABLE])
+    if state is None:
+        raise ServeError(f"{USER_SEQUENCES_TABLE} v{versions[USER_SEQUENCES_TABLE]} records no build state")
+    return ServeConfig.from_settings(settings, versions, history_max_len=state[1])

@@ -1,52 +1,26 @@
 """Start, inspect and stop the serving application on the Ray cluster of the settings.
 
-``deploy`` resolves the production version, reads which feature versions it was trained on
-(the history shards bootstrap from exactly those), starts Ray Serve's HTTP proxy on
-``serve_host:serve_port`` and runs the application; it returns once /healthz answers 200.
-The application lives in the cluster, not in the calling process.
+``deploy`` builds the application of the production version (``serving.app``), starts Ray
+Serve's HTTP proxy on ``serve_host:serve_port`` and runs it; it returns once /healthz
+answers 200. The application lives in the cluster, not in the calling process.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import requests
 
-from features.tables import USER_SEQUENCES_TABLE, recorded_state
 from infra import ray_access
-from infra.errors import StreamrecError
+from infra.polling import wait_until
 from infra.settings import Settings
-from serving.config import APP_NAME, ServeConfig
-from serving.registry import served_version
-from training.common import tracking
-from training.retrieval.io import read_info
-
-
-class ServeError(StreamrecError):
-    """Serving cannot start, or does not answer."""
+from serving.config import APP_NAME, production_config
+from serving.errors import ServeError
 
 
 def base_url(settings: Settings) -> str:
     """The HTTP root of the serving application."""
     return f"http://{settings.serve_host}:{settings.serve_port}"
-
-
-def production_config(settings: Settings) -> ServeConfig:
-    """The ServeConfig of the version the serving alias names: the feature versions it was
-    trained on (the history shards bootstrap from exactly those) and their history length."""
-    version = served_version(settings)
-    if version is None:
-        raise ServeError(
-            f"{settings.registered_model} has no {settings.serve_model_alias!r} version: "
-            "promote one first (`streamrec promote --version N`)"
-        )
-    with tracking.downloaded_version(settings, version) as directory:
-        versions = read_info(directory).feature_versions
-    state = recorded_state(settings.table_uri(USER_SEQUENCES_TABLE), versions[USER_SEQUENCES_TABLE])
-    if state is None:
-        raise ServeError(f"{USER_SEQUENCES_TABLE} v{versions[USER_SEQUENCES_TABLE]} records no build state")
-    return ServeConfig.from_settings(settings, versions, history_max_len=state[1])
 
 
 def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
@@ -64,18 +38,26 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
 
 def wait_healthy(settings: Settings, timeout_s: float) -> dict[str, Any]:
     """Poll /healthz until it answers 200; raises ServeError with the last answer."""
-    deadline = time.monotonic() + timeout_s
     last = "no answer"
-    while time.monotonic() < deadline:
+
+    def healthy() -> dict[str, Any] | None:
+        nonlocal last
         try:
             response = requests.get(f"{base_url(settings)}/healthz", timeout=5)
-            if response.status_code == 200:
-                return dict(response.json())
-            last = f"{response.status_code}: {response.text[:300]}"
         except requests.RequestException as error:
             last = error.__class__.__name__
-        time.sleep(0.5)
-    raise ServeError(f"serving at {base_url(settings)} did not become healthy in {timeout_s:.0f} s ({last})")
+            return None
+        if response.status_code == 200:
+            return dict(response.json())
+        last = f"{response.status_code}: {response.text[:300]}"
+        return None
+
+    try:
+        return wait_until(healthy, timeout_s, interval_s=0.5, what=f"serving at {base_url(settings)} to answer 200")
+    except TimeoutError as error:
+        raise ServeError(
+            f"serving at {base_url(settings)} did not become healthy in {timeout_s:.0f} s ({last})"
+        ) from error
 
 
 def health(settings: Settings) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from infra.cluster import ComponentState
 from infra.settings import Settings
-from serving.deploy import ServeError, base_url, deploy, health, undeploy
+from serving.deploy import base_url, deploy, health, undeploy
+from serving.errors import ServeError
 from serving.registry import served_version
 
 

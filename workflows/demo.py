@@ -18,6 +18,7 @@ stay as they were and training runs once more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -37,6 +38,7 @@ from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.model_options import merge
+from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
 from ingestion.producer import encode_event, produce, with_bad_records
@@ -281,13 +283,15 @@ def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
 
 def _wait_for_ranker(settings: Settings, version: str, timeout_s: float) -> dict[str, Any] | None:
     """The /healthz ``ranking`` object once it names ``version`` (None: not within ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def served() -> dict[str, Any] | None:
         ranking = health(settings).get("ranking")
-        if ranking and str(ranking["version"]) == version:
-            return dict(ranking)
-        time.sleep(0.2)
-    return None
+        return dict(ranking) if ranking and str(ranking["version"]) == version else None
+
+    try:
+        return wait_until(served, timeout_s, interval_s=0.2, what=f"/healthz to name ranking version {version}")
+    except TimeoutError:
+        return None
 
 
 def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], baseline: dict[str, float]) -> Table:
@@ -353,9 +357,13 @@ class _SteadyClient:
         self._thread.join()
 
     def wait_for_version(self, version: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (not self.versions or self.versions[-1] != version):
-            time.sleep(0.1)
+        with contextlib.suppress(TimeoutError):  # the caller reports the versions seen
+            wait_until(
+                lambda: self.versions and self.versions[-1] == version,
+                timeout_s,
+                interval_s=0.1,
+                what=f"/recommend to answer with version {version}",
+            )
 
     def _run(self) -> None:
         with requests.Session() as session:

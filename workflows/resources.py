@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -122,24 +121,26 @@ class StepRunner(dg.ConfigurableResource):
         """`streamrec features build --incremental` (``full``: without it): the feature tables catch up
         with silver; with ``ranking``, features/ranking_examples too (``--ranking``)."""
         if self.mode == "ray_job":
-            args = ["features", "build"] if full else ["features", "build", "--incremental"]
+            from workflows.ray_jobs import tail
+
+            args = ["features", "build", "--json"] if full else ["features", "build", "--incremental", "--json"]
             if ranking is not None:
                 args += ["--ranking", "--ranking-window-s", str(ranking.window_ms / 1000),
                          "--ranking-max-len", str(ranking.max_len)]  # fmt: skip
             result = self._ray_job(settings, args, "features", log)
-            found = re.search(r"features build \((\w+)\) from silver/events version (\d+)", result.logs)
-            parsed = {"mode": found.group(1), "silver_version": int(found.group(2))} if found else {}
-            return StepOutcome(parsed, result.job_id, result.seconds)
+            summary = result.last_json("silver_version")  # the one JSON line `--json` prints
+            if summary is None:
+                raise dg.Failure(
+                    description=f"`streamrec {' '.join(args)}` (Ray job {result.job_id}) printed no JSON outcome",
+                    metadata={
+                        "ray_job_id": result.job_id,
+                        "log_tail": dg.MetadataValue.md(f"```\n{tail(result.logs, self.log_tail_lines)}\n```"),
+                    },
+                )
+            return StepOutcome(summary, result.job_id, result.seconds)
         from features.build import build
 
-        report = build(settings, incremental=not full, log=log, ranking=ranking)
-        summary: dict[str, Any] = {"mode": report.mode, "silver_version": report.silver_version}
-        if report.new_silver_rows is not None:
-            summary["new_silver_rows"] = report.new_silver_rows
-        if report.fallback_reason:
-            summary["fallback_reason"] = report.fallback_reason
-        summary["rows_written"] = {update.table: update.rows for update in report.tables}
-        return StepOutcome(summary)
+        return StepOutcome(build(settings, incremental=not full, log=log, ranking=ranking).summary())
 
     def _ray_job(self, settings: Settings, args: list[str], step: str, log: Log) -> Any:
         from workflows.ray_jobs import RayJobError, run_ray_job

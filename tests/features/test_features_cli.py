@@ -41,5 +41,16 @@ def test_build_prints_versions_read_and_written(test_env: dict[str, str], tmp_pa
     assert "features/item_vocab: 1 rows appended -> version 1" in incremental.stdout
     assert "features build (incremental) from silver/events version 1" in incremental.stdout
 
+    outcome = _cli(env, "features", "build", "--incremental", "--json")  # nothing new: tables up to date
+    assert outcome.returncode == 0, outcome.stderr
+    assert "read silver/events version 1" in outcome.stderr  # progress on stderr, stdout is the JSON alone
+    assert json.loads(outcome.stdout) == {
+        "mode": "incremental",
+        "silver_version": 1,
+        "rows_written": {"features/item_vocab": 0, "features/user_sequences": 0, "features/item_stats": 0},
+        "versions": {"silver/events": 1, "features/item_vocab": 1, "features/user_sequences": 1,
+                     "features/item_stats": 1},
+    }  # fmt: skip
+
     versions = _cli(env, "features", "versions")
     assert json.loads(versions.stdout) == {"features/item_vocab": 1, "features/user_sequences": 1}

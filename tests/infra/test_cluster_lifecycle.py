@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from infra.polling import wait_until
 from infra.processes import free_port, group_members, port_in_use, read_record
 from infra.settings import Settings
 
@@ -78,10 +79,14 @@ def _round_trip_kafka(settings: Settings) -> None:
     consumer.assign(partitions)
     consumer.seek_to_beginning()
     received: list[bytes] = []
-    deadline = time.monotonic() + 30
-    while len(received) < len(sent) and time.monotonic() < deadline:
+
+    def all_received() -> bool:
         for records in consumer.poll(timeout_ms=1000).values():
             received.extend(record.value for record in records)
+        return len(received) >= len(sent)
+
+    with contextlib.suppress(TimeoutError):  # the assert below shows what arrived
+        wait_until(all_received, 30, interval_s=0, what="the sent records to come back")
     consumer.close()
     assert received == sent  # one key -> one partition -> produce order
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from infra.polling import wait_until
 from infra.processes import ProcessRecord, group_members, process_start_s, read_record, spawn, stop
 
 
@@ -62,9 +63,7 @@ def test_spawn_records_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
     record = spawn(["bash", "-c", script], tmp_path / "log", tmp_path / "pid")
     assert read_record(tmp_path / "pid") == record
     assert record.alive()
-    deadline = time.monotonic() + 10
-    while len(group_members(record.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(group_members(record.pid)) >= 3, 10, interval_s=0.05, what="bash and its two sleeps")
     assert len(group_members(record.pid)) == 3  # bash and its two sleeps
     stop(record, grace_s=5)
     assert not record.alive()
@@ -78,7 +77,5 @@ def test_spawn_environment_adds_and_removes_variables(tmp_path: Path, monkeypatc
     record = spawn(
         command, tmp_path / "log", tmp_path / "pid", {"STREAMREC_TEST_ADD": "added", "STREAMREC_TEST_DROP": None}
     )
-    deadline = time.monotonic() + 10
-    while record.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not record.alive(), 10, interval_s=0.05, what="the command to finish")
     assert out.read_text().strip() == "added/unset"

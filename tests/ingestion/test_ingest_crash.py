@@ -13,6 +13,7 @@ from pathlib import Path
 from ingestdata import encode_event, env_of, events, fresh_settings, mixed_records, send
 from test_ingest import _assert_exact
 
+from infra.polling import wait_until
 from infra.settings import Settings
 from ingestion.checkpoints import checkpoint_path
 
@@ -51,11 +52,12 @@ def test_kill_9_mid_stream_and_restart_loses_and_duplicates_nothing(
     for round_ in range(3):
         before = _committed_batches(settings)
         process = _start(settings, env, log)
-        deadline = time.monotonic() + 240
-        while _committed_batches(settings) <= before and time.monotonic() < deadline:
+
+        def progressed(process: subprocess.Popen = process, before: int = before) -> bool:
             assert process.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.1)
-        assert _committed_batches(settings) > before, "the stream made no progress"
+            return _committed_batches(settings) > before
+
+        wait_until(progressed, 240, interval_s=0.1, what="the stream to commit a micro-batch")
         time.sleep(rng.uniform(0.0, 2.5))  # somewhere inside a later micro-batch
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,15 +9,10 @@ import pytest
 from ingestdata import events, fresh_settings, send
 from pyspark.sql.streaming.datasource import ReadAllAvailable
 
+from infra.polling import wait_until
 from infra.settings import Settings
-from ingestion.kafka_source import (
-    SOURCE_NAME,
-    KafkaSourceError,
-    KafkaStreamReader,
-    high_watermarks,
-    kafka_consumer,
-    read_range,
-)
+from ingestion.kafka_client import KafkaSourceError, high_watermarks, kafka_consumer
+from ingestion.kafka_source import SOURCE_NAME, KafkaStreamReader, read_range
 from ingestion.producer import encode_event
 
 
@@ -158,10 +152,9 @@ def test_a_running_query_follows_new_records(spark, kafka_broker: Settings, tmp_
     try:
         for wave in range(3):
             send(settings, [encode_event(e) for e in events(100, seed=wave)])
-            deadline = time.monotonic() + 120
-            while sum(seen) < 100 * (wave + 1) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert sum(seen) == 100 * (wave + 1)
+            target = 100 * (wave + 1)
+            wait_until(lambda target=target: sum(seen) >= target, 120, interval_s=0.2, what=f"wave {wave} to arrive")
+            assert sum(seen) == target
     finally:
         query.stop()
 

@@ -13,7 +13,8 @@ from ingestdata import env_of, fresh_settings
 from test_validation import EXPECTED_REASONS
 
 from infra.settings import Settings
-from ingestion.kafka_source import KafkaRange, high_watermarks, kafka_consumer, read_range
+from ingestion.kafka_client import high_watermarks, kafka_consumer
+from ingestion.kafka_source import KafkaRange, read_range
 from ingestion.replay import rating_action, read_replay
 from ingestion.schema import KAFKA_RECORD_SCHEMA
 from ingestion.validation import ValidationLimits, validate_records

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.producer import OutRecord, encode_event, open_producer
 from ingestion.schema import ACTIONS
-from serving.history import HistoryEvent
+from serving.history.snapshot import HistoryEvent
 
 
 def new_topic(settings: Settings, partitions: int) -> str:
@@ -159,9 +160,7 @@ def end_offsets(sent: list[Sent]) -> dict[int, int]:
 
 def eventually(check: Any, timeout_s: float = 20.0) -> bool:
     """Whether ``check()`` becomes true within ``timeout_s`` (polled every 50 ms)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return bool(check())
+    try:
+        return bool(wait_until(check, timeout_s, interval_s=0.05, what="the check"))
+    except TimeoutError:
+        return False

@@ -39,7 +39,7 @@ from ingestion.lake_writer import SILVER_APP_ID
 from ingestion.producer import encode_event
 from ingestion.schema import BRONZE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
-from serving.history import HistoryEvent, OnlineHistory, UserHistory, partition_of
+from serving.history.store import HistoryEvent, OnlineHistory, UserHistory, partition_of
 
 MAX_LEN = 4
 PARTITIONS = 2

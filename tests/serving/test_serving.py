@@ -220,7 +220,7 @@ def test_the_application_builder_serves_the_production_model(served: Served) -> 
     from ray.serve import Application
 
     from serving.app import app_from_settings
-    from serving.deploy import production_config
+    from serving.config import production_config
 
     settings = served.settings
     app = app_from_settings({"home": str(settings.home), "topic": settings.topic,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
+from infra.polling import wait_until
 from serving.watcher import ModelWatcher
 
 
@@ -17,10 +17,7 @@ class FakeModel:
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the watcher did not catch up"
-        time.sleep(0.001)
+    wait_until(condition, timeout_s, interval_s=0.001, what="the watcher to catch up")
 
 
 def test_a_swap_publishes_the_model_and_its_record_as_one_state() -> None:

@@ -3,8 +3,8 @@ the daemon running a sensor and the run it launches."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from workflowdata import append_clicks
 
 from infra import cluster
 from infra.components import DagsterWorkflows, all_components, settings_environment
+from infra.polling import wait_until
 from infra.processes import free_port, group_members, log_tail, port_in_use, read_record
 from infra.settings import Settings, get_settings
 from workflows.assets.features import TABLES
@@ -75,15 +76,19 @@ def _sensor_turns_silver_into_features(settings: Settings, repository: dict[str,
     assert started["startSensor"]["__typename"] == "Sensor"
     runs_query = '{ runsOrError(filter: {pipelineName: "features_job"}) { ... on Runs { results { status } } } }'
     ticks_query = f"{{ sensorOrError(sensorSelector: {selector}) {{ ... on Sensor {{ sensorState {{ ticks(limit: 5) {{ status cursor runIds }} }} }} }} }}"  # noqa: E501
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    runs: list[dict[str, Any]] = []
+    ticks: list[dict[str, Any]] = []
+
+    def settled() -> bool:
+        nonlocal runs, ticks
         runs = _graphql(settings, runs_query)["runsOrError"]["results"]
         ticks = _graphql(settings, ticks_query)["sensorOrError"]["sensorState"]["ticks"]
         finished = runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED")
         # A tick the daemon is still evaluating shows as STARTED (CI once read the second one then).
-        if finished and len(ticks) >= 2 and ticks[0]["status"] != "STARTED":
-            break
-        time.sleep(2)
+        return bool(finished and len(ticks) >= 2 and ticks[0]["status"] != "STARTED")
+
+    with contextlib.suppress(TimeoutError):  # the asserts below say what was seen
+        wait_until(settled, 240, interval_s=2, what="the sensor's run and the tick after it")
     assert [run["status"] for run in runs] == ["SUCCESS"], (runs, log_tail(settings.log_dir / "dagster.log", 40))
     assert [tick["status"] for tick in ticks][-2:] == ["SKIPPED", "SUCCESS"]  # newest first
     assert ticks[0]["cursor"] == ticks[1]["cursor"] and json.loads(ticks[0]["cursor"])["version"] == 0
