@@ -15,11 +15,13 @@ import pytest
 
 from benchmarks import harness
 from benchmarks.demo.run import reported, stages
+from benchmarks.suite.run import SUMMARY, counts
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
     "benchmarks.demo",
     "benchmarks.features",
+    "benchmarks.suite",
     "benchmarks.ingest",
     "benchmarks.rank",
     "benchmarks.serve",
@@ -110,3 +112,11 @@ def test_every_benchmark_runs_as_a_module(module: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:") and "--out" in done.stdout  # each says where its result goes
+
+
+def test_the_suite_benchmark_reads_pytests_closing_line() -> None:
+    line = "=== 254 passed, 83 deselected, 2 warnings in 231.40s (0:03:51) ==="
+    match = SUMMARY.match(line)
+    assert match is not None
+    assert counts(match.group(1)) == {"passed": 254, "deselected": 83}
+    assert counts("1 failed, 300 passed, 1 error") == {"failed": 1, "passed": 300, "errors": 1}
