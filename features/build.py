@@ -128,8 +128,8 @@ def _full_build_reason(settings: Settings, silver_version: int, spec: RankingSpe
         if state is None:
             return f"{name} has no recorded build"
         since, max_len = state
-        if name == USER_SEQUENCES_TABLE and max_len != settings.features_max_len:
-            return f"{name} was built with max_len {max_len}, the setting is now {settings.features_max_len}"
+        if name == USER_SEQUENCES_TABLE and max_len != settings.features.max_len:
+            return f"{name} was built with max_len {max_len}, the setting is now {settings.features.max_len}"
         if since > silver_version:
             return f"{name} reflects silver version {since}, newer than the current {silver_version}"
     return ""
@@ -163,7 +163,7 @@ def _full_build(settings: Settings, silver_version: int, log: Log, spec: Ranking
     from infra.spark import spark_session
 
     report = BuildReport(mode="full", silver_version=silver_version)
-    record = build_record(silver_version, settings.features_max_len)
+    record = build_record(silver_version, settings.features.max_len)
     started = time.monotonic()
     spark = spark_session(settings, "streamrec-features")
     log(f"spark session ready ({time.monotonic() - started:.1f}s)")
@@ -176,7 +176,7 @@ def _full_build(settings: Settings, silver_version: int, log: Log, spec: Ranking
         report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added, record, log))
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
-        sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features_max_len)
+        sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features.max_len)
         sequences = _arrow(sequences_df, USER_SEQUENCES_SCHEMA, "user_id")
         report.tables.append(_overwrite(settings, USER_SEQUENCES_TABLE, sequences, record, log))
 
@@ -226,7 +226,7 @@ def _incremental_build(
     settings: Settings, silver_version: int, log: Log, spec: RankingSpec | None = None
 ) -> BuildReport:
     report = BuildReport(mode="incremental", silver_version=silver_version)
-    record = build_record(silver_version, settings.features_max_len)
+    record = build_record(silver_version, settings.features.max_len)
     silver_uri = settings.table_uri(SILVER_TABLE)
     changes: dict[int, SilverChanges] = {}
 
@@ -293,7 +293,7 @@ def _update_sequences(settings: Settings, delta: SilverChanges, record: CommitPr
         ]
     )
     log(f"{USER_SEQUENCES_TABLE}: {len(users):,} users touched, {len(late):,} with late events rebuilt from silver")
-    rebuilt = arrow_jobs.sequences_from_events(events, settings.features_max_len)
+    rebuilt = arrow_jobs.sequences_from_events(events, settings.features.max_len)
     return _merge(settings, USER_SEQUENCES_TABLE, rebuilt, "user_id", record, log)
 
 

@@ -65,7 +65,7 @@ def latest_ranking_versions(settings: Settings) -> RankingVersions:
     vocab = table_version(settings.table_uri(ITEM_VOCAB_TABLE))
     if ranking is None or vocab is None:
         raise FileNotFoundError(
-            f"no {RANKING_EXAMPLES_TABLE} under {settings.lake}; run `streamrec features build --ranking` first"
+            f"no {RANKING_EXAMPLES_TABLE} under {settings.lake_root}; run `streamrec features build --ranking` first"
         )
     return RankingVersions(item_vocab=vocab, ranking_examples=ranking)
 

@@ -57,7 +57,7 @@ def latest_versions(settings: Settings) -> FeatureVersions:
     sequences = table_version(settings.table_uri(USER_SEQUENCES_TABLE))
     vocab = table_version(settings.table_uri(ITEM_VOCAB_TABLE))
     if sequences is None or vocab is None:
-        raise FileNotFoundError(f"no feature tables under {settings.lake}; run `streamrec features build` first")
+        raise FileNotFoundError(f"no feature tables under {settings.lake_root}; run `streamrec features build` first")
     return FeatureVersions(item_vocab=vocab, user_sequences=sequences)
 
 
@@ -71,12 +71,12 @@ def load_examples(
 ) -> SequenceExamples:
     """Examples of ``split`` ("train", "validation", "test") at ``versions`` (default latest).
 
-    ``max_len`` (default ``settings.features_max_len``) is the history length of the
+    ``max_len`` (default ``settings.features.max_len``) is the history length of the
     examples; ``split_mode`` is "leave_last_out" or "time" (then ``split_ts``, epoch ms, is
     required). ``num_items`` is the largest vocabulary index at the vocabulary version.
     """
     versions = versions or latest_versions(settings)
-    max_len = max_len or settings.features_max_len
+    max_len = max_len or settings.features.max_len
     user_ids, flat = read_sequences(settings, versions.user_sequences)
     num_items = _num_items(settings, versions.item_vocab)
     if len(flat.items) and int(flat.items.max()) > num_items:

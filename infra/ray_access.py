@@ -44,7 +44,7 @@ class RayAuthenticationError(RayAccessError):
 
 def token_auth(settings: Settings) -> bool:
     """Whether the cluster is reached (and the local head runs) with token authentication."""
-    return settings.ray_auth == "token"
+    return settings.ray.auth == "token"
 
 
 def ray_environment(settings: Settings) -> dict[str, str | None]:
@@ -108,7 +108,7 @@ def use_ray_auth(settings: Settings) -> None:
 
 def cluster_nodes(settings: Settings) -> list[dict[str, Any]]:
     """The cluster's nodes from Ray's state API (JSON), authenticated; raises RayAccessError."""
-    url = f"{settings.ray_dashboard_url}/api/v0/nodes"
+    url = f"{settings.ray.dashboard_url}/api/v0/nodes"
     try:
         response = requests.get(url, headers=auth_headers(settings), timeout=REQUEST_TIMEOUT_S)
     except requests.RequestException as error:
@@ -124,7 +124,7 @@ def cluster_nodes(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _refused(settings: Settings, status: int) -> str:
-    where = f"the Ray cluster at {settings.ray_address}"
+    where = f"the Ray cluster at {settings.ray.address}"
     if not token_auth(settings):
         return (
             f"authentication required: {where} uses token authentication but {MODE_SETTING}=disabled; "
@@ -157,10 +157,10 @@ def connect(settings: Settings, **init_options: Any) -> None:
         pass  # the dashboard may be unreachable from here (only the GCS exposed): let Ray try
     init_options.setdefault("logging_level", logging.WARNING)
     try:
-        ray.init(address=settings.ray_address, **init_options)
+        ray.init(address=settings.ray.address, **init_options)
     except ConnectionError as error:
         raise RayAccessError(
-            f"cannot connect to Ray at {settings.ray_address}: {error}; is it running (`streamrec status`)? "
+            f"cannot connect to Ray at {settings.ray.address}: {error}; is it running (`streamrec status`)? "
             f"If it uses token authentication, check {TOKEN_SETTING}"
         ) from error
 

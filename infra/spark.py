@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
-    """A Spark session on ``settings.spark_master`` with Arrow transfer enabled.
+    """A Spark session on ``settings.spark.master`` with Arrow transfer enabled.
 
     Local sessions keep their scratch space under the streamrec home, bind to 127.0.0.1
     and run without the web UI. When the executors run on this machine (``local[*]`` or a
@@ -24,7 +24,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     """
     from pyspark.sql import SparkSession
 
-    if settings.spark_on_this_machine:
+    if settings.spark.on_this_machine:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no "hostname resolves to loopback" warning
     scratch = settings.home / "spark"
@@ -33,15 +33,15 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
 
     builder = (
         SparkSession.builder.appName(app_name)
-        .master(settings.spark_master)
+        .master(settings.spark.master)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
     )
-    if settings.spark_master.startswith("local"):
+    if settings.spark.master.startswith("local"):
         java_options += f" -Dderby.system.home={scratch}"
         builder = (
-            builder.config("spark.driver.memory", settings.spark_driver_memory)
+            builder.config("spark.driver.memory", settings.spark.driver_memory)
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")

@@ -14,8 +14,8 @@ from ingestion.errors import IngestError
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    """Where the ingest stream of ``settings.topic`` keeps its Spark checkpoint."""
-    return settings.checkpoint_dir / f"ingest-{settings.topic}"
+    """Where the ingest stream of ``settings.kafka.topic`` keeps its Spark checkpoint."""
+    return settings.checkpoint_dir / f"ingest-{settings.kafka.topic}"
 
 
 @contextmanager
@@ -56,13 +56,13 @@ def topic_ends(settings: Settings) -> dict[str, int]:
     from ingestion.kafka_client import KafkaSourceError, high_watermarks, kafka_consumer
 
     try:
-        consumer = kafka_consumer(settings.kafka_bootstrap, bootstrap_timeout_ms=5_000)
+        consumer = kafka_consumer(settings.kafka.bootstrap, bootstrap_timeout_ms=5_000)
     except (KafkaError, OSError, ValueError) as error:
         raise IngestError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)"
+            f"cannot reach Kafka at {settings.kafka.bootstrap}: {error} (is it up? `streamrec up kafka`)"
         ) from error
     try:
-        return high_watermarks(consumer, settings.topic)
+        return high_watermarks(consumer, settings.kafka.topic)
     except KafkaSourceError as error:
         raise IngestError(str(error)) from error
     finally:

@@ -63,7 +63,7 @@ def with_bad_records(
     if not 0.0 <= fraction <= 1.0:
         raise ValueError("the bad fraction must lie in [0, 1]")
     rng = random.Random(seed ^ 0x5EED)
-    kinds = malformed_kinds(settings.ingest_max_event_bytes, int(time.time() * 1000))
+    kinds = malformed_kinds(settings.ingest.max_event_bytes, int(time.time() * 1000))
     names = list(kinds)
     turn = 0
     for event in events:
@@ -86,7 +86,7 @@ def open_producer(settings: Settings):  # -> kafka.KafkaProducer
 
     try:
         return KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=settings.kafka.bootstrap,
             acks="all",
             linger_ms=20,
             batch_size=1 << 20,
@@ -97,7 +97,7 @@ def open_producer(settings: Settings):  # -> kafka.KafkaProducer
         )
     except KafkaError as error:
         raise ProduceError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {error} (is it up? `streamrec up kafka`)"
+            f"cannot reach Kafka at {settings.kafka.bootstrap}: {error} (is it up? `streamrec up kafka`)"
         ) from error
 
 
@@ -110,11 +110,11 @@ def produce(
     description: str = "producing",
     show_progress: bool = True,
 ) -> ProduceSummary:
-    """Send ``records`` to ``settings.topic``, at most ``rate`` per second (None: as fast as possible)."""
+    """Send ``records`` to ``settings.kafka.topic``, at most ``rate`` per second (None: as fast as possible)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    summary = ProduceSummary(topic=settings.topic)
+    summary = ProduceSummary(topic=settings.kafka.topic)
     kinds: Counter[str] = Counter()
     failures: list[BaseException] = []
     producer = open_producer(settings)
@@ -132,7 +132,7 @@ def produce(
                     ahead = summary.sent / rate - (time.perf_counter() - start)
                     if ahead > 0:
                         time.sleep(ahead)
-                future = producer.send(settings.topic, key=record.key, value=record.value)
+                future = producer.send(settings.kafka.topic, key=record.key, value=record.value)
                 future.add_errback(failures.append)
                 summary.sent += 1
                 if record.kind:

@@ -89,7 +89,7 @@ class BatchWriter:
     """
 
     def __init__(self, settings: Settings, checkpoint: Path, report: Report) -> None:
-        self.limits = ValidationLimits.from_settings(settings)
+        self.limits = ValidationLimits.from_settings(settings.ingest)
         self.bronze_uri = settings.table_uri(BRONZE_TABLE)
         self.quarantine_uri = settings.table_uri(QUARANTINE_TABLE)
         self.silver = SilverMaintainer(self.bronze_uri, settings.table_uri(SILVER_TABLE))
@@ -180,10 +180,10 @@ def run_ingest(
         writer = BatchWriter(settings, checkpoint, report)
         stream = (
             spark.readStream.format(SOURCE_NAME)
-            .option("bootstrap", settings.kafka_bootstrap)
-            .option("topic", settings.topic)
-            .option("startingOffsets", settings.ingest_starting_offsets)
-            .option("maxRecordsPerTrigger", str(settings.ingest_max_records_per_trigger))
+            .option("bootstrap", settings.kafka.bootstrap)
+            .option("topic", settings.kafka.topic)
+            .option("startingOffsets", settings.ingest.starting_offsets)
+            .option("maxRecordsPerTrigger", str(settings.ingest.max_records_per_trigger))
             .option("minPartitions", str(spark.sparkContext.defaultParallelism))
             .load()
             .writeStream.foreachBatch(writer)
@@ -193,7 +193,7 @@ def run_ingest(
         if until_idle:
             stream = stream.trigger(availableNow=True)
         else:
-            stream = stream.trigger(processingTime=f"{settings.ingest_trigger_interval_s} seconds")
+            stream = stream.trigger(processingTime=f"{settings.ingest.trigger_interval_s} seconds")
         query = stream.start()
         try:
             if duration_s is None:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from infra.settings import Settings
+from infra.settings import IngestSettings
 from ingestion.schema import ACTIONS, BRONZE_SCHEMA, EVENT_FIELDS, QUARANTINE_SCHEMA, REQUIRED_FIELDS
 
 EVENT_SCHEMA = pa.schema([field.with_nullable(True) for field in EVENT_FIELDS])
@@ -52,9 +52,9 @@ class ValidationLimits:
     future_tolerance_ms: int = 3_600_000
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ValidationLimits:
-        """The limits configured in ``settings`` (``ingest_*``)."""
-        return cls(settings.ingest_max_event_bytes, int(settings.ingest_future_tolerance_s * 1000))
+    def from_settings(cls, ingest: IngestSettings) -> ValidationLimits:
+        """The limits of the ingest settings (``settings.ingest``)."""
+        return cls(ingest.max_event_bytes, int(ingest.future_tolerance_s * 1000))
 
 
 @dataclass(frozen=True)

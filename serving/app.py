@@ -35,7 +35,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from infra.settings import Settings
+from infra.settings import ServeSettings
 from serving.answer import Answer, Events, answer_batch
 from serving.api import (
     HistoryLineage,
@@ -59,13 +59,13 @@ logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ra
 GIVEN_HISTORY_ACTION = "click"  # a history given in the body: items consumed just now
 Answered = TypeVar("Answered")
 # The settings' defaults; each replica sets its own settings' values in __init__.
-BATCH_SIZE_DEFAULT = Settings.model_fields["serve_batch_max_size"].default
-BATCH_WAIT_DEFAULT_S = Settings.model_fields["serve_batch_wait_s"].default
+BATCH_SIZE_DEFAULT = ServeSettings.model_fields["batch_max_size"].default
+BATCH_WAIT_DEFAULT_S = ServeSettings.model_fields["batch_wait_s"].default
 
 api = FastAPI(
     title="streamrec serving",
     description="Retrieval and recommendations from the production model, with each user's live history.",
-    max_body_size=Settings.model_fields["serve_max_body_bytes"].default,  # each replica: set_body_limit
+    max_body_size=ServeSettings.model_fields["max_body_bytes"].default,  # each replica: set_body_limit
 )
 
 
@@ -146,24 +146,24 @@ class Recommender:
         self.config = config
         self.shards = shards
         self.local_history = None if shards else _open_history(config, 0, 1)  # no shards: this replica's own
-        set_body_limit(settings.serve_max_body_bytes)
+        set_body_limit(settings.serve.max_body_bytes)
         self.telemetry = ServingMetrics()
         self.watcher: ModelWatcher[Catalog] = ModelWatcher(
             resolve=lambda: served_version(settings),
             load=lambda version: load_catalog(
                 settings,
                 version,
-                exact_max_items=settings.serve_exact_max_items,
-                hnsw_m=settings.serve_hnsw_m,
-                ef_search=settings.serve_hnsw_ef_search,
+                exact_max_items=settings.serve.exact_max_items,
+                hnsw_m=settings.serve.hnsw_m,
+                ef_search=settings.serve.hnsw_ef_search,
             ),
-            poll_s=settings.serve_model_poll_s,
+            poll_s=settings.serve.model_poll_s,
             on_swap=self.telemetry.swapped,
         )
         self.ranker_watcher: ModelWatcher[ServedRanker] = ModelWatcher(
-            resolve=lambda: served_version(settings, settings.registered_ranking_model),
+            resolve=lambda: served_version(settings, settings.mlflow.registered_ranking_model),
             load=lambda version: load_ranker(settings, version),
-            poll_s=settings.serve_model_poll_s,
+            poll_s=settings.serve.model_poll_s,
             on_swap=lambda swap: self.telemetry.swapped(swap, "ranking"),
         )
         self.watcher.load_now()
@@ -172,8 +172,8 @@ class Recommender:
         self.ranker_watcher.start()
         batched: list[Any] = [self._search, self._rank]  # @serve.batch methods
         for method in batched:
-            method.set_max_batch_size(settings.serve_batch_max_size)
-            method.set_batch_wait_timeout_s(settings.serve_batch_wait_s)
+            method.set_max_batch_size(settings.serve.batch_max_size)
+            method.set_batch_wait_timeout_s(settings.serve.batch_wait_s)
 
     def __del__(self) -> None:
         if self.local_history is not None:
@@ -215,20 +215,20 @@ class Recommender:
             "model": None
             if catalog is None
             else {
-                "name": self.settings.registered_model,
+                "name": self.settings.mlflow.registered_model,
                 "version": catalog.version,
                 "run_id": catalog.run_id,
                 "items": catalog.num_items,
                 "index": catalog.index_kind,
                 "feature_versions": catalog.feature_versions,
             },
-            "alias": self.settings.serve_model_alias,
+            "alias": self.settings.serve.model_alias,
             "last_error": self.watcher.last_error,
             "swaps": [swap.__dict__ for swap in retrieval.swaps],
             "ranking": None
             if ranker is None
             else {
-                "name": self.settings.registered_ranking_model,
+                "name": self.settings.mlflow.registered_ranking_model,
                 "version": ranker.version,
                 "run_id": ranker.run_id,
                 "tasks": list(ranker.tasks),
@@ -268,16 +268,16 @@ class Recommender:
     async def _items(self, body: RetrieveRequest, rank: bool) -> ItemsResponse:
         """/retrieve and /recommend: retrieval, then (``rank`` and a ranker served) the ranker's order."""
         settings = self.settings
-        if body.k > settings.serve_max_k:
-            raise HTTPException(422, f"k={body.k} is over the limit of {settings.serve_max_k} (serve_max_k)")
+        if body.k > settings.serve.max_k:
+            raise HTTPException(422, f"k={body.k} is over the limit of {settings.serve.max_k} (serve_max_k)")
         events, history = await self._history(body.user_id, body.history)
         ranking = rank and self.ranker_watcher.current is not None
-        wanted = max(body.k, settings.serve_rank_candidates) if ranking else body.k
+        wanted = max(body.k, settings.serve.rank_candidates) if ranking else body.k
         catalog, found, unknown, excluded, cold = await self._search((events, wanted, body.exclude_seen))
         history.events = len(events) - unknown
         lineage = Lineage(
-            model_version={settings.registered_model: catalog.version},
-            model_run_id={settings.registered_model: catalog.run_id},
+            model_version={settings.mlflow.registered_model: catalog.version},
+            model_run_id={settings.mlflow.registered_model: catalog.run_id},
             feature_versions=catalog.feature_versions,
             history=history,
         )
@@ -292,18 +292,18 @@ class Recommender:
 
     async def _ranked(self, body: RankRequest) -> RankResponse:
         """/rank: the served ranker's probabilities for the body's candidates."""
-        limit = self.settings.serve_rank_max_candidates
+        limit = self.settings.serve.rank_max_candidates
         if len(body.candidates) > limit:
             raise HTTPException(422, f"{len(body.candidates)} candidates, over the limit of {limit}")
         if self.ranker_watcher.current is None:
             raise HTTPException(
-                503, f"no ranking model is served: promote a version of {self.settings.registered_ranking_model}"
+                503, f"no ranking model is served: promote a version of {self.settings.mlflow.registered_ranking_model}"
             )
         events, history = await self._history(body.user_id, body.history)
         ranked = await self._rank((events, body.candidates, _now_ms()))
         history.events = ranked.history_events
         ranker = ranked.ranker
-        name = self.settings.registered_ranking_model
+        name = self.settings.mlflow.registered_ranking_model
         return RankResponse(
             items=self._ordered(ranked),
             unknown_candidates=ranked.unknown_candidates,
@@ -319,7 +319,7 @@ class Recommender:
     async def _history(self, user_id: str | None, given: list[str] | None) -> tuple[Events, HistoryLineage]:
         """The events a request is answered from: the body's history, else the user's stored one."""
         if given is not None:
-            limit = self.settings.serve_max_history_items
+            limit = self.settings.serve.max_history_items
             if len(given) > limit:
                 raise HTTPException(422, f"the history has {len(given)} items, over {limit}")
             now = _now_ms()
@@ -340,7 +340,7 @@ class Recommender:
         """The ranked candidates (the best ``limit``), best blended score first, each with its
         task probabilities."""
         tasks = ranked.ranker.tasks
-        blended = blend(ranked.probabilities, tasks, self.settings.serve_blend_weights)
+        blended = blend(ranked.probabilities, tasks, self.settings.serve.blend_weights)
         order = np.argsort(-blended, kind="stable")[:limit]
         return [
             ScoredItem(
@@ -352,7 +352,7 @@ class Recommender:
         ]
 
     def _add_ranker(self, lineage: Lineage, ranker: ServedRanker) -> None:
-        name = self.settings.registered_ranking_model
+        name = self.settings.mlflow.registered_ranking_model
         lineage.model_version[name] = ranker.version
         lineage.model_run_id[name] = ranker.run_id
         lineage.ranking_feature_versions = ranker.feature_versions
@@ -390,15 +390,15 @@ def build_app(config: ServeConfig) -> Any:
     """The serving application: ``serve_history_shards`` shards bound into the recommender
     (none: each recommender replica holds the history itself)."""
     settings = config.make_settings()
-    count = settings.serve_history_shards
+    count = settings.serve.history_shards
     shards = [
         HistoryShard.options(name=f"HistoryShard{shard}").bind(config, shard, count)  # type: ignore[attr-defined]
         for shard in range(count)
     ]
     return Recommender.options(  # type: ignore[attr-defined]
-        num_replicas=settings.serve_replicas,
-        max_ongoing_requests=settings.serve_max_ongoing_requests,
-        max_queued_requests=settings.serve_max_queued_requests,
+        num_replicas=settings.serve.replicas,
+        max_ongoing_requests=settings.serve.max_ongoing_requests,
+        max_queued_requests=settings.serve.max_queued_requests,
     ).bind(config, shards)
 
 

@@ -117,12 +117,12 @@ def load_registered(settings: Settings, model: str, version: str, load: Callable
 
 
 def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw_m: int, ef_search: int) -> Catalog:
-    """Download registered version ``version`` of ``settings.registered_model`` and make it servable."""
-    retriever = load_registered(settings, settings.registered_model, version, Retriever.from_directory)
+    """Download registered version ``version`` of ``settings.mlflow.registered_model`` and make it servable."""
+    retriever = load_registered(settings, settings.mlflow.registered_model, version, Retriever.from_directory)
     info = retriever.info
     if info is None:
-        raise CatalogError(f"version {version} of {settings.registered_model} has no model.json")
-    run_id = tracking.client(settings).get_model_version(settings.registered_model, version).run_id or ""
+        raise CatalogError(f"version {version} of {settings.mlflow.registered_model} has no model.json")
+    run_id = tracking.client(settings).get_model_version(settings.mlflow.registered_model, version).run_id or ""
     vocab_version = info.feature_versions.get(ITEM_VOCAB_TABLE)
     item_ids = read_item_ids(settings, vocab_version, retriever.num_items)
     popular = read_popularity(settings, retriever.num_items)

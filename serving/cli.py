@@ -122,8 +122,8 @@ def promote(
 
     settings = load_settings()
     before = move_alias(settings, version, model)
-    name = model or settings.registered_model
-    console.print(f"{name}@{settings.serve_model_alias}: {before or '(none)'} -> {version}")
+    name = model or settings.mlflow.registered_model
+    console.print(f"{name}@{settings.serve.model_alias}: {before or '(none)'} -> {version}")
 
 
 def rollback(
@@ -134,4 +134,4 @@ def rollback(
 
     settings = load_settings()
     previous = move_back(settings, model)
-    console.print(f"{model or settings.registered_model}@{settings.serve_model_alias} -> {previous}")
+    console.print(f"{model or settings.mlflow.registered_model}@{settings.serve.model_alias} -> {previous}")

@@ -63,7 +63,7 @@ def production_config(settings: Settings) -> ServeConfig:
     version = served_version(settings)
     if version is None:
         raise ServeError(
-            f"{settings.registered_model} has no {settings.serve_model_alias!r} version: "
+            f"{settings.mlflow.registered_model} has no {settings.serve.model_alias!r} version: "
             "promote one first (`streamrec promote --version N`)"
         )
     with tracking.downloaded_version(settings, version) as directory:

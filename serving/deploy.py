@@ -20,7 +20,7 @@ from serving.errors import ServeError
 
 def base_url(settings: Settings) -> str:
     """The HTTP root of the serving application."""
-    return f"http://{settings.serve_host}:{settings.serve_port}"
+    return f"http://{settings.serve.host}:{settings.serve.port}"
 
 
 def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
 
     config = production_config(settings)
     ray_access.connect(settings, log_to_driver=False)
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     return wait_healthy(settings, timeout_s)
 

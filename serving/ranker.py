@@ -1,7 +1,7 @@
 """A servable ranking version and the ranking of candidates: per-task probabilities and the blend.
 
 ``load_ranker`` runs beside the request path (a replica's second model watcher): it downloads
-a registered version of ``settings.registered_ranking_model``, builds the plain ranker
+a registered version of ``settings.mlflow.registered_ranking_model``, builds the plain ranker
 (``training.ranking.io.RankingScorer``: no TorchRec) and reads ``features/item_vocab`` at the
 version the ranker was trained on, so item ids map to the ranker's own indices. Candidates
 the ranker does not know (items newer than it) are reported, never scored with an untrained row.
@@ -56,7 +56,7 @@ class ServedRanker:
 
 def load_ranker(settings: Settings, version: str) -> ServedRanker:
     """Download registered version ``version`` of the ranking model and make it servable."""
-    name = settings.registered_ranking_model
+    name = settings.mlflow.registered_ranking_model
     scorer = load_registered(settings, name, version, RankingScorer.from_directory)
     info = scorer.info
     if info is None:

@@ -24,23 +24,23 @@ class RegistryError(StreamrecError):
 
 def served_version(settings: Settings, model: str | None = None) -> str | None:
     """The version the serving alias names, or None when the alias is not set."""
-    name = model or settings.registered_model
+    name = model or settings.mlflow.registered_model
     try:
-        return str(tracking.client(settings).get_model_version_by_alias(name, settings.serve_model_alias).version)
+        return str(tracking.client(settings).get_model_version_by_alias(name, settings.serve.model_alias).version)
     except MlflowException:
         return None
 
 
 def promote(settings: Settings, version: str, model: str | None = None) -> str | None:
     """Point the serving alias at ``version``; returns the version it named before (or None)."""
-    name = model or settings.registered_model
+    name = model or settings.mlflow.registered_model
     client = tracking.client(settings)
     try:
         client.get_model_version(name, version)
     except MlflowException as error:
         raise RegistryError(f"registered model {name!r} has no version {version!r}") from error
     before = served_version(settings, name)
-    client.set_registered_model_alias(name, settings.serve_model_alias, version)
+    client.set_registered_model_alias(name, settings.serve.model_alias, version)
     history = _history(settings, name)
     if not history or history[-1] != version:
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version][-50:]))
@@ -49,18 +49,18 @@ def promote(settings: Settings, version: str, model: str | None = None) -> str |
 
 def rollback(settings: Settings, model: str | None = None) -> str:
     """Move the serving alias back to the version promoted before the current one; returns it."""
-    name = model or settings.registered_model
+    name = model or settings.mlflow.registered_model
     history = _history(settings, name)
     current = served_version(settings, name)
     if current is None:
-        raise RegistryError(f"{name!r} has no {settings.serve_model_alias!r} alias to roll back")
+        raise RegistryError(f"{name!r} has no {settings.serve.model_alias!r} alias to roll back")
     while history and history[-1] == current:
         history.pop()
     if not history:
         raise RegistryError(f"{name!r} has no version promoted before {current} to roll back to")
     previous = history[-1]
     client = tracking.client(settings)
-    client.set_registered_model_alias(name, settings.serve_model_alias, previous)
+    client.set_registered_model_alias(name, settings.serve.model_alias, previous)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     return previous
 

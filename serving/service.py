@@ -25,7 +25,7 @@ class ServeApp:
         if served_version(settings) is None:
             if required:
                 raise ServeError(
-                    f"{settings.registered_model} has no {settings.serve_model_alias!r} version to serve: "
+                    f"{settings.mlflow.registered_model} has no {settings.serve.model_alias!r} version to serve: "
                     "train one (`streamrec train`) and promote it (`streamrec promote --version N`)"
                 )
             return None

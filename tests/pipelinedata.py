@@ -56,9 +56,9 @@ def tiny_config(kind: str = "hstu", **overrides: object) -> TrainConfig:
 def create_topic(settings: Settings, partitions: int = PARTITIONS) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
-        admin.create_topics([NewTopic(settings.topic, partitions, 1)])
+        admin.create_topics([NewTopic(settings.kafka.topic, partitions, 1)])
     finally:
         admin.close()
 
@@ -67,7 +67,7 @@ def send(settings: Settings, records: list[OutRecord]) -> list[Landed]:
     """Send records to the settings' topic; where each landed."""
     producer = open_producer(settings)
     try:
-        futures = [producer.send(settings.topic, key=record.key, value=record.value) for record in records]
+        futures = [producer.send(settings.kafka.topic, key=record.key, value=record.value) for record in records]
         producer.flush()
         return [Landed(meta.partition, meta.offset) for meta in (future.get(timeout=30) for future in futures)]
     finally:

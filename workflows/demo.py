@@ -151,7 +151,7 @@ def run_demo(args: DemoOptions) -> None:
     _stage(6, "summary", "streamrec evaluate latest")
     console.print(_metrics_table(results, versions))
     console.print(
-        f"registered model {settings.registered_model}: HSTU is version {versions['hstu']}, "
+        f"registered model {settings.mlflow.registered_model}: HSTU is version {versions['hstu']}, "
         f"SASRec version {versions['sasrec']}"
     )
 
@@ -178,15 +178,15 @@ def run_demo(args: DemoOptions) -> None:
         9,
         "a multi-task ranker on Ray Train, served after retrieval",
         f"streamrec features build --incremental --ranking; streamrec train-ranking --epochs {args.ranking_epochs}; "
-        f"streamrec promote --model {settings.registered_ranking_model} --version V (dagster job ranking_job)",
+        f"streamrec promote --model {settings.mlflow.registered_ranking_model} --version V (dagster job ranking_job)",
     )
     _ranking_stage(settings, args, users[0])
 
     _stage(10, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
     _warm_start_round(settings, args, users[0])
 
-    console.print(f"MLflow UI: {tracking.ui_url(settings)}   Ray dashboard: {settings.ray_dashboard_url}")
-    console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake}")
+    console.print(f"MLflow UI: {tracking.ui_url(settings)}   Ray dashboard: {settings.ray.dashboard_url}")
+    console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake_root}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
 
 
@@ -263,7 +263,7 @@ def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
     outcome = train_ranker(settings, options, log=console.print)
     console.print(_ranking_table(settings, outcome.model_version, outcome.metrics, baseline))
 
-    name = settings.registered_ranking_model
+    name = settings.mlflow.registered_ranking_model
     promote(settings, outcome.model_version, model=name)
     promoted = time.monotonic()
     served = _wait_for_ranker(settings, outcome.model_version, timeout_s=60)
@@ -272,7 +272,8 @@ def _ranking_stage(settings: Settings, args: DemoOptions, user: str) -> None:
     else:
         console.print(
             f"serving {name} version {served['version']} ({', '.join(served['tasks'])}) next to "
-            f"{settings.registered_model}: /healthz showed it {time.monotonic() - promoted:.1f}s after the promotion"
+            f"{settings.mlflow.registered_model}: /healthz showed it {time.monotonic() - promoted:.1f}s "
+            "after the promotion"
         )
     answer = _recommend(settings, user)
     console.print(_recommendations_table(user, answer))
@@ -297,7 +298,7 @@ def _wait_for_ranker(settings: Settings, version: str, timeout_s: float) -> dict
 def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], baseline: dict[str, float]) -> Table:
     table = Table(
         title="ranking: exposures with complete label windows",
-        caption=f"ranker: {settings.registered_ranking_model}, its epoch chosen on validation click AUC; "
+        caption=f"ranker: {settings.mlflow.registered_ranking_model}, its epoch chosen on validation click AUC; "
         "GAUC: per-user AUC weighted by the user's exposures",
     )
     table.add_column("model", no_wrap=True, min_width=10)
@@ -377,7 +378,7 @@ class _SteadyClient:
                 except requests.RequestException:
                     self.failed += 1
                     continue
-                version = response.json()["lineage"]["model_version"][self.settings.registered_model]
+                version = response.json()["lineage"]["model_version"][self.settings.mlflow.registered_model]
                 if not self.versions or self.versions[-1] != version:
                     self.versions.append(version)
 

@@ -21,7 +21,7 @@ One round from code::
     from workflows.promotion import GatePolicy, run_gate
     outcome = run_gate(settings, candidate_version, GatePolicy())   # evaluate, decide, log, promote
 
-The ranking model (``settings.registered_ranking_model``) goes through the same gate with
+The ranking model (``settings.mlflow.registered_ranking_model``) goes through the same gate with
 ``task="ranking"``: both rankers are evaluated on the validation split of
 features/ranking_examples at the candidate's versions, on validation click AUC by default
 (``RANKING_GATE``: above production by 0.002, absolute; an AUC's floor is 0.5, not 0)::
@@ -179,7 +179,7 @@ def evaluate_ranking_at(settings: Settings, version: str, versions: dict[str, in
     from training.ranking.evaluation import evaluate, predict
     from training.ranking.io import RankingScorer
 
-    with tracking.downloaded_version(settings, version, settings.registered_ranking_model) as directory:
+    with tracking.downloaded_version(settings, version, settings.mlflow.registered_ranking_model) as directory:
         scorer = RankingScorer.from_directory(directory)
     examples = load_ranking_examples(settings, SPLIT, RankingVersions.from_dict(versions), max_len=scorer.max_len)
     metrics, _ = evaluate(predict(scorer.score_batch, examples), scorer.tasks, PREFIX.rstrip("_"))
@@ -188,7 +188,7 @@ def evaluate_ranking_at(settings: Settings, version: str, versions: dict[str, in
 
 def model_name(settings: Settings, task: Task = "retrieval") -> str:
     """The registered model of ``task``."""
-    return settings.registered_ranking_model if task == "ranking" else settings.registered_model
+    return settings.mlflow.registered_ranking_model if task == "ranking" else settings.mlflow.registered_model
 
 
 def model_feature_versions(settings: Settings, version: str, task: Task = "retrieval") -> dict[str, int]:
@@ -285,16 +285,16 @@ def run_gate(
 
 
 def newest_version(settings: Settings, model: str | None = None) -> str | None:
-    """The highest registered version of ``model`` (default ``settings.registered_model``; None: none yet)."""
+    """The highest registered version of ``model`` (default ``settings.mlflow.registered_model``; None: none yet)."""
     versions = registered_versions(settings, model)
     return str(max(versions)) if versions else None
 
 
 def registered_versions(settings: Settings, model: str | None = None) -> list[int]:
-    """Every registered version number of ``model`` (default ``settings.registered_model``)."""
+    """Every registered version number of ``model`` (default ``settings.mlflow.registered_model``)."""
     from training.common import tracking
 
-    name = model or settings.registered_model
+    name = model or settings.mlflow.registered_model
     found = tracking.client(settings).search_model_versions(filter_string=f"name = '{name}'")
     return sorted(int(version.version) for version in found)
 

@@ -1,7 +1,7 @@
 """Heavy steps as Ray jobs: a `streamrec` CLI command run by the Ray cluster of the settings.
 
 ``run_ray_job`` submits the command through Ray's job REST API (``JobSubmissionClient`` at
-``settings.ray_dashboard_url``, authenticated with the cluster's token from
+``settings.ray.dashboard_url``, authenticated with the cluster's token from
 ``infra.ray_access``), passes every setting on as ``STREAMREC_*`` environment variables (the
 job reads exactly the settings of the workflow), follows its log while it runs and waits
 for it to end. A job that fails, is stopped or runs past its time raises ``RayJobError``
@@ -61,7 +61,7 @@ class RayJobResult:
 
 def cli_command(settings: Settings) -> str:
     """The command-line prefix that runs the streamrec CLI in a job (``dagster_job_command``)."""
-    return settings.dagster_job_command or f"{shlex.quote(sys.executable)} -m infra.cli"
+    return settings.dagster.job_command or f"{shlex.quote(sys.executable)} -m infra.cli"
 
 
 def tail(logs: str, lines: int) -> str:
@@ -83,9 +83,9 @@ def run_ray_job(
     from ray.job_submission import JobSubmissionClient
 
     try:
-        client = JobSubmissionClient(settings.ray_dashboard_url, headers=ray_access.auth_headers(settings))
+        client = JobSubmissionClient(settings.ray.dashboard_url, headers=ray_access.auth_headers(settings))
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise StreamrecError(f"cannot reach Ray's job API at {settings.ray_dashboard_url}: {error}") from error
+        raise StreamrecError(f"cannot reach Ray's job API at {settings.ray.dashboard_url}: {error}") from error
     entrypoint = " ".join([cli_command(settings), *(shlex.quote(arg) for arg in args)])
     job_id = client.submit_job(
         entrypoint=entrypoint,
@@ -93,7 +93,7 @@ def run_ray_job(
         runtime_env={"env_vars": settings_environment(settings)},
         metadata={"streamrec_step": step},
     )
-    log(f"submitted Ray job {job_id} to {settings.ray_dashboard_url}: {entrypoint}")
+    log(f"submitted Ray job {job_id} to {settings.ray.dashboard_url}: {entrypoint}")
     started = time.monotonic()
     shown = 0
     try:

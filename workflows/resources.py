@@ -64,7 +64,7 @@ class StreamrecResource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamrecResource:
         """The resource that reproduces ``settings`` exactly."""
-        values = settings.model_dump(mode="json")
+        values = settings.flat_dump(mode="json")
         shown = {name: values.pop(name) for name in ADDRESS_SETTINGS}
         return cls(**shown, other_settings=json.dumps(values, sort_keys=True))
 
@@ -103,7 +103,7 @@ class StepRunner(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StepRunner:
-        return cls(mode=settings.dagster_steps)
+        return cls(mode=settings.dagster.steps)
 
     def ingest(self, settings: Settings, log: Log) -> StepOutcome:
         """`streamrec ingest --until-idle`: everything on the topic now lands in bronze/quarantine/silver."""

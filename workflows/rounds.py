@@ -16,7 +16,7 @@ the training package's, except the few per-job values below (``ROUND_TRAIN`` etc
 are the only ones the workflows choose.
 
 The ``ranking_model`` asset (and the demo) call ``train_ranker``: a multi-task ranker trained
-on features/ranking_examples and registered as ``settings.registered_ranking_model``::
+on features/ranking_examples and registered as ``settings.mlflow.registered_ranking_model``::
 
     from workflows.rounds import RankingOptions, train_ranker
     outcome = train_ranker(settings, RankingOptions(ranking_train_config({"epochs": 3}), workers=2), log=print)
@@ -72,7 +72,7 @@ class TrainOptions:
 
     config: TrainConfig = field(default_factory=round_train_config)
     from_scratch: bool = False
-    workers: int = 0  # 0 = settings.train_workers
+    workers: int = 0  # 0 = settings.train.workers
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class RankingOptions:
     """A ranking run: its config and the Ray Train workers."""
 
     config: RankingTrainConfig = field(default_factory=ranking_train_config)
-    workers: int = 0  # 0 = settings.train_workers
+    workers: int = 0  # 0 = settings.train.workers
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def warm_start_round(
 
 def train_ranker(settings: Settings, options: RankingOptions, log: Log = print) -> RankingOutcome:
     """Train a ranker on the latest features/ranking_examples on Ray Train and register it
-    (``settings.registered_ranking_model``); nothing is promoted."""
+    (``settings.mlflow.registered_ranking_model``); nothing is promoted."""
     from training.ranking.runner import train_ranking
 
     return train_ranking(settings, options.config, workers=options.workers or None, log=log)

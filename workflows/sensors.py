@@ -58,14 +58,14 @@ def registered_model_sensor(context: SensorEvaluationContext, streamrec: Streamr
     fresh = [version for version in versions if version > last]
     if not fresh:
         return dg.SensorResult(
-            skip_reason=f"no {settings.registered_model} version after {last}", cursor=context.cursor
+            skip_reason=f"no {settings.mlflow.registered_model} version after {last}", cursor=context.cursor
         )
     newest = str(fresh[-1])
     cursor = newest
     if served_version(settings) == newest:
         return dg.SensorResult(skip_reason=f"version {newest} already is production", cursor=cursor)
     request = dg.RunRequest(
-        run_key=f"{settings.registered_model}-v{newest}",
+        run_key=f"{settings.mlflow.registered_model}-v{newest}",
         run_config=dg.RunConfig(ops={"retrieval_evaluation": EvaluationConfig(candidate_version=newest)}),
         tags={"streamrec/candidate_version": newest, "streamrec/superseded": ",".join(map(str, fresh[:-1]))},
     )

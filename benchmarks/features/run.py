@@ -224,7 +224,7 @@ def main() -> None:
             "user_zipf": 0.7,
             "new_events": new,
             "late_share_of_new": 0.01,
-            "max_len": settings.features_max_len,
+            "max_len": settings.features.max_len,
         },
         "spark_session_start_s": round(session_s, 3),
         "full_build_first_s": round(full_s, 3),

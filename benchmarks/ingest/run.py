@@ -44,9 +44,9 @@ TARGETS = {"events_per_s": 50_000, "ratio_vs_bare_consumer": 0.6, "freshness_p95
 def create_topic(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     try:
-        admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
+        admin.create_topics([NewTopic(settings.kafka.topic, settings.kafka.topic_partitions, 1)])
     finally:
         admin.close()
 
@@ -58,11 +58,11 @@ def bare_consumer(settings: Settings) -> dict:
     from ingestion.kafka_client import high_watermarks
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
         max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
     )  # fmt: skip
-    ends = high_watermarks(consumer, settings.topic)
-    tps = [TopicPartition(settings.topic, int(p)) for p in ends]
+    ends = high_watermarks(consumer, settings.kafka.topic)
+    tps = [TopicPartition(settings.kafka.topic, int(p)) for p in ends]
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, 0)
@@ -95,7 +95,7 @@ def ingest_throughput(settings: Settings) -> dict:
     return {
         "records": records,
         "batches": len(batches),
-        "max_records_per_trigger": settings.ingest_max_records_per_trigger,
+        "max_records_per_trigger": settings.ingest.max_records_per_trigger,
         "wall_seconds_with_spark_start": round(wall, 2),
         "cpu_us_per_record_with_spark_start": round(cpu / records * 1e6, 2),
         "sustained_records_per_s": round(sum(b.records for b in steady) / steady_span) if steady else None,
@@ -154,7 +154,7 @@ def freshness(settings: Settings, rate: float, seconds: float) -> dict:
             time.sleep(delay)
         record = encode_event({**event, "ts": int(time.time() * 1000)})
         sent[event["event_id"]] = time.time()
-        producer.send(settings.topic, key=record.key, value=record.value)
+        producer.send(settings.kafka.topic, key=record.key, value=record.value)
     producer.flush()
     deadline = time.time() + 30
     while time.time() < deadline and len(seen.keys() & sent.keys()) < len(sent):
@@ -167,7 +167,7 @@ def freshness(settings: Settings, rate: float, seconds: float) -> dict:
         "seconds": seconds,
         "sent": len(sent),
         "seen_in_bronze": len(lags),
-        "trigger_interval_s": settings.ingest_trigger_interval_s,
+        "trigger_interval_s": settings.ingest.trigger_interval_s,
         "p50_s": round(statistics.median(lags), 3),
         "p95_s": round(lags[int(0.95 * (len(lags) - 1))], 3),
         "max_s": round(lags[-1], 3),
@@ -216,7 +216,7 @@ def measure(settings: Settings, args: argparse.Namespace, home: Path) -> dict:
         print(f"ingest sustained {ingest['sustained_records_per_s']:,}/s; bare consumer again ...", flush=True)
         after = bare_consumer(settings)
         print(f"bare consumer {after['records_per_s']:,}/s; freshness ...", flush=True)
-        fresh_settings = settings.model_copy(update={"topic": "bench-freshness", "lake_uri": str(home / "lake-fresh")})
+        fresh_settings = settings.updated(topic="bench-freshness", lake_uri=str(home / "lake-fresh"))
         create_topic(fresh_settings)
         fresh = freshness(fresh_settings, args.rate, args.seconds)
     finally:

@@ -203,7 +203,7 @@ def promote_ranker(settings: Settings, version: str, timeout_s: float = 300.0) -
     from serving.registry import promote
 
     started = time.perf_counter()
-    promote(settings, version, model=settings.registered_ranking_model)
+    promote(settings, version, model=settings.mlflow.registered_ranking_model)
     while time.perf_counter() - started < timeout_s:
         ranking = requests.get(f"{base(settings)}/healthz", timeout=30).json().get("ranking") or {}
         if str(ranking.get("version")) == version:
@@ -301,7 +301,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         "tasks": list(RANKING_TASKS),
         "settings": {
             key: value
-            for key, value in settings.model_dump(mode="json").items()
+            for key, value in settings.flat_dump(mode="json").items()
             if key.startswith("serve_") or key == "registered_ranking_model"
         },  # fmt: skip
     }

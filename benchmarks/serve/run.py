@@ -178,7 +178,7 @@ def deploy_noop(settings: Settings) -> None:
 
     from benchmarks.common.noop import APP_NAME, ROUTE_PREFIX, noop_app
 
-    app = noop_app(settings.serve_max_ongoing_requests, settings.serve_max_queued_requests)
+    app = noop_app(settings.serve.max_ongoing_requests, settings.serve.max_queued_requests)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     url = f"{base(settings)}{ROUTE_PREFIX}/recommend"
     deadline = time.monotonic() + 120
@@ -296,10 +296,12 @@ def register_copy(settings: Settings, version: str) -> str:
     from training.common import tracking
 
     client = tracking.client(settings)
-    source = client.get_model_version(settings.registered_model, version)
+    source = client.get_model_version(settings.mlflow.registered_model, version)
     if source.source is None:
-        raise RuntimeError(f"{settings.registered_model} version {version} names no source to copy")
-    return str(client.create_model_version(settings.registered_model, source.source, run_id=source.run_id).version)
+        raise RuntimeError(f"{settings.mlflow.registered_model} version {version} names no source to copy")
+    return str(
+        client.create_model_version(settings.mlflow.registered_model, source.source, run_id=source.run_id).version
+    )
 
 
 def healthz(settings: Settings) -> dict[str, Any]:
@@ -489,7 +491,7 @@ def freshness(settings: Settings, users: list[str], count: int, poll_ms: float, 
                      "ts": int(time.time() * 1000)}  # fmt: skip
             record = encode_event(event)
             produced = time.perf_counter()
-            producer.send(settings.topic, key=record.key, value=record.value)
+            producer.send(settings.kafka.topic, key=record.key, value=record.value)
             producer.flush()
             tries = 0
             while time.perf_counter() - produced < 10.0:
@@ -527,7 +529,7 @@ def swap_under_load(
     from serving.registry import promote
 
     new = register_copy(settings, current)
-    name = settings.registered_model
+    name = settings.mlflow.registered_model
     seen: list[tuple[float, str]] = []
     marks: dict[str, float] = {}
 
@@ -558,7 +560,7 @@ def swap_under_load(
         "old_version_answers_after_first_new": sum(version != new for version in after_first),
         "answers_by_version": {v: sum(1 for _, x in seen if x == v) for v in sorted({x for _, x in seen})},
         "swap_load_and_index_s": round(swap[-1]["load_seconds"], 2) if swap else None,
-        "model_poll_s": settings.serve_model_poll_s,
+        "model_poll_s": settings.serve.model_poll_s,
     }
 
 
@@ -594,28 +596,28 @@ def hnsw_recall(
     queries = np.concatenate([catalog.encode(histories[i : i + 64]) for i in range(0, len(histories), 64)])
     vectors = retriever.item_vectors[1:].numpy()
     started = time.perf_counter()
-    exact, _ = build_index(vectors, len(vectors), settings.serve_hnsw_m, settings.serve_hnsw_ef_search)
+    exact, _ = build_index(vectors, len(vectors), settings.serve.hnsw_m, settings.serve.hnsw_ef_search)
     exact_build = time.perf_counter() - started
     started = time.perf_counter()
-    graph, kind = build_index(vectors, 0, settings.serve_hnsw_m, settings.serve_hnsw_ef_search)
+    graph, kind = build_index(vectors, 0, settings.serve.hnsw_m, settings.serve.hnsw_ef_search)
     hnsw_build = time.perf_counter() - started
     assert kind == "hnsw"
     k = 100
     _, truth = exact.search(queries, k)
     exact_ms = single_query_ms(exact, queries, k)
     table = []
-    for ef in sorted({*ef_values, settings.serve_hnsw_ef_search}):
+    for ef in sorted({*ef_values, settings.serve.hnsw_ef_search}):
         graph.hnsw.efSearch = ef
         _, found = graph.search(queries, k)
         recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth, strict=True)])
         table.append({"ef_search": ef, "recall_at_100": round(float(recall), 4), **single_query_ms(graph, queries, k),
-                      "default": ef == settings.serve_hnsw_ef_search})  # fmt: skip
+                      "default": ef == settings.serve.hnsw_ef_search})  # fmt: skip
         log(f"  efSearch {ef}: recall@100 {table[-1]['recall_at_100']}, {table[-1]['p50_ms']} ms/query")
     return {
         "items": items,
         "queries": len(queries),
         "query_source": "Catalog.encode of real user histories (features/user_sequences at the trained version)",
-        "hnsw_m": settings.serve_hnsw_m,
+        "hnsw_m": settings.serve.hnsw_m,
         "ef_construction": graph.hnsw.efConstruction,
         "note": "faiss searches with max(efSearch, k) candidates, so efSearch below 100 acts as 100 for k=100",
         "faiss_threads": faiss.omp_get_max_threads(),
@@ -691,7 +693,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     settings = settings_for(home, args)
     result: dict[str, Any] = {
         **header("serve", args, seeds=[args.seed]),
-        "settings": {key: value for key, value in settings.model_dump(mode="json").items() if key.startswith("serve_")},
+        "settings": {key: value for key, value in settings.flat_dump(mode="json").items() if key.startswith("serve_")},
         "catalogue": {
             "bench_items": "features/item_vocab rows 'bench-<index>' appended after the real items (same schema, "
             "same build record); their item rows are perturbed copies of trained rows: the row of a random real "

@@ -100,7 +100,7 @@ def throughput(settings: Settings, config: TrainConfig, epochs: int) -> dict[str
     speed = config.model_copy(update={"epochs": epochs, "patience": 0})
     unbucketed = speed.model_copy(update={"length_bucketing": False})
     examples = load_examples(settings, "train", latest_versions(settings), max_len=config.encoder.max_len)
-    threads = max(1, int(settings.train_cpus_per_worker))
+    threads = max(1, int(settings.train.cpus_per_worker))
     plain = steady_rate(plain_epochs(speed, examples, epochs, threads=threads))
     ray = {}
     for name, run_config, workers in (("1_worker_unbucketed", unbucketed, 1), ("1_worker", speed, 1),

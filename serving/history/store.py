@@ -82,7 +82,7 @@ class OnlineHistory:
 
     ``partitions``: the partitions this shard owns (None: all of the topic's, including ones
     added later). ``shard=(index, count)`` instead owns every partition p with
-    ``p % count == index`` (``settings.serve_history_shards``), also ones added later.
+    ``p % count == index`` (``settings.serve.history_shards``), also ones added later.
     """
 
     def __init__(
@@ -102,12 +102,12 @@ class OnlineHistory:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard must be (index, count) with 0 <= index < count, not {shard}")
         self.settings = settings
-        self.topic = settings.topic
+        self.topic = settings.kafka.topic
         self.user_sequences_version = user_sequences_version
         self.item_vocab_version = item_vocab_version
         self.max_len = max_len
         self._owned = Ownership(frozenset(partitions) if partitions is not None else None, shard)
-        self._limits = ValidationLimits.from_settings(settings)
+        self._limits = ValidationLimits.from_settings(settings.ingest)
 
         self._lock = threading.Lock()
         self._advanced = threading.Condition(self._lock)

@@ -102,7 +102,7 @@ class HistoryTail:
         from kafka import TopicPartition
 
         consumer = kafka_consumer(
-            self.history.settings.kafka_bootstrap,
+            self.history.settings.kafka.bootstrap,
             client_id="streamrec-online-history",
             fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
             request_timeout_ms=_REQUEST_TIMEOUT_MS,

@@ -169,7 +169,7 @@ def test_incremental_falls_back_to_full_when_silver_lost_rows(settings: Settings
 def test_incremental_falls_back_to_full_when_max_len_changes(settings: Settings) -> None:
     append_silver(settings, silver_rows(EVENTS))
     build(settings, log=QUIET)
-    longer = settings.model_copy(update={"features_max_len": 10})
+    longer = settings.updated(features_max_len=10)
     report = build(longer, incremental=True, log=QUIET)
     assert report.mode == "full" and "max_len 3" in report.fallback_reason
     assert len(table_rows(longer, USER_SEQUENCES_TABLE, "user_id")[0]["item_indices"]) == 5

@@ -46,11 +46,11 @@ def _settings(env: dict[str, str]) -> Settings:
 
 def _ports(settings: Settings) -> list[int]:
     return [
-        settings.kafka_hosts[0][1],
-        int(settings.mlflow_tracking_uri.rsplit(":", 1)[1]),
-        settings.ray_gcs[1],
-        settings.ray_dashboard_port,
-        settings.ray_client_port,
+        settings.kafka.hosts[0][1],
+        int(settings.mlflow.tracking_uri.rsplit(":", 1)[1]),
+        settings.ray.gcs[1],
+        settings.ray.dashboard_port,
+        settings.ray.client_port,
     ]
 
 
@@ -66,16 +66,16 @@ def _group_command_lines(pgid: int) -> list[str]:
 def _round_trip_kafka(settings: Settings) -> None:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     sent = [f"message-{i}-{uuid.uuid4()}".encode() for i in range(20)]
     for value in sent:
-        producer.send(settings.topic, key=b"user-1", value=value)
+        producer.send(settings.kafka.topic, key=b"user-1", value=value)
     producer.flush()
     producer.close()
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic)]
-    assert len(partitions) == settings.topic_partitions
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(settings.kafka.topic, p) for p in consumer.partitions_for_topic(settings.kafka.topic)]
+    assert len(partitions) == settings.kafka.topic_partitions
     consumer.assign(partitions)
     consumer.seek_to_beginning()
     received: list[bytes] = []
@@ -95,13 +95,13 @@ def _round_trip_mlflow(settings: Settings) -> None:
     import requests
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=settings.mlflow.tracking_uri)
     experiment_id = client.create_experiment(f"lifecycle-{uuid.uuid4().hex}")
     run = client.create_run(experiment_id)
     client.log_metric(run.info.run_id, "hr_10", 0.25)
     client.set_terminated(run.info.run_id)
     response = requests.get(
-        f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/runs/get", params={"run_id": run.info.run_id}, timeout=10
+        f"{settings.mlflow.tracking_uri}/api/2.0/mlflow/runs/get", params={"run_id": run.info.run_id}, timeout=10
     )
     response.raise_for_status()
     metrics = {m["key"]: m["value"] for m in response.json()["run"]["data"]["metrics"]}

@@ -83,7 +83,7 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 def test_profile_starts_separate_nodes(cluster_env: dict[str, str]) -> None:
     settings = _settings(cluster_env)
-    assert settings.spark_master == f"spark://127.0.0.1:{settings.spark_master_port}"
+    assert settings.spark.master == f"spark://127.0.0.1:{settings.spark.master_port}"
     nodes = [node for node in ray_access.cluster_nodes(settings) if node["state"] == "ALIVE"]
     assert sorted(node["is_head_node"] for node in nodes) == [False, True]
     assert all(node["resources_total"]["CPU"] == 1.0 for node in nodes)
@@ -96,10 +96,10 @@ def test_ingest_and_features_run_on_the_standalone_spark_worker(cluster_env: dic
     _cli(cluster_env, "features", "build")
     assert DeltaTable(settings.table_uri(BRONZE_TABLE)).to_pyarrow_dataset().count_rows() == EVENTS
 
-    master = requests.get(f"http://127.0.0.1:{settings.spark_master_webui_port}/json/", timeout=10).json()
+    master = requests.get(f"http://127.0.0.1:{settings.spark.master_webui_port}/json/", timeout=10).json()
     apps = {app["id"]: app["name"] for app in master["completedapps"]}
     assert len(apps) >= 2, master  # the ingest stream and the feature build, each its own application
-    worker = requests.get(f"http://127.0.0.1:{settings.spark_worker_webui_port}/json/", timeout=10).json()
+    worker = requests.get(f"http://127.0.0.1:{settings.spark.worker_webui_port}/json/", timeout=10).json()
     ran_here = {executor["appid"] for executor in worker["finishedexecutors"]}
     assert set(apps) <= ran_here, (apps, ran_here)  # every application's executors ran on the worker
 
@@ -109,7 +109,7 @@ def test_training_places_workers_on_both_ray_nodes(cluster_env: dict[str, str]) 
     # Needs the feature tables of the previous test (module order).
     _cli(cluster_env, "train", "--model", "sasrec", "--workers", "2", "--epochs", "1",
          "--dim", "16", "--max-len", "20", "--batch-size", "64", "--json")  # fmt: skip
-    url = f"{settings.ray_dashboard_url}/api/v0/actors"
+    url = f"{settings.ray.dashboard_url}/api/v0/actors"
     query = {"detail": "1", "filter_keys": "class_name", "filter_predicates": "=", "filter_values": "RayTrainWorker"}
     response = requests.get(url, params=query, headers=ray_access.auth_headers(settings), timeout=10)
     response.raise_for_status()

@@ -34,7 +34,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra.settings import Settings
+from infra.settings import Settings, flat_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
@@ -294,7 +294,7 @@ def settings_data(docs: list[Doc]) -> dict[str, str]:
 
 def settings_problems(data: dict[str, str]) -> list[str]:
     """STREAMREC_* keys that are no setting, and values the settings refuse."""
-    fields = set(Settings.model_fields)
+    fields = set(flat_names())
     problems = [f"{key}: not STREAMREC_<setting>" for key in data if not key.startswith("STREAMREC_")]
     problems += [
         f"{key}: no setting {key.removeprefix('STREAMREC_').lower()!r} in infra.settings.Settings"

@@ -73,7 +73,7 @@ def _ray_task(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _nodes_status(settings: Settings, headers: dict[str, str] | None = None) -> int:
-    return requests.get(f"{settings.ray_dashboard_url}/api/v0/nodes", headers=headers, timeout=10).status_code
+    return requests.get(f"{settings.ray.dashboard_url}/api/v0/nodes", headers=headers, timeout=10).status_code
 
 
 @pytest.mark.integration  # starts Ray through the CLI: no service fixture
@@ -176,4 +176,4 @@ def test_process_environment_follows_the_setting(tmp_path: Path) -> None:
 
 def test_dashboard_url_of_an_external_cluster() -> None:
     settings = Settings(ray_address="ray://head.example.com:10001", ray_dashboard_port=8265)
-    assert settings.ray_dashboard_url == "http://head.example.com:8265"
+    assert settings.ray.dashboard_url == "http://head.example.com:8265"

@@ -23,7 +23,7 @@ def fresh_settings(tmp_path: Path, partitions: int = 3, **overrides: object) -> 
 
     topic = f"t-{uuid.uuid4().hex[:10]}"
     settings = get_settings(topic=topic, lake_uri=str(tmp_path / "lake"), **overrides)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
@@ -35,7 +35,7 @@ def env_of(settings: Settings, test_env: dict[str, str]) -> dict[str, str]:
     """Environment for a `streamrec` subprocess using ``settings``' topic and lake."""
     import os
 
-    return {**os.environ, **test_env, "STREAMREC_TOPIC": settings.topic, "STREAMREC_LAKE_URI": settings.lake}
+    return {**os.environ, **test_env, "STREAMREC_TOPIC": settings.kafka.topic, "STREAMREC_LAKE_URI": settings.lake_root}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def send(settings: Settings, records: list[OutRecord]) -> list[Sent]:
     """Send ``records`` to the settings' topic; where each one landed."""
     producer = open_producer(settings)
     try:
-        futures = [producer.send(settings.topic, key=r.key, value=r.value) for r in records]
+        futures = [producer.send(settings.kafka.topic, key=r.key, value=r.value) for r in records]
         producer.flush()
         metadata = [future.get(timeout=30) for future in futures]
     finally:
@@ -70,7 +70,7 @@ def events(count: int, seed: int = 1, users: int = 40) -> list[dict]:
 def mixed_records(settings: Settings, count: int, seed: int = 1, bad_every: int = 7) -> list[OutRecord]:
     """Valid records with every malformed kind taking turns every ``bad_every``-th record."""
     rng = random.Random(seed)
-    kinds = malformed_kinds(settings.ingest_max_event_bytes, int(time.time() * 1000))
+    kinds = malformed_kinds(settings.ingest.max_event_bytes, int(time.time() * 1000))
     names = list(kinds)
     out = []
     for index, event in enumerate(events(count, seed)):

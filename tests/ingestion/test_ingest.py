@@ -198,9 +198,9 @@ def test_an_empty_new_topic_lets_the_stream_start_over(spark, kafka_broker: Sett
 
 def _recreate_topic(settings: Settings) -> None:
     """What a restarted in-memory broker looks like: the same topic, empty again."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     try:
-        admin.delete_topics([settings.topic])
-        admin.create_topics([NewTopic(settings.topic, 1, 1)])
+        admin.delete_topics([settings.kafka.topic])
+        admin.create_topics([NewTopic(settings.kafka.topic, 1, 1)])
     finally:
         admin.close()

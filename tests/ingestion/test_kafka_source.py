@@ -19,8 +19,8 @@ from ingestion.producer import encode_event
 def _collect(spark, settings: Settings, checkpoint: Path, **options: str) -> list[pa.Table]:
     """Run the source once with Trigger.AvailableNow; the Arrow table of every micro-batch."""
     batches: list[pa.Table] = []
-    reader = spark.readStream.format(SOURCE_NAME).option("bootstrap", settings.kafka_bootstrap)
-    reader = reader.option("topic", settings.topic)
+    reader = spark.readStream.format(SOURCE_NAME).option("bootstrap", settings.kafka.bootstrap)
+    reader = reader.option("topic", settings.kafka.topic)
     for name, value in options.items():
         reader = reader.option(name, value)
     query = (
@@ -44,12 +44,12 @@ def _coordinates(batches: list[pa.Table]) -> list[tuple[int, int]]:
 def test_high_watermarks_are_the_true_ends(kafka_broker: Settings, tmp_path: Path) -> None:
     settings = fresh_settings(tmp_path, partitions=3)
     sent = send(settings, [encode_event(e) for e in events(2_000)])
-    consumer = kafka_consumer(settings.kafka_bootstrap)
+    consumer = kafka_consumer(settings.kafka.bootstrap)
     try:
-        ends = high_watermarks(consumer, settings.topic)
+        ends = high_watermarks(consumer, settings.kafka.topic)
         assert ends == {str(p): sum(1 for s in sent if s.partition == p) for p in range(3)}
         send(settings, [encode_event(e) for e in events(10, seed=2)])
-        assert sum(high_watermarks(consumer, settings.topic).values()) == 2_010  # the same consumer sees new ends
+        assert sum(high_watermarks(consumer, settings.kafka.topic).values()) == 2_010  # the same consumer sees new ends
     finally:
         consumer.close()
 
@@ -89,7 +89,7 @@ def test_partitions_missing_from_the_offsets_are_read_from_their_start(kafka_bro
     """
     settings = fresh_settings(tmp_path, partitions=3)
     sent = send(settings, [encode_event(e) for e in events(600)])
-    reader = KafkaStreamReader({"bootstrap": settings.kafka_bootstrap, "topic": settings.topic})
+    reader = KafkaStreamReader({"bootstrap": settings.kafka.bootstrap, "topic": settings.kafka.topic})
     try:
         start = {"0": sum(1 for s in sent if s.partition == 0)}
         end = reader.latestOffset(start, ReadAllAvailable())
@@ -109,15 +109,15 @@ def test_partitions_missing_from_the_offsets_are_read_from_their_start(kafka_bro
 def test_topics_created_later_are_found_by_the_same_reader(kafka_broker: Settings, tmp_path: Path) -> None:
     """Each trigger refreshes the topic metadata, so the running reader sees new partitions."""
     settings = fresh_settings(tmp_path, partitions=1)
-    later = settings.model_copy(update={"topic": settings.topic + "-later"})
-    reader = KafkaStreamReader({"bootstrap": settings.kafka_bootstrap, "topic": later.topic})
+    later = settings.updated(topic=settings.kafka.topic + "-later")
+    reader = KafkaStreamReader({"bootstrap": settings.kafka.bootstrap, "topic": later.kafka.topic})
     try:
         with pytest.raises(KafkaSourceError, match="does not exist"):
             reader.latestOffset({}, ReadAllAvailable())
         from kafka.admin import KafkaAdminClient, NewTopic
 
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        admin.create_topics([NewTopic(later.topic, 4, 1)])
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        admin.create_topics([NewTopic(later.kafka.topic, 4, 1)])
         admin.close()
         send(later, [encode_event(e) for e in events(40)])
         assert set(reader.latestOffset({}, ReadAllAvailable())) == {"0", "1", "2", "3"}
@@ -128,7 +128,7 @@ def test_topics_created_later_are_found_by_the_same_reader(kafka_broker: Setting
 def test_a_truncated_topic_is_an_error_not_a_silent_skip(kafka_broker: Settings, tmp_path: Path) -> None:
     settings = fresh_settings(tmp_path, partitions=1)
     send(settings, [encode_event(e) for e in events(20)])
-    reader = KafkaStreamReader({"bootstrap": settings.kafka_bootstrap, "topic": settings.topic})
+    reader = KafkaStreamReader({"bootstrap": settings.kafka.bootstrap, "topic": settings.kafka.topic})
     try:
         with pytest.raises(KafkaSourceError, match="recreated or truncated"):
             reader.latestOffset({"0": 500}, ReadAllAvailable())
@@ -141,8 +141,8 @@ def test_a_running_query_follows_new_records(spark, kafka_broker: Settings, tmp_
     seen: list[int] = []
     query = (
         spark.readStream.format(SOURCE_NAME)
-        .option("bootstrap", settings.kafka_bootstrap)
-        .option("topic", settings.topic)
+        .option("bootstrap", settings.kafka.bootstrap)
+        .option("topic", settings.kafka.topic)
         .load()
         .writeStream.foreachBatch(lambda df, _id: seen.append(df.count()))
         .option("checkpointLocation", str(tmp_path / "ckpt"))
@@ -175,7 +175,9 @@ def test_read_limit_is_shared_by_lag_and_met_exactly() -> None:
 def test_min_partitions_splits_big_ranges_into_contiguous_pieces(kafka_broker: Settings, tmp_path: Path) -> None:
     settings = fresh_settings(tmp_path, partitions=1)
     sent = send(settings, [encode_event(e) for e in events(30_000)])
-    reader = KafkaStreamReader({"bootstrap": settings.kafka_bootstrap, "topic": settings.topic, "minpartitions": "3"})
+    reader = KafkaStreamReader(
+        {"bootstrap": settings.kafka.bootstrap, "topic": settings.kafka.topic, "minpartitions": "3"}
+    )
     try:
         end = reader.latestOffset({"0": 0}, ReadAllAvailable())
         ranges = reader.partitions({"0": 0}, end)

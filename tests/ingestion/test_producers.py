@@ -23,15 +23,17 @@ STREAMREC = str(Path(sys.executable).parent / "streamrec")
 
 
 def _topic_records(settings: Settings) -> pa.Table:
-    consumer = kafka_consumer(settings.kafka_bootstrap)
+    consumer = kafka_consumer(settings.kafka.bootstrap)
     try:
-        ends = high_watermarks(consumer, settings.topic)
+        ends = high_watermarks(consumer, settings.kafka.topic)
     finally:
         consumer.close()
     batches = [
         batch
         for partition, end in ends.items()
-        for batch in read_range(KafkaRange(settings.kafka_bootstrap, settings.topic, int(partition), 0, end, 30_000))
+        for batch in read_range(
+            KafkaRange(settings.kafka.bootstrap, settings.kafka.topic, int(partition), 0, end, 30_000)
+        )
     ]
     return pa.Table.from_batches(batches, schema=KAFKA_RECORD_SCHEMA)
 
@@ -55,7 +57,7 @@ def test_synthetic_sends_keyed_events_and_every_malformed_kind(
     assert set(summary["invalid_kinds"]) == set(EXPECTED_REASONS)
     records = _topic_records(settings)
     assert records.num_rows == 3000
-    result = validate_records(records, ValidationLimits.from_settings(settings))
+    result = validate_records(records, ValidationLimits.from_settings(settings.ingest))
     assert (result.valid.num_rows, result.invalid.num_rows) == (summary["valid"], summary["invalid"])
     valid_keys = {
         (p, o): k for p, o, k in zip(*(records[c].to_pylist() for c in ("partition", "offset", "key")), strict=True)

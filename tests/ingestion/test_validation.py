@@ -165,7 +165,9 @@ def test_fast_path_isolates_bad_records_in_a_large_batch() -> None:
 def test_limits_come_from_settings_and_boundaries_are_inclusive() -> None:
     from infra.settings import get_settings
 
-    limits = ValidationLimits.from_settings(get_settings(ingest_max_event_bytes=200, ingest_future_tolerance_s=60))
+    limits = ValidationLimits.from_settings(
+        get_settings(ingest_max_event_bytes=200, ingest_future_tolerance_s=60).ingest
+    )
     assert limits == ValidationLimits(200, 60_000)
     event = {"event_id": "e", "user_id": "u", "item_id": "i", "action": "view", "ts": NOW_MS + 60_000, "dwell_ms": 0}
     at_limit = _encode(event)

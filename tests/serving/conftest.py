@@ -24,9 +24,9 @@ def served(trained_pipeline: TrainedPipeline) -> Iterator[Served]:
     pipeline = trained_pipeline
     settings = get_settings(
         home=pipeline.settings.home,
-        topic=pipeline.settings.topic,
-        registered_model=pipeline.settings.registered_model,
-        registered_ranking_model=pipeline.settings.registered_ranking_model,
+        topic=pipeline.settings.kafka.topic,
+        registered_model=pipeline.settings.mlflow.registered_model,
+        registered_ranking_model=pipeline.settings.mlflow.registered_ranking_model,
         serve_model_poll_s=0.5,
         serve_history_shards=2,  # each owns two of the topic's four partitions
     )
@@ -52,14 +52,14 @@ def _served_as_deployed(request: pytest.FixtureRequest) -> None:
         shards = len(requests.get(f"{served.url}/healthz", timeout=10).json()["history_shards"])
     except requests.RequestException:
         shards = -1  # serving is down
-    if shards != settings.serve_history_shards:
+    if shards != settings.serve.history_shards:
         deploy(settings)
     if served_version(settings) != served.run.model_version:
         promote(settings, served.run.model_version)
-    ranking = served_version(settings, settings.registered_ranking_model)
+    ranking = served_version(settings, settings.mlflow.registered_ranking_model)
     ranking_wanted = served.ranking_run.model_version if ranking is not None else None
     if ranking not in (None, ranking_wanted):
-        promote(settings, served.ranking_run.model_version, model=settings.registered_ranking_model)
+        promote(settings, served.ranking_run.model_version, model=settings.mlflow.registered_ranking_model)
 
     def as_deployed() -> bool:
         health = requests.get(f"{served.url}/healthz", timeout=10).json()

@@ -23,7 +23,7 @@ def new_topic(settings: Settings, partitions: int) -> str:
     from kafka.admin import KafkaAdminClient, NewTopic
 
     topic = f"h-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
@@ -36,10 +36,10 @@ def recreate_topic(settings: Settings, partitions: int) -> None:
     broker cannot add partitions to a topic; a recreated one is how it gets more)."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
-        admin.delete_topics([settings.topic])
-        admin.create_topics([NewTopic(settings.topic, partitions, 1)])
+        admin.delete_topics([settings.kafka.topic])
+        admin.create_topics([NewTopic(settings.kafka.topic, partitions, 1)])
     finally:
         admin.close()
 
@@ -48,9 +48,9 @@ def create_topic(settings: Settings, partitions: int) -> None:
     """Create the settings' topic."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
-        admin.create_topics([NewTopic(settings.topic, partitions, 1)])
+        admin.create_topics([NewTopic(settings.kafka.topic, partitions, 1)])
     finally:
         admin.close()
 
@@ -80,7 +80,7 @@ def send(settings: Settings, records: Iterable[OutRecord], partition: int | None
     records = list(records)
     producer = open_producer(settings)
     try:
-        futures = [producer.send(settings.topic, key=r.key, value=r.value, partition=partition) for r in records]
+        futures = [producer.send(settings.kafka.topic, key=r.key, value=r.value, partition=partition) for r in records]
         producer.flush()
         metadata = [future.get(timeout=30) for future in futures]
     finally:

@@ -228,7 +228,7 @@ def test_a_recreated_topic_is_read_from_its_start_and_new_partitions_are_tailed(
     end before the snapshot's offsets, so both are read from their beginning. Then the topic
     is recreated under the tail with one more partition, which is tailed too."""
     caplog.set_level(logging.WARNING, logger="serving.history")
-    settings = settings_with_topic(lake.settings.lake, PARTITIONS, features_max_len=MAX_LEN)
+    settings = settings_with_topic(lake.settings.lake_root, PARTITIONS, features_max_len=MAX_LEN)
     again = [s.record for s in distinct_valid(lake.snapshot)[:3]]  # re-sent events: duplicates
     sent = send(settings, [*again, click("u1", "i-new", "recreated-1"), click("u6x", "i-new", "recreated-2")])
     recreated = Lake(settings, lake.user_sequences_version, lake.item_vocab_version, lake.snapshot, sent)
@@ -257,7 +257,7 @@ def test_a_recreated_topic_is_read_from_its_start_and_new_partitions_are_tailed(
 
 
 def test_the_tail_waits_for_a_missing_topic_and_reports_it(lake: Lake) -> None:
-    settings = get_settings(topic=f"missing-{uuid.uuid4().hex[:8]}", lake_uri=lake.settings.lake)
+    settings = get_settings(topic=f"missing-{uuid.uuid4().hex[:8]}", lake_uri=lake.settings.lake_root)
     history = Lake(settings, lake.user_sequences_version, lake.item_vocab_version, lake.snapshot, []).history()
     history.start()
     try:

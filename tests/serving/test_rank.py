@@ -27,22 +27,22 @@ def _ranking_version(served: Served) -> str | None:
 def ranked(served: Served) -> Served:
     """The served app once the session's ranker is promoted (and loaded by the replica)."""
     settings = served.settings
-    if served_version(settings, settings.registered_ranking_model) is None:
+    if served_version(settings, settings.mlflow.registered_ranking_model) is None:
         # Before: no ranker -> /rank answers 503 and /recommend is retrieval alone.
         response = post(served, "/rank", {"user_id": served.users[0], "candidates": ["x"]})
-        assert response.status_code == 503 and settings.registered_ranking_model in response.json()["detail"]
+        assert response.status_code == 503 and settings.mlflow.registered_ranking_model in response.json()["detail"]
         alone = post(served, "/recommend", {"user_id": served.users[0]}).json()
-        assert set(alone["lineage"]["model_version"]) == {settings.registered_model}
+        assert set(alone["lineage"]["model_version"]) == {settings.mlflow.registered_model}
         assert all(item["scores"] is None for item in alone["items"])
     version = served.ranking_run.model_version
-    promote(settings, version, model=settings.registered_ranking_model)
+    promote(settings, version, model=settings.mlflow.registered_ranking_model)
     wait_for(lambda: _ranking_version(served) == version)
     return served
 
 
 def test_rank_scores_every_known_candidate_with_the_registered_model(ranked: Served, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = ranked.settings
-    name = settings.registered_ranking_model
+    name = settings.mlflow.registered_ranking_model
     retrieved = [
         item["item_id"] for item in post(ranked, "/retrieve", {"user_id": ranked.users[0], "k": 30}).json()["items"]
     ]
@@ -56,7 +56,7 @@ def test_rank_scores_every_known_candidate_with_the_registered_model(ranked: Ser
     tasks = health["ranking"]["tasks"]
     for item in body["items"]:
         assert list(item["scores"]) == tasks and all(0.0 < p < 1.0 for p in item["scores"].values())
-        expected = blend(np.asarray([list(item["scores"].values())]), tasks, settings.serve_blend_weights)[0]
+        expected = blend(np.asarray([list(item["scores"].values())]), tasks, settings.serve.blend_weights)[0]
         assert item["score"] == pytest.approx(float(expected), abs=1e-5)
     lineage = body["lineage"]
     assert lineage["model_version"] == {name: ranked.ranking_run.model_version}
@@ -93,25 +93,25 @@ def test_recommend_retrieves_then_ranks_with_both_models(ranked: Served) -> None
     body = post(ranked, "/recommend", {"user_id": user, "k": 15}).json()
     assert len(body["items"]) == 15 and not body["cold_start"]
     assert body["lineage"]["model_version"] == {
-        settings.registered_model: ranked.run.model_version,
-        settings.registered_ranking_model: ranked.ranking_run.model_version,
+        settings.mlflow.registered_model: ranked.run.model_version,
+        settings.mlflow.registered_ranking_model: ranked.ranking_run.model_version,
     }
     assert body["lineage"]["ranking_feature_versions"]
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True) and all(item["scores"] for item in body["items"])
     # The ranker re-orders what retrieval found: the same items /rank orders the same way.
-    pool = [item["item_id"] for item in post(ranked, "/retrieve", {"user_id": user, "k": settings.serve_rank_candidates,
+    pool = [item["item_id"] for item in post(ranked, "/retrieve", {"user_id": user, "k": settings.serve.rank_candidates,
                                                                     "exclude_seen": True}).json()["items"]]  # fmt: skip
     reranked = post(ranked, "/rank", {"user_id": user, "candidates": pool}).json()["items"]
     assert [item["item_id"] for item in body["items"]] == [item["item_id"] for item in reranked[:15]]
     # Seen items stay out, as with retrieval alone; a cold start is the popularity list, unranked.
     cold = post(ranked, "/recommend", {"user_id": "nobody-at-all", "k": 5}).json()
-    assert cold["cold_start"] and set(cold["lineage"]["model_version"]) == {settings.registered_model}
+    assert cold["cold_start"] and set(cold["lineage"]["model_version"]) == {settings.mlflow.registered_model}
 
 
 def test_a_new_ranker_version_swaps_in_without_a_failed_request(ranked: Served) -> None:
     settings = ranked.settings
-    name = settings.registered_ranking_model
+    name = settings.mlflow.registered_ranking_model
     client = tracking.client(settings)
     source = client.get_model_version(name, ranked.ranking_run.model_version).source
     second = str(client.create_model_version(name, source, run_id=ranked.ranking_run.run_id).version)

@@ -35,7 +35,7 @@ def test_retrieve_and_recommend_answer_with_lineage(served: Served) -> None:
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
     lineage = body["lineage"]
-    name = served.settings.registered_model
+    name = served.settings.mlflow.registered_model
     assert lineage["model_version"] == {name: served.run.model_version}
     assert lineage["model_run_id"] == {name: served.run.run_id}
     history = lineage["history"]
@@ -113,8 +113,10 @@ def _health_with_error(served: Served) -> dict | None:
 def _register_copy(served: Served) -> str:
     """A new registered version with the production version's model files."""
     client = tracking.client(served.settings)
-    source = client.get_model_version(served.settings.registered_model, served.run.model_version).source
-    return str(client.create_model_version(served.settings.registered_model, source, run_id=served.run.run_id).version)
+    source = client.get_model_version(served.settings.mlflow.registered_model, served.run.model_version).source
+    return str(
+        client.create_model_version(served.settings.mlflow.registered_model, source, run_id=served.run.run_id).version
+    )
 
 
 def _register_broken(served: Served, tmp_path: Path) -> str:
@@ -125,7 +127,9 @@ def _register_broken(served: Served, tmp_path: Path) -> str:
     client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
     client.set_terminated(run.info.run_id, "FINISHED")
     source = f"{run.info.artifact_uri}/model"
-    return str(client.create_model_version(served.settings.registered_model, source, run_id=run.info.run_id).version)
+    return str(
+        client.create_model_version(served.settings.mlflow.registered_model, source, run_id=run.info.run_id).version
+    )
 
 
 def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the_old(
@@ -148,7 +152,7 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
                 continue
             outcomes[str(response.status_code)] += 1
             if response.status_code == 200:
-                versions_seen.append(response.json()["lineage"]["model_version"][settings.registered_model])
+                versions_seen.append(response.json()["lineage"]["model_version"][settings.mlflow.registered_model])
 
     thread = threading.Thread(target=client)
     thread.start()
@@ -170,7 +174,7 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
     assert f"version {broken} failed to load" in health["last_error"] and health["model"]["version"] == second
     assert health["status"] == "degraded"
     body = post(served, "/recommend", {"user_id": served.users[2]}).json()
-    assert body["lineage"]["model_version"][settings.registered_model] == second
+    assert body["lineage"]["model_version"][settings.mlflow.registered_model] == second
 
     assert rollback(settings) == second
     assert served_version(settings) == second
@@ -223,8 +227,8 @@ def test_the_application_builder_serves_the_production_model(served: Served) -> 
     from serving.config import production_config
 
     settings = served.settings
-    app = app_from_settings({"home": str(settings.home), "topic": settings.topic,
-                             "registered_model": settings.registered_model})  # fmt: skip
+    app = app_from_settings({"home": str(settings.home), "topic": settings.kafka.topic,
+                             "registered_model": settings.mlflow.registered_model})  # fmt: skip
     assert isinstance(app, Application)
     config = production_config(settings)
     assert (
@@ -242,7 +246,7 @@ def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: d
     from infra.components import settings_environment
 
     # The served settings, in the home of the session's processes (whose pid records `up` reads).
-    env = {**os.environ, **settings_environment(served.settings), "STREAMREC_LAKE_URI": served.settings.lake,
+    env = {**os.environ, **settings_environment(served.settings), "STREAMREC_LAKE_URI": served.settings.lake_root,
            "STREAMREC_HOME": test_env["STREAMREC_HOME"], "HOME": test_env["HOME"], "COLUMNS": "250"}  # fmt: skip
 
     def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
@@ -270,7 +274,7 @@ def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: d
     assert local["shard"] == "in-replica" and sorted(int(p) for p in local["partitions"]) == [0, 1, 2, 3]
     user = served.users[5]
     body = post(served, "/recommend", {"user_id": user}).json()
-    assert body["lineage"]["model_version"][served.settings.registered_model] == served_version(served.settings)
+    assert body["lineage"]["model_version"][served.settings.mlflow.registered_model] == served_version(served.settings)
     assert body["lineage"]["history"]["source"] == "online"
     clicked = body["items"][0]["item_id"]
     send(served.settings, [action(user, clicked, "click")])

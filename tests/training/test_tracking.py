@@ -33,8 +33,8 @@ def test_ui_links_open_the_model_training_view(mini_cluster: Settings) -> None:
     # user's saved toggle) names the model-training view; seen in headless Chromium.
     settings = get_settings(mlflow_experiment=f"tracking-test-{uuid.uuid4().hex[:8]}")
     run_id = tracking.start_run(settings, "ui-link", params={}, tags={}, feature_versions={})
-    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow_experiment)
-    base = settings.mlflow_tracking_uri.rstrip("/")
+    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow.experiment)
+    base = settings.mlflow.tracking_uri.rstrip("/")
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING_KIND
     assert tracking.ui_url(settings) == f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
     assert tracking.ui_url(settings, run_id) == (

@@ -77,7 +77,7 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
     artifacts = {item.path for item in client.list_artifacts(hstu_run.run_id)}
     assert {"model", "training_curve.png", "metrics.json"} <= artifacts
 
-    model_version = client.get_model_version(settings.registered_model, hstu_run.model_version)
+    model_version = client.get_model_version(settings.mlflow.registered_model, hstu_run.model_version)
     assert model_version.run_id == hstu_run.run_id
     with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
         _, info = load_model(directory)
@@ -121,7 +121,7 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
         source = read_weights(directory)[PLAIN_WEIGHT]
     # A copy of the lake gets a day of new events naming 200 items the vocabulary lacks.
     shutil.copytree(settings.home / "lake", tmp_path / "lake")
-    grown = get_settings(home=tmp_path, train_workers=2, registered_model=settings.registered_model)
+    grown = get_settings(home=tmp_path, train_workers=2, registered_model=settings.mlflow.registered_model)
     # The pipeline's clock ends about a day ago: these start half a day ago, after all of its events.
     later = SyntheticConfig(users=300, items=1_200, events=6_000, clusters=20, seed=1,
                             start_ms=EVENTS.start_ms + int((EVENTS.span_days + 0.5) * 86_400_000),
@@ -144,7 +144,11 @@ def test_warm_start_keeps_known_item_rows_and_adds_new_items(
 
 
 def test_cli_trains_popularity_and_evaluates_a_version(settings: Settings, hstu_run: TrainOutcome) -> None:
-    env = {**os.environ, "STREAMREC_HOME": str(settings.home), "STREAMREC_REGISTERED_MODEL": settings.registered_model}
+    env = {
+        **os.environ,
+        "STREAMREC_HOME": str(settings.home),
+        "STREAMREC_REGISTERED_MODEL": settings.mlflow.registered_model,
+    }
     cli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "streamrec")
     popularity = subprocess.run(
         [cli, "train", "--model", "popularity", "--json"], env=env, capture_output=True, text=True

@@ -60,7 +60,7 @@ def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatc
 
 
 def _graphql(settings: Settings, query: str) -> dict[str, Any]:
-    answer = requests.post(f"{settings.dagster_url}/graphql", json={"query": query}, timeout=30).json()
+    answer = requests.post(f"{settings.dagster.url}/graphql", json={"query": query}, timeout=30).json()
     assert "errors" not in answer, answer
     return dict(answer["data"])
 
@@ -124,11 +124,11 @@ def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> Non
         stopped = cluster.down(_disabled(settings), ["dagster"])
     assert record is not None and stopped == [f"dagster (pid {record.pid})"]
     assert group_members(record.pid) == []  # webserver, daemon and code server stopped with it
-    assert not port_in_use("127.0.0.1", settings.dagster_port)
+    assert not port_in_use("127.0.0.1", settings.dagster.port)
 
 
 def _disabled(settings: Settings) -> Settings:
-    return settings.model_copy(update={"dagster_enabled": False})
+    return settings.updated(dagster_enabled=False)
 
 
 def test_infra_never_imports_workflows() -> None:

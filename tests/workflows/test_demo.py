@@ -65,16 +65,19 @@ def test_demo_runs_every_stage_and_reruns_on_a_new_topic_without_duplicates(
     assert "gate: " in first.stdout and "failed requests during the round: 0 of" in first.stdout
     # The ranking stage: examples, the ranker next to the popularity baseline, served with the retrieval model.
     assert "features/ranking_examples version" in first.stdout and "ranking: exposures" in first.stdout
-    assert f"serving {settings.registered_ranking_model} version" in first.stdout
+    assert f"serving {settings.mlflow.registered_ranking_model} version" in first.stdout
     lineage = json.loads(_line(first.stdout, "/recommend lineage.model_version: "))
-    assert set(lineage) == {settings.registered_model, settings.registered_ranking_model}  # both models answered
+    assert set(lineage) == {
+        settings.mlflow.registered_model,
+        settings.mlflow.registered_ranking_model,
+    }  # both models answered
     print("first run:", _line(first.stdout, "ranking stage: "))
     silver_rows = _rows(settings, SILVER_TABLE)
 
     # A restarted local broker loses its topics: a new (empty) topic under the same name.
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     try:
-        admin.delete_topics([settings.topic])
+        admin.delete_topics([settings.kafka.topic])
     finally:
         admin.close()
     second = _run_demo(env)

@@ -68,9 +68,9 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 def create_topic(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
     try:
-        admin.create_topics([NewTopic(settings.topic, 4, 1)])
+        admin.create_topics([NewTopic(settings.kafka.topic, 4, 1)])
     finally:
         admin.close()
 

@@ -81,7 +81,7 @@ def test_ranking_examples_model_and_gate_record_their_versions(mini_cluster: Set
         run_config=dg.RunConfig(ops={"ranking_model": config}),
     )
     model = metadata(trained, "ranking_model")
-    assert model["registered_model"] == settings.registered_ranking_model and model["model_version"] == "1"
+    assert model["registered_model"] == settings.mlflow.registered_ranking_model and model["model_version"] == "1"
     assert model["model"] == "ranker" and model["epochs_run"] == 1 and model["best_epoch"] == 1
     assert model["version.features/ranking_examples"] == examples["delta_version"]
     assert model["version.features/item_vocab"] == examples["version.features/item_vocab"]
@@ -93,8 +93,8 @@ def test_ranking_examples_model_and_gate_record_their_versions(mini_cluster: Set
     # The gate in the same run: the version ranking_model registered, the first one, promoted.
     gate = metadata(trained, "ranking_promotion")
     assert (gate["decision"], gate["candidate_version"], gate["production_after"]) == ("first", "1", "1")
-    assert gate["registered_model"] == settings.registered_ranking_model and gate["split"] == "validation"
-    assert served_version(settings, settings.registered_ranking_model) == "1"
+    assert gate["registered_model"] == settings.mlflow.registered_ranking_model and gate["split"] == "validation"
+    assert served_version(settings, settings.mlflow.registered_ranking_model) == "1"
     assert served_version(settings) is None  # the retrieval alias is not touched
     assert gate["candidate_val_auc_click"] == pytest.approx(model["best_val_auc_click"], abs=1e-3)
     assert gate["version.features/ranking_examples"] == examples["delta_version"]

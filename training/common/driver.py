@@ -49,14 +49,14 @@ def check_resources(settings: Settings, workers: int) -> None:
     import ray
 
     offered = ray.cluster_resources()
-    cpus = workers * settings.train_cpus_per_worker
+    cpus = workers * settings.train.cpus_per_worker
     if offered.get("CPU", 0.0) < cpus:
         raise TrainingError(
-            f"{workers} worker(s) x {settings.train_cpus_per_worker:g} CPU need {cpus:g} CPUs but the Ray cluster at "
-            f"{settings.ray_address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
+            f"{workers} worker(s) x {settings.train.cpus_per_worker:g} CPU need {cpus:g} CPUs but the Ray cluster at "
+            f"{settings.ray.address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
             "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
         )
-    if settings.train_use_gpu and offered.get("GPU", 0.0) < workers:
+    if settings.train.use_gpu and offered.get("GPU", 0.0) < workers:
         raise TrainingError(
             f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}"
         )
@@ -71,15 +71,15 @@ def torch_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     settings = job.settings
-    resources: dict[str, float] = {"CPU": settings.train_cpus_per_worker}
-    if settings.train_use_gpu:
+    resources: dict[str, float] = {"CPU": settings.train.cpus_per_worker}
+    if settings.train.use_gpu:
         resources["GPU"] = 1.0
     return TorchTrainer(
         worker,
         train_loop_config={"job": job},
-        torch_config=TorchConfig(backend="nccl" if settings.train_use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if settings.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=settings.train_use_gpu, resources_per_worker=resources
+            num_workers=workers, use_gpu=settings.train.use_gpu, resources_per_worker=resources
         ),
         # ray.train re-exports the Train v2 RunConfig/FailureConfig at runtime (Ray 2.60's default),
         # which take logging_config and controller_failure_limit; mypy resolves the names to the
@@ -90,7 +90,7 @@ def torch_trainer(
             # Worker failures restart from the last checkpoint; a worker group that cannot
             # start (no resources in time) fails the run instead of retrying forever.
             failure_config=FailureConfig(  # type: ignore[call-arg]
-                max_failures=settings.train_max_failures, controller_failure_limit=0
+                max_failures=settings.train.max_failures, controller_failure_limit=0
             ),
             # The best checkpoint by the selection metric and the latest (for resuming) are kept.
             checkpoint_config=CheckpointConfig(

@@ -20,7 +20,7 @@ from infra.settings import Settings
 
 def client(settings: Settings) -> MlflowClient:
     """A client of the configured tracking server (and its model registry)."""
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    return MlflowClient(tracking_uri=settings.mlflow.tracking_uri, registry_uri=settings.mlflow.tracking_uri)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the experiment holds, for MLflow's UI and API
@@ -34,10 +34,10 @@ MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 def experiment_id(settings: Settings) -> str:
     """The ``mlflow_experiment`` experiment (created if missing), marked as model training."""
     mlflow = client(settings)
-    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)
     if experiment is None:
         identifier = mlflow.create_experiment(
-            settings.mlflow_experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+            settings.mlflow.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
         )
     else:
         identifier = experiment.experiment_id
@@ -49,7 +49,7 @@ def experiment_id(settings: Settings) -> str:
 def ui_url(settings: Settings, run_id: str | None = None) -> str:
     """The MLflow UI's page of the experiment's runs (or of ``run_id``), in the model-training view."""
     page = f"#/experiments/{experiment_id(settings)}" + (f"/runs/{run_id}" if run_id else "")
-    return f"{settings.mlflow_tracking_uri.rstrip('/')}/{page}?{MODEL_TRAINING_VIEW}"
+    return f"{settings.mlflow.tracking_uri.rstrip('/')}/{page}?{MODEL_TRAINING_VIEW}"
 
 
 def start_run(
@@ -104,7 +104,7 @@ def log_artifacts(settings: Settings, run_id: str, directory: Path, artifact_pat
 def register(settings: Settings, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
     """A new version of the ``registered_model`` from the run's ``artifact_path``; returns the version."""
     mlflow = client(settings)
-    name = settings.registered_model
+    name = settings.mlflow.registered_model
     if not mlflow.search_registered_models(filter_string=f"name = '{name}'"):
         mlflow.create_registered_model(name, description="Next-item retrieval models trained by `streamrec train`.")
     source = f"{mlflow.get_run(run_id).info.artifact_uri}/{artifact_path}"
@@ -115,9 +115,9 @@ def register(settings: Settings, run_id: str, artifact_path: str, tags: dict[str
 @contextmanager
 def downloaded_version(settings: Settings, version: str, model: str | None = None) -> Iterator[Path]:
     """The model directory of a registered version (``latest`` = newest) of ``model`` (default
-    ``settings.registered_model``), downloaded to a temporary directory removed when the block ends."""
+    ``settings.mlflow.registered_model``), downloaded to a temporary directory removed when the block ends."""
     mlflow = client(settings)
-    name = model or settings.registered_model
+    name = model or settings.mlflow.registered_model
     if version == "latest":
         versions = mlflow.search_model_versions(filter_string=f"name = '{name}'")
         if not versions:
@@ -128,5 +128,5 @@ def downloaded_version(settings: Settings, version: str, model: str | None = Non
     except MlflowException as error:
         raise LookupError(f"registered model {name!r} has no version {version!r}") from error
     with tempfile.TemporaryDirectory(prefix=f"streamrec-model-v{version}-") as target:
-        local = download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=settings.mlflow_tracking_uri)
+        local = download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=settings.mlflow.tracking_uri)
         yield Path(local)

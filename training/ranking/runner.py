@@ -60,8 +60,8 @@ def train_ranking(
     """Train ``config`` on Ray Train, evaluate it, and register it (``ranking_model_name``)."""
     import ray
 
-    storage = settings.train_storage or str(settings.checkpoint_dir)
-    workers = workers or settings.train_workers
+    storage = settings.train.storage or str(settings.checkpoint_dir)
+    workers = workers or settings.train.workers
     driver.connect(settings)
     driver.check_resources(settings, workers)
     versions = latest_ranking_versions(settings)
@@ -81,7 +81,7 @@ def train_ranking(
         config=config,
         versions=versions,
         run_id=run_id,
-        use_gpu=settings.train_use_gpu,
+        use_gpu=settings.train.use_gpu,
         warm_start=ray.put(warm) if warm else None,
     )
     follower = _EpochLines(settings, run_id, config.epochs, log)
@@ -143,17 +143,17 @@ def register(settings: Settings, name: str, run_id: str, tags: dict[str, str]) -
             mlflow.create_registered_model(name, description=RANKING_DESCRIPTION)
         except MlflowException:  # created meanwhile by another run
             pass
-    return tracking.register(settings.model_copy(update={"registered_model": name}), run_id, MODEL_DIR, tags)
+    return tracking.register(settings.updated(registered_model=name), run_id, MODEL_DIR, tags)
 
 
 def ranking_model_name(settings: Settings, config: RankingTrainConfig) -> str:
     """The registered model a ranking run registers into: the config's, else the settings'."""
-    return config.registered_model or settings.registered_ranking_model
+    return config.registered_model or settings.mlflow.registered_ranking_model
 
 
 def ranking_settings(settings: Settings, config: RankingTrainConfig) -> Settings:
     """``settings`` whose ``registered_model`` is the ranking model (for ``tracking.downloaded_version``)."""
-    return settings.model_copy(update={"registered_model": ranking_model_name(settings, config)})
+    return settings.updated(registered_model=ranking_model_name(settings, config))
 
 
 def train_ranking_popularity(

@@ -87,7 +87,7 @@ def train(
     console.print(_metrics_table(f"{outcome['model']} metrics", outcome["metrics"]))
     if "model_version" in outcome:
         console.print(
-            f"run {outcome['run_name']} -> {settings.registered_model} version {outcome['model_version']} "
+            f"run {outcome['run_name']} -> {settings.mlflow.registered_model} version {outcome['model_version']} "
             f"(best epoch {outcome['best_epoch']}); MLflow: {tracking.ui_url(settings, outcome['run_id'])}"
         )
 
@@ -116,7 +116,9 @@ def evaluate(
     if as_json:
         print(json.dumps({"version": version, "features": versions, "metrics": metrics}))
         return
-    console.print(_metrics_table(f"{settings.registered_model} {version} on {split} (features {versions})", metrics))
+    console.print(
+        _metrics_table(f"{settings.mlflow.registered_model} {version} on {split} (features {versions})", metrics)
+    )
 
 
 def train_config_from(model: str, config: Path | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -100,5 +100,5 @@ def warm_start_state(
     with tracking.downloaded_version(settings, version) as directory:
         info = read_info(directory)
         weights = read_weights(directory)
-    log(f"warm start from {settings.registered_model} version {version}: {info.num_items} items known")
+    log(f"warm start from {settings.mlflow.registered_model} version {version}: {info.num_items} items known")
     return info, weights

@@ -62,8 +62,8 @@ def train(
     """Train ``config`` on Ray (or resume the run named ``resume``) and register the model."""
     import ray
 
-    storage = settings.train_storage or str(settings.checkpoint_dir)
-    workers = workers or settings.train_workers
+    storage = settings.train.storage or str(settings.checkpoint_dir)
+    workers = workers or settings.train.workers
     driver.connect(settings)
     driver.check_resources(settings, workers)
     if resume:
@@ -78,13 +78,13 @@ def train(
     # Fetched before a new run is created, so a bad version fails without leaving a run behind.
     warm_state = warm_start_state(settings, warm_start, log) if warm_start else None
     if warm_start and not resume:  # a resumed run's recorded config already has it
-        config = config.warm_started(settings.train_use_gpu)
-        log(f"warm start: item table learning rate {config.table_optimizer(settings.train_use_gpu)[1]:g}")
+        config = config.warm_started(settings.train.use_gpu)
+        log(f"warm start: item table learning rate {config.table_optimizer(settings.train.use_gpu)[1]:g}")
     if not resume:
         run_id = tracking.start_run(
             settings,
             run_name,
-            params=_params(config, versions, workers, warm_start, settings.train_use_gpu),
+            params=_params(config, versions, workers, warm_start, settings.train.use_gpu),
             tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
             feature_versions=versions.as_dict(),
         )
@@ -96,7 +96,7 @@ def train(
         config=config,
         versions=versions,
         run_id=run_id,
-        use_gpu=settings.train_use_gpu,
+        use_gpu=settings.train.use_gpu,
         warm_start=ray.put(warm_state) if warm_state else None,
         fault_marker=str(settings.home / "train-faults" / run_name) if config.fail_once_after_epoch else None,
     )
@@ -107,7 +107,7 @@ def train(
     )  # fmt: skip
     with driver.finishing(settings, run_id, "streamrec-run-") as scratch:
         outcome = _evaluate_and_register(settings, config, versions, run_name, run_id, result, scratch, log)
-    log(f"registered {settings.registered_model} version {outcome.model_version}")
+    log(f"registered {settings.mlflow.registered_model} version {outcome.model_version}")
     return outcome
 
 

@@ -16,7 +16,7 @@ GROUP = "ingestion"
 
 user_actions_topic = dg.AssetSpec(
     "user_actions_topic",
-    description="The Kafka topic of user actions (settings.topic); written by producers, not by Dagster.",
+    description="The Kafka topic of user actions (settings.kafka.topic); written by producers, not by Dagster.",
     group_name=GROUP,
     kinds={"kafka"},
 )
@@ -61,7 +61,7 @@ def ingest(
         **outcome.metadata(),
         "records_read": stats.get("records"),
         "records_valid": stats.get("valid"),
-        "kafka_topic": settings.topic,
+        "kafka_topic": settings.kafka.topic,
         "kafka_high_watermarks": {str(partition): offset for partition, offset in sorted(ends.items())},
     }
     quarantine = {**table_metadata(settings, QUARANTINE_TABLE), "records_invalid": stats.get("invalid")}

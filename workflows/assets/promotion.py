@@ -51,8 +51,8 @@ def retrieval_evaluation(
         or promotion.newest_version(settings)
     )
     if candidate is None:
-        raise dg.Failure(f"{settings.registered_model} has no registered version to evaluate; train one first")
-    context.log.info(f"evaluating candidate {settings.registered_model} version {candidate} against production")
+        raise dg.Failure(f"{settings.mlflow.registered_model} has no registered version to evaluate; train one first")
+    context.log.info(f"evaluating candidate {settings.mlflow.registered_model} version {candidate} against production")
     comparison = promotion.compare(settings, candidate)
     metadata: dict[str, Any] = {
         "registered_model": comparison.model,
@@ -104,7 +104,7 @@ def ranking_promotion(
     ranking_promotion_policy: RankingPromotionPolicy,
 ) -> dg.MaterializeResult:
     settings = streamrec.settings()
-    name = settings.registered_ranking_model
+    name = settings.mlflow.registered_ranking_model
     candidate = (
         config.candidate_version
         or _registered_in_this_run(context, "ranking_model")

@@ -1,12 +1,12 @@
 """The model assets: training runs on Ray Train, tracked and registered in MLflow.
 
-``retrieval_model`` (settings.registered_model):
+``retrieval_model`` (settings.mlflow.registered_model):
 
 By default it warm-starts from the version serving now (the ``production`` alias) and keeps
 that version's architecture; with ``from_scratch`` (the daily retraining), or while nothing is
 in production, it trains the architecture of the config from random initialisation.
 
-``ranking_model`` (settings.registered_ranking_model): a multi-task ranker (or the DLRM
+``ranking_model`` (settings.mlflow.registered_ranking_model): a multi-task ranker (or the DLRM
 baseline) trained from scratch on features/ranking_examples (``workflows.rounds.train_ranker``).
 Neither asset promotes: the retrieval gate (``workflows.assets.promotion``) or
 ``streamrec promote`` does.
@@ -37,7 +37,7 @@ class RetrievalTrainConfig(dg.Config):
     TrainConfig fields validated by TrainConfig when the run starts."""
 
     from_scratch: bool = Field(default=False, description="Ignore production and train from random initialisation.")
-    workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train_workers.")
+    workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train.workers.")
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="TrainConfig fields over a round's defaults (TrainConfig's, but epochs 5), nested as in a "
@@ -58,7 +58,7 @@ class RetrievalTrainConfig(dg.Config):
     deps=["item_vocab", "user_sequences"],
     group_name=GROUP,
     kinds={"ray", "pytorch", "mlflow"},
-    description="A registered version of the retrieval model (settings.registered_model), trained on Ray Train.",
+    description="A registered version of the retrieval model (mlflow.registered_model), trained on Ray Train.",
 )
 def retrieval_model(
     context: AssetExecutionContext, config: RetrievalTrainConfig, streamrec: StreamrecResource
@@ -67,7 +67,7 @@ def retrieval_model(
     candidate = train_candidate(settings, config.options(), log=context.log.info)
     outcome, production = candidate.trained, candidate.warm_start_from
     metadata = {
-        **_run_metadata(settings, settings.registered_model, outcome, RETRIEVAL_METRICS),
+        **_run_metadata(settings, settings.mlflow.registered_model, outcome, RETRIEVAL_METRICS),
         "warm_start_from": production or "none (from scratch)",
         "model": candidate.kind,
     }
@@ -78,7 +78,7 @@ class RankingModelConfig(dg.Config):
     """A ranking run: the Ray Train workers, and ``train``, RankingTrainConfig fields validated by
     RankingTrainConfig when the run starts."""
 
-    workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train_workers.")
+    workers: int = Field(default=0, ge=0, description="Ray Train workers; 0 = settings.train.workers.")
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="RankingTrainConfig fields over its defaults, nested as in a `streamrec train-ranking "
@@ -98,7 +98,7 @@ class RankingModelConfig(dg.Config):
     deps=["ranking_examples", "item_vocab"],
     group_name=GROUP,
     kinds={"ray", "pytorch", "mlflow"},
-    description="A registered version of the ranking model (settings.registered_ranking_model), trained on Ray Train.",
+    description="A registered version of the ranking model (mlflow.registered_ranking_model), trained on Ray Train.",
 )
 def ranking_model(
     context: AssetExecutionContext, config: RankingModelConfig, streamrec: StreamrecResource
@@ -107,7 +107,7 @@ def ranking_model(
     options = config.options()
     outcome = train_ranker(settings, options, log=context.log.info)
     metadata = {
-        **_run_metadata(settings, settings.registered_ranking_model, outcome, RANKING_METRICS),
+        **_run_metadata(settings, settings.mlflow.registered_ranking_model, outcome, RANKING_METRICS),
         "model": options.config.model.kind,
     }
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.model_version}"))
