@@ -192,6 +192,12 @@ def main() -> None:
         if args.max_records_per_trigger:
             env["STREAMREC_INGEST_MAX_RECORDS_PER_TRIGGER"] = str(args.max_records_per_trigger)
         settings = private_settings(home, **env)
+        per_batch = settings.ingest.max_records_per_trigger
+        if args.events <= per_batch:  # one micro-batch takes them all: no batch after the first to time
+            parser.error(
+                f"--events {args.events:,} fit in one micro-batch of {per_batch:,} records, so no sustained "
+                "rate can be measured: give more events or a smaller --max-records-per-trigger"
+            )
         result = measure(settings, args, home)
     result = {**result_header, **result}
     result["machine"]["load_average_1_5_15_min"] = {"before": load_before, "after": loads()}

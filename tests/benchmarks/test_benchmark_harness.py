@@ -120,3 +120,13 @@ def test_the_suite_benchmark_reads_pytests_closing_line() -> None:
     assert match is not None
     assert counts(match.group(1)) == {"passed": 254, "deselected": 83}
     assert counts("1 failed, 300 passed, 1 error") == {"failed": 1, "passed": 300, "errors": 1}
+
+
+def test_the_ingest_benchmark_refuses_events_that_fit_in_one_micro_batch() -> None:
+    """It used to start the broker, ingest them all in one batch and crash printing a rate of None."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ingest", "--events", "1000", "--max-records-per-trigger", "5000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "fit in one micro-batch of 5,000 records" in result.stderr
