@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ RESULT = RESULTS / "suite.json"
 SUMMARY = re.compile(r"^=+ (.*\b(passed|failed|error)\b.*) in [\d.]+s")  # pytest's closing line
 COUNT = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)")
 PYTEST_START = re.compile(r"^=+ test session starts =+$")
+TAIL_LINES = 40
 
 
 def counts(summary: str) -> dict[str, int]:
@@ -41,11 +43,14 @@ def time_target(target: str) -> dict[str, Any]:
     started = time.perf_counter()
     pytest_started: float | None = None
     summary = ""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
         ["make", target], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
+            print(line, end="", flush=True)  # progress: the target's own output, as a developer sees it
+            tail.append(line.rstrip())
             line = line.rstrip()
             if pytest_started is None and PYTEST_START.match(line):
                 pytest_started = time.perf_counter()
@@ -60,6 +65,7 @@ def time_target(target: str) -> dict[str, Any]:
         "before_pytest_s": round(pytest_started - started, 1) if pytest_started else None,
         "pytest_summary": summary,
         "counts": counts(summary),
+        "output_tail": list(tail) if code else [],  # why a failed run failed
         "load_before": load_before,
         "load_after": loads(),
     }
