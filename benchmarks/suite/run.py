@@ -48,10 +48,10 @@ def time_target(target: str) -> dict[str, Any]:
         ["make", target], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            print(line, end="", flush=True)  # progress: the target's own output, as a developer sees it
-            tail.append(line.rstrip())
-            line = line.rstrip()
+        for raw in process.stdout:
+            print(raw, end="", flush=True)  # progress: the target's own output, as a developer sees it
+            line = raw.rstrip()
+            tail.append(line)
             if pytest_started is None and PYTEST_START.match(line):
                 pytest_started = time.perf_counter()
             if match := SUMMARY.match(line):
