@@ -7,14 +7,15 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from infra.console import make_console
 
 # features.ranking's defaults, repeated so the CLI starts without numpy and pyarrow.
 RANKING_WINDOW_S = 3600.0
 RANKING_MAX_LEN = 50
 
-console = Console()
+console = make_console()
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +48,7 @@ def build(
     from infra.cli import load_settings
 
     started = time.monotonic()
-    progress = Console(stderr=True) if as_json else console
+    progress = make_console(stderr=True) if as_json else console
 
     def log(message: str) -> None:
         progress.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {message}")

@@ -14,11 +14,11 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from infra import cluster, ray_access
 from infra.apps import ClusterApp, cluster_apps, not_running
+from infra.console import make_console
 from infra.errors import StreamrecError
 from infra.settings import Settings, get_settings
 
@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = make_console()
 
 ComponentNames = Annotated[
     list[str] | None,
@@ -162,7 +162,7 @@ def main() -> None:
     try:
         app()
     except StreamrecError as error:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", markup=True)
+        make_console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", markup=True)
         raise SystemExit(1) from None
 
 

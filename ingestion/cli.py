@@ -86,13 +86,12 @@ def ingest(
     """Stream the topic into bronze/quarantine and keep silver caught up (exactly once, crash-safe)."""
     import time
 
-    from rich.console import Console
-
+    from infra.console import make_console
     from ingestion.stream import BatchReport, run_ingest
 
     if until_idle and for_seconds is not None:
         raise typer.BadParameter("use either --until-idle or --for", param_hint="--for")
-    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    console = make_console(stderr=True, soft_wrap=True, highlight=False)
     started, total = time.monotonic(), [0]
 
     def show(item: BatchReport | str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -111,8 +110,9 @@ def produce(
     show_progress: bool = True,
 ) -> ProduceSummary:
     """Send ``records`` to ``settings.kafka.topic``, at most ``rate`` per second (None: as fast as possible)."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from infra.console import make_console
 
     summary = ProduceSummary(topic=settings.kafka.topic)
     kinds: Counter[str] = Counter()
@@ -121,7 +121,7 @@ def produce(
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>10,.0f} events/s"), TimeElapsedColumn(),
-        console=Console(file=sys.stderr), disable=not show_progress,
+        console=make_console(stderr=True), disable=not show_progress,
     )  # fmt: skip
     start = time.perf_counter()
     try:

@@ -6,12 +6,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from infra.cli import load_settings
+from infra.console import make_console
 
-console = Console(highlight=False)
+console = make_console(highlight=False)
 serve_app = typer.Typer(help="The Ray Serve application: retrieval and recommendations.", no_args_is_help=True)
 
 

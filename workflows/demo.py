@@ -29,7 +29,6 @@ from typing import Any
 
 import requests
 from deltalake import DeltaTable
-from rich.console import Console
 from rich.table import Table
 
 from features.build import build as build_features
@@ -37,6 +36,7 @@ from features.ranking import RankingSpec
 from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs
+from infra.console import make_console
 from infra.model_options import merge
 from infra.polling import wait_until
 from infra.settings import Settings, get_settings
@@ -56,7 +56,7 @@ from training.retrieval.runner import train
 from workflows.lineage import split_rows
 from workflows.rounds import WARM_START_TRAIN, RankingOptions, TrainOptions, train_ranker, warm_start_round
 
-console = Console(highlight=False)
+console = make_console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
 PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
 RANKING_COLUMNS = {  # column: (popularity key, ranker key)

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.console import Console
 
+from infra.console import make_console
 from training.common.errors import TrainingError
 
-console = Console()
+console = make_console()
 
 
 def run_outcome(what: str, model: str, run: Callable[[], Any]) -> dict[str, Any]:

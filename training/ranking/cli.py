@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from infra.cli import load_settings
+from infra.console import make_console
 from infra.model_options import ModelOptions, merge
 from training.common.config import nest_table_fields
 from training.common.outcome import run_outcome
 from training.ranking.config import RankingTrainConfig
 
-console = Console()
+console = make_console()
 
 
 # As `streamrec train`: the documented short names stay options next to the fields' own names.

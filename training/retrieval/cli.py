@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from infra.cli import load_settings
+from infra.console import make_console
 from infra.model_options import ModelOptions, merge
 from training.common.config import nest_table_fields
 from training.common.outcome import run_outcome
 from training.retrieval.config import TrainConfig
 
-console = Console()
+console = make_console()
 
 
 # The documented short names of TrainConfig fields stay options next to the fields' own names.
