@@ -29,8 +29,9 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import HTTPException, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -62,7 +63,9 @@ Answered = TypeVar("Answered")
 BATCH_SIZE_DEFAULT = ServeSettings.model_fields["batch_max_size"].default
 BATCH_WAIT_DEFAULT_S = ServeSettings.model_fields["batch_wait_s"].default
 
-api = FastAPI(
+# /docs and /redoc load Swagger UI and ReDoc from files the fastapi-offline package ships, not
+# from a CDN: a cluster without internet access still renders them.
+api = FastAPIOffline(
     title="streamrec serving",
     description="Retrieval and recommendations from the production model, with each user's live history.",
     max_body_size=ServeSettings.model_fields["max_body_bytes"].default,  # each replica: set_body_limit
