@@ -79,10 +79,15 @@ def up(components: ComponentNames = None) -> None:
             )
     console.print(_table(states))
     console.print(f"home: {settings.home}")
-    if any(state.name == "ray" for state in states) and ray_access.token_auth(settings):
-        console.print(
-            f"Ray dashboard: {settings.ray.dashboard_url} (sign in with the token in {settings.ray_token_path})"
-        )
+    if any(state.name == "ray" for state in states):
+        console.print(ray_dashboard_line(settings))
+
+
+def ray_dashboard_line(settings: Settings) -> str:
+    """Where the Ray dashboard is and, with token authentication, the file whose token signs in
+    (`streamrec up` and the demo close with it)."""
+    sign_in = f" (sign in with the token in {settings.ray_token_path})" if ray_access.token_auth(settings) else ""
+    return f"Ray dashboard: {settings.ray.dashboard_url}{sign_in}"
 
 
 @app.command()

@@ -35,7 +35,7 @@ from features.build import build as build_features
 from features.ranking import RankingSpec
 from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
-from infra.cli import quiet_library_logs
+from infra.cli import quiet_library_logs, ray_dashboard_line
 from infra.console import make_console
 from infra.model_options import merge
 from infra.polling import wait_until
@@ -184,8 +184,13 @@ def run_demo(args: DemoOptions) -> None:
 
     _stage(10, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
     _warm_start_round(settings, args, users[0])
+    _closing_lines(settings, started)
 
-    console.print(f"MLflow UI: {tracking.ui_url(settings)}   Ray dashboard: {settings.ray.dashboard_url}")
+
+def _closing_lines(settings: Settings, started: float) -> None:
+    """Where to look next (the UIs, how to sign in to Ray's, the API, the lake) and the demo's time."""
+    console.print(f"MLflow UI: {tracking.ui_url(settings)}")
+    console.print(ray_dashboard_line(settings))  # as `streamrec up` prints it
     console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake_root}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
 
@@ -330,9 +335,7 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     try:
         config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
         round_ = warm_start_round(settings, TrainOptions(config, workers=args.workers), log=console.print)
-        decision = round_.gate.decision
-        console.print(f"gate: {decision.label}: {decision.reason}")
-        if decision.promote:
+        if round_.gate.decision.promote:  # the round printed the gate's decision
             client.wait_for_version(round_.trained.model_version, timeout_s=60)
     finally:
         client.stop()

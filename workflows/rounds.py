@@ -127,7 +127,7 @@ def warm_start_round(
     """Train a candidate (warm start from production when there is one), then gate it."""
     candidate = train_candidate(settings, options or TrainOptions(round_train_config(WARM_START_TRAIN)), log)
     gate = run_gate(settings, candidate.trained.model_version, policy)
-    log(f"gate {gate.decision.label}: {gate.decision.reason}")
+    log(f"gate: {gate.decision.label}: {gate.decision.reason}")
     return Round(candidate.trained, candidate.warm_start_from, gate)
 
 
