@@ -7,6 +7,7 @@ that a restarted worker group or a resumed run continues from.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -24,7 +25,7 @@ from torchrec.distributed import DistributedModelParallel
 from features.rows import PaddedRows
 from infra.settings import Settings
 from training.common.sharded_table import sharded_weights
-from training.common.sharding import gather_state, load_state
+from training.common.sharding import gather_state, load_state, table_optimizer_state
 from training.common.tracking import log_metrics
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -49,6 +50,11 @@ class Progress:
             self.best_epoch, self.best_value, self.stale_epochs = epoch, metrics[selection_key], 0
         else:
             self.stale_epochs += 1
+
+    def exhausted(self, patience: int, patience_fraction: float = 0.0) -> bool:
+        """Whether early stopping ends the run now: ``max(patience, patience_fraction x best
+        epoch)`` epochs without a better selection metric (``patience`` 0 = never)."""
+        return bool(patience) and self.stale_epochs >= max(patience, math.ceil(patience_fraction * self.best_epoch))
 
 
 class LoopConfig(Protocol):
@@ -97,18 +103,20 @@ def run_epochs(
     *,
     rate_name: str,
     before_epoch: Callable[[int], None] | None = None,
+    patience_fraction: float = 0.0,
 ) -> None:
     """Epochs after ``progress.epoch`` until ``config.epochs`` or early stopping: this worker's
     shard of ``train`` (reshuffled every epoch) to ``train_epoch(shard, epoch)`` (the mean loss),
     ``validate()``, one report with ``checkpoint(progress)`` from every worker; rank 0 logs the
-    epoch's metrics (throughput as ``rate_name``) to MLflow, where the driver follows them."""
+    epoch's metrics (throughput as ``rate_name``) to MLflow, where the driver follows them.
+    Early stopping: ``Progress.exhausted(config.patience, patience_fraction)``."""
     config = job.config
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if rank == 0 and progress.epoch:
         log_metrics(job.settings, job.run_id, {"resumed_from_epoch": float(progress.epoch)}, step=progress.epoch)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
-        if config.patience and progress.stale_epochs >= config.patience:
+        if progress.exhausted(config.patience, patience_fraction):
             break
         if before_epoch is not None:
             before_epoch(epoch)
@@ -140,12 +148,6 @@ def mean_over_workers(total: torch.Tensor) -> float:
     dist.all_reduce(total)
     loss_sum, steps = total.tolist()
     return loss_sum / max(steps, 1.0)
-
-
-def table_optimizer_state(dmp: DistributedModelParallel) -> dict[str, Any]:
-    """The fused optimizer's state of the sharded table, flattened to {param/state: tensor}."""
-    state = dmp.fused_optimizer.state_dict()["state"]
-    return {f"{param}/{name}": value for param, values in state.items() for name, value in values.items()}
 
 
 def write_checkpoint(
