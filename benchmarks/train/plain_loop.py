@@ -27,18 +27,20 @@ def plain_epochs(config: TrainConfig, train: SequenceExamples, epochs: int, thre
     rates = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
+        options = config.loss_options(train.num_items)
         batches = train.batches(
             config.batch_size, seed=config.seed, epoch=epoch, shuffle=True, by_length=config.length_bucketing
         )
         for batch in batches:
             length = max(int(batch["lengths"].max()), 1)
             items = batch["item_indices"][:, :length]
-            negatives = torch.randint(1, train.num_items + 1, (config.num_negatives,), generator=generator)
+            if options["kind"] == "full":
+                negatives = torch.arange(1, train.num_items + 1)
+            else:
+                negatives = torch.randint(1, train.num_items + 1, (config.num_negatives,), generator=generator)
             hidden = model(items, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"])
             history_emb, negative_emb = model.item_embedding(items), model.item_embedding(negatives)
-            terms = retrieval_loss(
-                hidden, history_emb, batch, negatives, negative_emb, generator=generator, **config.loss_options()
-            )
+            terms = retrieval_loss(hidden, history_emb, batch, negatives, negative_emb, generator=generator, **options)
             optimizer.zero_grad()
             terms.total.backward()
             optimizer.step()

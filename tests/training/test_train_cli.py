@@ -71,7 +71,8 @@ def test_help_lists_every_scalar_field_with_its_default(
     assert len(fields) == len(options.options)
     if command == "train":
         assert {"epochs", "encoder.num_blocks", "encoder.dropout", "sampled_eval", "table.sharding"} <= fields
-        assert "(default: 20)" in shown and "<row_wise|table_wise>" in shown
+        assert "(default: 200)" in shown and "<row_wise|table_wise>" in shown
+        assert "<auto|sampled|sampled_logq|full>" in shown
     else:  # the ranker's encoder defaults, not EncoderConfig's
         assert {"model.mixture", "model.dropout", "model.encoder.dropout", "warm_start"} <= fields
         assert "--encoder-dropout" in shown and "(default: 32)" in shown

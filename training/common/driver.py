@@ -155,5 +155,5 @@ def best_epoch(result: Any, config: LoopConfig, output: Path, what: str, log: Lo
         progress = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)["progress"]
     history = progress["history"]
     if len(history) < config.epochs:
-        log(f"stopped early after epoch {len(history)}: no better {selection} for {config.patience} epochs")
+        log(f"stopped early after epoch {len(history)}: no better {selection} for {progress['stale_epochs']} epochs")
     return BestEpoch(int(progress["best_epoch"]), history)

@@ -1,26 +1,37 @@
-"""Next-item retrieval loss: sampled softmax with a not-to-recommend term.
+"""Next-item retrieval loss: a softmax over items with a not-to-recommend term.
 
 Position t of a history predicts the event at t + 1. What the loss does with it depends on
 that next event's action (``ingestion.schema``):
 
 * POSITIVE_ACTIONS (click, view, like, share, purchase): a softmax term
   ``-log p(next item)`` where p is the softmax over cosine similarities / temperature of
-  the next item against the candidate negatives;
+  the next item against the candidates;
 * NEGATIVE_ACTIONS (skip, dislike): a not-to-recommend (unlikelihood) term
   ``-log(1 - p(next item))`` over the same candidates, weighted by ``ntr_weight``;
 * impression: no term. An impression says the item was shown and nothing more, so it is
   neither something to recommend nor something to avoid; it still enters the history as
   an input token with its action type.
 
-Candidates are shared by all positions of a batch: ``num_negatives`` uniform random items
-plus ``in_batch_negatives`` target items of other positions in the same batch (drawn
-uniformly from the batch's positive positions, so they follow item popularity).
-Candidates equal to a position's own next item are masked out (no accidental hits).
+The candidates, by ``kind`` (``LossKind``):
+
+* ``sampled``: shared by all positions of a batch, ``num_negatives`` uniform random items
+  plus ``in_batch_negatives`` target items of other positions in the same batch (drawn
+  uniformly from the batch's positive positions, so they follow item popularity);
+  candidates equal to a position's own next item are masked out (no accidental hits);
+* ``sampled_logq``: the same candidates, each logit corrected by minus the log of the
+  number of times the item was expected among them (``U / N`` for uniform draws plus
+  ``K * count_in_batch / positives`` for in-batch ones), so the softmax's denominator
+  estimates the full catalogue's instead of over-weighting popular items (sampled softmax,
+  Bengio & Senecal 2008; the in-batch correction of Yi et al. 2019);
+* ``full``: every item of the catalogue (the caller looks all of them up), the exact
+  softmax cross-entropy; its normaliser is computed over item chunks of ``chunk_items`` with
+  a custom backward, so memory is (positions x chunk), not (positions x catalogue).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +40,10 @@ from ingestion.schema import ACTION_IDS, NEGATIVE_ACTIONS, POSITIVE_ACTIONS
 
 POSITIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in POSITIVE_ACTIONS))
 NEGATIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in NEGATIVE_ACTIONS))
+
+LossKind = Literal["sampled", "sampled_logq", "full"]
+FLOAT_BYTES = 4
+MEMORY_SHARE = 0.5  # of the memory available at the start: the rest is the model's, the batch's and others'
 
 
 @dataclass(frozen=True)
@@ -46,18 +61,23 @@ def retrieval_loss(
     hidden: torch.Tensor,
     history_emb: torch.Tensor,
     batch: dict[str, torch.Tensor],
-    negative_ids: torch.Tensor,
-    negative_emb: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    candidate_emb: torch.Tensor,
     *,
     temperature: float,
     in_batch_negatives: int,
     ntr_weight: float,
+    kind: LossKind = "sampled",
+    num_items: int = 0,
+    chunk_items: int = 8192,
     generator: torch.Generator | None = None,
 ) -> LossTerms:
     """Loss of one batch: ``hidden`` and ``history_emb`` are (B, L, D) over ``batch``'s histories.
 
     ``batch`` holds ``item_indices``, ``action_ids``, ``lengths`` and ``valid`` (B rows, L
-    columns); ``negative_ids`` (U,) are uniform random items with embeddings ``negative_emb``.
+    columns). ``candidate_ids`` (C,) with embeddings ``candidate_emb`` are uniform random items
+    (``sampled``, ``sampled_logq``; ``num_items`` is the catalogue they were drawn from) or
+    every item 1..N (``full``, where the in-batch negatives are not used).
     """
     length = hidden.shape[1]
     item_indices, action_ids = batch["item_indices"][:, :length], batch["action_ids"][:, :length]
@@ -75,26 +95,121 @@ def retrieval_loss(
     targets = F.normalize(history_emb[:, 1:][scored].float(), dim=-1)
     target_ids = item_indices[:, 1:][scored]
     is_positive = positive[scored]
+    target_logits = (queries * targets).sum(-1) / temperature
 
-    candidate_ids, candidate_emb = negative_ids, negative_emb.float()
-    positive_ids, positive_emb = target_ids[is_positive], targets[is_positive]
-    if in_batch_negatives and len(positive_ids):
-        draw = torch.randint(len(positive_ids), (in_batch_negatives,), generator=generator).to(hidden.device)
-        candidate_ids = torch.cat([candidate_ids, positive_ids[draw]])
-        candidate_emb = torch.cat([candidate_emb, positive_emb[draw]])
-    candidate_emb = F.normalize(candidate_emb, dim=-1)
-
-    target_logits = (queries * targets).sum(-1, keepdim=True) / temperature
-    candidate_logits = queries @ candidate_emb.T / temperature
-    candidate_logits = candidate_logits.masked_fill(
-        candidate_ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf")
-    )
-    log_normaliser = torch.logsumexp(torch.cat([target_logits, candidate_logits], dim=1), dim=1)
+    if kind == "full":
+        items = F.normalize(candidate_emb.float(), dim=-1)
+        log_normaliser = chunked_logsumexp(queries / temperature, items, chunk_items)
+        # log of the normaliser without the target: log(1 - p) + log_normaliser
+        log_p = (target_logits - log_normaliser).clamp(max=-1e-7)
+        log_others = log_normaliser + torch.log(-torch.expm1(log_p))
+    else:
+        candidates = _sampled_candidates(
+            candidate_ids, candidate_emb, target_ids[is_positive], targets[is_positive], in_batch_negatives, generator
+        )
+        ids, emb = candidates[0], F.normalize(candidates[1], dim=-1)
+        candidate_logits = queries @ emb.T / temperature
+        if kind == "sampled_logq":
+            expected = _expected_counts(ids, candidate_ids, target_ids[is_positive], in_batch_negatives, num_items)
+            candidate_logits = candidate_logits - expected.log().unsqueeze(0)
+        candidate_logits = candidate_logits.masked_fill(ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf"))
+        log_others = torch.logsumexp(candidate_logits, dim=1)
+        log_normaliser = torch.logaddexp(target_logits, log_others)
 
     zero = hidden.sum().float() * 0.0  # keeps every parameter in the graph when nothing is scored
-    softmax = (log_normaliser - target_logits.squeeze(1))[is_positive].mean() if is_positive.any() else zero
-    # -log(1 - p) = log(exp(target) + sum exp(candidates)) - log(sum exp(candidates))
-    unlikely = (log_normaliser - torch.logsumexp(candidate_logits, dim=1))[~is_positive]
+    softmax = (log_normaliser - target_logits)[is_positive].mean() if is_positive.any() else zero
+    # -log(1 - p) = log(exp(target) + sum exp(others)) - log(sum exp(others))
+    unlikely = (log_normaliser - log_others)[~is_positive]
     not_to_recommend = unlikely.mean() if len(unlikely) else zero
     total = softmax + ntr_weight * not_to_recommend
     return LossTerms(total, softmax.detach(), not_to_recommend.detach(), int(is_positive.sum()), len(unlikely))
+
+
+def _sampled_candidates(
+    negative_ids: torch.Tensor,
+    negative_emb: torch.Tensor,
+    positive_ids: torch.Tensor,
+    positive_emb: torch.Tensor,
+    in_batch: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, embeddings) of the uniform negatives plus ``in_batch`` draws from the batch's positive targets."""
+    if not in_batch or not len(positive_ids):
+        return negative_ids, negative_emb.float()
+    draw = torch.randint(len(positive_ids), (in_batch,), generator=generator).to(positive_ids.device)
+    return torch.cat([negative_ids, positive_ids[draw]]), torch.cat([negative_emb.float(), positive_emb[draw]])
+
+
+def _expected_counts(
+    ids: torch.Tensor, uniform_ids: torch.Tensor, positive_ids: torch.Tensor, in_batch: int, num_items: int
+) -> torch.Tensor:
+    """How often each candidate of ``ids`` was expected among the candidates: ``len(uniform_ids)``
+    uniform draws from 1..``num_items`` plus ``in_batch`` uniform draws from ``positive_ids``."""
+    if num_items < 1:
+        raise ValueError("sampled_logq needs the catalogue size (num_items)")
+    expected = torch.full(ids.shape, len(uniform_ids) / num_items, device=ids.device)
+    if in_batch and len(positive_ids):
+        counts = torch.bincount(positive_ids, minlength=int(ids.max()) + 1).to(expected.dtype)
+        expected = expected + in_batch * counts[ids] / len(positive_ids)
+    return expected
+
+
+class _ChunkedLogSumExp(torch.autograd.Function):
+    """logsumexp(queries @ items.T, dim=1) walked over item chunks, forward and backward, so no
+    (positions x catalogue) tensor is ever held."""
+
+    @staticmethod
+    def forward(ctx: Any, queries: torch.Tensor, items: torch.Tensor, chunk: int) -> torch.Tensor:
+        result = torch.full((len(queries),), float("-inf"), device=queries.device, dtype=queries.dtype)
+        for start in range(0, len(items), chunk):
+            result = torch.logaddexp(result, torch.logsumexp(queries @ items[start : start + chunk].T, dim=1))
+        ctx.save_for_backward(queries, items, result)
+        ctx.chunk = chunk
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        queries, items, result = ctx.saved_tensors
+        grad_queries, grad_items = torch.zeros_like(queries), torch.zeros_like(items)
+        for start in range(0, len(items), ctx.chunk):
+            chunk = items[start : start + ctx.chunk]
+            weights = torch.exp(queries @ chunk.T - result.unsqueeze(1)) * grad.unsqueeze(1)  # softmax x upstream
+            grad_queries += weights @ chunk
+            grad_items[start : start + ctx.chunk] = weights.T @ queries
+        return grad_queries, grad_items, None
+
+
+def chunked_logsumexp(queries: torch.Tensor, items: torch.Tensor, chunk_items: int) -> torch.Tensor:
+    """(P,) logsumexp of every query's scores against every item (``queries @ items.T``), exact,
+    with memory of (P x ``chunk_items``) in forward and backward."""
+    return _ChunkedLogSumExp.apply(queries, items, max(1, chunk_items))
+
+
+def full_loss_bytes(positions: int, num_items: int, width: int, chunk_items: int) -> tuple[int, int]:
+    """(catalogue bytes, logits bytes) a ``full`` loss holds per batch at most: every item's row
+    (looked up, normalised, its gradient, the lookup's exchange buffers) and one chunk's
+    scores (the scores, their softmax and its gradient) of ``positions`` query positions."""
+    catalogue = 5 * num_items * width * FLOAT_BYTES
+    logits = 3 * positions * min(chunk_items, num_items) * FLOAT_BYTES
+    return catalogue, logits
+
+
+def check_full_loss_fits(positions: int, num_items: int, width: int, chunk_items: int, available: int) -> None:
+    """Raise MemoryError when a ``full`` loss of ``positions`` positions over ``num_items`` items
+    would need more than MEMORY_SHARE of ``available`` bytes; the message names the settings."""
+    catalogue, logits = full_loss_bytes(positions, num_items, width, chunk_items)
+    budget = MEMORY_SHARE * available
+    if catalogue + logits <= budget:
+        return
+    gib = 2**30
+    remedy = (
+        f"lower --loss-chunk-items (now {chunk_items}) to shrink the scores"
+        if logits > budget - catalogue > 0
+        else "the catalogue's rows alone do not fit: use --loss sampled_logq"
+    )
+    raise MemoryError(
+        f"the full loss over {num_items} items needs about {(catalogue + logits) / gib:.1f} GiB per batch "
+        f"(catalogue rows {catalogue / gib:.1f} GiB, scores of {positions} positions x {min(chunk_items, num_items)} "
+        f"items {logits / gib:.1f} GiB) but {budget / gib:.1f} GiB ({MEMORY_SHARE:.0%} of what is available) "
+        f"is the limit: {remedy}"
+    )

@@ -8,19 +8,27 @@ betas 0.9/0.98, 128 uniform negatives, temperature 0.05, dropout 0.2.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import math
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training.common.config import EncoderConfig, TableConfig, nest_table_fields
+from training.common.loss import LossKind
+
+LossChoice = Literal["auto", "sampled", "sampled_logq", "full"]
+LrSchedule = Literal["constant", "cosine", "linear"]
 
 
 class LossOptions(TypedDict):
     """The keyword options ``training.common.loss.retrieval_loss`` takes from a TrainConfig."""
 
+    kind: LossKind
     temperature: float
     in_batch_negatives: int
     ntr_weight: float
+    num_items: int
+    chunk_items: int
 
 
 class TrainConfig(BaseModel):
@@ -29,7 +37,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    epochs: int = Field(20, ge=1, description="Most epochs to train (early stopping may end sooner).")
+    epochs: int = Field(
+        200, ge=1, description="Hard cap on epochs; early stopping (patience, patience_fraction) ends runs sooner."
+    )
     batch_size: int = Field(128, ge=1, description="Sequences per batch on each worker.")
     length_bucketing: bool = Field(
         True, description="Group training batches by history length, so batches carry little padding."
@@ -48,6 +58,17 @@ class TrainConfig(BaseModel):
         "table's optimizer state starts afresh, and row-wise Adagrad's first steps, its largest, would undo "
         "the trained rows.",
     )
+    loss: LossChoice = Field(
+        "auto",
+        description="sampled (uniform + in-batch negatives), sampled_logq (the same, logQ-corrected), full "
+        "(softmax over the whole catalogue); auto = full up to full_loss_max_items items, else sampled_logq.",
+    )
+    full_loss_max_items: int = Field(
+        100_000, ge=0, description="loss auto: the largest catalogue trained with the full softmax."
+    )
+    loss_chunk_items: int = Field(
+        8192, ge=1, description="full loss: items scored at once (memory = positions x chunk, not x catalogue)."
+    )
     num_negatives: int = Field(128, ge=1, description="Uniform random negatives per batch (shared by its positions).")
     in_batch_negatives: int = Field(128, ge=0, description="Negatives drawn from the batch's own target items.")
     temperature: float = Field(0.05, gt=0, description="Softmax temperature over cosine similarities.")
@@ -58,8 +79,28 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(256, ge=1, description="Sequences per evaluation batch.")
     sampled_eval: bool = Field(False, description="Rank the target among 100 random unseen items instead of all.")
     eval_negatives: int = Field(100, ge=1, description="Negatives per row in sampled evaluation.")
+    val_users: int = Field(
+        2000,
+        ge=0,
+        description="Validation users per epoch (a fixed random sample, for early stopping and the best "
+        "epoch); the best epoch's model is then validated on all users. 0 = all users every epoch.",
+    )
     selection_metric: str = Field("ndcg_10", description="Validation metric that selects the best epoch.")
-    patience: int = Field(5, ge=0, description="Stop after this many epochs without a better val metric; 0 = never.")
+    patience: int = Field(
+        5, ge=0, description="Stop after at least this many epochs without a better val metric; 0 = never."
+    )
+    patience_fraction: float = Field(
+        0.25,
+        ge=0,
+        description="Patience grows with the run: stop after max(patience, patience_fraction x best epoch) "
+        "epochs without a better val metric, so a model still improving late gets as long to improve again.",
+    )
+    lr_schedule: LrSchedule = Field(
+        "constant", description="Learning-rate decay after warm-up over `epochs`: constant, cosine or linear to 0."
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="Linear learning-rate warm-up from 0 over this many epochs (fractions allowed)."
+    )
     seed: int = Field(0, description="Seed of initialisation, shuffling and negative sampling.")
     fail_once_after_epoch: int = Field(
         0, ge=0, description="Fault injection: one worker exits once after this epoch's checkpoint; 0 = never."
@@ -88,13 +129,34 @@ class TrainConfig(BaseModel):
         table = self.table.model_copy(update={"embedding_lr": lr * self.warm_start_lr_scale})
         return self.model_copy(update={"table": table})
 
-    def loss_options(self) -> LossOptions:
-        """The keyword options ``training.common.loss.retrieval_loss`` takes from this config."""
+    def resolved_loss(self, num_items: int) -> LossKind:
+        """The loss that runs on a catalogue of ``num_items`` items (``auto`` resolved)."""
+        if self.loss != "auto":
+            return self.loss
+        return "full" if num_items <= self.full_loss_max_items else "sampled_logq"
+
+    def loss_options(self, num_items: int) -> LossOptions:
+        """The keyword options ``training.common.loss.retrieval_loss`` takes from this config, on
+        a catalogue of ``num_items`` items."""
         return {
+            "kind": self.resolved_loss(num_items),
             "temperature": self.temperature,
             "in_batch_negatives": self.in_batch_negatives,
             "ntr_weight": self.ntr_weight,
+            "num_items": num_items,
+            "chunk_items": self.loss_chunk_items,
         }
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rates' factor at optimizer ``step`` (0-based, counted over the whole run):
+        a linear warm-up over ``warmup_epochs``, then ``lr_schedule`` over the rest of ``epochs``."""
+        warmup = self.warmup_epochs * steps_per_epoch
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1.0, self.epochs * steps_per_epoch - warmup))
+        return 1.0 - progress if self.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def flat_params(self) -> dict[str, str]:
         """Every field as a flat {name: value} map for MLflow params (encoder.* prefixed; the

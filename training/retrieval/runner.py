@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from features.examples import SequenceExamples
 from features.reader import FeatureVersions, latest_versions, load_examples
 from infra.settings import Settings
 from training.common import driver, tracking
@@ -122,6 +123,19 @@ def _params(
     return params
 
 
+def _split_metrics(retriever: Retriever, examples: SequenceExamples, config: TrainConfig, prefix: str) -> dict:
+    """Metrics of ``retriever`` on a whole split, keys prefixed with ``prefix``."""
+    ranks = split_ranks(
+        retriever,
+        examples,
+        batch_size=config.eval_batch_size,
+        sampled=config.sampled_eval,
+        negatives=config.eval_negatives,
+        seed=config.seed,
+    )
+    return split_metrics(ranks, config.eval_ks, prefix)
+
+
 def _evaluate_and_register(
     settings: Settings,
     config: TrainConfig,
@@ -135,17 +149,16 @@ def _evaluate_and_register(
     best = driver.best_epoch(result, config, output, f"run {run_name}", log)
     best_epoch, history = best.epoch, best.history
 
+    retriever = Retriever.from_directory(output / MODEL_DIR)
+    metrics = best.best_val()
+    val = load_examples(settings, "validation", versions, max_len=config.encoder.max_len)
+    if 0 < config.val_users < len(val):
+        log(f"validating the best epoch ({best_epoch}) on all {len(val)} users (epochs saw {config.val_users})")
+        metrics = {key.replace("best_val_", "best_val_sample_"): value for key, value in metrics.items()}
+        metrics.update(_split_metrics(retriever, val, config, "best_val"))
     log(f"evaluating the best epoch ({best_epoch}) on the test split")
     test = load_examples(settings, "test", versions, max_len=config.encoder.max_len)
-    test_ranks = split_ranks(
-        Retriever.from_directory(output / MODEL_DIR),
-        test,
-        batch_size=config.eval_batch_size,
-        sampled=config.sampled_eval,
-        negatives=config.eval_negatives,
-        seed=config.seed,
-    )
-    metrics = {**best.best_val(), **split_metrics(test_ranks, config.eval_ks, "test")}
+    metrics.update(_split_metrics(retriever, test, config, "test"))
     tracking.log_metrics(settings, run_id, {**metrics, "best_epoch": float(best_epoch)}, step=best_epoch)
 
     plot_curves(history, config.selection_metric, output / "training_curve.png")

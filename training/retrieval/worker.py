@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psutil
 import ray.train
 import ray.train.torch
 import torch
@@ -32,9 +34,10 @@ from torchrec.distributed import DistributedModelParallel
 from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
-from training.common.loss import retrieval_loss
-from training.common.sharded_table import lookup_input, plain_weights, sharded_weights
-from training.common.sharding import catalog_embeddings, dense_optimizer, shard_model
+from training.common import tracking
+from training.common.loss import check_full_loss_fits, retrieval_loss
+from training.common.sharded_table import lookup_input, plain_weights, sharded_weights, table_width
+from training.common.sharding import catalog_embeddings, dense_optimizer, set_table_lr, shard_model
 from training.common.worker_loop import (
     Progress,
     epoch_generator,
@@ -80,6 +83,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     train = load_examples(job.settings, "train", job.versions, max_len=encoder.max_len)
     val = load_examples(job.settings, "validation", job.versions, max_len=encoder.max_len)
     num_items = train.num_items
+    loss = config.resolved_loss(num_items)
+    if loss == "full":
+        available = torch.cuda.mem_get_info()[0] if job.use_gpu else psutil.virtual_memory().available
+        check_full_loss_fits(
+            config.batch_size * encoder.max_len, num_items, table_width(encoder.dim), config.loss_chunk_items, available
+        )
+    if rank == 0:
+        tracking.client(job.settings).log_param(job.run_id, "resolved_loss", loss)
     model = ShardedRetrievalModel(encoder, num_items, table_device=torch.device("meta"))
     dmp = shard_model(
         model,
@@ -93,7 +104,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     optimizer = dense_optimizer(dmp, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     progress = _restore(dmp, optimizer, job, num_items)
     info = ModelInfo(encoder=encoder, num_items=num_items, feature_versions=job.versions.as_dict())
-    val_shard = val.shard(rank, world)
+    val_shard = validation_sample(val, config.val_users, config.seed).shard(rank, world)
     run_epochs(
         job,
         progress,
@@ -103,7 +114,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         lambda state: _checkpoint(dmp, optimizer, state, info),
         rate_name="train_sequences_per_s",
         before_epoch=lambda epoch: _maybe_inject_fault(job, epoch - 1, rank, world),
+        patience_fraction=config.patience_fraction,
     )
+
+
+def validation_sample(val: SequenceExamples, users: int, seed: int) -> SequenceExamples:
+    """The fixed validation rows of every epoch: ``users`` rows drawn once from ``seed`` (in
+    their order), or all rows when ``users`` is 0 or not fewer than the split's."""
+    if not users or users >= len(val):
+        return val
+    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(val), size=users, replace=False))
+    return val.take(rows)
 
 
 def _train_epoch(
@@ -125,18 +146,28 @@ def _train_epoch(
     dmp.train()
     total = torch.zeros(2, dtype=torch.float64)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=job.use_gpu)
-    for batch in batches:
+    options = config.loss_options(num_items)
+    catalogue = torch.arange(1, num_items + 1, device=device)  # the full loss's candidates: every item
+    steps = -(-len(shard) // config.batch_size)
+    dense_lr, table_lr = config.lr, config.table_optimizer(job.use_gpu)[1]
+    for step, batch in enumerate(batches, start=(epoch - 1) * steps):
+        if config.lr_schedule != "constant" or config.warmup_epochs:
+            factor = config.lr_factor(step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = dense_lr * factor
+            set_table_lr(dmp, table_lr * factor)
         length = max(int(batch["lengths"].max()), 1)
         batch = {key: value.to(device) for key, value in batch.items()}
-        negatives = torch.randint(1, num_items + 1, (config.num_negatives,), generator=generator).to(device)
-        lookups = lookup_input(batch["item_indices"][:, :length], batch["lengths"], negatives)
+        if options["kind"] == "full":
+            candidates = catalogue
+        else:
+            candidates = torch.randint(1, num_items + 1, (config.num_negatives,), generator=generator).to(device)
+        lookups = lookup_input(batch["item_indices"][:, :length], batch["lengths"], candidates)
         with autocast:
-            hidden, history_emb, negative_emb = dmp(
+            hidden, history_emb, candidate_emb = dmp(
                 lookups, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"]
             )
-        terms = retrieval_loss(
-            hidden, history_emb, batch, negatives, negative_emb, generator=generator, **config.loss_options()
-        )
+        terms = retrieval_loss(hidden, history_emb, batch, candidates, candidate_emb, generator=generator, **options)
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
