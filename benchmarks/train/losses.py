@@ -112,7 +112,11 @@ def main() -> None:
     parser.add_argument("--cost-items", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--skip-training", action="store_true", help="only --loss-cost")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--markdown", type=Path, metavar="RESULT", help="print a result file's table as Markdown")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     name = args.dataset.stem if args.dataset else "synthetic"
     out = args.out or RESULTS / f"train_losses_{name}.json"
     result: dict[str, Any] = {**header("train_losses", args, seeds=args.seeds)}
@@ -165,6 +169,22 @@ def run(args: argparse.Namespace, settings: Settings, name: str, out: Path, resu
         cells = [row["summary"][key] for key in (*METRICS, "seq_per_s")]
         print(f"{cell:<36}" + "".join(f"{c['mean']:>13.4f}±{c['std']:<6.4f}" for c in cells))
     write_result(out, result)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """A result file's table as Markdown rows (mean ± std over its seeds), as docs/training.md shows it."""
+    lines = [
+        "| model | loss | item table | NDCG@10 | HR@10 | NDCG@10 all items | HR@10 all items | sequences/s "
+        "| best / run epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, row in result["table"].items():
+        summary = row["summary"]
+        figures = [f"{summary[key]['mean']:.4f} ± {summary[key]['std']:.4f}" for key in METRICS]
+        rate = f"{summary['seq_per_s']['mean']:.0f} ± {summary['seq_per_s']['std']:.0f}"
+        epochs = ", ".join(f"{run['best_epoch']}/{run['epochs_run']}" for run in row["runs"])
+        lines.append(f"| {' | '.join(cell.split('/'))} | {' | '.join(figures)} | {rate} | {epochs} |")
+    return "\n".join(lines)
 
 
 def _one_run(

@@ -128,7 +128,7 @@ class RowGatherSharder(EmbeddingCollectionSharder):
             for lookup in sharded._lookups:  # TorchRec keeps them in a plain list, not as submodules
                 for kernel in lookup.modules():
                     if isinstance(kernel, BatchedDenseEmbedding):
-                        kernel.forward = types.MethodType(_gather_rows, kernel)  # type: ignore[method-assign]
+                        kernel.forward = types.MethodType(_gather_rows, kernel)
         return sharded
 
 
@@ -177,7 +177,7 @@ class DenseTableAdam:
         self.weights.register_post_accumulate_grad_hook(self._step)
         self.table_weight = cast(ShardedTensor, dmp.state_dict()[TABLE_WEIGHT])
         parameter = dict(dmp.named_parameters())[TABLE_WEIGHT]
-        parameter._in_backward_optimizers = [self]  # type: ignore[attr-defined]
+        parameter._in_backward_optimizers = [self]
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
