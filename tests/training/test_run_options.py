@@ -177,6 +177,8 @@ def test_every_field_is_reachable_from_the_cli(
         (["train", "--dim", "50", "--heads", "3"], "dim 50 is not divisible by num_heads 3"),
         (["train", "--selection-metric", "auc"], "selection_metric 'auc' is not one of"),
         (["train", "--epochs", "0"], "greater than or equal to 1"),
+        (["train", "--loss", "softmax"], "'softmax' is not one of 'auto', 'sampled', 'sampled_logq', 'full'"),
+        (["train", "--embedding-optimizer", "adamw"], "'adamw' is not one of 'auto', 'adam', 'rowwise_adagrad'"),
         (["train-ranking", "--selection-metric", "ndcg_10"], "selection_metric must be auc_<task>"),
     ],
 )
