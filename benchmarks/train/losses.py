@@ -12,8 +12,9 @@ once), the best epoch, the epochs run and the train sequences/s (median over epo
 and std over seeds per cell.
 
 ``--loss-cost`` also times one forward + backward of each loss alone (no Ray, no model) on
-random queries for catalogues of ``--cost-items`` items: what the loss costs as the catalogue
-grows, which sets ``full_loss_max_items`` (the size up to which ``loss auto`` is ``full``).
+random queries for catalogues of ``--cost-items`` items, and one Adam step over the whole
+table: what the loss and the dense-kernel Adam cost as the catalogue grows, which sets
+``full_loss_max_items`` (the size up to which ``loss auto`` is ``full``).
 
     .venv/bin/python -m benchmarks.train.losses --dataset ../shared/data/wikipedia.txt
 
@@ -83,9 +84,24 @@ def loss_cost(items: list[int], *, positions: int, dim: int, negatives: int, rep
                 terms.total.backward()
                 times.append(time.perf_counter() - started)
             cells[kind] = round(statistics.median(times), 4)
+        cells["adam_step_whole_table"] = _adam_step_seconds(count + 1, dim + 2, repeats)
         out["seconds"][str(count)] = cells
         print(f"loss cost, {count} items: {json.dumps(cells)}", flush=True)
     return out
+
+
+def _adam_step_seconds(rows: int, width: int, repeats: int) -> float:
+    """Median seconds of one ``torch.optim.Adam`` step over a (rows, width) table: what the
+    dense-kernel table optimizer adds to every batch on CPU (it updates the whole shard)."""
+    table = torch.zeros(rows, width, requires_grad=True)
+    optimizer = torch.optim.Adam([table], lr=1e-3)
+    times = []
+    for _ in range(repeats + 1):  # the first step allocates the state
+        table.grad = torch.randn(rows, width)
+        started = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times[1:]), 4)
 
 
 def main() -> None:
