@@ -19,7 +19,7 @@ from typing import Any
 import requests
 import yaml
 
-from infra import ray_access
+from infra import ray_access, serve_ingress
 from infra.processes import free_port, read_record
 from infra.settings import Settings
 
@@ -221,9 +221,10 @@ class RayHead(Component):
     def prepare(self) -> None:
         if ray_access.token_auth(self.settings):
             ray_access.create_local_token(self.settings)
+        serve_ingress.stop_stale_haproxy(self.settings)
 
     def environment(self) -> dict[str, str | None]:
-        return ray_access.ray_environment(self.settings)
+        return {**ray_access.ray_environment(self.settings), **serve_ingress.ingress_environment(self.settings, True)}
 
     def command(self) -> list[str]:
         import os
@@ -265,7 +266,7 @@ class RayWorkerNode(Component):
         return []  # Ray picks free ports for every process of a joining node
 
     def environment(self) -> dict[str, str | None]:
-        return ray_access.ray_environment(self.settings)
+        return {**ray_access.ray_environment(self.settings), **serve_ingress.ingress_environment(self.settings, False)}
 
     def command(self) -> list[str]:
         return [

@@ -197,6 +197,13 @@ class ServeSettings(_Section):
 
     host: str = Field("127.0.0.1", description="Ray Serve HTTP host.")
     port: int = Field(8000, description="Ray Serve HTTP port.")
+    ingress: Literal["haproxy", "python"] = Field(
+        "haproxy",
+        description="What answers on host:port: haproxy (Ray Serve's HAProxy ingress, forwarding straight to each "
+        "replica's own HTTP server; several times the throughput of the Python proxy on 2 cores: docs/serving.md) "
+        "or python (Ray Serve's Python HTTP proxy). Set in the Ray nodes' environment: takes effect when the Ray "
+        "head starts.",
+    )
     model_alias: str = Field(
         "production", description="MLflow alias of the registered model that serving follows (and `promote` moves)."
     )
@@ -231,7 +238,10 @@ class ServeSettings(_Section):
         "queue (larger batches) instead of the router backing off from a full replica (docs/serving.md).",
     )
     max_queued_requests: int = Field(
-        128, ge=1, description="Requests waiting per deployment handle; beyond this serving answers 503."
+        128,
+        ge=1,
+        description="Requests waiting per replica (haproxy ingress) or per deployment handle (python ingress) "
+        "beyond the ongoing ones; beyond this serving answers 503.",
     )
     batch_max_size: int = Field(32, ge=1, description="Most queries encoded together (@serve.batch).")
     batch_wait_s: float = Field(

@@ -1,13 +1,16 @@
 """Start, inspect and stop the serving application on the Ray cluster of the settings.
 
 ``deploy`` builds the application of the production version (``serving.app``), starts Ray
-Serve's HTTP proxy on ``serve_host:serve_port`` and runs it; it returns once /healthz
-answers 200. The application lives in the cluster, not in the calling process.
+Serve's HTTP ingress on ``serve_host:serve_port`` and runs it; it returns once /healthz
+answers 200. The application lives in the cluster, not in the calling process. Which ingress
+answers (HAProxy or Ray's Python proxy) the cluster decided when its head started
+(``serve.ingress``, infra/serve_ingress.py); ``cluster_ingress`` reads which one runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Literal
 
 import requests
 
@@ -16,6 +19,10 @@ from infra.polling import wait_until
 from infra.settings import Settings
 from serving.config import APP_NAME, production_config
 from serving.errors import ServeError
+
+logger = logging.getLogger(__name__)
+# Ray Serve's actor class on each node that runs the ingress, by ingress.
+INGRESS_ACTORS: dict[str, Literal["haproxy", "python"]] = {"HAProxyManager": "haproxy", "ProxyActor": "python"}
 
 
 def base_url(settings: Settings) -> str:
@@ -31,9 +38,54 @@ def deploy(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
 
     config = production_config(settings)
     ray_access.connect(settings, log_to_driver=False)
-    serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
+    start_serve(settings)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    running = cluster_ingress(settings)
+    if running not in (None, settings.serve.ingress):
+        logger.warning(
+            "serving answers through the %s ingress, though serve.ingress is %s: the Ray head decides when it "
+            "starts (`streamrec down ray && streamrec up`)",
+            running,
+            settings.serve.ingress,
+        )
     return wait_healthy(settings, timeout_s)
+
+
+def start_serve(settings: Settings) -> None:
+    """Start Ray Serve's controller and ingress on the settings' HTTP host and port (or connect
+    to the running ones).
+
+    On a busy machine an ingress actor can miss its readiness checks while it starts (seen at a
+    load average of 16 on 2 cores: the HAProxy manager and the fallback proxy were replaced by
+    the controller before they ran), and ``serve.start`` then raises although the controller
+    runs on and starts new ones: a second call connects to it, and ``deploy`` waits for
+    /healthz anyway.
+    """
+    from ray import serve
+    from ray.exceptions import RayActorError
+
+    options = {"host": settings.serve.host, "port": settings.serve.port}
+    try:
+        serve.start(http_options=options)
+    except (RayActorError, TimeoutError) as error:
+        logger.warning("a Serve ingress actor did not start in time (%s); the controller starts another", error)
+        serve.start(http_options=options)
+
+
+def cluster_ingress(settings: Settings) -> Literal["haproxy", "python"] | None:
+    """Which ingress the cluster's Serve runs on the head, from Ray's state API; None before
+    Serve starts, or where the dashboard does not answer."""
+    url = f"{settings.ray.dashboard_url}/api/v0/actors"
+    params = {"filter_keys": ["state", "ray_namespace"], "filter_predicates": ["=", "="],
+              "filter_values": ["ALIVE", "serve"], "detail": "false"}  # fmt: skip
+    try:
+        response = requests.get(url, params=params, headers=ray_access.auth_headers(settings), timeout=10)
+        actors = response.json()["data"]["result"]["result"]
+    except (requests.RequestException, ValueError, KeyError, TypeError, ray_access.RayAccessError):
+        return None
+    # The HAProxy ingress keeps a Python proxy on the head as a fallback: HAProxy wins.
+    found = {INGRESS_ACTORS[actor["class_name"]] for actor in actors if actor.get("class_name") in INGRESS_ACTORS}
+    return "haproxy" if "haproxy" in found else found.pop() if found else None
 
 
 def wait_healthy(settings: Settings, timeout_s: float) -> dict[str, Any]:

@@ -389,6 +389,22 @@ def serve_config_problems(config: Doc, data: dict[str, str]) -> list[str]:
     return problems
 
 
+def ingress_problems(docs: list[Doc], data: dict[str, str]) -> list[str]:
+    """Every Ray container of the RayService runs the ingress of STREAMREC_SERVE_INGRESS (Ray Serve
+    reads RAY_SERVE_ENABLE_HA_PROXY from the environment of the node's processes)."""
+    from infra.settings import ServeSettings
+
+    ingress = data.get("STREAMREC_SERVE_INGRESS", ServeSettings.model_fields["ingress"].default)
+    wanted = "1" if ingress == "haproxy" else "0"
+    problems = []
+    for where, pod in pod_specs(one(docs, "RayService")):
+        for container in pod["containers"]:
+            env = {var["name"]: var.get("value") for var in container.get("env", [])}
+            if env.get("RAY_SERVE_ENABLE_HA_PROXY", "0") != wanted:
+                problems.append(f"{where} {container['name']}: RAY_SERVE_ENABLE_HA_PROXY is not {wanted} ({ingress})")
+    return problems
+
+
 def referenced(doc: Any, kind: str) -> Iterator[tuple[Any, Any]]:
     """(name, key or None) of every Secret (kind="secret") or ConfigMap ("configMap") ``doc`` reads."""
     if isinstance(doc, dict):
@@ -637,6 +653,12 @@ def test_serve_config_is_a_ray_serve_config_matching_the_settings(overlay: str) 
     assert not serve_config_problems(config, settings_data(docs))
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_serving_node_runs_the_ingress_of_the_settings(overlay: str) -> None:
+    docs = overlay_docs(overlay)
+    assert not ingress_problems(docs, settings_data(docs))
+
+
 def test_the_serve_import_path_exists() -> None:
     module, _, attribute = serve_config(overlay_docs("small"))["applications"][0]["import_path"].partition(":")
     assert importlib.util.find_spec(module) is not None
@@ -747,6 +769,7 @@ def test_broken_settings_and_wiring_fail_the_checks() -> None:
     assert address_problems(docs, {**data, "STREAMREC_MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     assert serve_config_problems(serve_config(docs), {**data, "STREAMREC_SERVE_HISTORY_SHARDS": "3"})
     assert serve_config_problems(serve_config(docs), {**data, "STREAMREC_SERVE_REPLICAS": "5"})
+    assert ingress_problems(docs, {**data, "STREAMREC_SERVE_INGRESS": "python"})
     assert ray_token_problems(docs, "/somewhere/else/auth_token")
     unmounted = copy.deepcopy(docs)
     one(unmounted, "RayCluster")["spec"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"].pop(0)

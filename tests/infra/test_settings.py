@@ -43,6 +43,7 @@ ENVIRONMENT: list[tuple[str, str, str, Any]] = [
     ("STREAMREC_SPARK_WORKER_MEMORY", "spark.worker_memory", "3g", "3g"),
     ("STREAMREC_SERVE_HOST", "serve.host", "0.0.0.0", "0.0.0.0"),
     ("STREAMREC_SERVE_PORT", "serve.port", "8001", 8001),
+    ("STREAMREC_SERVE_INGRESS", "serve.ingress", "python", "python"),
     ("STREAMREC_DAGSTER_PORT", "dagster.port", "3001", 3001),
     ("STREAMREC_DAGSTER_HOST", "dagster.host", "dagster.internal", "dagster.internal"),
     ("STREAMREC_DAGSTER_ENABLED", "dagster.enabled", "true", True),
