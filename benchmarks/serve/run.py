@@ -44,6 +44,13 @@ Starts its own broker, MLflow and Ray head (free ports, temporary home), then in
    held there (no error, p99 under ``--hold-p99-ms``; so a failure is the swap's, not
    overload's); failed requests, time from the promote call to the first answer of the new
    version, and the swap's load seconds.
+7. Ingresses (``--ingresses``, default haproxy then python): phases 1-6 run under the first;
+   then, on the last catalogue served, the capacity of the no-op and of /recommend under each
+   ingress in turn: the highest of ``--capacity-rates`` held (achieved >= 95%, no error, p99
+   <= ``--capacity-p99-ms``; a failing step is measured once more). The ingress is the Ray
+   head's environment, so the head is restarted for each one after the first (Kafka, MLflow
+   and the lake stay) and the app and the no-op deployed again: both in one run, minutes
+   apart, so their ratio is the gain of the ingress on this machine at that time.
 
 Every load run also records the CPU time of this run's own processes by role (``benchmarks.common.cpu``:
 proxy, replicas, history shard, generator...) per scheduled request, their busy cores and
@@ -104,10 +111,11 @@ TARGETS = {
 # Defaults of the full run and of --quick (options given on the command line win).
 FULL = dict(users=2_000, items=5_000, events=100_000, epochs=3, sizes=[10_000, 100_000, 1_000_000], duration=20.0,
             search_duration=15.0, low_duration=10.0, noop_rates=[50, 100, 150, 175, 200, 250, 300],
-            freshness_users=50, recall_queries=500, swap_duration=30.0, knee_pairs=5)  # fmt: skip
+            freshness_users=50, recall_queries=500, swap_duration=30.0, knee_pairs=5,
+            capacity_rates=[100, 200, 300, 400, 600, 800, 1000, 1200, 1500])  # fmt: skip
 QUICK = dict(users=500, items=2_000, events=20_000, epochs=1, sizes=[10_000], duration=5.0, search_duration=5.0,
              low_duration=5.0, noop_rates=[50, 100, 200], freshness_users=10, recall_queries=200,
-             swap_duration=12.0, knee_pairs=2)  # fmt: skip
+             swap_duration=12.0, knee_pairs=2, capacity_rates=[100, 200, 400, 800])  # fmt: skip
 
 METER: list[CpuMeter] = []  # set once the cluster is up
 
@@ -125,6 +133,7 @@ def settings_for(home: Path, args: argparse.Namespace) -> Settings:
     }
     if args.exact_max_items:
         env["STREAMREC_SERVE_EXACT_MAX_ITEMS"] = str(args.exact_max_items)
+    env["STREAMREC_SERVE_INGRESS"] = args.ingresses[0]
     return private_settings(home, **env)
 
 
@@ -358,29 +367,87 @@ def measure(
     return result
 
 
+def ladder(
+    settings: Settings, users: list[str], path: str, rates: list[float], duration: float, p99_ms: float
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """The highest of ``rates`` that ``path`` holds, and every step: a step that fails is
+    measured once more, and a second failure ends the ladder."""
+    steps, best = [], None
+    for rate in rates:
+        for attempt in range(2):
+            result = measure(settings, path, rate, duration, users, seed=int(rate) + attempt)
+            result["holds"] = holds(result, p99_ms)
+            if attempt:
+                result["retry"] = True
+            steps.append(result)
+            log(f"  {path} at {rate:g}/s{' again' if attempt else ''}: {summary_line(result)} holds={result['holds']}")
+            if result["holds"]:
+                break
+        if not steps[-1]["holds"]:
+            break
+        best = rate
+    return best, steps
+
+
 def noop_max_rate(settings: Settings, args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
     """The highest stepped rate the no-op holds (a failing step is measured once more)."""
     from benchmarks.common.noop import ROUTE_PREFIX
 
-    steps, best = [], None
-    for rate in args.noop_rates:
-        result = measure(settings, f"{ROUTE_PREFIX}/recommend", rate, args.search_duration, users, seed=int(rate))
-        result["holds"] = holds(result, args.hold_p99_ms)
-        steps.append(result)
-        log(f"  no-op at {rate}/s: {summary_line(result)} holds={result['holds']}")
-        if not result["holds"]:
-            again = measure(
-                settings, f"{ROUTE_PREFIX}/recommend", rate, args.search_duration, users, seed=int(rate) + 1
-            )
-            again["holds"] = holds(again, args.hold_p99_ms)
-            again["retry"] = True
-            steps.append(again)
-            log(f"  no-op at {rate}/s again: {summary_line(again)} holds={again['holds']}")
-            if not again["holds"]:
-                break
-        best = rate
+    best, steps = ladder(
+        settings, users, f"{ROUTE_PREFIX}/recommend", args.noop_rates, args.search_duration, args.hold_p99_ms
+    )
     return {"max_rate": best, "hold_rule": f"achieved >= 95% of target, no errors, p99 < {args.hold_p99_ms} ms",
             "steps": steps}  # fmt: skip
+
+
+def restart_head(settings: Settings) -> None:
+    """A new Ray head with the environment of ``settings`` (its ingress); the driver, Serve and
+    its applications go with the old head."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.down(settings, ["ray"])
+    cluster.up(settings, ["ray"])
+    METER[0] = CpuMeter(settings)
+
+
+def ingress_comparison(settings: Settings, args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
+    """The capacity of the no-op and of /recommend under each of ``--ingresses``, one after the
+    other on the served catalogue; the head restarted for each ingress it does not run."""
+    from benchmarks.common.noop import ROUTE_PREFIX
+    from serving.deploy import cluster_ingress, deploy
+
+    out: dict[str, Any] = {
+        "hold_rule": f"achieved >= 95% of target, no errors, p99 <= {args.capacity_p99_ms} ms",
+        "rates": args.capacity_rates,
+        "by_ingress": {},
+    }
+    for ingress in args.ingresses:
+        current = settings.updated(serve_ingress=ingress)
+        if cluster_ingress(current) != ingress:
+            with phase(f"ingress {ingress}: restart the head, deploy"):
+                restart_head(current)
+                health = deploy(current)
+                deploy_noop(current)
+            log(f"  serving version {health['model']['version']} ({health['model']['items']:,} items) again")
+        entry: dict[str, Any] = {"running": cluster_ingress(current)}
+        for label, path in (("no-op", f"{ROUTE_PREFIX}/recommend"), ("/recommend", "/recommend")):
+            with phase(f"ingress {ingress}: capacity of {label}"):
+                best, steps = ladder(current, users, path, args.capacity_rates, args.search_duration,
+                                     args.capacity_p99_ms)  # fmt: skip
+            entry[label] = {"capacity": best, "steps": steps}
+            log(f"  {ingress}: {label} holds {best}/s")
+        out["by_ingress"][ingress] = entry
+    found = out["by_ingress"]
+    if {"haproxy", "python"} <= set(found):
+        out["haproxy_over_python"] = {
+            label: round(found["haproxy"][label]["capacity"] / found["python"][label]["capacity"], 2)
+            if found["haproxy"][label]["capacity"] and found["python"][label]["capacity"]
+            else None
+            for label in ("no-op", "/recommend")
+        }
+    return out
 
 
 def size_load(settings: Settings, args: argparse.Namespace, users: list[str], rates: list[float]) -> list[dict]:
@@ -668,6 +735,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--extras-at", type=int, default=100_000, help="size for freshness and swap under load")
     parser.add_argument("--noise", type=float, default=0.5, help="bench rows: noise x row norm / sqrt(dim)")
     parser.add_argument("--exact-max-items", type=int, help="serve_exact_max_items override")
+    parser.add_argument("--ingresses", nargs="+", choices=["haproxy", "python"], default=["haproxy", "python"],
+                        help="serve ingresses: the first runs every phase, then each one's capacity")  # fmt: skip
+    parser.add_argument("--capacity-rates", type=float, nargs="+", help="stepped rates of the capacity ladders")
+    parser.add_argument("--capacity-p99-ms", type=float, default=1000.0, help="p99 a held rate stays under (capacity)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -753,6 +824,8 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 args.seed,
                 args.faiss_threads,
             )
+        with phase("ingresses"):
+            result["ingresses"] = {"items": result["sizes"][-1]["items"], **ingress_comparison(settings, args, users)}
     finally:
         shutdown(settings)
     result["phases"] = PHASES
@@ -845,6 +918,13 @@ def print_summary(result: dict[str, Any]) -> None:
             f"{swap['promote_to_first_new_response_s']} s after promote, "
             f"load+index {swap['swap_load_and_index_s']} s"
         )
+    ingresses = result.get("ingresses")
+    if ingresses:
+        line(f"\ncapacity at {ingresses['items']:,} items ({ingresses['hold_rule']}):")
+        for ingress, entry in ingresses["by_ingress"].items():
+            line(f"  {ingress:<8} no-op {entry['no-op']['capacity']}/s, /recommend {entry['/recommend']['capacity']}/s")
+        if "haproxy_over_python" in ingresses:
+            line(f"  haproxy / python: {json.dumps(ingresses['haproxy_over_python'])}")
     line("\ntargets met:", json.dumps(result["met"]), f"\ntotal {result['seconds']} s")
 
 

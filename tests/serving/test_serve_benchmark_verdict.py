@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from benchmarks.serve.run import median_p99_ratio, p99_verdict, pair_figures, swap_rate
 
 HOLD_P99_MS = 250.0
@@ -73,3 +75,26 @@ def test_the_swap_runs_at_a_rate_recommend_held_not_one_it_only_survived() -> No
     rows = [load(300.0, 292.0, 1405.8), load(150.0, 150.0, 90.0), load(10.0, 10.0, 22.0)]
     assert swap_rate(rows, 10.0, HOLD_P99_MS) == 150.0
     assert swap_rate([load(300.0, 292.0, 1405.8)], 10.0, HOLD_P99_MS) == 10.0
+
+
+def test_a_capacity_ladder_retries_a_failed_step_once_and_stops_at_a_second_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks.serve import run as bench
+
+    # (rate, attempt) -> p99: 200/s fails once then holds, 300/s fails twice; 400/s is never tried.
+    p99s = {(100, 0): 10.0, (200, 0): 2_000.0, (200, 1): 20.0, (300, 0): 3_000.0, (300, 1): 3_000.0}
+    tried = []
+
+    def measure(settings: object, path: str, rate: float, duration: float, users: list[str], seed: int) -> dict:
+        tried.append((rate, seed - int(rate)))
+        return {"target_qps": rate, "achieved_qps": rate, "errors": 0, "p50_ms": 1.0,
+                "p99_ms": p99s[(rate, seed - int(rate))]}  # fmt: skip
+
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "log", lambda *_: None)
+    monkeypatch.setattr(bench, "summary_line", lambda _: "")
+    best, steps = bench.ladder(None, [], "/recommend", [100, 200, 300, 400], 5.0, 1_000.0)  # type: ignore[arg-type]
+    assert best == 200 and tried == [(100, 0), (200, 0), (200, 1), (300, 0), (300, 1)]
+    assert [step["holds"] for step in steps] == [True, False, True, False, False]
+    assert [step.get("retry", False) for step in steps] == [False, False, True, False, True]
