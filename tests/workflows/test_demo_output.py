@@ -74,3 +74,20 @@ def test_the_closing_lines_say_how_to_sign_in_to_the_ray_dashboard(
         assert f"(sign in with the token in {tmp_path / 'ray' / 'auth_token'})" in line
     else:
         assert "sign in" not in line
+
+
+def test_a_rerun_of_the_demo_sends_the_same_event_ids(tmp_path: Path) -> None:
+    """The synthetic clock is pinned per seed in the demo's home at its first run, so a rerun
+    (after the local broker lost its topic) sends the very same events and silver keeps one copy."""
+    from ingestion.synthetic import SyntheticConfig, generate_events
+
+    settings = Settings(home=tmp_path)
+
+    def event_ids(seed: int) -> list[str]:
+        config = SyntheticConfig(users=5, items=20, events=50, seed=seed, start_ms=demo._clock_start(settings, seed))
+        return [event["event_id"] for event in generate_events(config)]
+
+    first = event_ids(0)
+    assert event_ids(0) == first  # the rerun
+    assert set(event_ids(1)).isdisjoint(first)  # another seed, other events
+    assert (tmp_path / "demo" / "synthetic-clock.json").is_file()
