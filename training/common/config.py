@@ -58,9 +58,8 @@ class TableConfig(BaseModel):
 
     embedding_optimizer: EmbeddingOptimizer = Field(
         "auto",
-        description="Optimizer of the sharded item table, applied in backward (adam on CPU: torch Adam on "
-        "TorchRec's dense kernel, row_wise sharding only; the others: FBGEMM's fused kernels); auto = adam on "
-        "GPU, rowwise_adagrad on CPU (as good as Adam there and faster to converge; docs/training.md).",
+        description="Optimizer of the item table, applied in backward (adam on CPU: the dense kernel, "
+        "row_wise only); auto = adam on GPU, rowwise_adagrad on CPU.",
     )
     embedding_lr: float = Field(
         0.0, ge=0, description="Learning rate of the item table; 0 = lr for adam, 0.05 otherwise."
