@@ -116,8 +116,8 @@ def test_a_full_loss_that_cannot_fit_says_so_and_names_the_setting() -> None:
 
 def test_auto_loss_depends_on_the_catalogue_size() -> None:
     config = TrainConfig(full_loss_max_items=1_000)
-    assert config.resolved_loss(1_000) == "full" and config.resolved_loss(1_001) == "sampled"
-    assert TrainConfig().resolved_loss(2_000) == "full" and TrainConfig().resolved_loss(5_000) == "sampled"
+    assert config.resolved_loss(1_000) == "full" and config.resolved_loss(1_001) == "sampled_logq"
+    assert TrainConfig().resolved_loss(2_000) == "full" and TrainConfig().resolved_loss(5_000) == "sampled_logq"
     assert TrainConfig(loss="sampled").resolved_loss(10) == "sampled"
     assert config.loss_options(500)["kind"] == "full"
 

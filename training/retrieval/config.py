@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     loss: LossChoice = Field(
         "auto",
         description="sampled (uniform + in-batch negatives), sampled_logq (the same, logQ-corrected), full "
-        "(softmax over the whole catalogue); auto = full up to full_loss_max_items items, else sampled.",
+        "(softmax over the whole catalogue); auto = full up to full_loss_max_items items, else sampled_logq.",
     )
     full_loss_max_items: int = Field(
         2_000,
@@ -136,9 +136,9 @@ class TrainConfig(BaseModel):
         """The loss that runs on a catalogue of ``num_items`` items (``auto`` resolved)."""
         if self.loss != "auto":
             return self.loss
-        # benchmarks/results/train_losses_wikipedia*.json, train_loss_cost.json: full beats sampled
-        # at 1,000 items for the same cost; at 10,000 it costs 10-25 times as much per batch.
-        return "full" if num_items <= self.full_loss_max_items else "sampled"
+        # benchmarks/results/train_losses_wikipedia*.json, train_loss_cost.json: full and sampled_logq
+        # beat sampled at 1,000 items; full costs 10-25 times as much per batch at 10,000 items.
+        return "full" if num_items <= self.full_loss_max_items else "sampled_logq"
 
     def loss_options(self, num_items: int) -> LossOptions:
         """The keyword options ``training.common.loss.retrieval_loss`` takes from this config, on
