@@ -33,13 +33,29 @@ def new_topic(settings: Settings, partitions: int) -> str:
 
 def recreate_topic(settings: Settings, partitions: int) -> None:
     """Delete the settings' topic and create it again with ``partitions`` partitions (this
-    broker cannot add partitions to a topic; a recreated one is how it gets more)."""
+    broker cannot add partitions to a topic; a recreated one is how it gets more).
+
+    Until the create succeeds, both are tried again: a running tail's metadata request between
+    the two can auto-create the topic (with the broker's default partitions), and a loaded
+    broker may still be deleting it; either answers TopicAlreadyExistsError."""
     from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+
+    def recreated() -> bool:
+        try:
+            admin.delete_topics([settings.kafka.topic])
+        except UnknownTopicOrPartitionError:
+            pass  # deleted by the previous try
+        try:
+            admin.create_topics([NewTopic(settings.kafka.topic, partitions, 1)])
+        except TopicAlreadyExistsError:
+            return False
+        return True
+
     try:
-        admin.delete_topics([settings.kafka.topic])
-        admin.create_topics([NewTopic(settings.kafka.topic, partitions, 1)])
+        wait_until(recreated, 30, interval_s=0.2, what=f"topic {settings.kafka.topic} recreated")
     finally:
         admin.close()
 
