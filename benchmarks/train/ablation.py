@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import RESULTS, header, private_home, private_settings, shutdown, write_result
-from benchmarks.train.run import build_lake
+from benchmarks.train.run import build_lake, quality_events
 from infra import cluster
 from infra.settings import Settings
-from ingestion.synthetic import SyntheticConfig, generate_events
 from training.common.config import EncoderConfig
 from training.retrieval.config import TrainConfig
 from training.retrieval.runner import train
@@ -99,12 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     table: dict[str, Any] = {}
     try:
         cluster.up(settings, ["mlflow", "ray"])
-        if args.dataset:
-            from ingestion.replay import read_replay, replay_events
-
-            events = replay_events(read_replay(args.dataset, args.format))
-        else:
-            events = generate_events(SyntheticConfig(users=1_000, items=2_000, events=args.events, seed=0))
+        events = quality_events(args.dataset, args.format, args.events)
         result["data"] = {"name": name, **build_lake(settings, events)}
         print(f"data: {json.dumps(result['data'])}", flush=True)
         for variant in args.variants:

@@ -45,6 +45,7 @@ from features.reader import latest_versions, load_examples
 from infra import cluster
 from infra.settings import Settings
 from ingestion.lake_writer import append_silver
+from ingestion.replay import ReplayFormat
 from ingestion.schema import SILVER_SCHEMA, SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig, generate_events
 from training.common.config import EncoderConfig
@@ -88,6 +89,16 @@ def build_lake(settings: Settings, events: Iterable[dict[str, Any]]) -> dict[str
         "mean_history": round(float(train_split.lengths.mean()), 1),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def quality_events(dataset: Path | None, data_format: ReplayFormat, synthetic_events: int) -> Iterable[dict[str, Any]]:
+    """The events of a quality benchmark: the replay file ``dataset`` (in ``data_format``), or
+    without one a synthetic stream of ``synthetic_events`` (1,000 users, 2,000 items, seed 0)."""
+    if dataset:
+        from ingestion.replay import read_replay, replay_events
+
+        return replay_events(read_replay(dataset, data_format))
+    return generate_events(SyntheticConfig(users=1_000, items=2_000, events=synthetic_events, seed=0))
 
 
 def steady_rate(rates: list[float]) -> float:
