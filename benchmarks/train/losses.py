@@ -37,8 +37,8 @@ from benchmarks.train.run import build_lake, quality_events
 from infra import cluster
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS
-from training.common.config import EncoderConfig, TableConfig
-from training.common.loss import LossKind, retrieval_loss
+from training.common.config import EncoderConfig, LossKind, TableConfig
+from training.common.loss import retrieval_loss
 from training.retrieval.config import TrainConfig
 from training.retrieval.runner import train
 

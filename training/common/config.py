@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EncoderKind = Literal["hstu", "sasrec"]
+# The retrieval losses of ``training.common.loss`` (named here, so configs import no torch).
+LossKind = Literal["sampled", "sampled_logq", "full"]
 EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
 Sharding = Literal["row_wise", "table_wise"]
 

@@ -31,17 +31,17 @@ The candidates, by ``kind`` (``LossKind``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ingestion.schema import ACTION_IDS, NEGATIVE_ACTIONS, POSITIVE_ACTIONS
+from training.common.config import LossKind
 
 POSITIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in POSITIVE_ACTIONS))
 NEGATIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in NEGATIVE_ACTIONS))
 
-LossKind = Literal["sampled", "sampled_logq", "full"]
 FLOAT_BYTES = 4
 MEMORY_SHARE = 0.5  # of the memory available at the start: the rest is the model's, the batch's and others'
 

@@ -13,8 +13,7 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.common.config import EncoderConfig, TableConfig, nest_table_fields
-from training.common.loss import LossKind
+from training.common.config import EncoderConfig, LossKind, TableConfig, nest_table_fields
 
 LossChoice = Literal["auto", "sampled", "sampled_logq", "full"]
 LrSchedule = Literal["constant", "cosine", "linear"]
