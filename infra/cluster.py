@@ -136,6 +136,7 @@ def down(settings: Settings, names: list[str] | None = None) -> list[str]:
             continue
         was_alive = record.alive()
         stop(record)  # the whole process group, even if its leader already died
+        component.after_stop()
         if was_alive:
             stopped.append(f"{component.name} (pid {record.pid})")
         component.pid_file.unlink(missing_ok=True)

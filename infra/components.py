@@ -73,6 +73,10 @@ class Component(ABC):
         """Work once the component answers (e.g. create the topic); returns a note or ''."""
         return ""
 
+    def after_stop(self) -> None:
+        """Clean-up once `down` has stopped the component's process group (nothing by default)."""
+        return None
+
     @property
     def log_file(self) -> Path:
         return self.settings.log_dir / f"{self.name}.log"
@@ -222,6 +226,9 @@ class RayHead(Component):
         if ray_access.token_auth(self.settings):
             ray_access.create_local_token(self.settings)
         serve_ingress.stop_stale_haproxy(self.settings)
+
+    def after_stop(self) -> None:
+        serve_ingress.clean_up(self.settings)
 
     def environment(self) -> dict[str, str | None]:
         return {**ray_access.ray_environment(self.settings), **serve_ingress.ingress_environment(self.settings, True)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -99,3 +100,11 @@ def stop_stale_haproxy(settings: Settings) -> list[int]:
             process.kill()
     psutil.wait_procs(alive, timeout=5)
     return [process.pid for process in stale]
+
+
+def clean_up(settings: Settings) -> list[int]:
+    """After the Ray head stopped: stop any HAProxy of this home that outlived it (it would hold
+    the serving port) and remove the home's HAProxy directory; returns the pids stopped."""
+    stopped = stop_stale_haproxy(settings)
+    shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
+    return stopped

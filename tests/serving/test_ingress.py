@@ -105,6 +105,28 @@ def test_a_stale_haproxy_of_this_home_is_stopped_and_others_are_left(tmp_path: P
             shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
 
 
+def test_down_stops_an_haproxy_that_outlived_the_head_and_removes_its_files(tmp_path: Path) -> None:
+    """`streamrec down ray` leaves nothing of the ingress: an HAProxy whose actor died with the
+    head would hold the serving port, and its directory would stay in the temp dir."""
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    from infra import cluster
+    from infra.processes import spawn
+
+    settings = Settings(home=tmp_path)
+    head = RayHead(settings)
+    record = spawn(["sleep", "60"], head.log_file, head.pid_file)  # stands in for the head's process group
+    haproxy = _haproxy(get_haproxy_binary(), haproxy_dir(settings) / "node" / "haproxy.cfg")
+    try:
+        assert cluster.down(settings, ["ray"]) == [f"ray (pid {record.pid})"]
+        assert haproxy.wait(timeout=15) is not None
+        assert not haproxy_dir(settings).exists()
+    finally:
+        haproxy.kill()
+        haproxy.wait()
+        shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
+
+
 def test_serve_start_survives_an_ingress_actor_that_died_while_starting(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray import serve
     from ray.exceptions import ActorDiedError
