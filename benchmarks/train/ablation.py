@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import RESULTS, header, private_home, private_settings, shutdown, write_result
-from benchmarks.train.run import build_lake, quality_events
-from infra import cluster
+from benchmarks.train.run import quality_lake
 from infra.settings import Settings
 from training.common.config import EncoderConfig
 from training.retrieval.config import TrainConfig
@@ -97,10 +96,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     result: dict[str, Any] = {**header("hstu_ablation", args, seeds=sorted({0, *args.seeds})), "variants": VARIANTS}
     table: dict[str, Any] = {}
     try:
-        cluster.up(settings, ["mlflow", "ray"])
-        events = quality_events(args.dataset, args.format, args.events)
-        result["data"] = {"name": name, **build_lake(settings, events)}
-        print(f"data: {json.dumps(result['data'])}", flush=True)
+        result["data"] = quality_lake(settings, args.dataset, args.format, args.events, name)
         for variant in args.variants:
             encoder = EncoderConfig(max_len=args.max_len, dropout=args.dropout, **VARIANTS[variant])
             runs = []

@@ -33,8 +33,7 @@ from typing import Any, get_args
 import torch
 
 from benchmarks.harness import RESULTS, header, private_home, private_settings, shutdown, write_result
-from benchmarks.train.run import build_lake, quality_events
-from infra import cluster
+from benchmarks.train.run import quality_lake
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS
 from training.common.config import EncoderConfig, LossKind, TableConfig
@@ -149,10 +148,7 @@ def run(args: argparse.Namespace, settings: Settings, name: str, out: Path, resu
     started = time.perf_counter()
     table: dict[str, Any] = {}
     try:
-        cluster.up(settings, ["mlflow", "ray"])
-        events = quality_events(args.dataset, args.format, args.events)
-        result["data"] = {"name": name, **build_lake(settings, events)}
-        print(f"data: {json.dumps(result['data'])}", flush=True)
+        result["data"] = quality_lake(settings, args.dataset, args.format, args.events, name)
         cells = args.cells or [
             f"{model}/{loss}/{optimizer}"
             for model in args.models

@@ -101,6 +101,17 @@ def quality_events(dataset: Path | None, data_format: ReplayFormat, synthetic_ev
     return generate_events(SyntheticConfig(users=1_000, items=2_000, events=synthetic_events, seed=0))
 
 
+def quality_lake(
+    settings: Settings, dataset: Path | None, data_format: ReplayFormat, synthetic_events: int, name: str
+) -> dict[str, Any]:
+    """MLflow and Ray of ``settings`` up, and the lake built from ``quality_events``; the data's
+    summary (printed, and for the result file)."""
+    cluster.up(settings, ["mlflow", "ray"])
+    data = {"name": name, **build_lake(settings, quality_events(dataset, data_format, synthetic_events))}
+    print(f"data: {json.dumps(data)}", flush=True)
+    return data
+
+
 def steady_rate(rates: list[float]) -> float:
     """Median sequences/s of the epochs after the first (which warms caches up)."""
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
