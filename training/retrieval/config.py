@@ -19,6 +19,14 @@ LossChoice = Literal["auto", "sampled", "sampled_logq", "full"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 
 
+class EvalOptions(TypedDict):
+    """The keyword options ``training.retrieval.evaluation.split_ranks`` takes from a TrainConfig."""
+
+    batch_size: int
+    sampled: bool
+    negatives: int
+
+
 class LossOptions(TypedDict):
     """The keyword options ``training.common.loss.retrieval_loss`` takes from a TrainConfig."""
 
@@ -138,6 +146,10 @@ class TrainConfig(BaseModel):
         # benchmarks/results/train_losses_wikipedia*.json, train_loss_cost.json: full and sampled_logq
         # beat sampled at 1,000 items; full costs 10-25 times as much per batch at 10,000 items.
         return "full" if num_items <= self.full_loss_max_items else "sampled_logq"
+
+    def eval_options(self) -> EvalOptions:
+        """The keyword options ``training.retrieval.evaluation.split_ranks`` takes from this config."""
+        return {"batch_size": self.eval_batch_size, "sampled": self.sampled_eval, "negatives": self.eval_negatives}
 
     def loss_options(self, num_items: int) -> LossOptions:
         """The keyword options ``training.common.loss.retrieval_loss`` takes from this config, on

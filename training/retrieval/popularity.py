@@ -28,9 +28,7 @@ def train_popularity(settings: Settings, config: TrainConfig, log: Callable[[str
     for split, name in (("validation", "val"), ("test", "test")):
         examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)
         scorer = PopularityScorer(train_split, examples.num_items)
-        ranks = split_ranks(
-            scorer, examples, sampled=config.sampled_eval, negatives=config.eval_negatives, seed=config.seed
-        )
+        ranks = split_ranks(scorer, examples, seed=config.seed, **config.eval_options())
         metrics.update(split_metrics(ranks, config.eval_ks, name))
     tracking.log_metrics(settings, run_id, metrics, step=0)
     tracking.client(settings).set_terminated(run_id, "FINISHED")

@@ -125,14 +125,7 @@ def _params(
 
 def _split_metrics(retriever: Retriever, examples: SequenceExamples, config: TrainConfig, prefix: str) -> dict:
     """Metrics of ``retriever`` on a whole split, keys prefixed with ``prefix``."""
-    ranks = split_ranks(
-        retriever,
-        examples,
-        batch_size=config.eval_batch_size,
-        sampled=config.sampled_eval,
-        negatives=config.eval_negatives,
-        seed=config.seed,
-    )
+    ranks = split_ranks(retriever, examples, seed=config.seed, **config.eval_options())
     return split_metrics(ranks, config.eval_ks, prefix)
 
 

@@ -186,14 +186,7 @@ def _evaluate(
     dmp.eval()
     table = catalog_embeddings(dmp, num_items + 1)[:, : config.encoder.dim]
     retriever = Retriever(dmp.module.encoder, table)
-    ranks = split_ranks(
-        retriever,
-        shard,
-        batch_size=config.eval_batch_size,
-        sampled=config.sampled_eval,
-        negatives=config.eval_negatives,
-        seed=config.seed + rank,
-    )
+    ranks = split_ranks(retriever, shard, seed=config.seed + rank, **config.eval_options())
     everyone: list[SplitRanks | None] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, ranks)
     dmp.train()
