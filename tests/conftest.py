@@ -68,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
         STREAMREC_EXTERNAL="",
         STREAMREC_LAKE_URI="",
         STREAMREC_RAY_AUTH="token",
+        # The session cluster needs no scheduler; Dagster's own tests turn it on.
+        STREAMREC_DAGSTER_ENABLED="false",
         # Named explicitly: tests that give settings another home still reach the session's cluster.
         STREAMREC_RAY_AUTH_TOKEN_FILE=str(home / "ray" / "auth_token"),
     )
