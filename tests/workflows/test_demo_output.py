@@ -11,6 +11,7 @@ import pytest
 
 from infra.cli import ray_dashboard_line
 from infra.settings import Settings
+from serving.deploy import base_url
 from training.common import tracking
 from workflows import demo, rounds
 from workflows.promotion import Decision
@@ -63,15 +64,17 @@ def test_the_round_prints_the_gate_decision_once(
 def test_the_closing_lines_say_how_to_sign_in_to_the_ray_dashboard(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, auth: Any
 ) -> None:
-    settings = Settings(home=tmp_path, ray_auth=auth, ray_auth_token_file="")
+    home = tmp_path / ("a-long-home-path-" * 6)  # lines longer than a log's 80 columns stay whole
+    settings = Settings(home=home, ray_auth=auth, ray_auth_token_file="")
     monkeypatch.setattr(tracking, "ui_url", lambda settings: "http://mlflow.test/#/experiments/1")
     demo._closing_lines(settings, started=0.0)
-    printed = " ".join(capsys.readouterr().out.split())
+    printed = capsys.readouterr().out.splitlines()
     line = ray_dashboard_line(settings)  # what `streamrec up` prints
     assert line in printed
+    assert f"serving API: {base_url(settings)}/docs   lake: {settings.lake_root}" in printed
     assert line.startswith(f"Ray dashboard: {settings.ray.dashboard_url}")
     if auth == "token":
-        assert f"(sign in with the token in {tmp_path / 'ray' / 'auth_token'})" in line
+        assert f"(sign in with the token in {home / 'ray' / 'auth_token'})" in line
     else:
         assert "sign in" not in line
 
