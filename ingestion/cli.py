@@ -38,15 +38,47 @@ def produce_synthetic(
     clusters: Annotated[int, typer.Option(help="Latent interest clusters.", min=1)] = 50,
     span_days: Annotated[float, typer.Option(help="Days of simulated time the events cover.", min=0.001)] = 28.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    catalogue: Annotated[
+        str, typer.Option(help="static (every item from the start) or drifting (launches and life cycles).")
+    ] = "static",
+    initial_item_share: Annotated[
+        float | None,
+        typer.Option(help="Share of items existing at the start; the rest launch steadily. Default: the catalogue's."),
+    ] = None,
+    half_life_days: Annotated[
+        float | None, typer.Option(help="Popularity half-life after the rise; 0 = no decay.", min=0)
+    ] = None,
+    rise_hours: Annotated[float | None, typer.Option(help="Popularity rise after launch.", min=0)] = None,
+    evergreen_share: Annotated[
+        float | None, typer.Option(help="Share of items whose popularity never decays.", min=0, max=1)
+    ] = None,
     rate: Rate = 0.0,
     bad_fraction: BadFraction = 0.0,
 ) -> None:
-    """Send synthetic user actions (Zipf items, drifting interests, sessions) to the topic."""
+    """Send synthetic user actions (Zipf items, drifting interests, sessions; with --catalogue
+    drifting, items that launch and fade) to the topic."""
     from ingestion.producer import with_bad_records
-    from ingestion.synthetic import SyntheticConfig, generate_events
+    from ingestion.synthetic import DRIFTING, SyntheticConfig, generate_events
 
+    if catalogue not in ("static", "drifting"):
+        raise typer.BadParameter("choose static or drifting", param_hint="--catalogue")
     settings = load_settings()
-    config = SyntheticConfig(users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed)
+    given = {
+        "initial_item_share": initial_item_share,
+        "half_life_days": half_life_days,
+        "rise_hours": rise_hours,
+        "evergreen_share": evergreen_share,
+    }
+    churn: dict[str, Any] = {
+        **(DRIFTING if catalogue == "drifting" else {}),
+        **{k: v for k, v in given.items() if v is not None},
+    }
+    try:
+        config = SyntheticConfig(
+            users=users, items=items, events=events, clusters=clusters, span_days=span_days, seed=seed, **churn
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     records = with_bad_records(generate_events(config), bad_fraction, settings, seed)
     _send(records, settings, rate=rate or None, total=events, description="synthetic")
 

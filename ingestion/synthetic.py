@@ -16,6 +16,16 @@ The model (see docs/ingestion.md for the full description):
 * Sessions of many users interleave on one clock; ``ts`` grows strictly across the whole
   stream, and ``generate_events`` yields events in that order.
 
+A drifting catalogue (off by default; ``SyntheticConfig.drifting()`` gives the documented
+churn, docs/ingestion.md argues it): only ``initial_item_share`` of the items exist at the
+start, the rest launch at a steady rate over the span, and each item's popularity follows a
+life cycle, its Zipf weight times ``lifecycle_weight``: a linear rise over ``rise_hours``
+after launch, then a decay with ``half_life_days`` (``evergreen_share`` of the items never
+decay). The items that exist at the start launched before it at the same rate. Sessions
+draw items by their weight at the session's start (recomputed every simulated hour), follow
+a successor only once it has launched, and no event names an item before its launch.
+``item_launches`` records each item's launch time and whether it is evergreen.
+
 So next-item prediction from a user's recent items beats item popularity by far, which
 is what sequential recommenders (SASRec, HSTU) must show on it.
 
@@ -75,6 +85,10 @@ class SyntheticConfig:
     start_ms: int | None = None  # first session start; default: now - span_days - 1 day
     id_prefix: str = ""  # event_id prefix; default "s<seed>-<start_ms>"
     funnel: bool = False  # impression first, then a response drawn from the funnel model (module docstring)
+    initial_item_share: float = 1.0  # items that exist at the start; the rest launch at a steady rate over the span
+    half_life_days: float = 0.0  # popularity halves this often after the rise; 0 = no decay
+    rise_hours: float = 0.0  # popularity rises linearly to its peak over this long after launch; 0 = at once
+    evergreen_share: float = 0.0  # items whose popularity never decays
     action_weights: dict[str, float] = field(
         default_factory=lambda: {
             "impression": 0.22,
@@ -101,14 +115,95 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must lie in [0, 1]")
         if self.span_days <= 0:
             raise ValueError("span_days must be > 0")
+        if not 0.0 < self.initial_item_share <= 1.0:
+            raise ValueError("initial_item_share must lie in (0, 1]")
+        if not 0.0 <= self.evergreen_share <= 1.0:
+            raise ValueError("evergreen_share must lie in [0, 1]")
+        for name in ("half_life_days", "rise_hours"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    @classmethod
+    def drifting(cls, **overrides: Any) -> SyntheticConfig:
+        """The documented drifting catalogue (``DRIFTING``, argued in docs/ingestion.md), ``overrides`` on top."""
+        return cls(**{**DRIFTING, **overrides})
+
+    @property
+    def static_catalogue(self) -> bool:
+        """Every item exists from the start with a constant popularity (the stream before launches existed)."""
+        return self.initial_item_share >= 1.0 and self.half_life_days == 0 and self.rise_hours == 0
+
+
+DRIFTING: dict[str, float] = {
+    "initial_item_share": 0.5,  # over the default 28 days: 1/56 of the catalogue launches per day
+    "half_life_days": 2.0,
+    "rise_hours": 6.0,
+    "evergreen_share": 0.05,
+}
+"""The drifting catalogue's default churn (docs/ingestion.md says why these values)."""
+LIFECYCLE_STEP_MS = 3_600_000  # item weights are recomputed once per simulated hour
+
+
+@dataclass(frozen=True)
+class ItemLaunch:
+    """When an item launched (epoch ms; before the stream's start for the items that exist then)."""
+
+    item: str
+    launch_ms: int
+    evergreen: bool
+
+
+class _Lifecycle:
+    """Launch times and popularity life cycles of the items (a generator of its own, so the
+    stream's draws stay as they were when the catalogue is static)."""
+
+    def __init__(self, config: SyntheticConfig, start_ms: int) -> None:
+        rng = random.Random(config.seed * 1_000_003 + 29)
+        order = list(range(config.items))
+        rng.shuffle(order)
+        initial = max(1, round(config.items * config.initial_item_share))
+        span_ms = config.span_days * DAY_MS
+        launched_later = config.items - initial
+        # Launches per ms; the items that exist at the start launched at the same rate before it
+        # (within one span when nothing launches later).
+        gap = span_ms / launched_later if launched_later else span_ms / initial
+        self.launch_ms = [0] * config.items
+        for position, item in enumerate(order[:initial]):
+            self.launch_ms[item] = start_ms - int((position + rng.random()) * gap)
+        for position, item in enumerate(order[initial:]):
+            self.launch_ms[item] = start_ms + int((position + 0.5) * gap)  # a steady rate
+        self.evergreen = [rng.random() < config.evergreen_share for _ in range(config.items)]
+        self.rise_ms = config.rise_hours * 3_600_000
+        self.half_life_ms = config.half_life_days * DAY_MS
+
+    def weight(self, item: int, now_ms: int) -> float:
+        """The item's popularity factor at ``now_ms``: 0 before launch, peak 1."""
+        age = now_ms - self.launch_ms[item]
+        if age < 0:
+            return 0.0
+        if age < self.rise_ms:
+            return max(age / self.rise_ms, 1e-3)
+        if self.half_life_ms == 0 or self.evergreen[item]:
+            return 1.0
+        return 0.5 ** ((age - self.rise_ms) / self.half_life_ms)
+
+
+def _pick(cum: list[float], rng: random.Random) -> int:
+    """An index drawn with probability proportional to its weight (``cum``: cumulative weights);
+    weight-0 entries are never drawn."""
+    return bisect.bisect_right(cum, rng.random() * cum[-1])
 
 
 class _Catalogue:
     """Items: popularity, cluster membership, successors; users: activity weights."""
 
-    def __init__(self, config: SyntheticConfig, rng: random.Random) -> None:
+    def __init__(self, config: SyntheticConfig, rng: random.Random, lifecycle: _Lifecycle | None = None) -> None:
         self.cluster_of = [rng.randrange(config.clusters) for _ in range(config.items)]
         popularity = [1.0 / (rank + 1) ** config.zipf_alpha for rank in range(config.items)]
+        self.popularity = popularity
+        self.lifecycle = lifecycle
+        self.weights = popularity
+        self.refreshed_for = -1  # the lifecycle step the weights are of
         self.global_cum = list(itertools.accumulate(popularity))
         members: list[list[int]] = [[] for _ in range(config.clusters)]
         for item, cluster in enumerate(self.cluster_of):
@@ -121,6 +216,22 @@ class _Catalogue:
         rng.shuffle(user_ranks)
         self.user_cum = list(itertools.accumulate(1.0 / (r + 1) ** config.user_zipf_alpha for r in user_ranks))
 
+    def refresh(self, now_ms: int) -> None:
+        """Drifting catalogue: the item weights (popularity x life cycle) at the start of the
+        simulated hour of ``now_ms``; an item not launched by then weighs 0."""
+        if self.lifecycle is None or now_ms // LIFECYCLE_STEP_MS == self.refreshed_for:
+            return
+        self.refreshed_for = now_ms // LIFECYCLE_STEP_MS
+        at = self.refreshed_for * LIFECYCLE_STEP_MS
+        weight = self.lifecycle.weight
+        self.weights = [p * weight(item, at) for item, p in enumerate(self.popularity)]
+        self.global_cum = list(itertools.accumulate(self.weights))
+        self.member_cum = [list(itertools.accumulate(self.weights[i] for i in m)) for m in self.members]
+
+    def live(self, item: int) -> bool:
+        """Whether ``item`` may be shown now (it has launched)."""
+        return self.weights[item] > 0
+
     def _successors(self, item: int, count: int, rng: random.Random) -> list[int]:
         cluster = self.cluster_of[item]
         candidates = [self.in_cluster(cluster, rng) for _ in range(count * 3)]
@@ -129,11 +240,24 @@ class _Catalogue:
 
     def in_cluster(self, cluster: int, rng: random.Random) -> int:
         cum = self.member_cum[cluster]
-        return self.members[cluster][bisect.bisect_left(cum, rng.random() * cum[-1])]
+        if cum[-1] <= 0:  # drifting catalogue: nothing of the cluster has launched yet
+            return self.any_item(rng)
+        return self.members[cluster][_pick(cum, rng)]
 
     def any_item(self, rng: random.Random) -> int:
-        cum = self.global_cum
-        return bisect.bisect_left(cum, rng.random() * cum[-1])
+        return _pick(self.global_cum, rng)
+
+    def successor(self, previous: int, rng: random.Random) -> int | None:
+        """A successor of ``previous``. Drifting catalogue: one that has launched, by current
+        weight, and followed only with probability its life-cycle factor (a stale link is
+        seldom taken), else None."""
+        if self.lifecycle is None:
+            return rng.choice(self.successors[previous])
+        candidates = [item for item in self.successors[previous] if self.live(item)]
+        if not candidates:
+            return None
+        item = rng.choices(candidates, [self.weights[item] for item in candidates])[0]
+        return item if rng.random() < self.weights[item] / self.popularity[item] else None
 
     def user(self, rng: random.Random) -> int:
         cum = self.user_cum
@@ -176,8 +300,9 @@ class _Generator:
     def __init__(self, config: SyntheticConfig, record_truth: bool = False) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
-        self.catalogue = _Catalogue(config, self.rng)
         self.start_ms = config.start_ms if config.start_ms is not None else default_start_ms(config.span_days)
+        lifecycle = None if config.static_catalogue else _Lifecycle(config, self.start_ms)
+        self.catalogue = _Catalogue(config, self.rng, lifecycle)
         self.id_prefix = config.id_prefix or f"s{config.seed}-{self.start_ms}"
         self.interests: dict[int, list[int]] = {}
         self.busy_until: dict[int, int] = {}
@@ -242,9 +367,10 @@ class _Generator:
                     action, dwell = "impression", None
                 out.append((ts, item, action, dwell, surface))
             else:
-                if previous is not None and rng.random() < config.follow_successor:
-                    item = rng.choice(catalogue.successors[previous])
-                    item_surface = "related"
+                follow = previous is not None and rng.random() < config.follow_successor
+                linked = catalogue.successor(previous, rng) if follow and previous is not None else None
+                if linked is not None:
+                    item, item_surface = linked, "related"
                 else:
                     item = catalogue.in_cluster(cluster, rng)
                     item_surface = surface
@@ -326,6 +452,7 @@ class _Generator:
             if generated < config.events and (not heap or next_start <= heap[0][0]):
                 user = self.catalogue.user(rng)
                 start = max(int(next_start), self.busy_until.get(user, 0) + 1)
+                self.catalogue.refresh(start)
                 events = self.session(user, start)
                 self.busy_until[user] = events[-1][0]
                 for ts, item, action, dwell, surface in events:
@@ -356,6 +483,16 @@ def default_start_ms(span_days: float) -> int:
     """The clock's default start: ``span_days`` + 1 day ago, so the stream ends about a day
     before now (the last sessions run on)."""
     return int(time.time() * 1000) - int((span_days + 1) * DAY_MS)
+
+
+def item_launches(config: SyntheticConfig) -> list[ItemLaunch]:
+    """Each item's launch time and life cycle kind (the truth behind a drifting catalogue; a
+    static one launched every item one span before the start). Set ``start_ms`` to fix the clock."""
+    start_ms = config.start_ms if config.start_ms is not None else default_start_ms(config.span_days)
+    lifecycle = _Lifecycle(config, start_ms)
+    return [
+        ItemLaunch(f"i{item}", lifecycle.launch_ms[item], lifecycle.evergreen[item]) for item in range(config.items)
+    ]
 
 
 def generate_events(config: SyntheticConfig) -> Iterator[dict[str, Any]]:

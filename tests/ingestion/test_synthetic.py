@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from ingestion.schema import ACTIONS, POSITIVE_ACTIONS, REQUIRED_FIELDS
-from ingestion.synthetic import SyntheticConfig, generate_events
+from ingestion.synthetic import DAY_MS, ItemLaunch, SyntheticConfig, generate_events, item_launches
 
 START = 1_700_000_000_000
 
@@ -105,3 +105,79 @@ def test_invalid_config_is_refused() -> None:
         SyntheticConfig(clusters=2, interests_per_user=3)
     with pytest.raises(ValueError, match="drift"):
         SyntheticConfig(drift=1.5)
+
+
+DRIFTING = {"users": 300, "items": 2_000, "events": 60_000, "clusters": 10, "start_ms": START, "evergreen_share": 0.1}
+
+
+def _drifting(seed: int, **overrides: object) -> tuple[list[dict], dict[str, ItemLaunch]]:
+    config = SyntheticConfig.drifting(**{**DRIFTING, "seed": seed, **overrides})
+    return list(generate_events(config)), {launch.item: launch for launch in item_launches(config)}
+
+
+def test_drifting_items_launch_at_a_steady_rate_and_never_appear_before_it() -> None:
+    events, launches = _drifting(seed=1)
+    span_ms = SyntheticConfig.drifting().span_days * DAY_MS
+    assert all(event["ts"] >= launches[event["item_id"]].launch_ms for event in events)
+    later = [launch for launch in launches.values() if launch.launch_ms >= START]
+    assert len(later) == 1_000  # initial_item_share 0.5
+    assert all(launch.launch_ms < START + span_ms for launch in later)
+    # The items that launch later show up in the stream about as often in each quarter of the span.
+    shown = {event["item_id"] for event in events}
+    quarters = collections.Counter(
+        int(4 * (launch.launch_ms - START) / span_ms) for launch in later if launch.item in shown
+    )
+    assert len(quarters) == 4
+    assert max(quarters.values()) < 1.3 * min(quarters.values())
+    # New items take a growing share of the stream: launched ones are most of its last quarter.
+    last_quarter = [event for event in events if event["ts"] >= START + 0.75 * span_ms]
+    new_share = sum(launches[event["item_id"]].launch_ms >= START for event in last_quarter) / len(last_quarter)
+    assert new_share > 0.5
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_drifting_popularity_halves_each_half_life_but_evergreens_do_not(seed: int) -> None:
+    """Events per half-life of age, of the items launched in the first half of the span: a
+    decaying item's count falls by about half per half-life relative to an evergreen's."""
+    half_life = 2.0
+    events, launches = _drifting(seed, rise_hours=0.0, half_life_days=half_life)
+    span_ms = SyntheticConfig.drifting().span_days * DAY_MS
+    ratios = {}
+    for evergreen in (False, True):
+        ages: collections.Counter[int] = collections.Counter()
+        for event in events:
+            launch = launches[event["item_id"]]
+            if launch.evergreen == evergreen and START <= launch.launch_ms < START + span_ms / 2:
+                ages[int((event["ts"] - launch.launch_ms) // (half_life * DAY_MS))] += 1
+        ratios[evergreen] = sum(ages[age + 1] for age in range(4)) / sum(ages[age] for age in range(4))
+    assert ratios[True] > 0.8
+    assert 0.4 < ratios[False] / ratios[True] < 0.7
+
+
+def test_drifting_popularity_rises_after_launch() -> None:
+    """A linear rise over 48 h: three times as many events in an item's second day as in its first."""
+    events, launches = _drifting(seed=1, rise_hours=48.0, half_life_days=0.0)
+    ages: collections.Counter[int] = collections.Counter()
+    for event in events:
+        launch = launches[event["item_id"]]
+        if launch.launch_ms >= START:
+            ages[int((event["ts"] - launch.launch_ms) // DAY_MS)] += 1
+    assert 2.0 < ages[1] / ages[0] < 4.5
+
+
+def test_drifting_stream_is_deterministic_and_the_static_one_unchanged() -> None:
+    config = SyntheticConfig.drifting(**{**DRIFTING, "events": 3_000, "seed": 5})
+    assert list(generate_events(config)) == list(generate_events(config))
+    assert item_launches(config) == item_launches(config)
+    assert SyntheticConfig().static_catalogue and not config.static_catalogue
+    static = SyntheticConfig(**{**DRIFTING, "events": 3_000, "seed": 5, "evergreen_share": 0.0})
+    assert all(launch.launch_ms < START for launch in item_launches(static))
+
+
+def test_invalid_drifting_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="initial_item_share"):
+        SyntheticConfig(initial_item_share=0.0)
+    with pytest.raises(ValueError, match="half_life_days"):
+        SyntheticConfig(half_life_days=-1.0)
+    with pytest.raises(ValueError, match="evergreen_share"):
+        SyntheticConfig(evergreen_share=2.0)
