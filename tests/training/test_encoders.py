@@ -1,4 +1,5 @@
-"""HSTU and SASRec encoders: causal, blind to trailing padding, sensitive to actions and time."""
+"""The sequence encoders (HSTU, SASRec, FuXi-alpha, LRURec): causal, blind to trailing padding,
+sensitive to actions and time. FuXi-alpha and LRURec's own parts: tests/training/test_fuxi_lrurec.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from training.common.config import EncoderConfig
 from training.common.hstu import HSTU, time_gap_buckets
 from training.retrieval.model import RetrievalModel
 
-KINDS = ["hstu", "sasrec"]
+KINDS = ["hstu", "sasrec", "fuxi", "lrurec"]
 
 
 def _model(kind: str) -> RetrievalModel:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-EncoderKind = Literal["hstu", "sasrec"]
+EncoderKind = Literal["hstu", "sasrec", "fuxi", "lrurec"]
 # The retrieval losses of ``training.common.loss`` (named here, so configs import no torch).
 LossKind = Literal["sampled", "sampled_logq", "full"]
 EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
@@ -19,18 +19,20 @@ Sharding = Literal["row_wise", "table_wise"]
 
 
 class EncoderConfig(BaseModel):
-    """Architecture of a sequential encoder (HSTU or SASRec) and its item table."""
+    """Architecture of a sequential encoder (HSTU, SASRec, FuXi-alpha or LRURec) and its item table."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: EncoderKind = Field("hstu", description="hstu or sasrec.")
+    kind: EncoderKind = Field("hstu", description="hstu, sasrec, fuxi (FuXi-alpha) or lrurec.")
     dim: int = Field(50, ge=2, description="Embedding and hidden width.")
     num_blocks: int = Field(2, ge=1, description="Stacked attention blocks.")
     num_heads: int = Field(1, ge=1, description="Attention heads; dim must divide by it.")
     max_len: int = Field(200, ge=2, description="Longest history the encoder reads (the last events).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on inputs and block outputs.")
     ffn_dim: int = Field(50, ge=1, description="SASRec: width of the ReLU feed-forward layer.")
-    time_buckets: int = Field(128, ge=1, description="HSTU: buckets of log2 time gaps in the relative bias.")
+    time_buckets: int = Field(
+        128, ge=1, description="HSTU, FuXi-alpha: buckets of log time gaps in the relative bias / temporal channel."
+    )
     use_actions: bool = Field(True, description="Add an action-type embedding to every input position.")
     hstu_absolute_positions: bool = Field(
         False, description="HSTU: add a learned absolute position embedding to the input, as the reference does."
@@ -44,6 +46,23 @@ class EncoderConfig(BaseModel):
         description="HSTU: the reference's initialisation (U/V/Q/K and relative biases N(0, 0.02), output "
         "Xavier-uniform, positions N(0, 1/dim)) instead of PyTorch defaults and zero biases.",
     )
+    fuxi_absolute_positions: bool = Field(
+        True,
+        description="FuXi-alpha: add a learned absolute position embedding to the input, as the reference does "
+        "(off: only the positional channel carries positions).",
+    )
+    lrurec_r_min: float = Field(
+        0.8, gt=0.0, lt=1.0, description="LRURec: smallest initial modulus of the recurrence's eigenvalues."
+    )
+    lrurec_r_max: float = Field(
+        0.99, gt=0.0, lt=1.0, description="LRURec: largest initial modulus of the recurrence's eigenvalues."
+    )
+
+    @model_validator(mode="after")
+    def _lrurec_ring(self) -> EncoderConfig:
+        if self.lrurec_r_min >= self.lrurec_r_max:
+            raise ValueError(f"lrurec_r_min {self.lrurec_r_min} must be below lrurec_r_max {self.lrurec_r_max}")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> EncoderConfig:

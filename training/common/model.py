@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from training.common.config import EncoderConfig
 from training.common.encoders import SequenceEncoder
+from training.common.fuxi import FuXiAlpha
 from training.common.hstu import HSTU
+from training.common.lrurec import LRURec
 from training.common.sasrec import SASRec
 
 PLAIN_WEIGHT = "item_embedding.weight"  # state-dict key of the item rows
@@ -14,5 +16,5 @@ INIT_RANGE = 0.035  # item rows start uniform in [-r, r] (std 0.02, as the HSTU 
 
 def build_encoder(config: EncoderConfig) -> SequenceEncoder:
     """The encoder ``config.kind`` names."""
-    encoders: dict[str, type[SequenceEncoder]] = {"hstu": HSTU, "sasrec": SASRec}
+    encoders: dict[str, type[SequenceEncoder]] = {"hstu": HSTU, "sasrec": SASRec, "fuxi": FuXiAlpha, "lrurec": LRURec}
     return encoders[config.kind](config)

@@ -1,10 +1,10 @@
-"""`streamrec train` and `streamrec evaluate`: the retrieval models (HSTU, SASRec, popularity)."""
+"""`streamrec train` and `streamrec evaluate`: the retrieval models (HSTU, SASRec, FuXi-alpha, LRURec, popularity)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.table import Table
@@ -12,7 +12,7 @@ from rich.table import Table
 from infra.cli import load_settings
 from infra.console import make_console
 from infra.model_options import ModelOptions, merge
-from training.common.config import nest_table_fields
+from training.common.config import EncoderKind, nest_table_fields
 from training.common.outcome import run_outcome
 from training.retrieval.config import TrainConfig
 
@@ -22,6 +22,8 @@ console = make_console()
 # The documented short names of TrainConfig fields stay options next to the fields' own names.
 TRAIN_ALIASES = {"encoder.num_blocks": "--blocks", "encoder.num_heads": "--heads", "num_negatives": "--negatives"}
 TRAIN_OPTIONS = ModelOptions(TrainConfig, exclude={"encoder.kind"}, aliases=TRAIN_ALIASES)  # kind: --model
+MODELS = (*get_args(EncoderKind), "popularity")
+MODEL_CHOICES = f"{', '.join(MODELS[:-1])} or {MODELS[-1]}"
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
@@ -44,7 +46,7 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 def train(
     overrides: dict[str, Any],
-    model: Annotated[str, typer.Option(help="hstu, sasrec or popularity (the baseline, no Ray).")] = "hstu",
+    model: Annotated[str, typer.Option(help=f"{MODEL_CHOICES} (the baseline, no Ray).")] = "hstu",
     workers: Annotated[int | None, typer.Option(help="Ray Train workers; default STREAMREC_TRAIN_WORKERS.")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML or JSON TrainConfig; options given on the command line win.")
@@ -57,13 +59,16 @@ def train(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
-    """Train HSTU or SASRec on Ray Train (sharded item table), log to MLflow, register the model.
+    """Train a sequential encoder (--model) on Ray Train (sharded item table), log to MLflow, register the model.
 
     Every other option is a TrainConfig field (encoder fields included); see docs/training.md."""
     from training.common import tracking
     from training.retrieval.popularity import train_popularity
     from training.retrieval.runner import train as run_training
 
+    if model not in MODELS:
+        console.print(f"[red]--model must be {MODEL_CHOICES}, not {model!r}[/red]")
+        raise typer.Exit(2)
     settings = load_settings()
     try:
         train_config = train_config_from(model, config, overrides)
