@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from infra import cluster, ray_access
+from infra import cluster, dagster_automation, ray_access
 from infra.apps import ClusterApp, cluster_apps, not_running
 from infra.console import make_console
 from infra.errors import StreamrecError
@@ -33,8 +33,19 @@ ComponentNames = Annotated[
     list[str] | None,
     typer.Argument(
         help="Components to act on (kafka, mlflow, ray; with the cluster profile also ray-worker, spark-master,"
-        " spark-worker; serve, the Ray Serve application); all when omitted (serve only when a production"
-        " model exists)."
+        " spark-worker; dagster, unless dagster.enabled is off; serve, the Ray Serve application); all when omitted"
+        " (serve only when a production model exists)."
+    ),
+]
+
+Continual = Annotated[
+    bool | None,
+    typer.Option(
+        "--continual/--no-continual",
+        help="Also turn the loop on in Dagster (the schedules and sensors tagged streamrec/loop: ingest every 15"
+        " minutes, the hourly warm start, the silver and registered-model sensors), starting Dagster if needed;"
+        " --no-continual turns them off. The choice is kept in Dagster's storage: a later plain `up` leaves it."
+        " Default: the dagster.continual setting (on: turn on; off: leave as is).",
     ),
 ]
 
@@ -61,13 +72,22 @@ def _table(states: list[cluster.ComponentState]) -> Table:
 
 
 @app.command()
-def up(components: ComponentNames = None) -> None:
+def up(components: ComponentNames = None, continual: Continual = None) -> None:
     """Start the local mini-cluster in the background (external components are checked), then
     serve the production model if there is one."""
     settings = load_settings()
     processes, apps = _split(components)
+    if continual is not None:
+        # The loop lives in Dagster: start it for this call, with whatever else was named.
+        # Turning on happens once it answers (DagsterWorkflows.after_healthy).
+        settings = settings.updated(dagster_enabled=True, dagster_continual=continual)
+        if processes and "dagster" not in processes:
+            processes = [*processes, "dagster"]
     with console.status("starting components..."):
         states = cluster.up(settings, processes or None)  # serving needs every process
+    if continual is False:
+        switched = dagster_automation.set_loop(settings, on=False)
+        console.print(f"dagster: {dagster_automation.loop_note(switched, on=False)}")
     for cluster_app, named in apps:
         with console.status(f"starting {cluster_app.name}..."):
             state = cluster_app.start(settings, required=named)
@@ -105,12 +125,55 @@ def status(
             state = not_running(cluster_app, "-", "not running")
         if state is not None:
             states.append(state)
+    instigators, unread = _automation(settings, states)
     if as_json:
-        print(json.dumps([state.__dict__ for state in states]))
+        rows = [dict(state.__dict__) for state in states]
+        for row in rows:  # the list keeps its shape; Dagster's row also lists its schedules and sensors
+            if row["name"] == "dagster" and row["healthy"]:
+                row["automation"] = [instigator.as_json() for instigator in instigators]
+        print(json.dumps(rows))
     else:
         console.print(_table(states))
+        if instigators:
+            console.print(automation_table(instigators))
+        if unread:
+            console.print(f"schedules and sensors: {unread}")
     if not all(state.healthy for state in states):
         raise typer.Exit(1)
+
+
+def _automation(
+    settings: Settings, states: list[cluster.ComponentState]
+) -> tuple[list[dagster_automation.Instigator], str]:
+    """Dagster's schedules and sensors when a healthy Dagster is among ``states`` ([] otherwise),
+    and why they could not be read ('' when they were)."""
+    if not any(state.name == "dagster" and state.healthy for state in states):
+        return [], ""
+    try:
+        return dagster_automation.read_instigators(settings), ""
+    except dagster_automation.DagsterApiError as error:
+        return [], str(error)
+
+
+def automation_table(instigators: list[dagster_automation.Instigator]) -> Table:
+    """Each schedule and sensor: whether it is part of the loop, its state and its last tick."""
+    table = Table(title="Dagster schedules and sensors (loop: `streamrec up --continual`)")
+    for column in ("name", "kind", "loop", "state", "when", "last tick", "tick", "note"):
+        table.add_column(column)
+    for instigator in instigators:
+        tick = instigator.last_tick
+        state = f"[green]{instigator.state}[/green]" if instigator.running else instigator.state
+        table.add_row(
+            instigator.name,
+            instigator.kind,
+            "yes" if instigator.loop else "-",
+            state,
+            instigator.timing,
+            tick.when if tick else "-",
+            tick.status if tick else "-",
+            tick.note if tick else "",
+        )
+    return table
 
 
 @app.command()

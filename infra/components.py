@@ -19,7 +19,7 @@ from typing import Any
 import requests
 import yaml
 
-from infra import ray_access, serve_ingress
+from infra import dagster_automation, ray_access, serve_ingress
 from infra.processes import free_port, read_record
 from infra.settings import Settings
 
@@ -414,7 +414,9 @@ class DagsterWorkflows(Component):
     """Dagster: webserver and daemon (`dagster dev` supervises both and one shared code server,
     all in one process group), instance storage in SQLite under ``$STREAMREC_HOME/dagster``.
 
-    Started only when ``dagster_enabled`` is on (or while it runs, so `status` and `down` see it).
+    Part of `streamrec up` unless ``dagster.enabled`` is off (a started one stays in `status` and
+    `down`). With ``dagster.continual`` on, `up` turns the loop's schedules and sensors on once
+    Dagster answers, whether it just started, already ran or is external.
     """
 
     name = "dagster"
@@ -482,10 +484,16 @@ class DagsterWorkflows(Component):
             return Health(False, f"dagster-daemon not healthy yet: {', '.join(down)}")
         return Health(True, f"webserver {version}, {len(entries)} code location(s), daemon healthy")
 
+    def after_healthy(self) -> str:
+        if not self.settings.dagster.continual:
+            return ""  # the stored state stays: stopped on a new instance, or as last switched
+        switched = dagster_automation.set_loop(self.settings, on=True)
+        return dagster_automation.loop_note(switched, on=True)
+
 
 def all_components(settings: Settings) -> list[Component]:
     """The mini-cluster's components in start order (the cluster profile adds its extra nodes;
-    Dagster comes last, when enabled or when a started one still runs)."""
+    Dagster comes last, unless disabled and not running)."""
     components: list[Component] = [KafkaBroker(settings), MlflowServer(settings), RayHead(settings)]
     if settings.profile == "cluster":
         components += [RayWorkerNode(settings), SparkMaster(settings), SparkWorker(settings)]

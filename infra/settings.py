@@ -131,9 +131,16 @@ class DagsterSettings(_Section):
     port: int = Field(3000, description="Dagster webserver port.")
     host: str = Field("127.0.0.1", description="Dagster webserver host (not loopback = an external Dagster).")
     enabled: bool = Field(
+        True,
+        description="`streamrec up` also starts Dagster (webserver + daemon, `dagster dev -m workflows.definitions`), "
+        "like the rest of the mini-cluster, and `streamrec up dagster` may name it. Off: `up` leaves it out (the "
+        "test suite's session cluster does, to save its start); a started one still shows in `status` and `down`.",
+    )
+    continual: bool = Field(
         False,
-        description="`streamrec up` also starts Dagster (webserver + daemon, `dagster dev -m workflows.definitions`) "
-        "and `streamrec up dagster` may name it. Off by default: the test suite's session cluster does not need it.",
+        description="`streamrec up` also turns the loop on: the schedules and sensors tagged `streamrec/loop` (ingest "
+        "every 15 minutes, the hourly warm start, the silver and registered-model sensors), as `up --continual` does. "
+        "Off: `up` leaves them as they are (stopped on a new instance; the state is kept in the instance storage).",
     )
     steps: Literal["in_process", "ray_job"] = Field(
         "in_process",

@@ -1,16 +1,24 @@
-"""Schedules (UTC; stopped until turned on in the UI or with `dagster schedule start`)."""
+"""Schedules (UTC). They start stopped; `streamrec up --continual` turns on those tagged as the
+loop's (``LOOP``), the UI or `dagster schedule start` any of them."""
 
 from __future__ import annotations
 
 import dagster as dg
 
+from infra.dagster_automation import LOOP_TAG, LOOP_TAG_VALUE
 from workflows.jobs import full_retraining_job, ingest_job, ranking_job, warm_start_training_job
+
+# What `streamrec up --continual` turns on (a definition tag, which Dagster also puts on the
+# schedule's runs). The daily retraining and ranking jobs stay a choice of their own: each is
+# a long training on the machine's cores.
+LOOP = {LOOP_TAG: LOOP_TAG_VALUE}
 
 hourly_warm_start_training = dg.ScheduleDefinition(
     name="hourly_warm_start_training",
     job=warm_start_training_job,
     cron_schedule="0 * * * *",
     execution_timezone="UTC",
+    tags=LOOP,
     description="Every hour: continue the production model on the latest features (a few epochs).",
 )
 
@@ -27,6 +35,7 @@ ingest_every_15_minutes = dg.ScheduleDefinition(
     job=ingest_job,
     cron_schedule="*/15 * * * *",
     execution_timezone="UTC",
+    tags=LOOP,
     description="Every 15 minutes: ingest until idle. Leave it off while a continuous `streamrec ingest` runs.",
 )
 

@@ -2,7 +2,8 @@
 
 Both keep their position in the Dagster cursor (persisted by the daemon in the instance
 storage) and give each run a run key, so one change never starts two runs: a cursor that
-was lost or reset still meets Dagster's refusal to launch a run key twice.
+was lost or reset still meets Dagster's refusal to launch a run key twice. Both are part of the
+loop that `streamrec up --continual` turns on (they start stopped).
 """
 
 # No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
@@ -11,6 +12,7 @@ import json
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from infra.dagster_automation import LOOP_TAG, LOOP_TAG_VALUE
 from ingestion.schema import SILVER_TABLE
 from workflows.assets.promotion import EvaluationConfig
 from workflows.jobs import features_job, promotion_job
@@ -21,6 +23,7 @@ from workflows.resources import StreamrecResource
     job=features_job,
     minimum_interval_seconds=30,
     description="A new Delta version of silver/events requests one incremental feature build.",
+    tags={LOOP_TAG: LOOP_TAG_VALUE},
 )
 def silver_events_sensor(context: SensorEvaluationContext, streamrec: StreamrecResource) -> dg.SensorResult:
     from deltalake import DeltaTable
@@ -45,6 +48,7 @@ def silver_events_sensor(context: SensorEvaluationContext, streamrec: StreamrecR
     job=promotion_job,
     minimum_interval_seconds=60,
     description="A newly registered retrieval model version is evaluated against production and gated.",
+    tags={LOOP_TAG: LOOP_TAG_VALUE},
 )
 def registered_model_sensor(context: SensorEvaluationContext, streamrec: StreamrecResource) -> dg.SensorResult:
     """The newest version registered since the last tick is the candidate (older new ones are

@@ -46,7 +46,8 @@ ENVIRONMENT: list[tuple[str, str, str, Any]] = [
     ("STREAMREC_SERVE_INGRESS", "serve.ingress", "python", "python"),
     ("STREAMREC_DAGSTER_PORT", "dagster.port", "3001", 3001),
     ("STREAMREC_DAGSTER_HOST", "dagster.host", "dagster.internal", "dagster.internal"),
-    ("STREAMREC_DAGSTER_ENABLED", "dagster.enabled", "true", True),
+    ("STREAMREC_DAGSTER_ENABLED", "dagster.enabled", "false", False),
+    ("STREAMREC_DAGSTER_CONTINUAL", "dagster.continual", "true", True),
     ("STREAMREC_DAGSTER_STEPS", "dagster.steps", "ray_job", "ray_job"),
     ("STREAMREC_DAGSTER_JOB_COMMAND", "dagster.job_command", "python -m infra.cli", "python -m infra.cli"),
     ("STREAMREC_EXTERNAL", "external", "kafka, mlflow", ["kafka", "mlflow"]),
@@ -215,6 +216,8 @@ def test_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.spark.master == "local[*]"
     assert (settings.serve.host, settings.serve.port, settings.dagster.port) == ("127.0.0.1", 8000, 3000)
     assert settings.dagster.url == "http://127.0.0.1:3000"
+    # Dagster is part of the mini-cluster; the loop's schedules and sensors stay as stored.
+    assert (settings.dagster.enabled, settings.dagster.continual) == (True, False)
     assert all(settings.is_local(name) for name in ("kafka", "mlflow", "ray"))
 
 
@@ -258,7 +261,7 @@ def test_cluster_profile_uses_its_standalone_spark_and_extra_nodes(clean_env: py
     from infra.components import all_components
 
     local = Settings()
-    assert [component.name for component in all_components(local)] == ["kafka", "mlflow", "ray"]
+    assert [component.name for component in all_components(local)] == ["kafka", "mlflow", "ray", "dagster"]
     assert local.spark.master == "local[*]" and local.spark.on_this_machine
 
     cluster = Settings(profile="cluster", spark_master_port=7177)
@@ -267,6 +270,7 @@ def test_cluster_profile_uses_its_standalone_spark_and_extra_nodes(clean_env: py
         "ray-worker",
         "spark-master",
         "spark-worker",
+        "dagster",  # the scheduler comes last: its runs use the others
     ]
     assert cluster.is_local("spark-master") and cluster.is_local("ray-worker")
 

@@ -1,10 +1,13 @@
-"""`streamrec up dagster`: the Dagster component of the mini-cluster (webserver + daemon), and
-the daemon running a sensor and the run it launches."""
+"""`streamrec up dagster`: the Dagster component of the mini-cluster (webserver + daemon), the
+daemon running a sensor and the run it launches, and `up --continual` turning the loop on."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import requests
 import yaml
 from workflowdata import append_clicks
 
-from infra import cluster
+from infra import cluster, dagster_automation
 from infra.components import DagsterWorkflows, all_components, settings_environment
 from infra.polling import wait_until
 from infra.processes import free_port, group_members, log_tail, port_in_use, read_record
@@ -25,8 +28,11 @@ JOBS_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { na
   jobs { name } schedules { name scheduleState { status } } sensors { name sensorState { status } } } } } }"""
 
 
-def test_dagster_is_started_only_when_enabled(tmp_path: Path) -> None:
-    off = get_settings(home=tmp_path)
+LOOP = {"ingest_every_15_minutes", "hourly_warm_start_training", "silver_events_sensor", "registered_model_sensor"}
+
+
+def test_dagster_is_a_component_unless_disabled(tmp_path: Path) -> None:
+    off = get_settings(home=tmp_path, dagster_enabled=False)
     assert "dagster" not in [component.name for component in all_components(off)]
     on = get_settings(home=tmp_path, dagster_enabled=True)
     assert [component.name for component in all_components(on)][-1] == "dagster"
@@ -57,6 +63,18 @@ def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatc
     for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
     assert get_settings() == settings
+
+
+def test_definitions_tag_the_loop() -> None:
+    """What `up --continual` turns on is what the definitions tag: the ingest schedule, the hourly
+    warm start and both sensors, not the daily retraining or ranking."""
+    from workflows.definitions import defs
+
+    definitions = [*defs.schedules, *defs.sensors]  # type: ignore[misc]
+    tagged = {
+        d.name for d in definitions if d.tags.get(dagster_automation.LOOP_TAG) == dagster_automation.LOOP_TAG_VALUE
+    }
+    assert tagged == LOOP
 
 
 def _graphql(settings: Settings, query: str) -> dict[str, Any]:
@@ -119,12 +137,51 @@ def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> Non
         # `status` and `down` see a running Dagster even with the setting off.
         assert "dagster" in [component.name for component in all_components(_disabled(settings))]
         _sensor_turns_silver_into_features(settings, repository)
+        _continual_turns_the_loop_on_and_keeps_it(settings)
     finally:
         record = read_record(settings.run_dir / "dagster.pid")
         stopped = cluster.down(_disabled(settings), ["dagster"])
     assert record is not None and stopped == [f"dagster (pid {record.pid})"]
     assert group_members(record.pid) == []  # webserver, daemon and code server stopped with it
     assert not port_in_use("127.0.0.1", settings.dagster.port)
+
+
+def _loop_states(settings: Settings) -> dict[str, str]:
+    return {i.name: i.state for i in dagster_automation.read_instigators(settings) if i.loop}
+
+
+def _streamrec(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess with these settings, its output piped (not a terminal)."""
+    env = {**os.environ, **settings_environment(settings)}
+    env.pop("COLUMNS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _continual_turns_the_loop_on_and_keeps_it(settings: Settings) -> None:
+    """`up --continual` on the running Dagster turns on what the sensor test left stopped;
+    `status` lists every schedule and sensor with its state and last tick; `down` and a plain
+    `up` keep the loop on; `up --no-continual` turns it off in one command."""
+    (state,) = cluster.up(settings.updated(dagster_continual=True), ["dagster"])  # already running
+    assert "loop on: hourly_warm_start_training, ingest_every_15_minutes, registered_model_sensor started" in (
+        state.detail
+    ), state.detail  # the silver sensor was on already
+    assert _loop_states(settings) == dict.fromkeys(LOOP, "running")
+    status = _streamrec(settings, "status", "dagster")
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {line.split()[1]: line for line in status.stdout.splitlines() if line.startswith("│ ")}
+    assert LOOP | {"daily_full_retraining", "daily_ranking_training", "dagster"} <= set(rows), status.stdout
+    assert all("running" in rows[name] and " yes " in rows[name] for name in LOOP), status.stdout
+    assert "stopped" in rows["daily_full_retraining"] and "…" not in status.stdout
+    silver = rows["silver_events_sensor"]  # ticked in the sensor test: its time and outcome
+    assert " UTC " in silver and ("skipped" in silver or "success" in silver), silver
+    cluster.down(settings, ["dagster"])
+    (state,) = cluster.up(settings, ["dagster"])  # a plain `up`: the choice was stored in the instance
+    assert "loop" not in state.detail and _loop_states(settings) == dict.fromkeys(LOOP, "running")
+    off = _streamrec(settings, "up", "dagster", "--no-continual")
+    assert off.returncode == 0 and "loop off: " in off.stdout, off.stdout + off.stderr
+    assert _loop_states(settings) == dict.fromkeys(LOOP, "stopped")
 
 
 def _disabled(settings: Settings) -> Settings:

@@ -1,0 +1,208 @@
+"""Dagster's schedules and sensors as `streamrec status` shows them and `streamrec up --continual`
+turns them on: read and switched through the GraphQL API of the running webserver.
+
+Why the API of the running Dagster and not ``default_status`` driven by a setting:
+- it acts on a Dagster that already runs: a ``default_status`` is read by the code server when
+  it loads the definitions, with the environment `up` started it with, so `up --continual`
+  on a running Dagster would change nothing until a restart;
+- the switch is stored in the instance (SQLite under ``$STREAMREC_HOME/dagster/storage``), so
+  `down` and a plain `up` keep it, and a stored state always wins over ``default_status``: a
+  schedule once stopped in the UI would ignore the setting for ever;
+- it is the same call for the local Dagster and a deployment on Kubernetes
+  (``dagster.host``), whose code server the settings of this shell do not reach.
+
+Which schedules and sensors make up the loop is said by the definitions, not here: they carry
+the tag ``LOOP_TAG`` (infra never imports workflows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import requests
+
+from infra.errors import StreamrecError
+from infra.settings import Settings
+
+LOOP_TAG = "streamrec/loop"  # a definition tag: its schedules and sensors are what `up --continual` turns on
+LOOP_TAG_VALUE = "continual"
+
+_TICK = "timestamp status skipReason runIds error { message }"
+AUTOMATION_QUERY = f"""{{ repositoriesOrError {{ __typename
+  ... on PythonError {{ message }}
+  ... on RepositoryConnection {{ nodes {{ name location {{ name }}
+    schedules {{ name cronSchedule executionTimezone tags {{ key value }}
+      scheduleState {{ id status ticks(limit: 1) {{ {_TICK} }} }} }}
+    sensors {{ name minIntervalSeconds tags {{ key value }}
+      sensorState {{ id status ticks(limit: 1) {{ {_TICK} }} }} }} }} }} }} }}"""
+_ERROR = "__typename ... on Error { message }"
+START_SCHEDULE = (
+    f"mutation($selector: ScheduleSelector!) {{ startSchedule(scheduleSelector: $selector) {{ {_ERROR} }} }}"
+)
+STOP_SCHEDULE = f"mutation($id: String!) {{ stopRunningSchedule(id: $id) {{ {_ERROR} }} }}"
+START_SENSOR = f"mutation($selector: SensorSelector!) {{ startSensor(sensorSelector: $selector) {{ {_ERROR} }} }}"
+STOP_SENSOR = f"mutation($id: String!) {{ stopSensor(id: $id) {{ {_ERROR} }} }}"
+_SUCCESS = {"startSchedule": "ScheduleStateResult", "stopRunningSchedule": "ScheduleStateResult",
+            "startSensor": "Sensor", "stopSensor": "StopSensorMutationResult"}  # fmt: skip
+
+
+class DagsterApiError(StreamrecError):
+    """The Dagster webserver did not answer, or refused a query or a switch."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The newest evaluation of a schedule or sensor."""
+
+    at: float  # seconds since the epoch
+    status: str  # started, skipped, success, failure
+    note: str  # the skip reason, the error's first line, or the runs it requested
+
+    @property
+    def when(self) -> str:
+        """The tick's time in UTC, to the second."""
+        return datetime.fromtimestamp(self.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class Instigator:
+    """One schedule or sensor of the Dagster definitions and its state in the instance."""
+
+    name: str
+    kind: Literal["schedule", "sensor"]
+    loop: bool  # tagged LOOP_TAG: `up --continual` turns it on
+    running: bool
+    timing: str  # the cron schedule, or how often the sensor is evaluated
+    state_id: str
+    location: str
+    repository: str
+    last_tick: Tick | None
+
+    @property
+    def state(self) -> str:
+        return "running" if self.running else "stopped"
+
+    def as_json(self) -> dict[str, Any]:
+        """What `streamrec status --json` prints for it."""
+        tick = self.last_tick
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "loop": self.loop,
+            "state": self.state,
+            "timing": self.timing,
+            "last_tick": None if tick is None else {"at": tick.when, "status": tick.status, "note": tick.note},
+        }
+
+
+def read_instigators(settings: Settings) -> list[Instigator]:
+    """Every schedule and sensor of the running Dagster, with its state and last tick."""
+    return parse_instigators(graphql(settings, AUTOMATION_QUERY))
+
+
+def set_loop(settings: Settings, on: bool) -> list[Instigator]:
+    """Turn the loop's schedules and sensors on (or off) in the running Dagster; returns those
+    it switched (none when all were already so). Raises when the definitions tag none."""
+    loop = [instigator for instigator in read_instigators(settings) if instigator.loop]
+    if not loop:
+        raise DagsterApiError(f"the Dagster definitions at {settings.dagster.url} tag no schedule or sensor {LOOP_TAG}")
+    switched = to_switch(loop, on)
+    for instigator in switched:
+        _switch(settings, instigator, on)
+    return switched
+
+
+def to_switch(instigators: list[Instigator], on: bool) -> list[Instigator]:
+    """The loop's instigators whose state differs from ``on``."""
+    return [instigator for instigator in instigators if instigator.loop and instigator.running != on]
+
+
+def loop_note(switched: list[Instigator], on: bool) -> str:
+    """One line on the loop after `set_loop`: what it switched, or that nothing needed to be."""
+    word = "on" if on else "off"
+    if not switched:
+        return f"loop already {word}"
+    return f"loop {word}: {', '.join(instigator.name for instigator in switched)} " + ("started" if on else "stopped")
+
+
+def _switch(settings: Settings, instigator: Instigator, on: bool) -> None:
+    selector = {"repositoryLocationName": instigator.location, "repositoryName": instigator.repository}
+    if instigator.kind == "schedule":
+        field = "startSchedule" if on else "stopRunningSchedule"
+        query = START_SCHEDULE if on else STOP_SCHEDULE
+        variables: dict[str, Any] = {"selector": {**selector, "scheduleName": instigator.name}}
+    else:
+        field = "startSensor" if on else "stopSensor"
+        query = START_SENSOR if on else STOP_SENSOR
+        variables = {"selector": {**selector, "sensorName": instigator.name}}
+    if not on:
+        variables = {"id": instigator.state_id}
+    answer = graphql(settings, query, variables)[field]
+    if answer.get("__typename") != _SUCCESS[field]:
+        message = (answer.get("message") or answer.get("__typename") or "?").strip().splitlines()[:1]
+        raise DagsterApiError(f"Dagster refused to {'start' if on else 'stop'} {instigator.name}: {' '.join(message)}")
+
+
+def graphql(settings: Settings, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` of one GraphQL request to the Dagster webserver; raises DagsterApiError."""
+    url = f"{settings.dagster.url}/graphql"
+    try:
+        response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=30)
+        answer = response.json()
+    except (requests.RequestException, ValueError) as error:
+        raise DagsterApiError(f"no answer from the Dagster webserver at {url}: {error.__class__.__name__}") from error
+    if answer.get("errors") or not isinstance(answer.get("data"), dict):
+        first = (answer.get("errors") or [{}])[0].get("message", f"HTTP {response.status_code}")
+        raise DagsterApiError(f"the Dagster webserver at {url} refused a query: {first}")
+    return dict(answer["data"])
+
+
+def parse_instigators(data: dict[str, Any]) -> list[Instigator]:
+    """The schedules and sensors in the answer to ``AUTOMATION_QUERY``, schedules first, by name."""
+    repositories = data["repositoriesOrError"]
+    if repositories.get("__typename") != "RepositoryConnection":
+        raise DagsterApiError(f"Dagster could not list its repositories: {repositories.get('message', '?')}")
+    found = []
+    for repository in repositories["nodes"]:
+        where = {"location": repository["location"]["name"], "repository": repository["name"]}
+        for schedule in repository["schedules"]:
+            timing = f"{schedule['cronSchedule']} ({schedule.get('executionTimezone') or 'UTC'})"
+            found.append(_instigator(schedule, "schedule", schedule["scheduleState"], timing, where))
+        for sensor in repository["sensors"]:
+            timing = f"every {sensor['minIntervalSeconds']} s"
+            found.append(_instigator(sensor, "sensor", sensor["sensorState"], timing, where))
+    return sorted(found, key=lambda instigator: (instigator.kind, instigator.name))
+
+
+def _instigator(
+    definition: dict[str, Any], kind: Literal["schedule", "sensor"], state: dict[str, Any], timing: str, where: dict
+) -> Instigator:
+    tags = {tag["key"]: tag["value"] for tag in definition.get("tags") or []}
+    ticks = state.get("ticks") or []
+    return Instigator(
+        name=definition["name"],
+        kind=kind,
+        loop=tags.get(LOOP_TAG) == LOOP_TAG_VALUE,
+        running=state["status"] == "RUNNING",
+        timing=timing,
+        state_id=state["id"],
+        location=where["location"],
+        repository=where["repository"],
+        last_tick=_tick(ticks[0]) if ticks else None,
+    )
+
+
+def _tick(tick: dict[str, Any]) -> Tick:
+    status = str(tick["status"]).lower()
+    if tick.get("error"):
+        note = (tick["error"].get("message") or "").strip().splitlines()[:1]
+        text = " ".join(note)
+    elif tick.get("skipReason"):
+        text = tick["skipReason"]
+    elif tick.get("runIds"):
+        text = f"{len(tick['runIds'])} run(s) requested"
+    else:
+        text = ""
+    return Tick(at=float(tick["timestamp"]), status=status, note=text)
