@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from infra.model_options import ModelOptions, merge
 from training.common.config import EncoderKind, nest_table_fields
 from training.common.outcome import run_outcome
 from training.retrieval.config import TrainConfig
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 console = make_console()
 
@@ -104,12 +107,27 @@ def evaluate(
         bool, typer.Option("--latest-features", help="Read the newest feature versions, not the model's.")
     ] = False,
     sampled: Annotated[bool, typer.Option("--sampled", help="Rank against 100 random negatives.")] = False,
+    window_start: Annotated[
+        str | None,
+        typer.Option(
+            help="Time-ordered evaluation: the window starts after this time (epoch ms or ISO-8601, UTC), or "
+            "'latest' for the window that ends at the newest event. Needs --window; reads the newest features."
+        ),
+    ] = None,
+    window: Annotated[str | None, typer.Option(help="Length of the window: 1h, 90m, 2d or ms.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Evaluate a registered retrieval model version on a split (full catalogue by default)."""
+    """Evaluate a registered retrieval model version on a split (full catalogue by default), or
+    time-ordered on the positive events of a window (--window-start, --window; docs/training.md)."""
     from training.retrieval.version_eval import evaluate_version
 
     settings = load_settings()
+    if (window_start is None) != (window is None):
+        console.print("[red]--window-start and --window go together[/red]")
+        raise typer.Exit(2)
+    if window_start is not None and window is not None:
+        _evaluate_window(settings, version, window_start, window, as_json)
+        return
     if split not in ("test", "validation"):
         console.print("[red]--split must be test or validation[/red]")
         raise typer.Exit(2)
@@ -124,6 +142,33 @@ def evaluate(
     console.print(
         _metrics_table(f"{settings.mlflow.registered_model} {version} on {split} (features {versions})", metrics)
     )
+
+
+def _evaluate_window(settings: Settings, version: str, start: str, length: str, as_json: bool) -> None:
+    """`streamrec evaluate --window-start T --window W`: time-ordered metrics, logged to the version's run."""
+    from training.retrieval.prequential import parse_duration_ms, parse_time_ms
+    from training.retrieval.version_eval import evaluate_version_window, log_window
+
+    try:
+        start_ms = None if start == "latest" else parse_time_ms(start)
+        result, versions = evaluate_version_window(settings, version, start_ms, parse_duration_ms(length))
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        console.print(f"[red]evaluation failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    if result.empty:
+        console.print(f"[red]nothing to evaluate:[/red] {result.describe()}")
+        raise typer.Exit(1)
+    log_window(settings, version, result, versions)
+    if as_json:
+        window = {"start_ms": result.window.start_ms, "length_ms": result.window.length_ms}
+        print(json.dumps({"version": version, "features": versions, "window": window, "metrics": result.metrics}))
+        return
+    table = Table(title=f"{settings.mlflow.registered_model} {version}: {result.describe()} (features {versions})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
 
 
 def train_config_from(model: str, config: Path | None, overrides: dict[str, Any]) -> TrainConfig:
