@@ -1,0 +1,49 @@
+"""FuXi-alpha and LRURec trained as HSTU and SASRec are (test_train_ray.py): two Ray Train workers,
+the sharded item table, MLflow, a registered version that serving's catalogue loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pipelinedata import tiny_config
+
+from infra.settings import Settings
+from serving.catalog import load_catalog
+from training.common import tracking
+from training.common.fuxi import FuXiAlpha
+from training.common.lrurec import LRURec
+from training.retrieval.popularity import train_popularity
+from training.retrieval.runner import train
+
+ENCODERS = {"fuxi": FuXiAlpha, "lrurec": LRURec}
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_the_encoder_beats_popularity_and_serving_loads_it(settings: Settings, kind: str) -> None:
+    popularity = train_popularity(settings, tiny_config())
+    run = train(settings, tiny_config(kind))
+    # The margin test_train_ray.py asks of HSTU and SASRec on the same data and sizes.
+    val_hr = run.metrics["best_val_hr_10"]
+    assert val_hr >= popularity["val_hr_10"] + 0.05 and val_hr >= 3 * popularity["val_hr_10"], (run, popularity)
+    assert run.metrics["test_hr_10"] >= popularity["test_hr_10"] + 0.05
+    assert [row["epoch"] for row in run.history] == [1, 2, 3, 4, 5, 6]
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    params = tracking.client(settings).get_run(run.run_id).data.params
+    assert params["encoder.kind"] == kind and params["workers"] == "2"
+    speeds = [row["train_sequences_per_s"] for row in run.history]
+    print(  # the smoke check's figures (pytest -s)
+        f"\n{kind}: test ndcg@10 {run.metrics['test_ndcg_10']:.4f} hr@10 {run.metrics['test_hr_10']:.4f}, "
+        f"popularity ndcg@10 {popularity['test_ndcg_10']:.4f} hr@10 {popularity['test_hr_10']:.4f}, "
+        f"best epoch {run.best_epoch}, train sequences/s per epoch {[round(speed) for speed in speeds]}"
+    )
+
+    catalog = load_catalog(settings, run.model_version, exact_max_items=100_000, hnsw_m=32, ef_search=64)
+    assert isinstance(catalog.retriever.encoder, ENCODERS[kind])
+    batch = {
+        "item_indices": torch.tensor([[3, 5, 7, 0], [9, 0, 0, 0]]),
+        "action_ids": torch.tensor([[2, 2, 3, 0], [2, 0, 0, 0]]),
+        "timestamps": torch.tensor([[0, 60_000, 120_000, 0], [0, 0, 0, 0]]),
+        "lengths": torch.tensor([3, 1]),
+    }
+    scores, items = catalog.retriever.top_k(batch, k=10)
+    assert items.shape == (2, 10) and (items > 0).all() and torch.isfinite(scores).all()
