@@ -128,16 +128,14 @@ def loop_note(switched: list[Instigator], on: bool) -> str:
 
 
 def _switch(settings: Settings, instigator: Instigator, on: bool) -> None:
-    selector = {"repositoryLocationName": instigator.location, "repositoryName": instigator.repository}
-    if instigator.kind == "schedule":
-        field = "startSchedule" if on else "stopRunningSchedule"
-        query = START_SCHEDULE if on else STOP_SCHEDULE
-        variables: dict[str, Any] = {"selector": {**selector, "scheduleName": instigator.name}}
-    else:
-        field = "startSensor" if on else "stopSensor"
-        query = START_SENSOR if on else STOP_SENSOR
-        variables = {"selector": {**selector, "sensorName": instigator.name}}
-    if not on:
+    schedule = instigator.kind == "schedule"
+    variables: dict[str, Any]
+    if on:  # Dagster starts one by its selector (location, repository, name) ...
+        field, query = ("startSchedule", START_SCHEDULE) if schedule else ("startSensor", START_SENSOR)
+        selector = {"repositoryLocationName": instigator.location, "repositoryName": instigator.repository}
+        variables = {"selector": {**selector, ("scheduleName" if schedule else "sensorName"): instigator.name}}
+    else:  # ... and stops one by the id of its stored state
+        field, query = ("stopRunningSchedule", STOP_SCHEDULE) if schedule else ("stopSensor", STOP_SENSOR)
         variables = {"id": instigator.state_id}
     answer = graphql(settings, query, variables)[field]
     if answer.get("__typename") != _SUCCESS[field]:
