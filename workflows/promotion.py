@@ -1,8 +1,10 @@
-"""The promotion gate: a candidate version gets the serving alias only if it beats production.
+"""The promotion gate: a candidate version gets the serving alias only if it passes a policy.
 
-Both versions are evaluated *now*, on the validation split, at the *same* feature versions:
-the candidate's (the ones it was trained on, from its model.json). Production is the version
-the serving alias (``serve_model_alias``, ``production``) names. The rule (``decide``):
+Both versions are evaluated *now*, at the *same* feature versions: the candidate's (the ones
+it was trained on, from its model.json). Production is the version the serving alias
+(``serve_model_alias``, ``production``) names. Two policies (``GatePolicy.kind``):
+
+``margin``: both on the validation split; the candidate must beat production.
 
 * no production version yet: the candidate is promoted (the first one);
 * the candidate already is production: nothing changes;
@@ -11,10 +13,24 @@ the serving alias (``serve_model_alias``, ``production``) names. The rule (``dec
 
 The comparison is strict, so a candidate that only ties production is refused. Relative is the
 default because NDCG values depend on the catalogue and the data (a fixed absolute gain means
-little when production scores 0.02 and a lot when it scores 0.4). The decision, both values and
-the threshold are logged to the candidate's MLflow run (``gate_*`` metrics and tags); a refused
-candidate leaves the alias where it is. Everything here is plain functions: the Dagster assets
-(``workflows.assets.promotion``) and the demo call them.
+little when production scores 0.02 and a lot when it scores 0.4).
+
+``freshness`` (``FRESHNESS_GATE``): a candidate trained on newer data than production
+(a higher features/user_sequences version) is scored with production, time-ordered
+(``training.retrieval.prequential``), on the positive events of the most recent window
+(``window_hours`` ending at the newest event of the candidate's features), and promoted
+unless it is worse than production by more than ``tolerance`` (relative): candidate >=
+production x (1 - tolerance). Freshness has a value of its own (new items, current
+popularity) that a fixed validation split does not see, so it only has to hold its ground.
+An empty window, a window the data cannot fill, or a candidate that knows none of the
+window's targets refuses with the reason; a production model that knows none of them (all
+the targets are newer) loses to a candidate that can score them. A candidate that is not
+trained on newer data has no freshness to value: the margin rule judges it.
+
+The decision, both values and the threshold (and the window) are logged to the candidate's
+MLflow run (``gate_*`` metrics and tags); a refused candidate leaves the alias where it is.
+Everything here is plain functions: the Dagster assets (``workflows.assets.promotion``) and
+the demo call them.
 
 One round from code::
 
@@ -39,43 +55,81 @@ from typing import Any, Literal
 from infra.settings import Settings
 
 Task = Literal["retrieval", "ranking"]
+PolicyKind = Literal["margin", "freshness"]
 
 SPLIT = "validation"
 PREFIX = "val_"  # the metric keys of the validation split (val_ndcg_10, ...)
+WINDOW_PREFIX = "window_"  # the metric keys of a time-ordered window (window_ndcg_10, ...)
 
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """What a candidate must achieve: ``metric`` on validation above production by ``margin``."""
+    """What a candidate must achieve: ``margin``: ``metric`` on validation above production by
+    ``margin``; ``freshness``: trained on newer data, ``metric`` on the most recent window of
+    ``window_hours`` not below production by more than ``tolerance`` (else the margin rule)."""
 
     metric: str = "ndcg_10"
     margin: float = 0.01
     margin_kind: Literal["relative", "absolute"] = "relative"
+    kind: PolicyKind = "margin"
+    tolerance: float = 0.05
+    window_hours: float = 24.0
 
     def __post_init__(self) -> None:
         if self.margin < 0:
             raise ValueError(f"the margin must not be negative, got {self.margin}")
         if self.margin_kind not in ("relative", "absolute"):
             raise ValueError(f"margin_kind must be relative or absolute, got {self.margin_kind!r}")
+        if self.kind not in ("margin", "freshness"):
+            raise ValueError(f"the policy kind must be margin or freshness, got {self.kind!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"the tolerance must lie in [0, 1), got {self.tolerance}")
+        if self.window_hours <= 0:
+            raise ValueError(f"window_hours must be > 0, got {self.window_hours}")
 
     @property
     def key(self) -> str:
         """The metric's key among the validation metrics (``val_ndcg_10``)."""
         return PREFIX + self.metric
 
+    @property
+    def window_key(self) -> str:
+        """The metric's key among a window's metrics (``window_ndcg_10``)."""
+        return WINDOW_PREFIX + self.metric
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window_hours * 3_600_000)
+
+    def key_for(self, comparison: Comparison) -> str:
+        """The key the comparison is judged on: the window's under freshness, else validation's."""
+        return self.window_key if comparison.window is not None else self.key
+
     def threshold(self, production: float) -> float:
-        """The value a candidate must exceed."""
+        """The value a candidate must exceed (margin rule)."""
         if self.margin_kind == "relative":
             return production * (1.0 + self.margin)
         return production + self.margin
 
+    def freshness_threshold(self, production: float) -> float:
+        """The value a fresher candidate must reach (freshness rule)."""
+        return production * (1.0 - self.tolerance)
+
     def describe(self) -> str:
         gain = f"{self.margin:.0%}" if self.margin_kind == "relative" else f"+{self.margin:g}"
-        return f"validation {self.metric} above production by {gain} ({self.margin_kind})"
+        margin = f"validation {self.metric} above production by {gain} ({self.margin_kind})"
+        if self.kind == "margin":
+            return margin
+        return (
+            f"freshness: trained on newer data and {self.metric} on the last {self.window_hours:g} h not below "
+            f"production by more than {self.tolerance:.0%}; else {margin}"
+        )
 
 
 RANKING_GATE = GatePolicy(metric="auc_click", margin=0.002, margin_kind="absolute")
 """The ranking model's default gate: validation click AUC above production's by 0.002."""
+FRESHNESS_GATE = GatePolicy(kind="freshness")
+"""The freshness policy with its defaults: a 24-hour window, a 5% tolerance, on NDCG@10."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +144,8 @@ class Comparison:
     production_version: str | None = None
     production_metrics: dict[str, float] | None = None
     task: Task = "retrieval"
+    production_feature_versions: dict[str, int] | None = None
+    window: dict[str, Any] | None = None  # freshness: start_ms, length_ms, targets (and error); metrics window_*
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -125,6 +181,8 @@ class GateOutcome:
 
 def decide(comparison: Comparison, policy: GatePolicy) -> Decision:
     """The gate's rule (see the module docstring); no side effects."""
+    if comparison.window is not None:
+        return _decide_freshness(comparison, policy)
     candidate = _metric(comparison.candidate_metrics, policy, "candidate")
     production_version = comparison.production_version
     if production_version is None or comparison.production_metrics is None:
@@ -136,12 +194,54 @@ def decide(comparison: Comparison, policy: GatePolicy) -> Decision:
         )
     threshold = policy.threshold(production)
     shown = f"{policy.metric} {candidate:.4f} vs production v{production_version} {production:.4f}"
+    rule = policy.describe()
+    if policy.kind == "freshness":
+        rule = f"the margin rule of the freshness policy: the candidate is not trained on newer data; {rule}"
     if math.isnan(candidate) or math.isnan(production):
         return Decision(False, "refused", f"{shown}: a metric is NaN", candidate, production, threshold)
     if candidate > threshold:
-        reason = f"{shown}: beats the threshold {threshold:.4f} ({policy.describe()})"
+        reason = f"{shown}: beats the threshold {threshold:.4f} ({rule})"
         return Decision(True, "promoted", reason, candidate, production, threshold)
-    reason = f"{shown}: not above the threshold {threshold:.4f} ({policy.describe()}); the alias stays"
+    reason = f"{shown}: not above the threshold {threshold:.4f} ({rule}); the alias stays"
+    return Decision(False, "refused", reason, candidate, production, threshold)
+
+
+def _decide_freshness(comparison: Comparison, policy: GatePolicy) -> Decision:
+    """The freshness rule on a comparison of the most recent window (``comparison.window``)."""
+    window = comparison.window or {}
+    key, nan = policy.window_key, math.nan
+    where = f"the window of the last {policy.window_hours:g} h"
+    if window.get("start_ms") is not None:
+        where += f" ({window['start_ms']}, {window['start_ms'] + window['length_ms']}]"
+    if window.get("error"):
+        return Decision(False, "refused", f"{where}: {window['error']}; the alias stays", nan)
+    if not window.get("targets"):
+        reason = f"{where} holds no positive event with a history: nothing to judge on; the alias stays"
+        return Decision(False, "refused", reason, nan)
+    if key not in comparison.candidate_metrics:
+        reason = f"the candidate knows none of the {window['targets']} target items of {where}; the alias stays"
+        return Decision(False, "refused", reason, nan)
+    candidate = float(comparison.candidate_metrics[key])
+    production_version = comparison.production_version
+    if key not in (comparison.production_metrics or {}):
+        reason = (
+            f"{policy.metric} {candidate:.4f} on {where}; production v{production_version} knows none of its "
+            f"{window['targets']} target items: the fresher candidate replaces it"
+        )
+        return Decision(True, "promoted", reason, candidate)
+    production = float((comparison.production_metrics or {})[key])
+    threshold = policy.freshness_threshold(production)
+    shown = f"{policy.metric} {candidate:.4f} vs production v{production_version} {production:.4f} on {where}"
+    if math.isnan(candidate) or math.isnan(production):
+        return Decision(False, "refused", f"{shown}: a metric is NaN", candidate, production, threshold)
+    if candidate >= threshold:
+        reason = f"{shown}: trained on newer data and within the tolerance (>= {threshold:.4f}; {policy.describe()})"
+        return Decision(True, "promoted", reason, candidate, production, threshold)
+    drop = 1.0 - candidate / production if production else math.inf
+    reason = (
+        f"{shown}: worse than production by {drop:.1%}, more than the tolerance {policy.tolerance:.0%} "
+        f"(below {threshold:.4f}); the alias stays"
+    )
     return Decision(False, "refused", reason, candidate, production, threshold)
 
 
@@ -205,8 +305,44 @@ def model_feature_versions(settings: Settings, version: str, task: Task = "retri
         return read_info(directory).feature_versions
 
 
-def compare(settings: Settings, candidate_version: str, task: Task = "retrieval") -> Comparison:
-    """Evaluate the candidate and the current production version at the candidate's feature versions."""
+def evaluate_window_at(
+    settings: Settings, version: str, versions: dict[str, int], window_ms: int, start_ms: int | None = None
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(window, metrics) of registered ``version`` on the window of ``window_ms`` starting after
+    ``start_ms`` (None: the most recent, ending at the newest event) at feature ``versions``.
+
+    The window is ``{start_ms, length_ms, targets}``, plus ``error`` when the data cannot give it;
+    the metrics are ``window_*``: none when the window is empty, only the unknown-target share
+    when the model knows none of its targets."""
+    from features.reader import FeatureVersions
+    from training.retrieval.prequential import NoOverlapError
+    from training.retrieval.version_eval import evaluate_version_window
+
+    window: dict[str, Any] = {"start_ms": start_ms, "length_ms": window_ms, "targets": 0}
+    try:
+        result, _ = evaluate_version_window(
+            settings, version, start_ms, window_ms, versions=FeatureVersions.from_dict(versions)
+        )
+    except NoOverlapError as error:
+        return {**window, "error": str(error)}, {WINDOW_PREFIX + "unknown_target_share": 1.0}
+    except ValueError as error:
+        return {**window, "error": str(error)}, {}
+    return {**window, "start_ms": result.window.start_ms, "targets": result.targets}, result.metrics
+
+
+def trained_on_newer_data(candidate: dict[str, int], production: dict[str, int]) -> bool:
+    """Whether the candidate's feature versions are newer than production's (user_sequences)."""
+    from features.reader import FeatureVersions
+
+    return FeatureVersions.from_dict(candidate).user_sequences > FeatureVersions.from_dict(production).user_sequences
+
+
+def compare(
+    settings: Settings, candidate_version: str, task: Task = "retrieval", policy: GatePolicy | None = None
+) -> Comparison:
+    """Evaluate the candidate and the current production version at the candidate's feature
+    versions: on the most recent window under the freshness ``policy`` when the candidate is
+    trained on newer data than production, else on the validation split."""
     from serving.registry import served_version
     from training.common import tracking
 
@@ -214,8 +350,30 @@ def compare(settings: Settings, candidate_version: str, task: Task = "retrieval"
     evaluate = evaluate_ranking_at if task == "ranking" else evaluate_at
     run_id = tracking.client(settings).get_model_version(name, candidate_version).run_id or ""
     versions = model_feature_versions(settings, candidate_version, task)
-    candidate_metrics = evaluate(settings, candidate_version, versions)
     production = served_version(settings, name)
+    if policy is not None and policy.kind == "freshness" and task == "retrieval" and production is not None:
+        production_versions = model_feature_versions(settings, production, task)
+        if production != candidate_version and trained_on_newer_data(versions, production_versions):
+            window, candidate_metrics = evaluate_window_at(settings, candidate_version, versions, policy.window_ms)
+            production_metrics: dict[str, float] | None = {}
+            if window["targets"] and "error" not in window:
+                start = window["start_ms"]
+                found, production_metrics = evaluate_window_at(settings, production, versions, policy.window_ms, start)
+                if "error" in found and not production_metrics.get(WINDOW_PREFIX + "unknown_target_share"):
+                    window = {**window, "error": f"production: {found['error']}"}
+            return Comparison(
+                name,
+                candidate_version,
+                run_id,
+                versions,
+                candidate_metrics,
+                production,
+                production_metrics,
+                task,
+                production_versions,
+                window,
+            )
+    candidate_metrics = evaluate(settings, candidate_version, versions)
     production_metrics = None
     if production is not None:
         same = production == candidate_version
@@ -235,20 +393,19 @@ def record(settings: Settings, comparison: Comparison, decision: Decision, polic
     for key, value in (comparison.production_metrics or {}).items():
         metrics[f"gate_production_{key}"] = value
     if decision.threshold is not None:
-        metrics[f"gate_threshold_{policy.key}"] = decision.threshold
+        metrics[f"gate_threshold_{policy.key_for(comparison)}"] = decision.threshold
     tracking.log_metrics(settings, comparison.candidate_run_id, metrics, step=0)
-    tracking.set_tags(
-        settings,
-        comparison.candidate_run_id,
-        {
-            "gate_decision": decision.label,
-            "gate_promoted": str(decision.promote).lower(),
-            "gate_reason": decision.reason[:5000],
-            "gate_production_version": comparison.production_version or "",
-            "gate_feature_versions": json.dumps(comparison.feature_versions, sort_keys=True),
-            "gate_policy": json.dumps(asdict(policy), sort_keys=True),
-        },
-    )
+    tags = {
+        "gate_decision": decision.label,
+        "gate_promoted": str(decision.promote).lower(),
+        "gate_reason": decision.reason[:5000],
+        "gate_production_version": comparison.production_version or "",
+        "gate_feature_versions": json.dumps(comparison.feature_versions, sort_keys=True),
+        "gate_policy": json.dumps(asdict(policy), sort_keys=True),
+    }
+    if comparison.window is not None:
+        tags["gate_window"] = json.dumps(comparison.window, sort_keys=True)[:5000]
+    tracking.set_tags(settings, comparison.candidate_run_id, tags)
 
 
 def settle(settings: Settings, comparison: Comparison, policy: GatePolicy) -> GateOutcome:
@@ -265,7 +422,7 @@ def settle(settings: Settings, comparison: Comparison, policy: GatePolicy) -> Ga
         notes.append(
             f"production moved from {comparison.production_version} to {before} since the evaluation: compared again"
         )
-        comparison = compare(settings, comparison.candidate_version, comparison.task)
+        comparison = compare(settings, comparison.candidate_version, comparison.task, policy)
     decision = decide(comparison, policy)
     record(settings, comparison, decision, policy)
     after = before
@@ -279,9 +436,9 @@ def run_gate(
     settings: Settings, candidate_version: str, policy: GatePolicy | None = None, task: Task = "retrieval"
 ) -> GateOutcome:
     """One gate round: ``compare`` then ``settle`` (what the demo calls after training); the
-    default policy is ``GatePolicy()`` for retrieval and ``RANKING_GATE`` for ranking."""
-    default = RANKING_GATE if task == "ranking" else GatePolicy()
-    return settle(settings, compare(settings, candidate_version, task), policy or default)
+    default policy is ``GatePolicy()`` (margin) for retrieval and ``RANKING_GATE`` for ranking."""
+    policy = policy or (RANKING_GATE if task == "ranking" else GatePolicy())
+    return settle(settings, compare(settings, candidate_version, task, policy), policy)
 
 
 def newest_version(settings: Settings, model: str | None = None) -> str | None:
@@ -302,6 +459,7 @@ def registered_versions(settings: Settings, model: str | None = None) -> list[in
 def outcome_metadata(outcome: GateOutcome) -> dict[str, Any]:
     """Flat metadata of a gate outcome (for the Dagster UI)."""
     decision = outcome.decision
+    key = outcome.policy.key_for(outcome.comparison)
     metadata: dict[str, Any] = {
         "registered_model": outcome.comparison.model,
         "decision": decision.label,
@@ -311,12 +469,14 @@ def outcome_metadata(outcome: GateOutcome) -> dict[str, Any]:
         "candidate_run_id": outcome.comparison.candidate_run_id,
         "production_before": outcome.production_before,
         "production_after": outcome.production_after,
-        f"candidate_{outcome.policy.key}": decision.candidate_value,
-        f"production_{outcome.policy.key}": decision.production_value,
+        f"candidate_{key}": decision.candidate_value,
+        f"production_{key}": decision.production_value,
         "threshold": decision.threshold,
         "policy": outcome.policy.describe(),
         "feature_versions": outcome.comparison.feature_versions,
     }
+    if outcome.comparison.window is not None:
+        metadata["window"] = outcome.comparison.window
     if outcome.notes:
         metadata["notes"] = "; ".join(outcome.notes)
     return metadata

@@ -22,7 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from infra.settings import Settings
-from workflows.promotion import RANKING_GATE, GatePolicy
+from workflows.promotion import FRESHNESS_GATE, RANKING_GATE, GatePolicy
 
 if TYPE_CHECKING:
     from features.ranking import RankingSpec
@@ -175,9 +175,15 @@ class QualityThresholds(dg.ConfigurableResource):
 
 
 class PromotionPolicy(dg.ConfigurableResource):
-    """The promotion gate: a candidate must beat production's validation ``metric`` by ``margin``."""
+    """The promotion gate (``workflows.promotion``): ``margin`` (the default) or ``freshness``."""
 
-    metric: str = Field(default="ndcg_10", description="Validation metric compared (hr_10, ndcg_10, mrr, ...).")
+    kind: Literal["freshness", "margin"] = Field(
+        default="margin",
+        description="freshness: a candidate trained on newer data passes unless worse than production by more "
+        "than `tolerance` on the most recent window (else the margin rule); margin: it must beat production's "
+        "validation metric by `margin`.",
+    )
+    metric: str = Field(default="ndcg_10", description="Metric compared (hr_10, ndcg_10, mrr, ...).")
     margin: float = Field(
         default=0.01, ge=0, description="Required gain: a fraction of production's value, or absolute."
     )
@@ -185,13 +191,30 @@ class PromotionPolicy(dg.ConfigurableResource):
         default="relative",
         description="relative: candidate > production x (1 + margin); absolute: > production + margin.",
     )
+    tolerance: float = Field(
+        default=FRESHNESS_GATE.tolerance, ge=0, lt=1, description="freshness: the largest relative loss allowed."
+    )
+    window_hours: float = Field(
+        default=FRESHNESS_GATE.window_hours, gt=0, description="freshness: the most recent window, in hours."
+    )
 
     def policy(self) -> GatePolicy:
-        return GatePolicy(metric=self.metric, margin=self.margin, margin_kind=self.margin_kind)
+        return GatePolicy(
+            metric=self.metric,
+            margin=self.margin,
+            margin_kind=self.margin_kind,
+            kind=self.kind,
+            tolerance=self.tolerance,
+            window_hours=self.window_hours,
+        )
 
 
 class RankingPromotionPolicy(PromotionPolicy):
     """The ranking model's gate (``ranking_promotion``): validation click AUC by default."""
+
+    kind: Literal["freshness", "margin"] = Field(
+        default="margin", description="The ranking gate compares validation metrics (the margin rule) only."
+    )
 
     metric: str = Field(
         default=RANKING_GATE.metric, description="Validation metric compared (auc_click, gauc_click, auc_like, ...)."

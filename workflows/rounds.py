@@ -124,7 +124,8 @@ def train_candidate(settings: Settings, options: TrainOptions, log: Log = print)
 def warm_start_round(
     settings: Settings, options: TrainOptions | None = None, policy: GatePolicy | None = None, log: Log = print
 ) -> Round:
-    """Train a candidate (warm start from production when there is one), then gate it."""
+    """Train a candidate (warm start from production when there is one), then gate it (``policy``:
+    the margin rule by default; ``workflows.promotion.FRESHNESS_GATE`` for the freshness policy)."""
     candidate = train_candidate(settings, options or TrainOptions(round_train_config(WARM_START_TRAIN)), log)
     gate = run_gate(settings, candidate.trained.model_version, policy)
     log(f"gate: {gate.decision.label}: {gate.decision.reason}")

@@ -1,8 +1,10 @@
 """Evaluation and promotion assets: the gate of ``workflows.promotion`` as two steps.
 
-``retrieval_evaluation`` evaluates the candidate and production now, on the validation split,
-at the candidate's feature versions, and records both in its metadata (the ``comparison``
-entry holds it whole). ``retrieval_promotion`` decides on the latest evaluation, logs the
+``retrieval_evaluation`` evaluates the candidate and production now, at the candidate's
+feature versions: on the most recent window under the freshness policy (resource
+``promotion_policy``, ``kind: freshness``) when the candidate is trained on newer data, else on
+the validation split; it records both in its metadata (the ``comparison`` entry holds it
+whole, the window included). ``retrieval_promotion`` decides on the latest evaluation, logs the
 decision to the candidate's MLflow run and moves the alias only when the candidate passes.
 
 ``ranking_promotion`` is the same gate for the ranking model in one step: the candidate ranker
@@ -39,10 +41,14 @@ class EvaluationConfig(dg.Config):
     deps=["retrieval_model"],
     group_name=GROUP,
     kinds={"mlflow"},
-    description="Candidate and production evaluated now on validation, at the candidate's feature versions.",
+    description="Candidate and production evaluated now at the candidate's feature versions: on the most recent "
+    "window (freshness policy, a candidate on newer data) or on validation.",
 )
 def retrieval_evaluation(
-    context: AssetExecutionContext, config: EvaluationConfig, streamrec: StreamrecResource
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    streamrec: StreamrecResource,
+    promotion_policy: PromotionPolicy,
 ) -> dg.MaterializeResult:
     settings = streamrec.settings()
     candidate = (
@@ -53,17 +59,20 @@ def retrieval_evaluation(
     if candidate is None:
         raise dg.Failure(f"{settings.mlflow.registered_model} has no registered version to evaluate; train one first")
     context.log.info(f"evaluating candidate {settings.mlflow.registered_model} version {candidate} against production")
-    comparison = promotion.compare(settings, candidate)
+    comparison = promotion.compare(settings, candidate, policy=promotion_policy.policy())
     metadata: dict[str, Any] = {
         "registered_model": comparison.model,
         "candidate_version": comparison.candidate_version,
         "candidate_run_id": comparison.candidate_run_id,
         "production_version": comparison.production_version,
-        "split": promotion.SPLIT,
+        "split": "window" if comparison.window is not None else promotion.SPLIT,
         **{f"version.{table}": version for table, version in comparison.feature_versions.items()},
         "comparison": dg.MetadataValue.json(json_safe(comparison)),
     }
-    metadata.update(_shown_metrics(comparison, SHOWN_METRICS))
+    if comparison.window is not None:
+        metadata["window"] = comparison.window
+    prefix = promotion.WINDOW_PREFIX if comparison.window is not None else promotion.PREFIX
+    metadata.update(_shown_metrics(comparison, SHOWN_METRICS, prefix))
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -71,7 +80,8 @@ def retrieval_evaluation(
     deps=["retrieval_evaluation"],
     group_name=GROUP,
     kinds={"mlflow"},
-    description="The serving alias after the gate: moved to the candidate only if it beat production by the margin.",
+    description="The serving alias after the gate: moved to the candidate only if it passed the policy (freshness: "
+    "newer data, not worse than production beyond the tolerance on the newest window; margin: better by the margin).",
 )
 def retrieval_promotion(
     context: AssetExecutionContext, streamrec: StreamrecResource, promotion_policy: PromotionPolicy
@@ -129,11 +139,13 @@ def ranking_promotion(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"v{outcome.production_after}"))
 
 
-def _shown_metrics(comparison: promotion.Comparison, names: tuple[str, ...]) -> dict[str, Any]:
-    """``candidate_val_<name>`` and ``production_val_<name>`` of a comparison."""
+def _shown_metrics(
+    comparison: promotion.Comparison, names: tuple[str, ...], prefix: str = promotion.PREFIX
+) -> dict[str, Any]:
+    """``candidate_<prefix><name>`` and ``production_<prefix><name>`` of a comparison (prefix val_ or window_)."""
     shown: dict[str, Any] = {}
     for name in names:
-        key = promotion.PREFIX + name
+        key = prefix + name
         shown[f"candidate_{key}"] = comparison.candidate_metrics.get(key)
         if comparison.production_metrics is not None:
             shown[f"production_{key}"] = comparison.production_metrics.get(key)
