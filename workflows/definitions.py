@@ -1,5 +1,5 @@
 """The Dagster definitions of streamrec: `dagster dev -m workflows.definitions` (what
-`streamrec up dagster` runs). Only composes: assets, checks, jobs, schedules, sensors, and
+`streamrec up` runs for Dagster). Only composes: assets, checks, jobs, schedules, sensors, and
 the resources built from the streamrec settings."""
 
 from __future__ import annotations
