@@ -1,5 +1,6 @@
-"""The sequence encoders (HSTU, SASRec, FuXi-alpha, LRURec): causal, blind to trailing padding,
-sensitive to actions and time. FuXi-alpha and LRURec's own parts: tests/training/test_fuxi_lrurec.py."""
+"""The sequence encoders (HSTU, SASRec, FuXi-alpha, LRURec, BERT4Rec): causal (all but BERT4Rec), blind
+to trailing padding, sensitive to actions and time. FuXi-alpha and LRURec's own parts:
+tests/training/test_fuxi_lrurec.py; BERT4Rec's (bidirectional, masked): tests/training/test_bert4rec.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from training.common.config import EncoderConfig
 from training.common.hstu import HSTU, time_gap_buckets
 from training.retrieval.model import RetrievalModel
 
-KINDS = ["hstu", "sasrec", "fuxi", "lrurec"]
+KINDS = ["hstu", "sasrec", "fuxi", "lrurec"]  # the causal ones
+EVERY_KIND = [*KINDS, "bert4rec"]
 
 
 def _model(kind: str) -> RetrievalModel:
@@ -39,7 +41,7 @@ def test_a_position_never_sees_later_events(kind: str) -> None:
     assert not torch.allclose(before[0, 3:5], after[0, 3:5])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", EVERY_KIND)
 def test_trailing_padding_changes_nothing(kind: str) -> None:
     model = _model(kind)
     items, actions, timestamps, lengths = _inputs()
@@ -49,7 +51,7 @@ def test_trailing_padding_changes_nothing(kind: str) -> None:
     assert not full[0, 5].any()  # padding positions are zero
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", EVERY_KIND)
 def test_the_action_type_is_an_input(kind: str) -> None:
     model = _model(kind)
     items, actions, timestamps, lengths = _inputs()

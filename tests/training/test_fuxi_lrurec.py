@@ -168,7 +168,10 @@ def test_the_lrurec_ring_must_be_ordered() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--model", "bert5rec"], "--model must be hstu, sasrec, fuxi, lrurec or popularity, not 'bert5rec'"),
+        (
+            ["train", "--model", "bert5rec"],
+            "--model must be hstu, sasrec, fuxi, lrurec, bert4rec or popularity, not 'bert5rec'",
+        ),
         (["train", "--model", "lrurec", "--lrurec-r-max", "1.5"], "less than 1"),
         (["train", "--model", "lrurec", "--lrurec-r-min", "0.995"], "must be below lrurec_r_max 0.99"),
     ],
@@ -185,5 +188,5 @@ def test_help_lists_the_models() -> None:
     app = typer.Typer()
     register(app)
     result = CliRunner().invoke(app, ["train", "--help"], env=WIDE)
-    assert "hstu, sasrec, fuxi, lrurec or popularity" in " ".join(result.output.split())
+    assert "hstu, sasrec, fuxi, lrurec, bert4rec or popularity" in " ".join(result.output.split())
     assert "--fuxi-absolute-positions" in result.output and "--lrurec-r-min" in result.output

@@ -29,7 +29,13 @@ from workflows.demo import DemoOptions
 
 # Values no rule of the field's type gives (tuples, mappings, values that other fields check).
 CHOSEN: dict[str, dict[str, Any]] = {
-    "TrainConfig": {"betas": (0.8, 0.9), "eval_ks": (10, 20), "selection_metric": "hr_20", "encoder.dim": 64},
+    "TrainConfig": {
+        "betas": (0.8, 0.9),
+        "eval_ks": (10, 20),
+        "selection_metric": "hr_20",
+        "encoder.dim": 64,
+        "encoder.matryoshka_dims": (16, 32),
+    },
     "RankingTrainConfig": {
         "betas": (0.8, 0.9),
         "model.tasks": ("click", "like"),
@@ -38,6 +44,7 @@ CHOSEN: dict[str, dict[str, Any]] = {
         "registered_model": "other-ranking",
         "warm_start": "latest",
         "model.encoder.dim": 16,
+        "model.encoder.matryoshka_dims": (4, 8),
     },
 }
 CLI_KINDS = {"encoder.kind", "model.kind"}  # the commands' --model

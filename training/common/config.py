@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-EncoderKind = Literal["hstu", "sasrec", "fuxi", "lrurec"]
+EncoderKind = Literal["hstu", "sasrec", "fuxi", "lrurec", "bert4rec"]
+# What the encoder is trained to predict: the next event's item from each position (causal models),
+# or the items hidden behind mask tokens (BERT4Rec); auto = masked_item for bert4rec, else next_item.
+Objective = Literal["auto", "next_item", "masked_item"]
 # The retrieval losses of ``training.common.loss`` (named here, so configs import no torch).
 LossKind = Literal["sampled", "sampled_logq", "full"]
 EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
@@ -19,11 +22,12 @@ Sharding = Literal["row_wise", "table_wise"]
 
 
 class EncoderConfig(BaseModel):
-    """Architecture of a sequential encoder (HSTU, SASRec, FuXi-alpha or LRURec) and its item table."""
+    """Architecture of a sequential encoder (HSTU, SASRec, FuXi-alpha, LRURec or BERT4Rec), its item
+    table and the objective it is trained with."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: EncoderKind = Field("hstu", description="hstu, sasrec, fuxi (FuXi-alpha) or lrurec.")
+    kind: EncoderKind = Field("hstu", description="hstu, sasrec, fuxi (FuXi-alpha), lrurec or bert4rec.")
     dim: int = Field(50, ge=2, description="Embedding and hidden width.")
     num_blocks: int = Field(2, ge=1, description="Stacked attention blocks.")
     num_heads: int = Field(1, ge=1, description="Attention heads; dim must divide by it.")
@@ -57,6 +61,73 @@ class EncoderConfig(BaseModel):
     lrurec_r_max: float = Field(
         0.99, gt=0.0, lt=1.0, description="LRURec: largest initial modulus of the recurrence's eigenvalues."
     )
+
+    objective: Objective = Field(
+        "auto",
+        description="next_item (each position predicts the next event's item) or masked_item (items replaced "
+        "by a mask token are predicted; queries append one; bert4rec only); auto = masked_item for bert4rec, "
+        "else next_item.",
+    )
+    mask_prob: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="masked_item: share of each history's items masked (the reference's count, "
+        "min(int(max_len * p), max(1, round(n * p))); 0.2 is its ML-1M setting).",
+    )
+    bert4rec_causal: bool = Field(
+        False,
+        description="BERT4Rec: a causal attention mask (the reference's AR setting; its AE default is off). "
+        "Needed for objective next_item.",
+    )
+    matryoshka_dims: tuple[int, ...] = Field(
+        (),
+        description="Matryoshka (fMRLRec): strictly increasing prefix widths below dim, e.g. 16,32; the loss is "
+        "the mean of the loss on each prefix of queries and items and on the full width.",
+    )
+
+    @field_validator("matryoshka_dims", mode="before")
+    @classmethod
+    def _dims_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.replace(" ", "").split(",") if part)
+            except ValueError as error:
+                raise ValueError(f"matryoshka_dims {value!r} is not a comma-separated list of widths") from error
+        return value
+
+    @model_validator(mode="after")
+    def _nested_prefixes(self) -> EncoderConfig:
+        dims = self.matryoshka_dims
+        if any(low >= high for low, high in zip(dims, dims[1:], strict=False)) or any(
+            not 2 <= width < self.dim for width in dims
+        ):
+            raise ValueError(
+                f"matryoshka_dims {','.join(map(str, dims))} must be strictly increasing widths from 2 to "
+                f"{self.dim - 1} (below dim {self.dim}), comma-separated"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits_encoder(self) -> EncoderConfig:
+        objective = self.training_objective
+        if objective == "masked_item" and self.kind != "bert4rec":
+            raise ValueError(
+                f"objective masked_item needs kind bert4rec, not {self.kind}: its input has the mask token"
+            )
+        if objective == "next_item" and self.kind == "bert4rec" and not self.bert4rec_causal:
+            raise ValueError(
+                "bert4rec with objective next_item needs bert4rec_causal (a bidirectional position sees its "
+                "target); allowed: objective masked_item or auto, or next_item with bert4rec_causal"
+            )
+        return self
+
+    @property
+    def training_objective(self) -> Literal["next_item", "masked_item"]:
+        """The objective with ``auto`` resolved for the encoder kind."""
+        if self.objective == "auto":
+            return "masked_item" if self.kind == "bert4rec" else "next_item"
+        return self.objective
 
     @model_validator(mode="after")
     def _lrurec_ring(self) -> EncoderConfig:

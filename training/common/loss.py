@@ -1,4 +1,4 @@
-"""Next-item retrieval loss: a softmax over items with a not-to-recommend term.
+"""Retrieval loss: a softmax over items with a not-to-recommend term, for next-item or masked-item targets.
 
 Position t of a history predicts the event at t + 1. What the loss does with it depends on
 that next event's action (``ingestion.schema``):
@@ -26,6 +26,16 @@ The candidates, by ``kind`` (``LossKind``):
 * ``full``: every item of the catalogue (the caller looks all of them up), the exact
   softmax cross-entropy; its normaliser is computed over item chunks of ``chunk_items`` with
   a custom backward, so memory is (positions x chunk), not (positions x catalogue).
+
+The masked-item objective (BERT4Rec, ``masked``): the terms are the same, but a masked
+position is scored against its own event's item (hidden from the encoder behind the mask
+token) instead of position t against the event at t + 1.
+
+Matryoshka (``prefix_dims``, fMRLRec): the same loss, on the same positions and candidates, is
+also computed on the first d dims of every query, target and candidate for each d of
+``prefix_dims`` (each prefix L2-normalised on its own, as a prefix index would score it); the
+loss is the mean over those widths and the full one, as fMRLRec's cross-entropy over its stacked
+prefix logits is.
 """
 
 from __future__ import annotations
@@ -71,6 +81,8 @@ def retrieval_loss(
     num_items: int = 0,
     chunk_items: int = 8192,
     generator: torch.Generator | None = None,
+    masked: torch.Tensor | None = None,
+    prefix_dims: tuple[int, ...] = (),
 ) -> LossTerms:
     """Loss of one batch: ``hidden`` and ``history_emb`` are (B, L, D) over ``batch``'s histories.
 
@@ -78,51 +90,84 @@ def retrieval_loss(
     columns). ``candidate_ids`` (C,) with embeddings ``candidate_emb`` are uniform random items
     (``sampled``, ``sampled_logq``; ``num_items`` is the catalogue they were drawn from) or
     every item 1..N (``full``, where the in-batch negatives are not used).
+
+    ``masked`` (B, L), when given, selects the masked-item objective: each masked position's
+    output is scored against the item of its own event (``batch`` holds the events before
+    masking), instead of each position's against the next event's. ``prefix_dims`` adds the
+    Matryoshka loss: the same loss on each prefix width of queries, targets and candidates (each
+    prefix L2-normalised on its own), averaged with the full width's, as fMRLRec's does.
     """
+    queries, targets, target_ids, is_positive = _scored_pairs(hidden, history_emb, batch, ntr_weight, masked)
+    if kind == "full":
+        candidates, log_expected = candidate_emb.float(), None
+    else:
+        ids, candidates = _sampled_candidates(
+            candidate_ids, candidate_emb, target_ids[is_positive], targets[is_positive], in_batch_negatives, generator
+        )
+        log_expected = None
+        if kind == "sampled_logq":
+            expected = _expected_counts(ids, candidate_ids, target_ids[is_positive], in_batch_negatives, num_items)
+            log_expected = expected.log()
+        accidental = ids.unsqueeze(0) == target_ids.unsqueeze(1)  # a candidate that is the position's own target
+
+    zero = hidden.sum().float() * 0.0  # keeps every parameter in the graph when nothing is scored
+    widths = (*prefix_dims, hidden.shape[-1])
+    softmax_terms, unlikely_terms = [], []
+    for width in widths:
+        query, target = F.normalize(queries[:, :width], dim=-1), F.normalize(targets[:, :width], dim=-1)
+        items = F.normalize(candidates[:, :width], dim=-1)
+        target_logits = (query * target).sum(-1) / temperature
+        if kind == "full":
+            log_normaliser = chunked_logsumexp(query / temperature, items, chunk_items)
+            # log of the normaliser without the target: log(1 - p) + log_normaliser
+            log_p = (target_logits - log_normaliser).clamp(max=-1e-7)
+            log_others = log_normaliser + torch.log(-torch.expm1(log_p))
+        else:
+            candidate_logits = query @ items.T / temperature
+            if log_expected is not None:
+                candidate_logits = candidate_logits - log_expected.unsqueeze(0)
+            log_others = torch.logsumexp(candidate_logits.masked_fill(accidental, float("-inf")), dim=1)
+            log_normaliser = torch.logaddexp(target_logits, log_others)
+        softmax_terms.append((log_normaliser - target_logits)[is_positive].mean() if is_positive.any() else zero)
+        # -log(1 - p) = log(exp(target) + sum exp(others)) - log(sum exp(others))
+        unlikely = (log_normaliser - log_others)[~is_positive]
+        unlikely_terms.append(unlikely.mean() if len(unlikely) else zero)
+    softmax = torch.stack(softmax_terms).mean()
+    not_to_recommend = torch.stack(unlikely_terms).mean()
+    total = softmax + ntr_weight * not_to_recommend
+    negatives = int((~is_positive).sum())
+    return LossTerms(total, softmax.detach(), not_to_recommend.detach(), int(is_positive.sum()), negatives)
+
+
+def _scored_pairs(
+    hidden: torch.Tensor,
+    history_emb: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    ntr_weight: float,
+    masked: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(queries (P, D), targets (P, D), target ids (P,), is_positive (P,)) of the positions that
+    get a term: raw hidden states and target item embeddings, float32. Next-item: position t
+    and the event at t + 1; masked-item: a masked position and its own event."""
     length = hidden.shape[1]
     item_indices, action_ids = batch["item_indices"][:, :length], batch["action_ids"][:, :length]
     lengths, valid = batch["lengths"], batch["valid"]
-    has_next = torch.arange(length - 1, device=hidden.device).unsqueeze(0) < (lengths - 1).unsqueeze(1)
-    has_next = has_next & valid.unsqueeze(1)
-    next_actions = action_ids[:, 1:]
-    positive = has_next & torch.isin(next_actions, POSITIVE_IDS.to(next_actions.device))
-    negative = has_next & torch.isin(next_actions, NEGATIVE_IDS.to(next_actions.device))
+    if masked is None:
+        has_target = torch.arange(length - 1, device=hidden.device).unsqueeze(0) < (lengths - 1).unsqueeze(1)
+        query_hidden, target_emb = hidden[:, :-1], history_emb[:, 1:]
+        target_items, target_actions = item_indices[:, 1:], action_ids[:, 1:]
+    else:
+        real = torch.arange(length, device=hidden.device).unsqueeze(0) < lengths.unsqueeze(1)
+        has_target = masked[:, :length] & real
+        query_hidden, target_emb, target_items, target_actions = hidden, history_emb, item_indices, action_ids
+    has_target = has_target & valid.unsqueeze(1)
+    positive = has_target & torch.isin(target_actions, POSITIVE_IDS.to(target_actions.device))
+    negative = has_target & torch.isin(target_actions, NEGATIVE_IDS.to(target_actions.device))
     if ntr_weight == 0:
         negative = torch.zeros_like(negative)
     scored = positive | negative
-
-    queries = F.normalize(hidden[:, :-1][scored].float(), dim=-1)
-    targets = F.normalize(history_emb[:, 1:][scored].float(), dim=-1)
-    target_ids = item_indices[:, 1:][scored]
-    is_positive = positive[scored]
-    target_logits = (queries * targets).sum(-1) / temperature
-
-    if kind == "full":
-        items = F.normalize(candidate_emb.float(), dim=-1)
-        log_normaliser = chunked_logsumexp(queries / temperature, items, chunk_items)
-        # log of the normaliser without the target: log(1 - p) + log_normaliser
-        log_p = (target_logits - log_normaliser).clamp(max=-1e-7)
-        log_others = log_normaliser + torch.log(-torch.expm1(log_p))
-    else:
-        candidates = _sampled_candidates(
-            candidate_ids, candidate_emb, target_ids[is_positive], targets[is_positive], in_batch_negatives, generator
-        )
-        ids, emb = candidates[0], F.normalize(candidates[1], dim=-1)
-        candidate_logits = queries @ emb.T / temperature
-        if kind == "sampled_logq":
-            expected = _expected_counts(ids, candidate_ids, target_ids[is_positive], in_batch_negatives, num_items)
-            candidate_logits = candidate_logits - expected.log().unsqueeze(0)
-        candidate_logits = candidate_logits.masked_fill(ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf"))
-        log_others = torch.logsumexp(candidate_logits, dim=1)
-        log_normaliser = torch.logaddexp(target_logits, log_others)
-
-    zero = hidden.sum().float() * 0.0  # keeps every parameter in the graph when nothing is scored
-    softmax = (log_normaliser - target_logits)[is_positive].mean() if is_positive.any() else zero
-    # -log(1 - p) = log(exp(target) + sum exp(others)) - log(sum exp(others))
-    unlikely = (log_normaliser - log_others)[~is_positive]
-    not_to_recommend = unlikely.mean() if len(unlikely) else zero
-    total = softmax + ntr_weight * not_to_recommend
-    return LossTerms(total, softmax.detach(), not_to_recommend.detach(), int(is_positive.sum()), len(unlikely))
+    queries = query_hidden[scored].float()
+    return queries, target_emb[scored].float(), target_items[scored], positive[scored]
 
 
 def _sampled_candidates(

@@ -3,6 +3,7 @@ the item rows' initial range and state-dict key. No TorchRec here (serving impor
 
 from __future__ import annotations
 
+from training.common.bert4rec import BERT4Rec
 from training.common.config import EncoderConfig
 from training.common.encoders import SequenceEncoder
 from training.common.fuxi import FuXiAlpha
@@ -16,5 +17,11 @@ INIT_RANGE = 0.035  # item rows start uniform in [-r, r] (std 0.02, as the HSTU 
 
 def build_encoder(config: EncoderConfig) -> SequenceEncoder:
     """The encoder ``config.kind`` names."""
-    encoders: dict[str, type[SequenceEncoder]] = {"hstu": HSTU, "sasrec": SASRec, "fuxi": FuXiAlpha, "lrurec": LRURec}
+    encoders: dict[str, type[SequenceEncoder]] = {
+        "hstu": HSTU,
+        "sasrec": SASRec,
+        "fuxi": FuXiAlpha,
+        "lrurec": LRURec,
+        "bert4rec": BERT4Rec,
+    }
     return encoders[config.kind](config)

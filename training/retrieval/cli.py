@@ -1,4 +1,5 @@
-"""`streamrec train` and `streamrec evaluate`: the retrieval models (HSTU, SASRec, FuXi-alpha, LRURec, popularity)."""
+"""`streamrec train` and `streamrec evaluate`: the retrieval models (HSTU, SASRec, FuXi-alpha, LRURec,
+BERT4Rec, popularity)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ def train(
     warm_start: Annotated[
         str | None, typer.Option(help="Start from this registered model version (or 'latest').")
     ] = None,
+    matryoshka_dims: Annotated[
+        str | None,
+        typer.Option(
+            help="Matryoshka item embeddings: comma-separated, strictly increasing prefix widths below --dim "
+            "(e.g. 16,32), each trained to rank (fMRLRec's nested-prefix loss)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Train a sequential encoder (--model) on Ray Train (sharded item table), log to MLflow, register the model.
@@ -72,6 +80,8 @@ def train(
     if model not in MODELS:
         console.print(f"[red]--model must be {MODEL_CHOICES}, not {model!r}[/red]")
         raise typer.Exit(2)
+    if matryoshka_dims is not None:
+        overrides = merge(overrides, {"encoder": {"matryoshka_dims": matryoshka_dims}})
     settings = load_settings()
     try:
         train_config = train_config_from(model, config, overrides)

@@ -4,7 +4,8 @@ Worker validation, test evaluation, `streamrec evaluate` and serving all score t
 ``Retriever``. It holds a plain encoder and the item rows, nothing distributed: build it from
 an exported model directory (``from_directory``, which never imports TorchRec) or, inside a
 training worker, from the live encoder and the gathered item table. A query is the encoder's
-L2-normalised hidden state after the last event of the history; an item's score is the cosine
+L2-normalised hidden state after the last event of the history (for a masked-item model, such as
+BERT4Rec, its hidden state at a mask token appended to the history); an item's score is the cosine
 similarity of the query and its row. The catalogue is scored in chunks, so a top-k (or a
 rank) over a million items never holds a (batch x catalogue) matrix.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from training.common.bert4rec import append_mask_token
 from training.common.encoders import SequenceEncoder, last_hidden
 from training.retrieval.io import ModelInfo, load_model
 
@@ -35,6 +37,7 @@ class Retriever:
         self.item_vectors = F.normalize(self.item_rows.float(), dim=-1)
         self.num_items = item_rows.shape[0] - 1
         self.max_len = encoder.config.max_len
+        self.masked_query = encoder.config.training_objective == "masked_item"
 
     @classmethod
     def from_directory(cls, directory: Path | str) -> Retriever:
@@ -45,13 +48,18 @@ class Retriever:
     def queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) L2-normalised queries of right-padded histories (``item_indices``,
         ``action_ids``, ``timestamps``, ``lengths``). Items the model does not know (newer
-        than its vocabulary) read as padding. Histories longer than ``max_len`` must be cut first."""
+        than its vocabulary) read as padding. Histories longer than ``max_len`` must be cut first
+        (a masked-item model's query then drops the oldest event to make room for its mask token)."""
         lengths = batch["lengths"].to(self.device)
         width = max(int(lengths.max()), 1) if len(lengths) else 1
         items = batch["item_indices"][:, :width].to(self.device)
         items = items.masked_fill(items > self.num_items, 0)
         actions = batch["action_ids"][:, :width].to(self.device)
         timestamps = batch["timestamps"][:, :width].to(self.device)
+        if self.masked_query:
+            cut = {"item_indices": items, "action_ids": actions, "timestamps": timestamps, "lengths": lengths}
+            query = append_mask_token(cut, self.max_len)
+            items, actions, timestamps, lengths = (query[key] for key in cut)
         with torch.inference_mode():
             hidden = self.encoder(self.item_rows[items], actions, timestamps, lengths)
             return F.normalize(last_hidden(hidden, lengths).float(), dim=-1)

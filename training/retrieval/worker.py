@@ -35,6 +35,7 @@ from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
 from training.common import tracking
+from training.common.bert4rec import mask_action_ids, mask_positions
 from training.common.loss import check_full_loss_fits, retrieval_loss
 from training.common.sharded_table import lookup_input, plain_weights, sharded_weights, table_width
 from training.common.sharding import catalog_embeddings, dense_optimizer, set_table_lr, shard_model
@@ -136,8 +137,10 @@ def _train_epoch(
     rank: int,
     device: torch.device,
 ) -> float:
-    """One pass over this worker's shard; returns the mean loss over all workers."""
-    config = job.config
+    """One pass over this worker's shard; returns the mean loss over all workers. With the
+    masked-item objective each batch's histories get freshly drawn mask tokens."""
+    config, encoder = job.config, job.config.encoder
+    masked_item = encoder.training_objective == "masked_item"
     num_items = dmp.module.num_items
     generator = epoch_generator(config.seed, epoch, rank)
     batches = shard.batches(
@@ -162,12 +165,28 @@ def _train_epoch(
             candidates = catalogue
         else:
             candidates = torch.randint(1, num_items + 1, (config.num_negatives,), generator=generator).to(device)
+        # The masked items are looked up too: their rows are the targets, the encoder reads the mask token.
         lookups = lookup_input(batch["item_indices"][:, :length], batch["lengths"], candidates)
+        action_ids, masked = batch["action_ids"][:, :length], None
+        if masked_item:
+            draw = mask_positions(batch["lengths"].cpu(), length, encoder.mask_prob, encoder.max_len, generator)
+            masked = draw.to(device)
+            action_ids = mask_action_ids(action_ids, masked)
         with autocast:
             hidden, history_emb, candidate_emb = dmp(
-                lookups, batch["action_ids"][:, :length], batch["timestamps"][:, :length], batch["lengths"]
+                lookups, action_ids, batch["timestamps"][:, :length], batch["lengths"]
             )
-        terms = retrieval_loss(hidden, history_emb, batch, candidates, candidate_emb, generator=generator, **options)
+        terms = retrieval_loss(
+            hidden,
+            history_emb,
+            batch,
+            candidates,
+            candidate_emb,
+            generator=generator,
+            masked=masked,
+            prefix_dims=encoder.matryoshka_dims,
+            **options,
+        )
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
