@@ -3,8 +3,9 @@
 Written to a terminal, rich fits output to the terminal's width. Written anywhere else (a pipe,
 a log file, CI) it falls back to 80 columns, and a table wider than that squeezes its columns
 until each cell is an ellipsis: `streamrec train > train.log` logged its metrics as columns of
-'…'. Off a terminal this console prints each table at its natural width instead, however wide;
-text and rules keep the console's width.
+'…'. Off a terminal this console prints each table at its natural width instead, however wide,
+and text unwrapped (a viewer wraps it; a path or URL folded at column 80 could not be copied);
+rules keep the console's width.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class StreamrecConsole(Console):
     _widen_lock = threading.Lock()  # one print at a time changes and restores the width
 
     def print(self, *objects: Any, **options: Any) -> None:
-        """``Console.print``; off a terminal a table is printed at its natural width."""
+        """``Console.print``; off a terminal a table is printed at its natural width and text is
+        not wrapped."""
         if self.is_terminal:
             super().print(*objects, **options)
             return
+        options.setdefault("soft_wrap", True)
         unbounded = self.options.update_width(WIDEST_TABLE)
         tables = [obj for obj in objects if isinstance(obj, Table)]
         needed = max((self.measure(table, options=unbounded).maximum for table in tables), default=0)

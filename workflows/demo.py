@@ -188,11 +188,10 @@ def run_demo(args: DemoOptions) -> None:
 
 
 def _closing_lines(settings: Settings, started: float) -> None:
-    """Where to look next (the UIs, how to sign in to Ray's, the API, the lake) and the demo's time.
-    Never folded (soft wrap): a long URL or path stays one piece a reader can copy from a log."""
-    console.print(f"MLflow UI: {tracking.ui_url(settings)}", soft_wrap=True)
-    console.print(ray_dashboard_line(settings), soft_wrap=True)  # as `streamrec up` prints it
-    console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake_root}", soft_wrap=True)
+    """Where to look next (the UIs, how to sign in to Ray's, the API, the lake) and the demo's time."""
+    console.print(f"MLflow UI: {tracking.ui_url(settings)}")
+    console.print(ray_dashboard_line(settings))  # as `streamrec up` prints it
+    console.print(f"serving API: {base_url(settings)}/docs   lake: {settings.lake_root}")
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; the cluster keeps running (`streamrec down`)")
 
 
