@@ -15,7 +15,7 @@ The comparison is strict, so a candidate that only ties production is refused. R
 default because NDCG values depend on the catalogue and the data (a fixed absolute gain means
 little when production scores 0.02 and a lot when it scores 0.4).
 
-``freshness`` (``FRESHNESS_GATE``): a candidate trained on newer data than production
+``freshness`` (``FRESHNESS_GATE``, the loop's default): a candidate trained on newer data than production
 (a higher features/user_sequences version) is scored with production, time-ordered
 (``training.retrieval.prequential``), on the positive events of the most recent window
 (``window_hours`` ending at the newest event of the candidate's features), and promoted
@@ -129,7 +129,8 @@ class GatePolicy:
 RANKING_GATE = GatePolicy(metric="auc_click", margin=0.002, margin_kind="absolute")
 """The ranking model's default gate: validation click AUC above production's by 0.002."""
 FRESHNESS_GATE = GatePolicy(kind="freshness")
-"""The freshness policy with its defaults: a 24-hour window, a 5% tolerance, on NDCG@10."""
+"""The loop's gate (the Dagster promotion assets, ``warm_start_round``): the freshness policy with its
+defaults, a 24-hour window and a 5% tolerance on NDCG@10."""
 
 
 @dataclass(frozen=True)

@@ -175,10 +175,10 @@ class QualityThresholds(dg.ConfigurableResource):
 
 
 class PromotionPolicy(dg.ConfigurableResource):
-    """The promotion gate (``workflows.promotion``): ``margin`` (the default) or ``freshness``."""
+    """The promotion gate (``workflows.promotion``): ``freshness`` (the loop's default) or ``margin``."""
 
     kind: Literal["freshness", "margin"] = Field(
-        default="margin",
+        default=FRESHNESS_GATE.kind,
         description="freshness: a candidate trained on newer data passes unless worse than production by more "
         "than `tolerance` on the most recent window (else the margin rule); margin: it must beat production's "
         "validation metric by `margin`.",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from infra.model_options import merge
 from infra.settings import Settings
 from training.retrieval.config import TrainConfig  # pydantic only: the definitions still load without torch
-from workflows.promotion import GateOutcome, GatePolicy, run_gate
+from workflows.promotion import FRESHNESS_GATE, GateOutcome, GatePolicy, run_gate
 
 if TYPE_CHECKING:
     from training.ranking.config import RankingTrainConfig
@@ -125,9 +125,9 @@ def warm_start_round(
     settings: Settings, options: TrainOptions | None = None, policy: GatePolicy | None = None, log: Log = print
 ) -> Round:
     """Train a candidate (warm start from production when there is one), then gate it (``policy``:
-    the margin rule by default; ``workflows.promotion.FRESHNESS_GATE`` for the freshness policy)."""
+    by default the loop's, the freshness policy ``FRESHNESS_GATE``)."""
     candidate = train_candidate(settings, options or TrainOptions(round_train_config(WARM_START_TRAIN)), log)
-    gate = run_gate(settings, candidate.trained.model_version, policy)
+    gate = run_gate(settings, candidate.trained.model_version, policy or FRESHNESS_GATE)
     log(f"gate: {gate.decision.label}: {gate.decision.reason}")
     return Round(candidate.trained, candidate.warm_start_from, gate)
 

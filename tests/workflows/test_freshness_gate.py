@@ -87,7 +87,7 @@ def test_policies_validate_and_survive_json() -> None:
     for bad in ({"kind": "newest"}, {"tolerance": 1.0}, {"tolerance": -0.1}, {"window_hours": 0}):
         with pytest.raises(ValueError):
             GatePolicy(**bad)
-    assert GatePolicy().kind == "margin" and FRESHNESS_GATE.kind == "freshness"
+    assert GatePolicy().kind == "margin" and FRESHNESS_GATE.kind == "freshness" == PromotionPolicy().kind
     assert PromotionPolicy(kind="freshness", tolerance=0.1).policy() == replace(FRESHNESS_GATE, tolerance=0.1)
     assert FRESHNESS_GATE.window_ms == 86_400_000
     comparison = fresh(0.1, 0.1)

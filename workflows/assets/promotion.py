@@ -2,7 +2,7 @@
 
 ``retrieval_evaluation`` evaluates the candidate and production now, at the candidate's
 feature versions: on the most recent window under the freshness policy (resource
-``promotion_policy``, ``kind: freshness``) when the candidate is trained on newer data, else on
+``promotion_policy``, the default ``kind``) when the candidate is trained on newer data, else on
 the validation split; it records both in its metadata (the ``comparison`` entry holds it
 whole, the window included). ``retrieval_promotion`` decides on the latest evaluation, logs the
 decision to the candidate's MLflow run and moves the alias only when the candidate passes.
