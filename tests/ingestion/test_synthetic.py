@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,14 @@ def test_invalid_config_is_refused() -> None:
         SyntheticConfig(drift=1.5)
 
 
-DRIFTING = {"users": 300, "items": 2_000, "events": 60_000, "clusters": 10, "start_ms": START, "evergreen_share": 0.1}
+DRIFTING: dict[str, Any] = {
+    "users": 300,
+    "items": 2_000,
+    "events": 60_000,
+    "clusters": 10,
+    "start_ms": START,
+    "evergreen_share": 0.1,
+}
 
 
 def _drifting(seed: int, **overrides: object) -> tuple[list[dict], dict[str, ItemLaunch]]:
@@ -181,3 +189,34 @@ def test_invalid_drifting_config_is_refused() -> None:
         SyntheticConfig(half_life_days=-1.0)
     with pytest.raises(ValueError, match="evergreen_share"):
         SyntheticConfig(evergreen_share=2.0)
+
+
+def test_produce_synthetic_options_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`produce synthetic --catalogue drifting` takes the documented churn; each option overrides it."""
+    import typer
+    from typer.testing import CliRunner
+
+    from ingestion import cli, synthetic
+
+    configs: list[SyntheticConfig] = []
+
+    def capture(config: SyntheticConfig) -> Any:
+        configs.append(config)
+        return iter(())
+
+    monkeypatch.setattr(synthetic, "generate_events", capture)
+    monkeypatch.setattr(cli, "_send", lambda records, settings, **options: None)
+    monkeypatch.setattr(cli, "load_settings", lambda: None)
+    monkeypatch.setattr("ingestion.producer.with_bad_records", lambda records, *args: records)
+    app = typer.Typer()
+    cli.register(app)
+    runner = CliRunner()
+    assert runner.invoke(app, ["produce", "synthetic"]).exit_code == 0
+    drifting_run = runner.invoke(app, ["produce", "synthetic", "--catalogue", "drifting", "--half-life-days", "5"])
+    assert drifting_run.exit_code == 0, drifting_run.output
+    static, drifting = configs
+    assert static.static_catalogue
+    assert drifting == SyntheticConfig.drifting(half_life_days=5.0)
+    refused = runner.invoke(app, ["produce", "synthetic", "--initial-item-share", "0"])
+    assert refused.exit_code == 2 and "initial_item_share" in refused.output
+    assert runner.invoke(app, ["produce", "synthetic", "--catalogue", "churny"]).exit_code == 2
