@@ -22,9 +22,10 @@ little when production scores 0.02 and a lot when it scores 0.4).
 unless it is worse than production by more than ``tolerance`` (relative): candidate >=
 production x (1 - tolerance). Freshness has a value of its own (new items, current
 popularity) that a fixed validation split does not see, so it only has to hold its ground.
-An empty window, a window the data cannot fill, or a candidate that knows none of the
-window's targets refuses with the reason; a production model that knows none of them (all
-the targets are newer) loses to a candidate that can score them. A candidate that is not
+An empty window, one with fewer than ``min_window_targets`` target events (too few to tell
+two models apart: three events gave NDCG 0.0000 to both), a window the data cannot fill, or a
+candidate that knows none of the window's targets refuses with the reason; a production model
+that knows none of them (all the targets are newer) loses to a candidate that can score them. A candidate that is not
 trained on newer data has no freshness to value: the margin rule judges it.
 
 The decision, both values and the threshold (and the window) are logged to the candidate's
@@ -74,6 +75,7 @@ class GatePolicy:
     kind: PolicyKind = "margin"
     tolerance: float = 0.05
     window_hours: float = 24.0
+    min_window_targets: int = 200
 
     def __post_init__(self) -> None:
         if self.margin < 0:
@@ -86,6 +88,8 @@ class GatePolicy:
             raise ValueError(f"the tolerance must lie in [0, 1), got {self.tolerance}")
         if self.window_hours <= 0:
             raise ValueError(f"window_hours must be > 0, got {self.window_hours}")
+        if self.min_window_targets < 1:
+            raise ValueError(f"min_window_targets must be >= 1, got {self.min_window_targets}")
 
     @property
     def key(self) -> str:
@@ -218,6 +222,12 @@ def _decide_freshness(comparison: Comparison, policy: GatePolicy) -> Decision:
         return Decision(False, "refused", f"{where}: {window['error']}; the alias stays", nan)
     if not window.get("targets"):
         reason = f"{where} holds no positive event with a history: nothing to judge on; the alias stays"
+        return Decision(False, "refused", reason, nan)
+    if window["targets"] < policy.min_window_targets:
+        reason = (
+            f"{where} holds {window['targets']} target events, fewer than the {policy.min_window_targets} the policy "
+            "needs to tell two models apart (min_window_targets); the alias stays"
+        )
         return Decision(False, "refused", reason, nan)
     if key not in comparison.candidate_metrics:
         reason = f"the candidate knows none of the {window['targets']} target items of {where}; the alias stays"

@@ -197,6 +197,11 @@ class PromotionPolicy(dg.ConfigurableResource):
     window_hours: float = Field(
         default=FRESHNESS_GATE.window_hours, gt=0, description="freshness: the most recent window, in hours."
     )
+    min_window_targets: int = Field(
+        default=FRESHNESS_GATE.min_window_targets,
+        ge=1,
+        description="freshness: the fewest target events a window must hold to judge on (fewer: refused).",
+    )
 
     def policy(self) -> GatePolicy:
         return GatePolicy(
@@ -206,6 +211,7 @@ class PromotionPolicy(dg.ConfigurableResource):
             kind=self.kind,
             tolerance=self.tolerance,
             window_hours=self.window_hours,
+            min_window_targets=self.min_window_targets,
         )
 
 

@@ -67,6 +67,18 @@ def test_an_empty_or_impossible_window_refuses_with_the_reason() -> None:
     assert not impossible.promote and "before the first event" in impossible.reason
 
 
+def test_a_window_with_too_few_targets_refuses() -> None:
+    """The demo's case: a 24 h window held 3 target events and both models scored 0.0000; the
+    candidate was promoted on that."""
+    few = decide(fresh(0.0, 0.0, targets=3), FRESHNESS_GATE)
+    assert not few.promote and few.label == "refused"
+    assert "holds 3 target events, fewer than the 200" in few.reason and "min_window_targets" in few.reason
+    enough = decide(fresh(0.0, 0.0, targets=3), replace(FRESHNESS_GATE, min_window_targets=3))
+    assert enough.promote
+    with pytest.raises(ValueError, match="min_window_targets"):
+        replace(FRESHNESS_GATE, min_window_targets=0)
+
+
 def test_unknown_targets_and_nan() -> None:
     blind = replace(fresh(0.1, 0.1), candidate_metrics={"window_unknown_target_share": 1.0})
     decision = decide(blind, FRESHNESS_GATE)
