@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
 from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
-from ingestion.synthetic import SyntheticConfig, default_start_ms, generate_events
+from ingestion.synthetic import DAY_MS, SyntheticConfig, default_start_ms, generate_events
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.common import tracking
@@ -54,7 +54,15 @@ from training.retrieval.config import TrainConfig
 from training.retrieval.popularity import train_popularity
 from training.retrieval.runner import train
 from workflows.lineage import split_rows
-from workflows.rounds import WARM_START_TRAIN, RankingOptions, TrainOptions, train_ranker, warm_start_round
+from workflows.promotion import FRESHNESS_GATE, GateOutcome
+from workflows.rounds import (
+    WARM_START_TRAIN,
+    RankingOptions,
+    TrainOptions,
+    gate_pending,
+    train_ranker,
+    warm_start_round,
+)
 
 console = make_console(highlight=False)
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
@@ -117,14 +125,8 @@ def run_demo(args: DemoOptions) -> None:
     kept = set_aside_checkpoint_of_empty_topic(settings)
     if kept:
         console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
-    synthetic = SyntheticConfig(
-        users=args.users,
-        items=args.items,
-        events=args.events,
-        seed=args.seed,
-        start_ms=_clock_start(settings, args.seed),
-    )
-    records = with_bad_records(generate_events(synthetic), args.bad_fraction, settings, args.seed)
+    stream = _stream(settings, args)
+    records = with_bad_records(_days(stream, None, STREAM_DAYS), args.bad_fraction, settings, args.seed)
     sent = produce(records, settings, total=args.events, description="synthetic events")
     console.print(f"sent {sent.sent:,} records ({sent.invalid:,} malformed) at {sent.rate:,.0f}/s")
 
@@ -182,7 +184,11 @@ def run_demo(args: DemoOptions) -> None:
     )
     _ranking_stage(settings, args, users[0])
 
-    _stage(10, "new events, a warm-start round, the promotion gate", "dagster job loop_job (workflows/rounds.py)")
+    _stage(
+        10,
+        "the next days' events, a warm-start round, the freshness gate",
+        "dagster job loop_job (workflows/rounds.py)",
+    )
     _warm_start_round(settings, args, users[0])
     _closing_lines(settings, started)
 
@@ -320,27 +326,72 @@ def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], 
 
 
 def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
-    """More events, then one round as the hourly schedule runs it, while a client keeps asking."""
-    extra = max(args.events // 10, 1)
-    synthetic = SyntheticConfig(users=args.users, items=args.items, events=extra, seed=args.seed + 1,
-                                start_ms=_clock_start(settings, args.seed + 1))  # fmt: skip
-    produce((encode_event(event) for event in generate_events(synthetic)), settings, total=extra,
-            description="new events")  # fmt: skip
-    run_ingest(settings, until_idle=True, report=lambda line: None)
-    report = build_features(settings, incremental=True, log=lambda line: None)
-    console.print(f"{extra:,} new events ingested; feature versions now {report.versions()}")
+    """The stream's next day, one round as the hourly schedule runs it (its candidate waits for
+    events after its data), the day after, and the gate on that day: frozen vs updated model,
+    while a client keeps asking."""
+    stream = _stream(settings, args)
+    sent = _send_day(settings, stream, STREAM_DAYS + 1, "the next day's events")
+    console.print(f"{sent:,} new events ingested (day {STREAM_DAYS + 1:g}); feature versions now {_refresh(settings)}")
 
     client = _SteadyClient(settings, user)
     client.start()
     try:
         config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
         round_ = warm_start_round(settings, TrainOptions(config, workers=args.workers), log=console.print)
-        if round_.gate.decision.promote:  # the round printed the gate's decision
+        sent = _send_day(settings, stream, STREAM_DAYS + 2, "traffic while the candidate trained")
+        console.print(f"{sent:,} events of day {STREAM_DAYS + 2:g} ingested; feature versions now {_refresh(settings)}")
+        pending = gate_pending(settings, FRESHNESS_GATE, log=console.print)
+        if pending is not None and pending.decision.promote:
             client.wait_for_version(round_.trained.model_version, timeout_s=60)
     finally:
         client.stop()
+    if pending is not None and pending.comparison.window is not None:
+        console.print(_frozen_vs_updated(pending))
     console.print(f"failed requests during the round: {client.failed} of {client.sent:,}")
     console.print(f"versions a client was served: {' -> '.join(client.versions) or '-'}")
+
+
+def _send_day(settings: Settings, stream: SyntheticConfig, day: float, description: str) -> int:
+    """Send the stream's events of ``day`` (its ``day``-th day) and ingest them; the count sent."""
+    events = (encode_event(event) for event in _days(stream, day - 1, day))
+    sent = produce(events, settings, total=round(stream.events / stream.span_days), description=description)
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    return sent.sent
+
+
+def _refresh(settings: Settings) -> dict[str, int]:
+    """An incremental feature build; the feature versions after it."""
+    return build_features(settings, incremental=True, log=lambda line: None).versions()
+
+
+WINDOW_COLUMNS = {
+    "NDCG@10": "window_ndcg_10",
+    "HR@10": "window_hr_10",
+    "NDCG@10 on new items": "window_new_ndcg_10",
+    "targets it cannot score": "window_unknown_target_share",
+}
+
+
+def _frozen_vs_updated(outcome: GateOutcome) -> Table:
+    """Production (frozen since its training) and the round's candidate on the day neither trained on."""
+    comparison = outcome.comparison
+    window = comparison.window or {}
+    table = Table(
+        title=f"the newest day, {window.get('targets', 0):,} target events neither model trained on",
+        caption="time-ordered: each event predicted from the user's history up to it, over the items that "
+        "existed then; seen items filtered; new items: launched after the candidate's data",
+    )
+    table.add_column("model")
+    table.add_column("version")
+    for column in WINDOW_COLUMNS:
+        table.add_column(column, justify="right")
+    for model, version, metrics in (
+        ("frozen (production)", comparison.production_version, comparison.production_metrics or {}),
+        ("updated (warm start)", comparison.candidate_version, comparison.candidate_metrics),
+    ):
+        values = (metrics.get(key) for key in WINDOW_COLUMNS.values())
+        table.add_row(model, f"v{version}", *("-" if value is None else f"{value:.4f}" for value in values))
+    return table
 
 
 class _SteadyClient:
@@ -391,16 +442,46 @@ def _stage(number: int, title: str, command: str) -> None:
     console.print(f"[dim]by hand: {command}[/dim]")
 
 
-def _clock_start(settings: Settings, seed: int) -> int:
+STREAM_DAYS = SyntheticConfig.span_days  # the stream the first models learn from; the round adds two more days
+
+
+def _stream(settings: Settings, args: DemoOptions) -> SyntheticConfig:
+    """The demo's stream: a drifting catalogue (items launch and fade, docs/ingestion.md) over
+    ``STREAM_DAYS`` plus two days: the round's new events and the traffic while it trains."""
+    days = STREAM_DAYS + 2
+    return SyntheticConfig.drifting(
+        users=args.users,
+        items=args.items,
+        events=round(args.events * days / STREAM_DAYS),
+        seed=args.seed,
+        span_days=days,
+        start_ms=_clock_start(settings, args.seed, days),
+    )
+
+
+def _days(stream: SyntheticConfig, after_day: float | None, until_day: float) -> Iterator[dict[str, Any]]:
+    """The events of ``stream`` from the end of day ``after_day`` (None: its start) to the end of ``until_day``."""
+    assert stream.start_ms is not None
+    low = -1 if after_day is None else stream.start_ms + int(after_day * DAY_MS)
+    high = stream.start_ms + int(until_day * DAY_MS)
+    for event in generate_events(stream):  # strictly increasing in ts
+        if event["ts"] > high:
+            return
+        if event["ts"] > low:
+            yield event
+
+
+def _clock_start(settings: Settings, seed: int, span_days: float) -> int:
     """The synthetic clock's start for ``seed``, fixed at its first run, so a later run sends
     the very same events (same event_ids): silver keeps one copy of each."""
     path = settings.home / "demo" / "synthetic-clock.json"
     starts = json.loads(path.read_text()) if path.exists() else {}
-    if str(seed) not in starts:
-        starts[str(seed)] = default_start_ms(SyntheticConfig.span_days)
+    key = f"drifting-{seed}"  # the static stream of earlier demos pinned "<seed>"
+    if key not in starts:
+        starts[key] = default_start_ms(span_days)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(starts))
-    return starts[str(seed)]
+    return int(starts[key])
 
 
 def _lake_table(settings: Settings) -> Table:

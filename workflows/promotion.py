@@ -17,16 +17,20 @@ little when production scores 0.02 and a lot when it scores 0.4).
 
 ``freshness`` (``FRESHNESS_GATE``, the loop's default): a candidate trained on newer data than production
 (a higher features/user_sequences version) is scored with production, time-ordered
-(``training.retrieval.prequential``), on the positive events of the most recent window
-(``window_hours`` ending at the newest event of the candidate's features), and promoted
-unless it is worse than production by more than ``tolerance`` (relative): candidate >=
+(``training.retrieval.prequential``), on the positive events of the ``window_hours`` after the
+candidate's data (``T`` = the newest event of its feature versions; the events of ``(T, T + W]``
+at the newest feature versions): events neither model trained on, so neither is favoured. It is
+promoted unless it is worse than production by more than ``tolerance`` (relative): candidate >=
 production x (1 - tolerance). Freshness has a value of its own (new items, current
 popularity) that a fixed validation split does not see, so it only has to hold its ground.
-An empty window, one with fewer than ``min_window_targets`` target events (too few to tell
-two models apart: three events gave NDCG 0.0000 to both), a window the data cannot fill, or a
-candidate that knows none of the window's targets refuses with the reason; a production model
-that knows none of them (all the targets are newer) loses to a candidate that can score them. A candidate that is not
-trained on newer data has no freshness to value: the margin rule judges it.
+Right after training no such event exists yet: the gate refuses, saying it waits, and
+``workflows.rounds.gate_pending`` judges the candidate again once newer events have landed (the
+next round does it first). An empty window, one with fewer than ``min_window_targets`` target
+events (too few to tell two models apart: three events gave NDCG 0.0000 to both), a window the
+data cannot fill, or a candidate that knows none of the window's targets refuses with the
+reason; a production model that knows none of them (all the targets are newer) loses to a
+candidate that can score them. A candidate that is not trained on newer data has no freshness
+to value: the margin rule judges it.
 
 The decision, both values and the threshold (and the window) are logged to the candidate's
 MLflow run (``gate_*`` metrics and tags); a refused candidate leaves the alias where it is.
@@ -66,8 +70,8 @@ WINDOW_PREFIX = "window_"  # the metric keys of a time-ordered window (window_nd
 @dataclass(frozen=True)
 class GatePolicy:
     """What a candidate must achieve: ``margin``: ``metric`` on validation above production by
-    ``margin``; ``freshness``: trained on newer data, ``metric`` on the most recent window of
-    ``window_hours`` not below production by more than ``tolerance`` (else the margin rule)."""
+    ``margin``; ``freshness``: trained on newer data, ``metric`` on the ``window_hours`` after the
+    candidate's data not below production by more than ``tolerance`` (else the margin rule)."""
 
     metric: str = "ndcg_10"
     margin: float = 0.01
@@ -125,8 +129,8 @@ class GatePolicy:
         if self.kind == "margin":
             return margin
         return (
-            f"freshness: trained on newer data and {self.metric} on the last {self.window_hours:g} h not below "
-            f"production by more than {self.tolerance:.0%}; else {margin}"
+            f"freshness: trained on newer data and {self.metric} on the {self.window_hours:g} h after its data "
+            f"not below production by more than {self.tolerance:.0%}; else {margin}"
         )
 
 
@@ -212,21 +216,22 @@ def decide(comparison: Comparison, policy: GatePolicy) -> Decision:
 
 
 def _decide_freshness(comparison: Comparison, policy: GatePolicy) -> Decision:
-    """The freshness rule on a comparison of the most recent window (``comparison.window``)."""
+    """The freshness rule on a comparison of the window after the candidate's data (``comparison.window``)."""
     window = comparison.window or {}
     key, nan = policy.window_key, math.nan
-    where = f"the window of the last {policy.window_hours:g} h"
+    where = f"the {policy.window_hours:g} h after the candidate's data"
     if window.get("start_ms") is not None:
         where += f" ({window['start_ms']}, {window['start_ms'] + window['length_ms']}]"
     if window.get("error"):
         return Decision(False, "refused", f"{where}: {window['error']}; the alias stays", nan)
+    wait = "; the alias stays until events after the candidate's data fill it (gate_pending judges it again)"
     if not window.get("targets"):
-        reason = f"{where} holds no positive event with a history: nothing to judge on; the alias stays"
+        reason = f"{where} holds no positive event with a history: nothing to judge on{wait}"
         return Decision(False, "refused", reason, nan)
     if window["targets"] < policy.min_window_targets:
         reason = (
             f"{where} holds {window['targets']} target events, fewer than the {policy.min_window_targets} the policy "
-            "needs to tell two models apart (min_window_targets); the alias stays"
+            f"needs to tell two models apart (min_window_targets){wait}"
         )
         return Decision(False, "refused", reason, nan)
     if key not in comparison.candidate_metrics:
@@ -341,6 +346,24 @@ def evaluate_window_at(
     return {**window, "start_ms": result.window.start_ms, "targets": result.targets}, result.metrics
 
 
+def data_end_ms(settings: Settings, versions: dict[str, int]) -> int:
+    """The newest event (epoch ms) of the user_sequences version in ``versions``: where a model
+    trained on those versions stops knowing the stream."""
+    from features.reader import FeatureVersions, read_sequences
+
+    _, flat = read_sequences(settings, FeatureVersions.from_dict(versions).user_sequences)
+    if len(flat.timestamps) == 0:
+        raise ValueError(f"user_sequences version {versions} holds no events")
+    return int(flat.timestamps.max())
+
+
+def newest_feature_versions(settings: Settings) -> dict[str, int]:
+    """The newest consistent feature versions (``features.reader.latest_versions``) as a dict."""
+    from features.reader import latest_versions
+
+    return latest_versions(settings).as_dict()
+
+
 def trained_on_newer_data(candidate: dict[str, int], production: dict[str, int]) -> bool:
     """Whether the candidate's feature versions are newer than production's (user_sequences)."""
     from features.reader import FeatureVersions
@@ -351,9 +374,9 @@ def trained_on_newer_data(candidate: dict[str, int], production: dict[str, int])
 def compare(
     settings: Settings, candidate_version: str, task: Task = "retrieval", policy: GatePolicy | None = None
 ) -> Comparison:
-    """Evaluate the candidate and the current production version at the candidate's feature
-    versions: on the most recent window under the freshness ``policy`` when the candidate is
-    trained on newer data than production, else on the validation split."""
+    """Evaluate the candidate and the current production version: under the freshness ``policy``,
+    when the candidate is trained on newer data than production, on the window after the
+    candidate's data at the newest feature versions; else on validation at the candidate's."""
     from serving.registry import served_version
     from training.common import tracking
 
@@ -365,11 +388,13 @@ def compare(
     if policy is not None and policy.kind == "freshness" and task == "retrieval" and production is not None:
         production_versions = model_feature_versions(settings, production, task)
         if production != candidate_version and trained_on_newer_data(versions, production_versions):
-            window, candidate_metrics = evaluate_window_at(settings, candidate_version, versions, policy.window_ms)
+            # Events neither model trained on: those after the candidate's data, at the newest features.
+            start, latest = data_end_ms(settings, versions), newest_feature_versions(settings)
+            window, candidate_metrics = evaluate_window_at(settings, candidate_version, latest, policy.window_ms, start)
+            window["feature_versions"] = latest
             production_metrics: dict[str, float] | None = {}
             if window["targets"] and "error" not in window:
-                start = window["start_ms"]
-                found, production_metrics = evaluate_window_at(settings, production, versions, policy.window_ms, start)
+                found, production_metrics = evaluate_window_at(settings, production, latest, policy.window_ms, start)
                 if "error" in found and not production_metrics.get(WINDOW_PREFIX + "unknown_target_share"):
                     window = {**window, "error": f"production: {found['error']}"}
             return Comparison(

@@ -1,4 +1,5 @@
-"""One round of the loop as plain functions: train a candidate, then the promotion gate.
+"""One round of the loop as plain functions: the previous candidate's gate, train a candidate,
+then the promotion gate.
 
 The ``retrieval_model`` asset calls ``train_candidate``; scripts and the demo can run a whole
 warm-start round without Dagster::
@@ -94,11 +95,13 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Round:
-    """One round: the candidate and what the gate did with it."""
+    """One round: the candidate and what the gate did with it, and what the gate did first with
+    the previous round's candidate (``pending``; None when there was none to judge)."""
 
     trained: TrainOutcome
     warm_start_from: str | None
     gate: GateOutcome
+    pending: GateOutcome | None = None
 
 
 def train_candidate(settings: Settings, options: TrainOptions, log: Log = print) -> Candidate:
@@ -124,12 +127,37 @@ def train_candidate(settings: Settings, options: TrainOptions, log: Log = print)
 def warm_start_round(
     settings: Settings, options: TrainOptions | None = None, policy: GatePolicy | None = None, log: Log = print
 ) -> Round:
-    """Train a candidate (warm start from production when there is one), then gate it (``policy``:
-    by default the loop's, the freshness policy ``FRESHNESS_GATE``)."""
+    """Gate the previous round's candidate on the events that landed since (``gate_pending``),
+    then train a candidate (warm start from production when there is one) and gate it
+    (``policy``: by default the loop's, the freshness policy ``FRESHNESS_GATE``, which waits for
+    events after the candidate's data: the next round judges it)."""
+    policy = policy or FRESHNESS_GATE
+    pending = gate_pending(settings, policy, log)
     candidate = train_candidate(settings, options or TrainOptions(round_train_config(WARM_START_TRAIN)), log)
-    gate = run_gate(settings, candidate.trained.model_version, policy or FRESHNESS_GATE)
+    gate = run_gate(settings, candidate.trained.model_version, policy)
     log(f"gate: {gate.decision.label}: {gate.decision.reason}")
-    return Round(candidate.trained, candidate.warm_start_from, gate)
+    return Round(candidate.trained, candidate.warm_start_from, gate, pending)
+
+
+def gate_pending(settings: Settings, policy: GatePolicy = FRESHNESS_GATE, log: Log = print) -> GateOutcome | None:
+    """Gate the newest registered retrieval version again when it is newer than production and
+    trained on newer data (a candidate the freshness gate refused while no event after its data
+    existed, or one refused on an older window); None when there is none. Logs the decision as
+    ``gate (pending vN): ...``."""
+    from serving.registry import served_version
+    from workflows.promotion import model_feature_versions, newest_version, trained_on_newer_data
+
+    production, newest = served_version(settings), newest_version(settings)
+    if production is None or newest is None or int(newest) <= int(production):
+        return None
+    newer = trained_on_newer_data(
+        model_feature_versions(settings, newest), model_feature_versions(settings, production)
+    )
+    if not newer:
+        return None  # a version on production's data (a model it was chosen over) is no pending candidate
+    outcome = run_gate(settings, newest, policy)
+    log(f"gate (pending v{newest}): {outcome.decision.label}: {outcome.decision.reason}")
+    return outcome
 
 
 def train_ranker(settings: Settings, options: RankingOptions, log: Log = print) -> RankingOutcome:

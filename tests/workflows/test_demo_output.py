@@ -3,6 +3,7 @@ gate, producer and ingestion replaced (no service)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ from infra.cli import ray_dashboard_line
 from infra.settings import Settings
 from serving.deploy import base_url
 from training.common import tracking
-from workflows import demo, rounds
+from workflows import demo
 from workflows.promotion import Decision
 
 REASON = "ndcg_10 0.0936 vs production v2 0.0934: not above the threshold 0.0943"
@@ -39,25 +40,73 @@ class FakeClient:
 
 
 @pytest.mark.parametrize("promote", [False, True])
-def test_the_round_prints_the_gate_decision_once(
+def test_the_round_prints_each_gate_decision_once_and_the_frozen_and_updated_model(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, promote: bool
 ) -> None:
-    label = "promoted" if promote else "refused"
-    decision = Decision(promote=promote, label=label, reason=REASON, candidate_value=0.0936)
-    candidate = rounds.Candidate(SimpleNamespace(model_version="3"), "2", "hstu")  # type: ignore[arg-type]
-    monkeypatch.setattr(rounds, "train_candidate", lambda settings, options, log: candidate)
-    monkeypatch.setattr(rounds, "run_gate", lambda settings, version, policy: SimpleNamespace(decision=decision))
-    monkeypatch.setattr(demo, "produce", lambda *args, **kwargs: None)
+    label: Any = "promoted" if promote else "refused"
+    waiting = "no positive event after the candidate's data yet"
+    window = {"start_ms": 1, "length_ms": 86_400_000, "targets": 812}
+    comparison = SimpleNamespace(
+        production_version="1",
+        production_metrics={"window_ndcg_10": 0.0811, "window_unknown_target_share": 0.0412},
+        candidate_version="3",
+        candidate_metrics={"window_ndcg_10": 0.0934, "window_new_ndcg_10": 0.0521, "window_unknown_target_share": 0.0},
+        window=window,
+    )
+
+    def round_(settings: Settings, options: Any, log: Any) -> Any:
+        log(f"gate: refused: {waiting}")
+        return SimpleNamespace(trained=SimpleNamespace(model_version="3"))
+
+    def pending(settings: Settings, policy: Any, log: Any) -> Any:
+        log(f"gate (pending v3): {label}: {REASON}")
+        return SimpleNamespace(decision=Decision(promote, label, REASON, 0.0934), comparison=comparison)
+
+    sent: list[int] = []
+
+    def produce(events: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(len(list(events)))
+        return SimpleNamespace(sent=sent[-1])
+
+    monkeypatch.setattr(demo, "warm_start_round", round_)
+    monkeypatch.setattr(demo, "gate_pending", pending)
+    monkeypatch.setattr(demo, "produce", produce)
     monkeypatch.setattr(demo, "run_ingest", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo, "build_features", lambda *args, **kwargs: SimpleNamespace(versions=lambda: {}))
     monkeypatch.setattr(demo, "_SteadyClient", FakeClient)
     FakeClient.waited_for = []
 
-    demo._warm_start_round(Settings(home=tmp_path), demo.DemoOptions(events=100), "u1")
-    printed = " ".join(capsys.readouterr().out.split())
-    assert printed.count(REASON) == 1, printed
-    assert f"gate: {label}: {REASON}" in printed
+    demo._warm_start_round(Settings(home=tmp_path), demo.DemoOptions(events=2_800), "u1")
+    output = capsys.readouterr().out
+    printed = " ".join(output.split())
+    assert printed.count(REASON) == 1 and printed.count(waiting) == 1, printed
+    assert f"gate (pending v3): {label}: {REASON}" in printed
     assert FakeClient.waited_for == (["3"] if promote else [])
+    assert len(sent) == 2 and all(20 < count < 400 for count in sent)  # two days of about 2,800 / 28 events (sessions)
+    assert "812 target events neither model trained on" in printed
+    rows = [line.replace("│", " ").split() for line in output.splitlines() if "│" in line]
+    assert ["frozen", "(production)", "v1", "0.0811", "-", "-", "0.0412"] in rows
+    assert ["updated", "(warm", "start)", "v3", "0.0934", "-", "0.0521", "0.0000"] in rows
+
+
+def test_the_demo_stream_drifts_and_its_days_follow_each_other(tmp_path: Path) -> None:
+    """Stage 2 sends the first STREAM_DAYS days, the round the next day, then the day after:
+    every event once, in time order, none in the future (the ingest would quarantine it)."""
+    from ingestion.synthetic import DAY_MS, generate_events
+
+    stream = demo._stream(Settings(home=tmp_path), demo.DemoOptions(events=3_000, users=50, items=200))
+    assert not stream.static_catalogue and stream.start_ms is not None
+    first, day1, day2 = (
+        list(demo._days(stream, None, demo.STREAM_DAYS)),
+        list(demo._days(stream, demo.STREAM_DAYS, demo.STREAM_DAYS + 1)),
+        list(demo._days(stream, demo.STREAM_DAYS + 1, demo.STREAM_DAYS + 2)),
+    )
+    end = stream.start_ms + (demo.STREAM_DAYS + 2) * DAY_MS  # sessions started last may run on past it
+    every = [event["event_id"] for event in generate_events(stream) if event["ts"] <= end]
+    assert [event["event_id"] for event in first + day1 + day2] == every
+    assert 2_700 < len(first) < 3_300 and day1 and day2
+    assert first[-1]["ts"] <= stream.start_ms + demo.STREAM_DAYS * DAY_MS < day1[0]["ts"]
+    assert day2[-1]["ts"] < time.time() * 1000
 
 
 @pytest.mark.parametrize("auth", ["token", "disabled"])
@@ -82,12 +131,12 @@ def test_the_closing_lines_say_how_to_sign_in_to_the_ray_dashboard(
 def test_a_rerun_of_the_demo_sends_the_same_event_ids(tmp_path: Path) -> None:
     """The synthetic clock is pinned per seed in the demo's home at its first run, so a rerun
     (after the local broker lost its topic) sends the very same events and silver keeps one copy."""
-    from ingestion.synthetic import SyntheticConfig, generate_events
+    from ingestion.synthetic import generate_events
 
     settings = Settings(home=tmp_path)
 
     def event_ids(seed: int) -> list[str]:
-        config = SyntheticConfig(users=5, items=20, events=50, seed=seed, start_ms=demo._clock_start(settings, seed))
+        config = demo._stream(settings, demo.DemoOptions(events=50, users=5, items=20, seed=seed))
         return [event["event_id"] for event in generate_events(config)]
 
     first = event_ids(0)

@@ -18,6 +18,8 @@ from workflows.resources import PromotionPolicy
 
 OLD = {"features/item_vocab": 3, "features/user_sequences": 4}
 NEW = {"features/item_vocab": 5, "features/user_sequences": 6}
+NEWEST = {"features/item_vocab": 7, "features/user_sequences": 8}  # events after the candidate's landed
+DATA_END = {4: 1_000, 6: 9_000}  # the newest event of each user_sequences version (OLD, NEW)
 WINDOW = {"start_ms": 1_000, "length_ms": 86_400_000, "targets": 800}
 
 
@@ -54,7 +56,7 @@ def test_a_fresher_candidate_passes_unless_worse_than_the_tolerance(
     assert decision.promote is promote and decision.label == ("promoted" if promote else "refused")
     assert decision.candidate_value == candidate and decision.production_value == production
     assert decision.threshold == pytest.approx(production * 0.95)
-    assert "production v1" in decision.reason and "the last 24 h" in decision.reason
+    assert "production v1" in decision.reason and "the 24 h after the candidate's data" in decision.reason
     if not promote:
         assert "more than the tolerance 5%" in decision.reason and "the alias stays" in decision.reason
 
@@ -117,6 +119,8 @@ class _Calls:
         monkeypatch.setattr("training.common.tracking.client", lambda settings: client)
         monkeypatch.setattr("serving.registry.served_version", lambda settings, name=None: production)
         monkeypatch.setattr(promotion, "model_feature_versions", lambda settings, version, task: versions[version])
+        monkeypatch.setattr(promotion, "newest_feature_versions", lambda settings: NEWEST)
+        monkeypatch.setattr(promotion, "data_end_ms", lambda settings, at: DATA_END[at["features/user_sequences"]])
 
         def window_at(
             settings: Settings, version: str, at: dict[str, int], window_ms: int, start_ms: int | None = None
@@ -133,16 +137,19 @@ class _Calls:
         monkeypatch.setattr(promotion, "evaluate_at", validation_at)
 
 
-def test_compare_scores_both_on_the_newest_window_of_the_candidates_features(
+def test_compare_scores_both_on_the_events_after_the_candidates_data(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
+    """Neither model trained on the window: it starts at the candidate's newest event and is read
+    at the newest feature versions (the candidate's own would hold only events it learned from)."""
     settings = Settings(home=tmp_path)
     calls = _Calls(monkeypatch, production="1")
     comparison = promotion.compare(settings, "2", policy=FRESHNESS_GATE)
-    # The candidate's window first (the newest), then production on the very same window.
-    assert calls.window == [("2", NEW, None), ("1", NEW, 5_000)] and not calls.validation
-    assert comparison.window == {"start_ms": 5_000, "length_ms": 86_400_000, "targets": 800}
-    assert comparison.production_feature_versions == OLD
+    assert calls.window == [("2", NEWEST, 9_000), ("1", NEWEST, 9_000)] and not calls.validation
+    assert comparison.window == {
+        "start_ms": 9_000, "length_ms": 86_400_000, "targets": 800, "feature_versions": NEWEST,
+    }  # fmt: skip
+    assert comparison.feature_versions == NEW and comparison.production_feature_versions == OLD
     assert decide(comparison, FRESHNESS_GATE).promote
 
     calls = _Calls(monkeypatch, production="1")
@@ -160,3 +167,4 @@ def test_compare_never_scores_production_on_an_empty_window(monkeypatch: pytest.
     assert [version for version, _, _ in calls.window] == ["2"]
     decision = decide(comparison, FRESHNESS_GATE)
     assert not decision.promote and "holds no positive event" in decision.reason
+    assert "until events after the candidate's data fill it" in decision.reason
