@@ -6,9 +6,7 @@ the exit code, pytest's closing line (passed, failed, skipped, deselected) and t
 lint and types before pytest started. The machine should be otherwise quiet: the load
 averages before and after are recorded beside the figures.
 
-    .venv/bin/python -m benchmarks.suite [--targets test-fast test] [--workers N] [--out PATH]
-
-``--workers`` sets the Makefile's TEST_WORKERS (pytest-xdist workers; default: the Makefile's).
+    .venv/bin/python -m benchmarks.suite [--targets test-fast test] [--out PATH]
 
 Writes benchmarks/results/suite.json (``--out``) and prints its path.
 """
@@ -38,17 +36,16 @@ def counts(summary: str) -> dict[str, int]:
     return {("errors" if kind == "error" else kind): int(n) for n, kind in COUNT.findall(summary)}
 
 
-def time_target(target: str, workers: int | None = None) -> dict[str, Any]:
-    """Run `make <target>` (``workers``: its TEST_WORKERS) and return its wall time, exit code and pytest's counts."""
+def time_target(target: str) -> dict[str, Any]:
+    """Run `make <target>` and return its wall time, exit code and pytest's counts."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTEST_ADDOPTS", "PYTEST_ARGS")}
-    command = ["make", target] if workers is None else ["make", target, f"TEST_WORKERS={workers}"]
     load_before = loads()
     started = time.perf_counter()
     pytest_started: float | None = None
     summary = ""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["make", target], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
         for raw in process.stdout:
@@ -63,7 +60,6 @@ def time_target(target: str, workers: int | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - started
     return {
         "target": f"make {target}",
-        "command": " ".join(command),
         "exit_code": code,
         "wall_s": round(wall, 1),
         "before_pytest_s": round(pytest_started - started, 1) if pytest_started else None,
@@ -78,14 +74,13 @@ def time_target(target: str, workers: int | None = None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", nargs="+", default=["test-fast", "test"], choices=["test-fast", "test"])
-    parser.add_argument("--workers", type=int, default=None, help="TEST_WORKERS (default: the Makefile's)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     result = header("suite", args, seeds=[])
     runs = []
     for target in args.targets:
         log(f"make {target} ...")
-        runs.append(time_target(target, args.workers))
+        runs.append(time_target(target))
         log(f"make {target}: {runs[-1]['wall_s']} s, exit {runs[-1]['exit_code']}, {runs[-1]['pytest_summary']}")
     result["runs"] = runs
     print(write_result(args.out, result))
