@@ -27,10 +27,7 @@ $(STAMP): pyproject.toml
 # no tests: reported as a failure, never a pass. PYTEST_ARGS adds pytest arguments for a
 # developer (`make test PYTEST_ARGS="-x tests/serving"`); .ci/run clears it and PYTEST_ADDOPTS,
 # so CI's environment cannot narrow the suite.
-# TEST_WORKERS pytest-xdist workers, each with its own home, ports and mini-cluster; tests
-# go out in groups, longest first (tests/conftest.py). TEST_WORKERS=0 runs in this process.
-TEST_WORKERS ?= 2
-PYTEST = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST = $(BIN)/python -m pytest
 define run_pytest
 	@$(PYTEST) $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$rc

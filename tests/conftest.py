@@ -90,43 +90,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tier in TIERS:
             if tier in tiers and item.get_closest_marker(tier) is None:
                 item.add_marker(tier)
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker
-        items[:] = _grouped_longest_first(items)
-
-
-# Under pytest-xdist (`make test` runs two workers, each with its own home, ports and
-# mini-cluster) tests run in groups, handed out one at a time to whichever worker is free:
-# a test module stays whole (its module fixtures are built once), and the modules that use the
-# session's trained pipeline form one group per test folder (the pipeline is built once per
-# worker that gets one). Groups go out longest first: pipeline groups, then e2e, then
-# integration, then the unit tier, whose many small modules fill the end.
-PIPELINE_FIXTURE = "trained_pipeline"
-
-
-def _grouped_longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """``items`` marked with their ``xdist_group`` and ordered group by group, longest kind first."""
-    pipeline_modules = {item.path for item in items if PIPELINE_FIXTURE in getattr(item, "fixturenames", ())}
-    groups: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        root = Path(item.config.rootpath)
-        if item.path in pipeline_modules:
-            group = f"{PIPELINE_FIXTURE}:{item.path.parent.relative_to(root)}"
-        else:
-            group = str(item.path.relative_to(root))
-        groups.setdefault(group, []).append(item)
-
-    def rank(group: str) -> int:
-        if group.startswith(PIPELINE_FIXTURE):
-            return 0
-        tiers = {_tier_of(item) for item in groups[group]}
-        return 1 if "e2e" in tiers else 2 if "integration" in tiers else 3
-
-    ordered = []
-    for group in sorted(groups, key=rank):  # stable: collection order within a rank
-        for item in groups[group]:
-            item.add_marker(pytest.mark.xdist_group(group))
-            ordered.append(item)
-    return ordered
 
 
 def _collected_everything(config: pytest.Config) -> bool:
