@@ -9,7 +9,7 @@ import torch
 from pipelinedata import tiny_config
 
 from infra.settings import Settings
-from serving.catalog import load_catalog
+from serving.catalog import Catalog, load_catalog
 from training.common import tracking
 from training.common.bert4rec import BERT4Rec
 from training.common.fuxi import FuXiAlpha
@@ -41,14 +41,7 @@ def test_the_encoder_beats_popularity_and_serving_loads_it(settings: Settings, k
 
     catalog = load_catalog(settings, run.model_version, exact_max_items=100_000, hnsw_m=32, ef_search=64)
     assert isinstance(catalog.retriever.encoder, ENCODERS[kind])
-    batch = {
-        "item_indices": torch.tensor([[3, 5, 7, 0], [9, 0, 0, 0]]),
-        "action_ids": torch.tensor([[2, 2, 3, 0], [2, 0, 0, 0]]),
-        "timestamps": torch.tensor([[0, 60_000, 120_000, 0], [0, 0, 0, 0]]),
-        "lengths": torch.tensor([3, 1]),
-    }
-    scores, items = catalog.retriever.top_k(batch, k=10)
-    assert items.shape == (2, 10) and (items > 0).all() and torch.isfinite(scores).all()
+    _answers_top_k(catalog)
 
 
 def test_bert4rec_trains_registers_and_serves_at_a_mask_token(settings: Settings) -> None:
@@ -63,6 +56,11 @@ def test_bert4rec_trains_registers_and_serves_at_a_mask_token(settings: Settings
 
     catalog = load_catalog(settings, run.model_version, exact_max_items=100_000, hnsw_m=32, ef_search=64)
     assert isinstance(catalog.retriever.encoder, BERT4Rec) and catalog.retriever.masked_query
+    _answers_top_k(catalog)
+
+
+def _answers_top_k(catalog: Catalog) -> None:
+    """Serving's catalogue of the version answers finite top-10 lists for two small histories."""
     batch = {
         "item_indices": torch.tensor([[3, 5, 7, 0], [9, 0, 0, 0]]),
         "action_ids": torch.tensor([[2, 2, 3, 0], [2, 0, 0, 0]]),

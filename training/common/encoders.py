@@ -67,3 +67,13 @@ def last_hidden(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, D) hidden state at each row's last real position (the next-item query)."""
     index = (lengths - 1).clamp(min=0)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def causal_attention_inputs(valid: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relative position of every (query i, key j) pair, offset into ``[0, 2 * max_len - 1)``,
+    and the (B, 1, L, L) mask of the keys a query may attend to: itself, earlier, and not padding."""
+    length = valid.shape[1]
+    positions = torch.arange(length, device=valid.device)
+    relative_positions = positions.unsqueeze(0) - positions.unsqueeze(1) + max_len - 1
+    causal = positions.unsqueeze(0) <= positions.unsqueeze(1)  # key j <= query i
+    return relative_positions, (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.common.config import EncoderConfig
-from training.common.encoders import InputEmbedding, SequenceEncoder
+from training.common.encoders import InputEmbedding, SequenceEncoder, causal_attention_inputs
 
 REFERENCE_STD = 0.02
 RMS_EPS = 1e-6
@@ -112,11 +112,8 @@ class FuXiAlpha(SequenceEncoder):
     def encode(
         self, item_emb: torch.Tensor, action_ids: torch.Tensor, timestamps: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        length = item_emb.shape[1]
-        positions = torch.arange(length, device=item_emb.device)
-        relative_positions = positions.unsqueeze(0) - positions.unsqueeze(1) + self.config.max_len - 1
-        causal = positions.unsqueeze(0) <= positions.unsqueeze(1)  # key j <= query i
-        mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1).to(item_emb.dtype)
+        relative_positions, allowed = causal_attention_inputs(valid, self.config.max_len)
+        mask = allowed.to(item_emb.dtype)
         gap_buckets = fuxi_time_buckets(timestamps, self.config.time_buckets)
         x = self.inputs(item_emb, action_ids, valid)
         for block in self.blocks:
