@@ -41,8 +41,9 @@ class EvaluationConfig(dg.Config):
     deps=["retrieval_model"],
     group_name=GROUP,
     kinds={"mlflow"},
-    description="Candidate and production evaluated now at the candidate's feature versions: on the most recent "
-    "window (freshness policy, a candidate on newer data) or on validation.",
+    description="Candidate and production evaluated now: on the window after the candidate's data at the newest "
+    "feature versions (freshness policy, a candidate on newer data; empty right after training: it waits) or on "
+    "validation at the candidate's feature versions.",
 )
 def retrieval_evaluation(
     context: AssetExecutionContext,
@@ -81,7 +82,8 @@ def retrieval_evaluation(
     group_name=GROUP,
     kinds={"mlflow"},
     description="The serving alias after the gate: moved to the candidate only if it passed the policy (freshness: "
-    "newer data, not worse than production beyond the tolerance on the newest window; margin: better by the margin).",
+    "newer data, not worse than production beyond the tolerance on the events after its data; margin: better by the "
+    "margin).",
 )
 def retrieval_promotion(
     context: AssetExecutionContext, streamrec: StreamrecResource, promotion_policy: PromotionPolicy
