@@ -174,7 +174,8 @@ def run_demo(args: DemoOptions) -> None:
         console.print(_recommendations_table(user, _recommend(settings, user)))
 
     _stage(8, "a new action changes the recommendations", "streamrec produce ... ; streamrec recommend --user U")
-    _show_live_update(settings, users[0])
+    assert stream.start_ms is not None
+    _show_live_update(settings, users[0], at_ms=stream.start_ms + int(STREAM_DAYS * DAY_MS) + 1_000)
 
     _stage(
         9,
@@ -186,7 +187,7 @@ def run_demo(args: DemoOptions) -> None:
 
     _stage(
         10,
-        "the next days' events, a warm-start round, the freshness gate",
+        "two more days, a warm-start round, the freshness gate",
         "dagster job loop_job (workflows/rounds.py)",
     )
     _warm_start_round(settings, args, users[0])
@@ -237,12 +238,15 @@ def _recommendations_table(user: str, answer: dict[str, Any]) -> Table:
     return table
 
 
-def _show_live_update(settings: Settings, user: str, timeout_s: float = 10.0) -> None:
-    """Produce a dislike of the user's top item and show /recommend without it, timed."""
+def _show_live_update(settings: Settings, user: str, at_ms: int, timeout_s: float = 10.0) -> None:
+    """Produce a dislike of the user's top item and show /recommend without it, timed. The
+    dislike is stamped ``at_ms``, on the stream's clock (the end of its first days, the demo's
+    "now"): stamped with the wall clock, a day after the stream, it became the newest event the
+    round's candidate trained on, and the freshness gate's window after it held no event."""
     before = _recommend(settings, user)
     top = before["items"][0]["item_id"]
     event = {"event_id": f"demo-{uuid.uuid4().hex}", "user_id": user, "item_id": top, "action": "dislike",
-             "ts": int(time.time() * 1000)}  # fmt: skip
+             "ts": at_ms}  # fmt: skip
     produce([encode_event(event)], settings, total=1, show_progress=False)
     sent = time.monotonic()
     while time.monotonic() - sent < timeout_s:
