@@ -502,3 +502,18 @@ def generate_events(config: SyntheticConfig) -> Iterator[dict[str, Any]]:
     without ``dwell_ms`` (impressions) omit the key.
     """
     return iter(_Generator(config))
+
+
+def events_between_days(config: SyntheticConfig, after_day: float | None, until_day: float) -> Iterator[dict[str, Any]]:
+    """The events of ``config``'s stream from the end of its day ``after_day`` (None: its start)
+    to the end of day ``until_day`` (days counted from ``start_ms``, which must be set), so a
+    stream can be replayed a day at a time."""
+    if config.start_ms is None:
+        raise ValueError("events_between_days needs the stream's start_ms (its clock) set")
+    low = -1 if after_day is None else config.start_ms + int(after_day * DAY_MS)
+    high = config.start_ms + int(until_day * DAY_MS)
+    for event in generate_events(config):  # strictly increasing in ts
+        if event["ts"] > high:
+            return
+        if event["ts"] > low:
+            yield event

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
 from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
-from ingestion.synthetic import DAY_MS, SyntheticConfig, default_start_ms, generate_events
+from ingestion.synthetic import DAY_MS, SyntheticConfig, default_start_ms, events_between_days
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.common import tracking
@@ -126,7 +126,7 @@ def run_demo(args: DemoOptions) -> None:
     if kept:
         console.print(f"the topic is new (broker restarted): ingest starts over; old checkpoint kept at {kept}")
     stream = _stream(settings, args)
-    records = with_bad_records(_days(stream, None, STREAM_DAYS), args.bad_fraction, settings, args.seed)
+    records = with_bad_records(events_between_days(stream, None, STREAM_DAYS), args.bad_fraction, settings, args.seed)
     sent = produce(records, settings, total=args.events, description="synthetic events")
     console.print(f"sent {sent.sent:,} records ({sent.invalid:,} malformed) at {sent.rate:,.0f}/s")
 
@@ -357,7 +357,7 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
 
 def _send_day(settings: Settings, stream: SyntheticConfig, day: float, description: str) -> int:
     """Send the stream's events of ``day`` (its ``day``-th day) and ingest them; the count sent."""
-    events = (encode_event(event) for event in _days(stream, day - 1, day))
+    events = (encode_event(event) for event in events_between_days(stream, day - 1, day))
     sent = produce(events, settings, total=round(stream.events / stream.span_days), description=description)
     run_ingest(settings, until_idle=True, report=lambda line: None)
     return sent.sent
@@ -461,18 +461,6 @@ def _stream(settings: Settings, args: DemoOptions) -> SyntheticConfig:
         span_days=days,
         start_ms=_clock_start(settings, args.seed, days),
     )
-
-
-def _days(stream: SyntheticConfig, after_day: float | None, until_day: float) -> Iterator[dict[str, Any]]:
-    """The events of ``stream`` from the end of day ``after_day`` (None: its start) to the end of ``until_day``."""
-    assert stream.start_ms is not None
-    low = -1 if after_day is None else stream.start_ms + int(after_day * DAY_MS)
-    high = stream.start_ms + int(until_day * DAY_MS)
-    for event in generate_events(stream):  # strictly increasing in ts
-        if event["ts"] > high:
-            return
-        if event["ts"] > low:
-            yield event
 
 
 def _clock_start(settings: Settings, seed: int, span_days: float) -> int:

@@ -19,6 +19,7 @@ from benchmarks.suite.run import SUMMARY, counts
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
+    "benchmarks.continual",
     "benchmarks.demo",
     "benchmarks.features",
     "benchmarks.suite",

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from ingestion.schema import ACTIONS, POSITIVE_ACTIONS, REQUIRED_FIELDS
-from ingestion.synthetic import DAY_MS, ItemLaunch, SyntheticConfig, generate_events, item_launches
+from ingestion.synthetic import (
+    DAY_MS,
+    ItemLaunch,
+    SyntheticConfig,
+    events_between_days,
+    generate_events,
+    item_launches,
+)
 
 START = 1_700_000_000_000
 
@@ -220,3 +227,8 @@ def test_produce_synthetic_options_reach_the_config(monkeypatch: pytest.MonkeyPa
     refused = runner.invoke(app, ["produce", "synthetic", "--initial-item-share", "0"])
     assert refused.exit_code == 2 and "initial_item_share" in refused.output
     assert runner.invoke(app, ["produce", "synthetic", "--catalogue", "churny"]).exit_code == 2
+
+
+def test_a_stream_is_replayed_a_day_at_a_time_only_with_its_clock_set() -> None:
+    with pytest.raises(ValueError, match="start_ms"):
+        next(events_between_days(SyntheticConfig(events=10), None, 1))

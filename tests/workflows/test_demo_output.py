@@ -92,14 +92,14 @@ def test_the_round_prints_each_gate_decision_once_and_the_frozen_and_updated_mod
 def test_the_demo_stream_drifts_and_its_days_follow_each_other(tmp_path: Path) -> None:
     """Stage 2 sends the first STREAM_DAYS days, the round the next day, then the day after:
     every event once, in time order, none in the future (the ingest would quarantine it)."""
-    from ingestion.synthetic import DAY_MS, generate_events
+    from ingestion.synthetic import DAY_MS, events_between_days, generate_events
 
     stream = demo._stream(Settings(home=tmp_path), demo.DemoOptions(events=3_000, users=50, items=200))
     assert not stream.static_catalogue and stream.start_ms is not None
     first, day1, day2 = (
-        list(demo._days(stream, None, demo.STREAM_DAYS)),
-        list(demo._days(stream, demo.STREAM_DAYS, demo.STREAM_DAYS + 1)),
-        list(demo._days(stream, demo.STREAM_DAYS + 1, demo.STREAM_DAYS + 2)),
+        list(events_between_days(stream, None, demo.STREAM_DAYS)),
+        list(events_between_days(stream, demo.STREAM_DAYS, demo.STREAM_DAYS + 1)),
+        list(events_between_days(stream, demo.STREAM_DAYS + 1, demo.STREAM_DAYS + 2)),
     )
     end = stream.start_ms + (demo.STREAM_DAYS + 2) * DAY_MS  # sessions started last may run on past it
     every = [event["event_id"] for event in generate_events(stream) if event["ts"] <= end]

@@ -1,0 +1,3 @@
+from benchmarks.continual.run import main
+
+main()

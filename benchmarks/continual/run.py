@@ -1,0 +1,414 @@
+"""Continual-learning benchmark: what the hourly loop recovers of what a stale model loses.
+
+A drifting synthetic stream (items launch and fade, docs/ingestion.md) is replayed a day at a
+time through the real pipeline (Kafka -> Spark ingestion -> Delta silver -> incremental feature
+build) on a private mini-cluster. After a warm-up of ``--warmup-days`` one model is trained
+from scratch; then, for each of ``--windows`` days, three policies are scored on that day's
+events, time-ordered (``training.retrieval.prequential``: each positive event predicted from the
+user's history up to it, over the items that existed then; seen items filtered):
+
+* ``frozen``: the initial model, never updated;
+* ``loop``: the hourly loop as the Dagster round runs it (``workflows.rounds``: the previous
+  candidate gated by the freshness policy on the events since its data, then a warm start from
+  production on all data so far): the model serving during the day, i.e. production after the
+  gate. ``loop_candidate`` is the round's newest candidate itself, which the freshness gate
+  only judges a round later: the gap between the two is what waiting for the gate costs;
+* ``retrain``: a model trained from scratch on all data so far at each round (the upper bound,
+  at its cost).
+
+A round runs at the end of each day from the second window on, on the data up to then; the
+first window is scored before any round (every policy is still the initial model). Churn
+settings (``--churn``) multiply the default launch rate (``ingestion.synthetic.DRIFTING``:
+half the catalogue launches over 28 days, 1/56 of it a day); 0 is the static catalogue (no
+launches, no life cycle).
+
+    .venv/bin/python -m benchmarks.continual [--seeds 0,1,2] [--churn 1] [--resume] [--keep]
+
+Writes benchmarks/results/continual.json (``--out``) after every stream (``--resume`` keeps the
+streams already there and runs the rest) and continual.png beside it (NDCG@10 per window, one
+line per policy, mean and one std over seeds, one panel per churn); logs both, with each
+policy's per-window metrics, to an MLflow run of the private cluster (``--keep`` leaves that
+cluster and its home up to browse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import RESULTS, header, log, private_home, private_settings, shutdown, write_result
+from features.build import build as build_features
+from infra import cluster
+from infra.cli import quiet_library_logs
+from infra.settings import Settings, get_settings
+from ingestion.producer import encode_event, produce
+from ingestion.stream import run_ingest
+from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig, default_start_ms, events_between_days
+from serving.registry import promote, served_version
+from training.retrieval.config import TrainConfig
+from training.retrieval.prequential import NoOverlapError
+from training.retrieval.runner import train
+from training.retrieval.version_eval import evaluate_version_window
+from workflows.promotion import FRESHNESS_GATE, run_gate
+from workflows.rounds import (
+    FULL_RETRAIN_TRAIN,
+    WARM_START_TRAIN,
+    TrainOptions,
+    gate_pending,
+    round_train_config,
+    train_candidate,
+)
+
+RESULT = RESULTS / "continual.json"
+POLICIES = ("frozen", "loop", "loop_candidate", "retrain")
+DEFAULT_LAUNCHES_PER_DAY = (1 - DRIFTING["initial_item_share"]) / SyntheticConfig.span_days  # share of the catalogue
+KEPT = (  # window metrics kept per model
+    "window_targets",
+    "window_hr_10",
+    "window_ndcg_10",
+    "window_hr_50",
+    "window_ndcg_50",
+    "window_mrr",
+    "window_all_ndcg_10",
+    "window_unknown_target_share",
+    "window_new_target_share",
+    "window_new_ndcg_10",
+)
+SUMMARISED = ("window_ndcg_10", "window_hr_10", "window_unknown_target_share", "window_new_ndcg_10")
+Quiet = Callable[[str], None]
+
+
+def stream_config(args: argparse.Namespace, churn: float, seed: int, start_ms: int) -> SyntheticConfig:
+    """The stream of one (churn, seed): warm-up plus windows days; ``churn`` times the default launch rate."""
+    days = args.warmup_days + args.windows
+    common = dict(users=args.users, items=args.items, events=args.events_per_day * days, seed=seed, span_days=days)
+    if churn == 0:
+        return SyntheticConfig(**common, start_ms=start_ms)
+    initial_share = 1 - churn * DEFAULT_LAUNCHES_PER_DAY * days
+    if initial_share <= 0:
+        raise SystemExit(f"--churn {churn:g} launches more than the catalogue over {days} days")
+    return SyntheticConfig.drifting(**common, initial_item_share=initial_share, start_ms=start_ms)
+
+
+def send_days(settings: Settings, stream: SyntheticConfig, after_day: float | None, until_day: float) -> int:
+    """Produce the stream's events from after ``after_day`` to ``until_day`` and ingest them; the count sent."""
+    events = (encode_event(event) for event in events_between_days(stream, after_day, until_day))
+    sent = produce(events, settings, show_progress=False)
+    if sent.failed:
+        raise RuntimeError(f"{sent.failed} events failed to reach Kafka")
+    run_ingest(settings, until_idle=True, report=lambda line: None)
+    return sent.sent
+
+
+def refresh_features(settings: Settings, quiet: Quiet) -> None:
+    build_features(settings, incremental=True, log=quiet)
+
+
+def window_metrics(settings: Settings, version: str, start_ms: int) -> dict[str, float]:
+    """The kept time-ordered metrics of ``version`` on the day after ``start_ms`` ({} when it cannot be scored)."""
+    try:
+        result, _ = evaluate_version_window(settings, version, start_ms, DAY_MS)
+    except NoOverlapError:
+        return {}
+    return {key: round(float(value), 6) for key, value in result.metrics.items() if key in KEPT}
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = function()
+    return value, round(time.perf_counter() - started, 1)
+
+
+Models = dict[str, tuple[Settings, str]]  # policy: (the settings naming its registered model, version)
+
+
+def run_round(
+    loop: Settings, retrain: Settings, warm: TrainConfig, scratch: TrainConfig, workers: int, quiet: Quiet
+) -> tuple[Models, dict[str, Any]]:
+    """One round as the Dagster round runs it (the pending candidate's freshness gate, a warm
+    start from production, its gate, which waits), then a retrain from scratch: the models of
+    the next window and what the round did (training and gate seconds, the gates' decisions)."""
+    pending, pending_s = timed(lambda: gate_pending(loop, FRESHNESS_GATE, quiet))
+    candidate, warm_s = timed(lambda: train_candidate(loop, TrainOptions(warm, workers=workers), quiet))
+    version = candidate.trained.model_version
+    gate, gate_s = timed(lambda: run_gate(loop, version, FRESHNESS_GATE))
+    scratch_model, scratch_s = timed(lambda: train(retrain, scratch, workers=workers, log=quiet))
+    production = served_version(loop)
+    assert production is not None
+    models = {
+        "loop": (loop, production),
+        "loop_candidate": (loop, version),
+        "retrain": (retrain, scratch_model.model_version),
+    }
+    facts = {
+        "train_s": {"loop": warm_s, "retrain": scratch_s},
+        "gate_s": round(pending_s + gate_s, 1),
+        "pending_gate": None if pending is None else f"{pending.decision.label}: {pending.decision.reason}",
+        "candidate_gate": f"{gate.decision.label}: {gate.decision.reason}",
+    }
+    return models, facts
+
+
+def score(models: Models, start_ms: int) -> dict[str, dict[str, float]]:
+    """Each policy's window metrics on the day after ``start_ms``; a version shared by several is scored once."""
+    scored: dict[tuple[str, str], dict[str, float]] = {}
+    for where, version in models.values():
+        key = (where.mlflow.registered_model, version)
+        if key not in scored:
+            scored[key] = window_metrics(where, version, start_ms)
+    return {policy: scored[(where.mlflow.registered_model, v)] for policy, (where, v) in models.items()}
+
+
+def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int, quiet: Quiet) -> dict[str, Any]:
+    """Replay one stream and score the policies on each window; the stream's record."""
+    started = time.perf_counter()
+    tag = f"c{churn:g}-s{seed}".replace(".", "p")
+    home = base.home / "streams" / tag
+    loop = get_settings(home=home, topic=f"continual-{tag}", registered_model=f"continual-{tag}-loop")
+    retrain = get_settings(home=home, topic=loop.kafka.topic, registered_model=f"continual-{tag}-retrain")
+    days = args.warmup_days + args.windows
+    stream = stream_config(args, churn, seed, default_start_ms(days))
+    assert stream.start_ms is not None
+    scratch = round_train_config(FULL_RETRAIN_TRAIN, {"seed": seed})
+    warm = round_train_config(WARM_START_TRAIN, {"seed": seed}, json.loads(args.warm_overrides))
+
+    sent = send_days(loop, stream, None, args.warmup_days)
+    refresh_features(loop, quiet)
+    initial, initial_s = timed(lambda: train(loop, scratch, workers=args.workers, log=quiet))
+    promote(loop, initial.model_version)
+    log(f"[{tag}] {sent:,} warm-up events; initial model v{initial.model_version} in {initial_s:.0f} s")
+    record: dict[str, Any] = {
+        "churn": churn,
+        "seed": seed,
+        "stream": {
+            key: getattr(stream, key)
+            for key in (
+                "users",
+                "items",
+                "events",
+                "span_days",
+                "initial_item_share",
+                "half_life_days",
+                "rise_hours",
+                "evergreen_share",
+            )
+        },  # fmt: skip
+        "initial": {"version": initial.model_version, "train_s": initial_s, "events": sent},
+        "windows": [],
+    }
+    versions: Models = {"frozen": (loop, initial.model_version)}
+    for window in range(1, args.windows + 1):
+        day_start = args.warmup_days + window - 1
+        start_ms = stream.start_ms + day_start * DAY_MS
+        entry: dict[str, Any] = {"window": window, "start_ms": start_ms, "train_s": {}, "gate_s": 0.0}
+        if window == 1:
+            versions.update({name: (loop, initial.model_version) for name in ("loop", "loop_candidate")})
+            versions["retrain"] = (loop, initial.model_version)
+        else:  # the round at the end of the previous day, on the data up to it
+            models, facts = run_round(loop, retrain, warm, scratch, args.workers, quiet)
+            versions.update(models)
+            entry.update(facts)
+        entry["events"] = send_days(loop, stream, day_start, day_start + 1)
+        refresh_features(loop, quiet)
+        entry["versions"] = {policy: f"{where.mlflow.registered_model} v{v}" for policy, (where, v) in versions.items()}
+        entry["metrics"] = score(versions, start_ms)
+        record["windows"].append(entry)
+        ndcg = {policy: entry["metrics"][policy].get("window_ndcg_10", math.nan) for policy in POLICIES}
+        log(f"[{tag}] window {window}: {entry['events']:,} events; NDCG@10 "
+            + ", ".join(f"{policy} {value:.4f}" for policy, value in ndcg.items()))  # fmt: skip
+    record["train_s"] = {
+        "loop": round(sum(w["train_s"].get("loop", 0.0) for w in record["windows"]), 1),
+        "retrain": round(sum(w["train_s"].get("retrain", 0.0) for w in record["windows"]), 1),
+        "loop_gate": round(sum(w["gate_s"] for w in record["windows"]), 1),
+    }
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    present = [value for value in values if not math.isnan(value)]
+    if not present:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"mean": round(statistics.fmean(present), 5), "std": round(std, 5), "n": len(present)}
+
+
+def summarise(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per churn: each policy's metrics per window (mean, std over seeds), training seconds and the targets."""
+    summary: dict[str, Any] = {}
+    for churn in sorted({stream["churn"] for stream in streams}):
+        runs = [stream for stream in streams if stream["churn"] == churn]
+        windows = min(len(run["windows"]) for run in runs)
+        per_window = {
+            policy: {
+                metric: [
+                    mean_std([run["windows"][w]["metrics"][policy].get(metric, math.nan) for run in runs])
+                    for w in range(windows)
+                ]
+                for metric in SUMMARISED
+            }
+            for policy in POLICIES
+        }
+        train_s = {name: mean_std([run["train_s"][name] for run in runs]) for name in ("loop", "retrain", "loop_gate")}
+        summary[f"{churn:g}"] = {
+            "seeds": [run["seed"] for run in runs],
+            "windows": per_window,
+            "train_s": train_s,
+            "targets": targets(per_window, train_s),
+        }
+    return summary
+
+
+def targets(per_window: dict[str, Any], train_s: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, for the served loop and for its candidate: (1) beats frozen beyond one
+    std (the mean +- std bands apart) from the third window on; (2) at least 20% relative
+    NDCG@10 over frozen on the last window; (3) at least 90% of retrain's NDCG@10 (mean over the
+    windows after the first round) at (4) under a third of its training seconds."""
+    frozen = per_window["frozen"]["window_ndcg_10"]
+    retrain = per_window["retrain"]["window_ndcg_10"]
+    result: dict[str, Any] = {}
+    for policy in ("loop", "loop_candidate"):
+        ndcg = per_window[policy]["window_ndcg_10"]
+        apart = [ndcg[w]["mean"] - ndcg[w]["std"] > frozen[w]["mean"] + frozen[w]["std"] for w in range(2, len(ndcg))]
+        last_gain = ndcg[-1]["mean"] / frozen[-1]["mean"] - 1 if frozen[-1]["mean"] else math.nan
+        after = range(1, len(ndcg))
+        share = statistics.fmean(ndcg[w]["mean"] for w in after) / statistics.fmean(retrain[w]["mean"] for w in after)
+        result[policy] = {
+            "beats_frozen_beyond_std_from_window_3": bool(apart) and all(apart),
+            "windows_apart": [w + 1 for w, ok in zip(range(2, len(ndcg)), apart, strict=True) if ok],
+            "last_window_gain_over_frozen": round(last_gain, 4),
+            "share_of_retrain_ndcg": round(share, 4),
+        }
+    seconds_share = train_s["loop"]["mean"] / train_s["retrain"]["mean"] if train_s["retrain"]["mean"] else math.nan
+    result["loop_train_seconds_share_of_retrain"] = round(seconds_share, 4)
+    for policy in ("loop", "loop_candidate"):
+        found = result[policy]
+        found["met"] = bool(
+            found["beats_frozen_beyond_std_from_window_3"]
+            and found["last_window_gain_over_frozen"] >= 0.2
+            and found["share_of_retrain_ndcg"] >= 0.9
+            and seconds_share < 1 / 3
+        )
+    return result
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """NDCG@10 per window, one line per policy (mean, one std band), one panel per churn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    churns = list(summary)
+    figure, axes = plt.subplots(1, len(churns), figsize=(5 * len(churns), 4), squeeze=False, sharey=True)
+    for axis, churn in zip(axes[0], churns, strict=True):
+        for policy in POLICIES:
+            series = summary[churn]["windows"][policy]["window_ndcg_10"]
+            x = list(range(1, len(series) + 1))
+            mean = [point["mean"] for point in series]
+            std = [point["std"] for point in series]
+            axis.plot(x, mean, marker="o", label=policy, linestyle="--" if policy == "loop_candidate" else "-")
+            axis.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                              [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
+        seeds = len(summary[churn]["seeds"])
+        axis.set(title=f"churn x{churn} ({seeds} seed{'s' * (seeds > 1)})", xlabel="window (day)", ylabel="NDCG@10")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def log_to_mlflow(settings: Settings, result: dict[str, Any], paths: list[Path]) -> str:
+    """One MLflow run with each policy's NDCG@10 per window (step = window) and the files; its run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_experiment("benchmark-continual")
+    with mlflow.start_run(run_name="continual") as run:
+        mlflow.log_params({key: value for key, value in result["arguments"].items() if key != "out"})
+        for churn, found in result["summary"].items():
+            for policy, metrics in found["windows"].items():
+                for window, point in enumerate(metrics["window_ndcg_10"], start=1):
+                    if not math.isnan(point["mean"]):
+                        mlflow.log_metric(f"churn_{churn}_{policy}_ndcg_10".replace(".", "p"), point["mean"], window)
+        for path in paths:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the streams and the training")
+    parser.add_argument("--churn", default="1", help="comma-separated launch-rate multipliers (0 = static)")
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--items", type=int, default=4_000)
+    parser.add_argument("--events-per-day", type=int, default=6_000)
+    parser.add_argument("--warmup-days", type=int, default=7)
+    parser.add_argument("--windows", type=int, default=7, help="days scored; a round runs before each but the first")
+    parser.add_argument(
+        "--warm-overrides", default="{}", help="JSON TrainConfig fields of the loop's warm starts over the round's"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers of every training run")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--resume", action="store_true", help="keep the streams already in --out, run the rest")
+    parser.add_argument("--keep", action="store_true", help="leave the private cluster and its home up")
+    args = parser.parse_args()
+    quiet_library_logs()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    churns = [float(churn) for churn in args.churn.split(",")]
+    result = header("continual", args, seeds)
+    previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    result["streams"] = previous.get("streams", [])  # a resumed file keeps its streams; missing ones run
+    done = {(stream["churn"], stream["seed"]) for stream in result["streams"]}
+    if args.keep:
+        home = Path(tempfile.mkdtemp(prefix="streamrec-bench-continual-"))
+        run(args, home, result, done, churns, seeds)
+    else:
+        with private_home("continual") as home:
+            run(args, home, result, done, churns, seeds)
+
+
+def run(
+    args: argparse.Namespace,
+    home: Path,
+    result: dict[str, Any],
+    done: set[tuple[float, int]],
+    churns: list[float],
+    seeds: list[int],
+) -> None:
+    settings = private_settings(home)
+    quiet: Quiet = lambda line: None  # noqa: E731 - training and feature logs stay out of the benchmark's output
+    started = time.perf_counter()
+    try:
+        cluster.up(settings, ["kafka", "mlflow", "ray"])
+        for churn in churns:
+            for seed in seeds:
+                if (churn, seed) in done:
+                    continue
+                log(f"stream churn x{churn:g}, seed {seed}")
+                result["streams"].append(run_stream(settings, args, churn, seed, quiet))
+                result["summary"] = summarise(result["streams"])
+                write_result(args.out, result)
+        result["summary"] = summarise(result["streams"])
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        picture = plot(result["summary"], args.out.with_suffix(".png"))
+        written = write_result(args.out, result)
+        result["mlflow_run_id"] = log_to_mlflow(settings, result, [written, picture])
+        write_result(args.out, result)
+        print(json.dumps({churn: found["targets"] for churn, found in result["summary"].items()}, indent=2))
+        print(f"wrote {written} and {picture}")
+    finally:
+        if args.keep:
+            print(f"cluster left up (MLflow {settings.mlflow.tracking_uri}); stop it: "
+                  f"STREAMREC_HOME={home} .venv/bin/streamrec down")  # fmt: skip
+        else:
+            shutdown(settings)
