@@ -383,7 +383,8 @@ def _frozen_vs_updated(outcome: GateOutcome) -> Table:
     table = Table(
         title=f"the newest day, {window.get('targets', 0):,} target events neither model trained on",
         caption="time-ordered: each event predicted from the user's history up to it, over the items that "
-        "existed then; seen items filtered; new items: launched after the candidate's data",
+        "existed then; seen items filtered; new items: launched after production's data (only the updated "
+        "model can know them)",
     )
     table.add_column("model")
     table.add_column("version")

@@ -322,10 +322,16 @@ def model_feature_versions(settings: Settings, version: str, task: Task = "retri
 
 
 def evaluate_window_at(
-    settings: Settings, version: str, versions: dict[str, int], window_ms: int, start_ms: int | None = None
+    settings: Settings,
+    version: str,
+    versions: dict[str, int],
+    window_ms: int,
+    start_ms: int | None = None,
+    new_after_ms: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """(window, metrics) of registered ``version`` on the window of ``window_ms`` starting after
-    ``start_ms`` (None: the most recent, ending at the newest event) at feature ``versions``.
+    ``start_ms`` (None: the most recent, ending at the newest event) at feature ``versions``;
+    "new" items are those first seen after ``new_after_ms`` (default the window's start).
 
     The window is ``{start_ms, length_ms, targets}``, plus ``error`` when the data cannot give it;
     the metrics are ``window_*``: none when the window is empty, only the unknown-target share
@@ -337,7 +343,12 @@ def evaluate_window_at(
     window: dict[str, Any] = {"start_ms": start_ms, "length_ms": window_ms, "targets": 0}
     try:
         result, _ = evaluate_version_window(
-            settings, version, start_ms, window_ms, versions=FeatureVersions.from_dict(versions)
+            settings,
+            version,
+            start_ms,
+            window_ms,
+            versions=FeatureVersions.from_dict(versions),
+            new_after_ms=new_after_ms,
         )
     except NoOverlapError as error:
         return {**window, "error": str(error)}, {WINDOW_PREFIX + "unknown_target_share": 1.0}
@@ -389,12 +400,18 @@ def compare(
         production_versions = model_feature_versions(settings, production, task)
         if production != candidate_version and trained_on_newer_data(versions, production_versions):
             # Events neither model trained on: those after the candidate's data, at the newest features.
+            # New items: those launched after production's data, which only the candidate can know.
             start, latest = data_end_ms(settings, versions), newest_feature_versions(settings)
-            window, candidate_metrics = evaluate_window_at(settings, candidate_version, latest, policy.window_ms, start)
-            window["feature_versions"] = latest
+            new_after = data_end_ms(settings, production_versions)
+            window, candidate_metrics = evaluate_window_at(
+                settings, candidate_version, latest, policy.window_ms, start, new_after
+            )
+            window.update(feature_versions=latest, new_after_ms=new_after)
             production_metrics: dict[str, float] | None = {}
             if window["targets"] and "error" not in window:
-                found, production_metrics = evaluate_window_at(settings, production, latest, policy.window_ms, start)
+                found, production_metrics = evaluate_window_at(
+                    settings, production, latest, policy.window_ms, start, new_after
+                )
                 if "error" in found and not production_metrics.get(WINDOW_PREFIX + "unknown_target_share"):
                     window = {**window, "error": f"production: {found['error']}"}
             return Comparison(

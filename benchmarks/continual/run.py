@@ -5,7 +5,8 @@ time through the real pipeline (Kafka -> Spark ingestion -> Delta silver -> incr
 build) on a private mini-cluster. After a warm-up of ``--warmup-days`` one model is trained
 from scratch; then, for each of ``--windows`` days, three policies are scored on that day's
 events, time-ordered (``training.retrieval.prequential``: each positive event predicted from the
-user's history up to it, over the items that existed then; seen items filtered):
+user's history up to it, over the items that existed then; seen items filtered; "new items":
+those launched after the initial model's data, which the frozen model cannot know):
 
 * ``frozen``: the initial model, never updated;
 * ``loop``: the hourly loop as the Dagster round runs it (``workflows.rounds``: the previous
@@ -111,10 +112,11 @@ def refresh_features(settings: Settings, quiet: Quiet) -> None:
     build_features(settings, incremental=True, log=quiet)
 
 
-def window_metrics(settings: Settings, version: str, start_ms: int) -> dict[str, float]:
-    """The kept time-ordered metrics of ``version`` on the day after ``start_ms`` ({} when it cannot be scored)."""
+def window_metrics(settings: Settings, version: str, start_ms: int, new_after_ms: int) -> dict[str, float]:
+    """The kept time-ordered metrics of ``version`` on the day after ``start_ms`` ({} when it
+    cannot be scored); new items: launched after ``new_after_ms``."""
     try:
-        result, _ = evaluate_version_window(settings, version, start_ms, DAY_MS)
+        result, _ = evaluate_version_window(settings, version, start_ms, DAY_MS, new_after_ms=new_after_ms)
     except NoOverlapError:
         return {}
     return {key: round(float(value), 6) for key, value in result.metrics.items() if key in KEPT}
@@ -156,13 +158,13 @@ def run_round(
     return models, facts
 
 
-def score(models: Models, start_ms: int) -> dict[str, dict[str, float]]:
+def score(models: Models, start_ms: int, new_after_ms: int) -> dict[str, dict[str, float]]:
     """Each policy's window metrics on the day after ``start_ms``; a version shared by several is scored once."""
     scored: dict[tuple[str, str], dict[str, float]] = {}
     for where, version in models.values():
         key = (where.mlflow.registered_model, version)
         if key not in scored:
-            scored[key] = window_metrics(where, version, start_ms)
+            scored[key] = window_metrics(where, version, start_ms, new_after_ms)
     return {policy: scored[(where.mlflow.registered_model, v)] for policy, (where, v) in models.items()}
 
 
@@ -218,7 +220,7 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
         entry["events"] = send_days(loop, stream, day_start, day_start + 1)
         refresh_features(loop, quiet)
         entry["versions"] = {policy: f"{where.mlflow.registered_model} v{v}" for policy, (where, v) in versions.items()}
-        entry["metrics"] = score(versions, start_ms)
+        entry["metrics"] = score(versions, start_ms, new_after_ms=stream.start_ms + args.warmup_days * DAY_MS)
         record["windows"].append(entry)
         ndcg = {policy: entry["metrics"][policy].get("window_ndcg_10", math.nan) for policy in POLICIES}
         log(f"[{tag}] window {window}: {entry['events']:,} events; NDCG@10 "

@@ -65,7 +65,7 @@ def _stream(seed: int) -> tuple[np.ndarray, FlatSequences, np.ndarray]:
 
 
 def _brute_force(
-    model: RetrievalModel, flat: FlatSequences, first_seen: np.ndarray, window: TimeWindow
+    model: RetrievalModel, flat: FlatSequences, first_seen: np.ndarray, window: TimeWindow, new_after: int | None = None
 ) -> dict[str, float]:
     """Every positive event of the window, scored one at a time over an explicit candidate list."""
     table = F.normalize(model.item_embedding.weight.detach(), dim=-1)
@@ -91,7 +91,7 @@ def _brute_force(
                 )[0, -1]
             scores = (table @ F.normalize(hidden, dim=-1)).tolist()
             target = int(flat.items[position])
-            is_new = first_seen[target] > window.start_ms
+            is_new = first_seen[target] > (window.start_ms if new_after is None else new_after)
             new += is_new
             if target > KNOWN:
                 unknown += 1
@@ -136,6 +136,17 @@ def test_window_metrics_equal_a_brute_force_scorer(seed: int) -> None:
     # The case covers unknown targets, and candidates the existence mask removes.
     assert 0 < expected["window_unknown_target_share"] < 1
     assert any(first_seen[i] > T for i in range(1, KNOWN + 1))
+    for key, value in expected.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-6), key
+    # "New" from an earlier time (e.g. the data end of the model a candidate is compared with).
+    earlier = T - HOUR
+    result = evaluate_window(
+        Retriever(model.encoder, model.item_embedding.weight), rows, first_seen, window, new_after_ms=earlier
+    )
+    expected = _brute_force(model, flat, first_seen, window, new_after=earlier)
+    assert (
+        expected["window_new_target_share"] >= _brute_force(model, flat, first_seen, window)["window_new_target_share"]
+    )
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value, abs=1e-6), key
 

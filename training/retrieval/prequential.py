@@ -226,8 +226,10 @@ def evaluate_window(
     ks: tuple[int, ...] = WINDOW_KS,
     batch_size: int = 256,
     chunk_items: int = DEFAULT_CHUNK_ITEMS,
+    new_after_ms: int | None = None,
 ) -> WindowEvaluation:
-    """The window's metrics (keys ``window_*``; see ``window_metrics``) of ``scorer``."""
+    """The window's metrics (keys ``window_*``; see ``window_metrics``) of ``scorer``; "new"
+    targets are those launched (first seen) after ``new_after_ms``, by default the window's start."""
     if len(rows.examples) == 0:
         return WindowEvaluation(window, 0, {}, rows.without_history, rows.truncated_users)
     targets = rows.examples.targets
@@ -238,7 +240,8 @@ def evaluate_window(
             f"{window.describe()}: there is nothing it could be scored on"
         )
     ranks = window_ranks(scorer, rows, first_seen, batch_size=batch_size, chunk_items=chunk_items)
-    launched_after = first_seen[np.minimum(targets, len(first_seen) - 1)] > window.start_ms
+    new_after = window.start_ms if new_after_ms is None else new_after_ms
+    launched_after = first_seen[np.minimum(targets, len(first_seen) - 1)] > new_after
     metrics = window_metrics(ranks, known, launched_after, ks)
     return WindowEvaluation(window, len(targets), metrics, rows.without_history, rows.truncated_users)
 
@@ -248,7 +251,8 @@ def window_metrics(
 ) -> dict[str, float]:
     """MLflow metrics of a window: ``split_metrics``' keys under ``window_``, plus ``window_targets``,
     ``window_unknown_target_share``, ``window_new_target_share`` (targets launched after the
-    window's start) and, when there are such targets, ``window_new_ndcg_K`` / ``window_new_all_ndcg_K``."""
+    window's start, or the time ``evaluate_window`` is given) and, when there are such targets,
+    ``window_new_ndcg_K`` / ``window_new_all_ndcg_K``."""
     metrics = split_metrics(ranks, ks, PREFIX)
     metrics[f"{PREFIX}_targets"] = float(len(known))
     metrics[f"{PREFIX}_unknown_target_share"] = float((~known).mean())

@@ -43,11 +43,13 @@ def evaluate_version_window(
     window_start_ms: int | None,
     window_ms: int,
     versions: FeatureVersions | None = None,
+    new_after_ms: int | None = None,
 ) -> tuple[WindowEvaluation, dict[str, int]]:
     """Time-ordered metrics (``window_*``) of a registered version on the positive events in
     ``(window_start_ms, window_start_ms + window_ms]`` at feature ``versions`` (default the newest),
     and the feature versions read. ``window_start_ms`` None: the most recent window, ending at
-    the newest event. Raises ValueError on bad windows (``training.retrieval.prequential``)."""
+    the newest event; ``new_after_ms``: where "new" items start (default the window's start).
+    Raises ValueError on bad windows (``training.retrieval.prequential``)."""
     versions = versions or latest_versions(settings)
     with tracking.downloaded_version(settings, version) as directory:
         retriever = Retriever.from_directory(directory)
@@ -62,7 +64,7 @@ def evaluate_version_window(
     rows = window_rows(
         user_ids, flat, window, info.encoder.max_len, len(first_seen) - 1, stored_max_len=settings.features.max_len
     )
-    return evaluate_window(retriever, rows, first_seen, window), versions.as_dict()
+    return evaluate_window(retriever, rows, first_seen, window, new_after_ms=new_after_ms), versions.as_dict()
 
 
 def item_first_seen(settings: Settings, vocab_version: int) -> np.ndarray:
