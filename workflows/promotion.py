@@ -494,6 +494,22 @@ def run_gate(
     return settle(settings, compare(settings, candidate_version, task, policy), policy)
 
 
+def pending_candidate(settings: Settings) -> str | None:
+    """The retrieval version that waits for the freshness gate: the newest registered version
+    when it is newer than production and trained on newer data (a candidate refused while no
+    event after its data existed, or one refused on an older window); None when there is none
+    (a version on production's data is a model production was chosen over, not a candidate)."""
+    from serving.registry import served_version
+
+    production, newest = served_version(settings), newest_version(settings)
+    if production is None or newest is None or int(newest) <= int(production):
+        return None
+    newer = trained_on_newer_data(
+        model_feature_versions(settings, newest), model_feature_versions(settings, production)
+    )
+    return newest if newer else None
+
+
 def newest_version(settings: Settings, model: str | None = None) -> str | None:
     """The highest registered version of ``model`` (default ``settings.mlflow.registered_model``; None: none yet)."""
     versions = registered_versions(settings, model)

@@ -140,21 +140,14 @@ def warm_start_round(
 
 
 def gate_pending(settings: Settings, policy: GatePolicy = FRESHNESS_GATE, log: Log = print) -> GateOutcome | None:
-    """Gate the newest registered retrieval version again when it is newer than production and
-    trained on newer data (a candidate the freshness gate refused while no event after its data
-    existed, or one refused on an older window); None when there is none. Logs the decision as
-    ``gate (pending vN): ...``."""
-    from serving.registry import served_version
-    from workflows.promotion import model_feature_versions, newest_version, trained_on_newer_data
+    """Gate the waiting candidate (``workflows.promotion.pending_candidate``) again; None when
+    there is none. Logs the decision as ``gate (pending vN): ...``. In Dagster the
+    registered-model sensor does the same once newer features exist."""
+    from workflows.promotion import pending_candidate
 
-    production, newest = served_version(settings), newest_version(settings)
-    if production is None or newest is None or int(newest) <= int(production):
+    newest = pending_candidate(settings)
+    if newest is None:
         return None
-    newer = trained_on_newer_data(
-        model_feature_versions(settings, newest), model_feature_versions(settings, production)
-    )
-    if not newer:
-        return None  # a version on production's data (a model it was chosen over) is no pending candidate
     outcome = run_gate(settings, newest, policy)
     log(f"gate (pending v{newest}): {outcome.decision.label}: {outcome.decision.reason}")
     return outcome

@@ -1,4 +1,5 @@
-"""Sensors: new silver versions start feature builds; new registered models go through the gate.
+"""Sensors: new silver versions start feature builds; new registered models go through the gate,
+and a candidate the freshness gate left waiting goes through it again once newer features exist.
 
 Both keep their position in the Dagster cursor (persisted by the daemon in the instance
 storage) and give each run a run key, so one change never starts two runs: a cursor that
@@ -13,6 +14,7 @@ import dagster as dg
 from dagster import SensorEvaluationContext
 
 from infra.dagster_automation import LOOP_TAG, LOOP_TAG_VALUE
+from infra.settings import Settings
 from ingestion.schema import SILVER_TABLE
 from workflows.assets.promotion import EvaluationConfig
 from workflows.jobs import features_job, promotion_job
@@ -47,12 +49,16 @@ def silver_events_sensor(context: SensorEvaluationContext, streamrec: StreamrecR
 @dg.sensor(
     job=promotion_job,
     minimum_interval_seconds=60,
-    description="A newly registered retrieval model version is evaluated against production and gated.",
+    description="A newly registered retrieval model version is evaluated against production and gated; a "
+    "candidate the freshness gate left waiting (no events after its data yet) is gated again at each newer "
+    "user_sequences version until it is promoted or superseded.",
     tags={LOOP_TAG: LOOP_TAG_VALUE},
 )
 def registered_model_sensor(context: SensorEvaluationContext, streamrec: StreamrecResource) -> dg.SensorResult:
     """The newest version registered since the last tick is the candidate (older new ones are
-    superseded by it); a version that already is production is skipped."""
+    superseded by it); a version that already is production is skipped. With none new, the
+    waiting candidate (``workflows.promotion.pending_candidate``) is requested once per newer
+    user_sequences version (its run key names it)."""
     from serving.registry import served_version
     from workflows.promotion import registered_versions
 
@@ -61,8 +67,12 @@ def registered_model_sensor(context: SensorEvaluationContext, streamrec: Streamr
     last = int(context.cursor) if context.cursor else 0
     fresh = [version for version in versions if version > last]
     if not fresh:
+        pending = _pending_request(settings)
+        if pending is not None:
+            return dg.SensorResult(run_requests=[pending], cursor=context.cursor)
         return dg.SensorResult(
-            skip_reason=f"no {settings.mlflow.registered_model} version after {last}", cursor=context.cursor
+            skip_reason=f"no {settings.mlflow.registered_model} version after {last} and none waiting",
+            cursor=context.cursor,
         )
     newest = str(fresh[-1])
     cursor = newest
@@ -74,6 +84,22 @@ def registered_model_sensor(context: SensorEvaluationContext, streamrec: Streamr
         tags={"streamrec/candidate_version": newest, "streamrec/superseded": ",".join(map(str, fresh[:-1]))},
     )
     return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+
+def _pending_request(settings: Settings) -> dg.RunRequest | None:
+    """A gate run of the waiting candidate at the newest user_sequences version (None: no candidate waits)."""
+    from features.reader import latest_versions
+    from workflows.promotion import pending_candidate
+
+    candidate = pending_candidate(settings)
+    if candidate is None:
+        return None
+    sequences = latest_versions(settings).user_sequences
+    return dg.RunRequest(
+        run_key=f"{settings.mlflow.registered_model}-v{candidate}-pending-at-user_sequences-{sequences}",
+        run_config=dg.RunConfig(ops={"retrieval_evaluation": EvaluationConfig(candidate_version=candidate)}),
+        tags={"streamrec/candidate_version": candidate, "streamrec/pending_at_user_sequences": str(sequences)},
+    )
 
 
 ALL_SENSORS = [silver_events_sensor, registered_model_sensor]

@@ -104,3 +104,40 @@ def test_resources_reproduce_the_settings_exactly(tmp_path) -> None:
     resources = resources_from_settings(get_settings(home=tmp_path, dagster_steps="ray_job"))
     assert resources["steps"].mode == "ray_job"
     assert set(resources) == {"streamrec", "steps", "quality", "promotion_policy", "ranking_promotion_policy"}
+
+
+def test_the_registered_model_sensor_gates_a_waiting_candidate_once_per_newer_features(tmp_path, monkeypatch) -> None:
+    """No new version: the candidate the freshness gate left waiting is requested again, with a
+    run key naming the user_sequences version, so each newer feature build gives it one more
+    gate run and none runs twice; with no candidate waiting the sensor skips."""
+    from features.reader import FeatureVersions
+    from workflows import promotion
+    from workflows.sensors import registered_model_sensor
+
+    settings = get_settings(home=tmp_path, registered_model="m-1")
+    monkeypatch.setattr(promotion, "registered_versions", lambda settings, model=None: [1, 2, 3])
+    waiting: list[str | None] = ["3"]
+    monkeypatch.setattr(promotion, "pending_candidate", lambda settings: waiting[0])
+    sequences = [7]
+    monkeypatch.setattr(
+        "features.reader.latest_versions",
+        lambda settings: FeatureVersions(item_vocab=1, user_sequences=sequences[0]),
+    )
+
+    def tick() -> dg.SensorResult:
+        context = dg.build_sensor_context(
+            cursor="3", resources={"streamrec": StreamrecResource.from_settings(settings)}
+        )
+        result = registered_model_sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
+    (request,) = tick().run_requests or []
+    assert request.run_key == "m-1-v3-pending-at-user_sequences-7"
+    assert request.run_config["ops"]["retrieval_evaluation"]["config"]["candidate_version"] == "3"
+    sequences[0] = 8
+    (again,) = tick().run_requests or []
+    assert again.run_key == "m-1-v3-pending-at-user_sequences-8"
+    waiting[0] = None
+    skipped = tick()
+    assert not skipped.run_requests and skipped.skip_reason and "none waiting" in skipped.skip_reason.skip_message
