@@ -22,8 +22,10 @@ STREAMREC = str(Path(sys.executable).parent / "streamrec")
 
 def _env(home: Path) -> dict[str, str]:
     inherited = {key: value for key, value in os.environ.items() if key != "STREAMREC_RAY_AUTH_TOKEN_FILE"}
+    (home.parent / "user-home").mkdir(parents=True, exist_ok=True)
     return {
         **inherited,
+        "HOME": str(home.parent / "user-home"),  # its own: nothing may write ~/.ray (test_up_status_use_down)
         "STREAMREC_HOME": str(home),
         "STREAMREC_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "STREAMREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
@@ -163,6 +165,10 @@ def test_up_status_use_down(tmp_path: Path) -> None:
     assert _pids(settings) == {}
     after = _cli(env, "status")
     assert after.returncode == 1
+    # Ray ran with token authentication (the default) where the user has no ~/.ray/auth_token: the
+    # head, the probe and the client used streamrec's token and created none there.
+    assert settings.ray.auth == "token" and (settings.home / "ray" / "auth_token").is_file()
+    assert not (Path(env["HOME"]) / ".ray").exists()
 
 
 def test_taken_port_names_port_and_component(tmp_path: Path) -> None:
