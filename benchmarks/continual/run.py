@@ -37,7 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -351,10 +353,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the streams and the training")
     parser.add_argument("--churn", default="1", help="comma-separated launch-rate multipliers (0 = static)")
-    parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--items", type=int, default=4_000)
-    parser.add_argument("--events-per-day", type=int, default=6_000)
-    parser.add_argument("--warmup-days", type=int, default=7)
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--items", type=int, default=2_500)
+    parser.add_argument("--events-per-day", type=int, default=3_000)
+    parser.add_argument("--warmup-days", type=int, default=5)
     parser.add_argument("--windows", type=int, default=7, help="days scored; a round runs before each but the first")
     parser.add_argument(
         "--warm-overrides", default="{}", help="JSON TrainConfig fields of the loop's warm starts over the round's"
@@ -365,6 +367,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the private cluster and its home up")
     args = parser.parse_args()
     quiet_library_logs()
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # run `finally`: stop the cluster
     seeds = [int(seed) for seed in args.seeds.split(",")]
     churns = [float(churn) for churn in args.churn.split(",")]
     result = header("continual", args, seeds)
