@@ -1,48 +1,61 @@
-"""`streamrec features build [--incremental]` and `streamrec features versions` as a user runs them."""
+"""`streamrec features build [--incremental] [--json]` and `streamrec features versions`: what a
+user reads. The commands run in-process (the features CLI's Typer app) on the features tests'
+Spark session: a `streamrec` subprocess spends about 10 s of CPU importing and starts a Spark
+JVM of its own (the console script and its own Spark are run by tests/infra/test_cluster_profile.py's
+`streamrec features build`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
+from click.testing import Result
 from featuredata import append_silver, silver_rows
+from typer.testing import CliRunner
 
+from features.cli import register
 from infra.settings import get_settings
 
-STREAMREC = str(Path(sys.executable).parent / "streamrec")
+
+@pytest.fixture
+def cli(spark: object, tmp_path: Path) -> Callable[..., Result]:
+    """`streamrec ARGS` on a streamrec home of its own (tmp_path), stdout and stderr apart."""
+    app = typer.Typer()
+    register(app)
+    env = {"STREAMREC_HOME": str(tmp_path), "COLUMNS": "200"}
+
+    def run(*args: str) -> Result:
+        result = CliRunner().invoke(app, list(args), env=env)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result
+
+    return run
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([STREAMREC, *args], env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.integration  # Spark, in the `streamrec features build` subprocess
-def test_build_prints_versions_read_and_written(test_env: dict[str, str], tmp_path: Path) -> None:
-    env = {**os.environ, **test_env, "STREAMREC_HOME": str(tmp_path), "COLUMNS": "200"}
+def test_build_prints_versions_read_and_written(cli: Callable[..., Result], tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path)
-    missing = _cli(env, "features", "build")
-    assert missing.returncode == 1 and "run ingestion first" in missing.stdout
+    missing = cli("features", "build")
+    assert missing.exit_code == 1 and "run ingestion first" in missing.stdout
 
     append_silver(settings, silver_rows([("u1", "a", "click", 10), ("u1", "b", "view", 20), ("u2", "a", "like", 5)]))
-    full = _cli(env, "features", "build")
-    assert full.returncode == 0, full.stderr
+    full = cli("features", "build")
+    assert full.exit_code == 0, full.output
     assert "read silver/events version 0" in full.stdout
     assert "features/user_sequences: 2 rows written -> version 0" in full.stdout
     assert "features build (full) from silver/events version 0" in full.stdout
 
     append_silver(settings, silver_rows([("u3", "c", "click", 30)], first_offset=10))
-    incremental = _cli(env, "features", "build", "--incremental")
-    assert incremental.returncode == 0, incremental.stderr
+    incremental = cli("features", "build", "--incremental")
+    assert incremental.exit_code == 0, incremental.output
     assert "silver versions 0..1: 1 new rows" in incremental.stdout
     assert "features/item_vocab: 1 rows appended -> version 1" in incremental.stdout
     assert "features build (incremental) from silver/events version 1" in incremental.stdout
 
-    outcome = _cli(env, "features", "build", "--incremental", "--json")  # nothing new: tables up to date
-    assert outcome.returncode == 0, outcome.stderr
+    outcome = cli("features", "build", "--incremental", "--json")  # nothing new: tables up to date
+    assert outcome.exit_code == 0, outcome.output
     assert "read silver/events version 1" in outcome.stderr  # progress on stderr, stdout is the JSON alone
     assert json.loads(outcome.stdout) == {
         "mode": "incremental",
@@ -52,5 +65,5 @@ def test_build_prints_versions_read_and_written(test_env: dict[str, str], tmp_pa
                      "features/item_stats": 1},
     }  # fmt: skip
 
-    versions = _cli(env, "features", "versions")
+    versions = cli("features", "versions")
     assert json.loads(versions.stdout) == {"features/item_vocab": 1, "features/user_sequences": 1}
