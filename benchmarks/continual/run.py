@@ -53,10 +53,10 @@ from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
 from ingestion.producer import encode_event, produce
 from ingestion.stream import run_ingest
-from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig, default_start_ms, events_between_days
+from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig, events_between_days
 from serving.registry import promote, served_version
 from training.retrieval.config import TrainConfig
-from training.retrieval.prequential import NoOverlapError
+from training.retrieval.prequential import NoOverlapError, parse_time_ms
 from training.retrieval.runner import train
 from training.retrieval.version_eval import evaluate_version_window
 from workflows.promotion import FRESHNESS_GATE, run_gate
@@ -177,8 +177,7 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
     home = base.home / "streams" / tag
     loop = get_settings(home=home, topic=f"continual-{tag}", registered_model=f"continual-{tag}-loop")
     retrain = get_settings(home=home, topic=loop.kafka.topic, registered_model=f"continual-{tag}-retrain")
-    days = args.warmup_days + args.windows
-    stream = stream_config(args, churn, seed, default_start_ms(days))
+    stream = stream_config(args, churn, seed, parse_time_ms(args.start))
     assert stream.start_ms is not None
     scratch = round_train_config(FULL_RETRAIN_TRAIN, {"seed": seed})
     warm = round_train_config(WARM_START_TRAIN, {"seed": seed}, json.loads(args.warm_overrides))
@@ -357,6 +356,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2_500)
     parser.add_argument("--events-per-day", type=int, default=3_000)
     parser.add_argument("--warmup-days", type=int, default=5)
+    parser.add_argument(
+        "--start",
+        default="2026-11-01T00:00:00+00:00",
+        help="the stream clock's start: fixed, so every run sends the same events",
+    )
     parser.add_argument("--windows", type=int, default=7, help="days scored; a round runs before each but the first")
     parser.add_argument(
         "--warm-overrides", default="{}", help="JSON TrainConfig fields of the loop's warm starts over the round's"
