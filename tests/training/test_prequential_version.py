@@ -1,17 +1,21 @@
 """`streamrec evaluate --window-start --window` on the trained pipeline's registered version: the
 CLI and the code give the same window metrics, they reach the version's MLflow run, and an
-empty window or a bad one exits 1 with the reason."""
+empty window or a bad one exits 1 with the reason.
+
+The command runs in-process (the training CLI's Typer app, as tests/training/test_train_cli.py
+does): a `streamrec` subprocess spends about 10 s of CPU importing before it starts, and the
+console script itself is run by test_train_ray.py's `streamrec evaluate`."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from infra.settings import Settings
+from training.cli import register
 from training.common import tracking
 from training.retrieval.runner import TrainOutcome
 from training.retrieval.version_eval import evaluate_version_window
@@ -20,21 +24,23 @@ DAY_MS = 86_400_000
 
 
 def test_window_evaluation_from_the_cli_and_from_code(settings: Settings, hstu_run: TrainOutcome) -> None:
+    app = typer.Typer()
+    register(app)
     env = {
-        **os.environ,
         "STREAMREC_HOME": str(settings.home),
         "STREAMREC_REGISTERED_MODEL": settings.mlflow.registered_model,
+        "COLUMNS": "200",
     }
-    cli = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "streamrec")
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["evaluate", version, *args], env=env)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result.exit_code, result.stdout
+
     version = hstu_run.model_version
-    evaluated = subprocess.run(
-        [cli, "evaluate", version, "--window-start", "latest", "--window", "2d", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
-    shown = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    code, output = cli("--window-start", "latest", "--window", "2d", "--json")
+    assert code == 0, output
+    shown = json.loads(output.strip().splitlines()[-1])
     result, _ = evaluate_version_window(settings, version, None, 2 * DAY_MS)
     assert shown["window"] == {"start_ms": result.window.start_ms, "length_ms": 2 * DAY_MS}
     assert result.targets > 100
@@ -52,6 +58,6 @@ def test_window_evaluation_from_the_cli_and_from_code(settings: Settings, hstu_r
         (["--window-start", "latest", "--window", "0"], "longer than 0"),
         (["--window-start", "latest"], "go together"),
     ):
-        failed = subprocess.run([cli, "evaluate", version, *arguments], env=env, capture_output=True, text=True)
-        assert failed.returncode in (1, 2), arguments
-        assert reason in " ".join(failed.stdout.split()), (arguments, failed.stdout)
+        code, output = cli(*arguments)
+        assert code in (1, 2), arguments
+        assert reason in " ".join(output.split()), (arguments, output)
