@@ -91,15 +91,6 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
     assert not directory.exists()  # the download does not outlive its block
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(settings: Settings) -> None:
-    run = train(settings, tiny_config(epochs=3, fail_once_after_epoch=1))
-    assert (settings.home / "train-faults" / run.run_name).exists()  # the worker really exited
-    assert _history(settings, run.run_id, "resumed_from_epoch") == [(1, 1.0)]
-    # Each epoch trained and logged once: epoch 1 came from the checkpoint, not a rerun.
-    assert [step for step, _ in _history(settings, run.run_id, "train_loss")] == [1, 2, 3]
-    assert [row["epoch"] for row in run.history] == [1, 2, 3]
-
-
 def test_resume_continues_an_interrupted_run_where_it_stopped(settings: Settings) -> None:
     no_retries = get_settings(home=settings.home, train_max_failures=0)
     with pytest.raises(TrainingError) as failure:
@@ -115,22 +106,32 @@ def test_resume_continues_an_interrupted_run_where_it_stopped(settings: Settings
     assert tracking.client(settings).get_run(resumed.run_id).info.status == "FINISHED"
 
 
-def test_warm_start_keeps_known_item_rows_and_adds_new_items(
+def test_warm_start_keeps_known_item_rows_and_adds_new_items_and_a_killed_worker_resumes(
     settings: Settings, hstu_run: TrainOutcome, tmp_path: Path
 ) -> None:
+    """One run for two things (each Ray Train run costs its workers' start-up): a warm start on a
+    grown vocabulary, and a worker that dies after epoch 1, the run recovering from its checkpoint
+    (not from the warm start again)."""
     with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
         source = read_weights(directory)[PLAIN_WEIGHT]
     # A copy of the lake gets a day of new events naming 200 items the vocabulary lacks.
     shutil.copytree(settings.home / "lake", tmp_path / "lake")
-    grown = get_settings(home=tmp_path, train_workers=2, registered_model=settings.mlflow.registered_model)
+    grown = get_settings(home=tmp_path, train_workers=2, train_max_failures=1,
+                         registered_model=settings.mlflow.registered_model)  # fmt: skip
     # The pipeline's clock ends about a day ago: these start half a day ago, after all of its events.
     later = SyntheticConfig(users=300, items=1_200, events=6_000, clusters=20, seed=1,
                             start_ms=EVENTS.start_ms + int((EVENTS.span_days + 0.5) * 86_400_000),
                             span_days=0.25)  # fmt: skip
     append_events(grown, generate_events(later), first_offset=EVENTS.events)
 
-    # Tiny learning rates: after one epoch every row is still (almost) where it started.
-    run = train(grown, tiny_config(epochs=1, lr=1e-9, embedding_lr=1e-8), warm_start=hstu_run.model_version)
+    # Tiny learning rates: after two epochs every row is still (almost) where it started.
+    config = tiny_config(epochs=2, lr=1e-9, embedding_lr=1e-8, fail_once_after_epoch=1)
+    run = train(grown, config, warm_start=hstu_run.model_version)
+    assert (grown.home / "train-faults" / run.run_name).exists()  # the worker really exited
+    assert _history(grown, run.run_id, "resumed_from_epoch") == [(1, 1.0)]
+    # Each epoch trained and logged once: epoch 1 came from the checkpoint, not a rerun.
+    assert [step for step, _ in _history(grown, run.run_id, "train_loss")] == [1, 2]
+    assert [row["epoch"] for row in run.history] == [1, 2]
     # The warm start trains the table at warm_start_lr_scale (0.1) of its rate, and MLflow says so.
     params = tracking.client(grown).get_run(run.run_id).data.params
     assert float(params["table_lr"]) == pytest.approx(1e-9) and float(params["embedding_lr"]) == pytest.approx(1e-9)
