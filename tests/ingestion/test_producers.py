@@ -1,4 +1,8 @@
-"""`streamrec produce synthetic|replay`: real broker, records read back from the topic."""
+"""`streamrec produce synthetic|replay`: real broker, records read back from the topic.
+
+The commands run in-process (the ingestion CLI's Typer app): a `streamrec` subprocess spends about
+10 s of CPU importing before it sends a record. The console script itself, and its plain error
+where the broker is unreachable, run as a subprocess in the last test."""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import typer
+from click.testing import Result
 from ingestdata import env_of, fresh_settings
 from test_validation import EXPECTED_REASONS
+from typer.testing import CliRunner
 
 from infra.settings import Settings
+from ingestion.cli import register
 from ingestion.kafka_client import high_watermarks, kafka_consumer
 from ingestion.kafka_source import KafkaRange, read_range
 from ingestion.replay import rating_action, read_replay
@@ -38,11 +46,18 @@ def _topic_records(settings: Settings) -> pa.Table:
     return pa.Table.from_batches(batches, schema=KAFKA_RECORD_SCHEMA)
 
 
+def _invoke(settings: Settings, test_env: dict[str, str], *args: str) -> Result:
+    """`streamrec produce ARGS` in-process, with the environment a subprocess would get."""
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["produce", *args], env=env_of(settings, test_env))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
 def _produce(settings: Settings, test_env: dict[str, str], *args: str) -> dict:
-    done = subprocess.run(
-        [STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _invoke(settings, test_env, *args)
+    assert done.exit_code == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -130,10 +145,8 @@ def test_replay_cli_sends_the_file_in_time_order(
 
 
 def _produce_fails(settings: Settings, test_env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [STREAMREC, "produce", *args], env=env_of(settings, test_env), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode != 0
+    done = _invoke(settings, test_env, *args)
+    assert done.exit_code != 0
     return done.stderr
 
 
