@@ -153,6 +153,7 @@ def run_round(
     }
     facts = {
         "train_s": {"loop": warm_s, "retrain": scratch_s},
+        "epochs": {"loop": len(candidate.trained.history), "retrain": len(scratch_model.history)},
         "gate_s": round(pending_s + gate_s, 1),
         "pending_gate": None if pending is None else f"{pending.decision.label}: {pending.decision.reason}",
         "candidate_gate": f"{gate.decision.label}: {gate.decision.reason}",
@@ -203,7 +204,12 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
                 "evergreen_share",
             )
         },  # fmt: skip
-        "initial": {"version": initial.model_version, "train_s": initial_s, "events": sent},
+        "initial": {
+            "version": initial.model_version,
+            "train_s": initial_s,
+            "epochs": len(initial.history),
+            "events": sent,
+        },
         "windows": [],
     }
     versions: Models = {"frozen": (loop, initial.model_version)}
