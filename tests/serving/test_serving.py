@@ -238,37 +238,40 @@ def test_the_application_builder_serves_the_production_model(served: Served) -> 
 
 
 def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: dict[str, str]) -> None:
+    """`streamrec status|up|down serve`, in-process (infra.cli's Typer app through CliRunner): a
+    `streamrec` subprocess spends ~10 s of CPU importing. That a `streamrec up serve` process
+    leaves the app serving after it exits is tests/serving/test_ingress.py's private head test."""
     # Last in this module: it takes serving down and brings it back with `streamrec up serve`.
-    import os
-    import subprocess
-    import sys
+    from typer.testing import CliRunner
 
+    from infra import cli
     from infra.components import settings_environment
 
     # The served settings, in the home of the session's processes (whose pid records `up` reads).
-    env = {**os.environ, **settings_environment(served.settings), "STREAMREC_LAKE_URI": served.settings.lake_root,
+    env = {**settings_environment(served.settings), "STREAMREC_LAKE_URI": served.settings.lake_root,
            "STREAMREC_HOME": test_env["STREAMREC_HOME"], "HOME": test_env["HOME"], "COLUMNS": "250"}  # fmt: skip
 
-    def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "infra.cli", *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    def streamrec(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli.app, list(args), env=env)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result.exit_code, result.stdout
 
-    status = streamrec("status", "serve")
-    assert status.returncode == 0 and "serve" in status.stdout and "healthy" in status.stdout, status.stdout
-    assert f"v{served_version(served.settings)}" in status.stdout
-    again = streamrec("up", "serve")
-    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    code, status = streamrec("status", "serve")
+    assert code == 0 and "serve" in status and "healthy" in status, status
+    assert f"v{served_version(served.settings)}" in status
+    code, again = streamrec("up", "serve")
+    assert code == 0 and "already running" in again, again
 
-    down = streamrec("down", "serve")
-    assert down.returncode == 0 and "stopped: serve" in down.stdout, down.stdout + down.stderr
-    gone = streamrec("status", "serve")
-    assert gone.returncode == 1 and "not running" in gone.stdout, gone.stdout
-    assert streamrec("status", "kafka").returncode == 0  # the processes were left alone
+    code, down = streamrec("down", "serve")
+    assert code == 0 and "stopped: serve" in down, down
+    code, gone = streamrec("status", "serve")
+    assert code == 1 and "not running" in gone, gone
+    assert streamrec("status", "kafka")[0] == 0  # the processes were left alone
 
     # Back up, this time with the history inside the recommender replica (no shard deployments).
     env["STREAMREC_SERVE_HISTORY_SHARDS"] = "0"
-    started = streamrec("up", "serve")
-    assert started.returncode == 0 and "healthy" in started.stdout, started.stdout + started.stderr
+    code, started = streamrec("up", "serve")
+    assert code == 0 and "healthy" in started, started
     health = requests.get(f"{served.url}/healthz", timeout=10).json()
     [local] = health["history_shards"]
     assert local["shard"] == "in-replica" and sorted(int(p) for p in local["partitions"]) == [0, 1, 2, 3]
