@@ -89,11 +89,17 @@ def test_profile_starts_separate_nodes(cluster_env: dict[str, str]) -> None:
     assert all(node["resources_total"]["CPU"] == 1.0 for node in nodes)
 
 
-def test_ingest_and_features_run_on_the_standalone_spark_worker(cluster_env: dict[str, str]) -> None:
-    settings = _settings(cluster_env)
+@pytest.fixture(scope="module")
+def built(cluster_env: dict[str, str]) -> dict[str, str]:
+    """Events produced, ingested and built into feature tables on the cluster, once for the module."""
     _cli(cluster_env, "produce", "synthetic", "--events", str(EVENTS), "--users", "80", "--items", "150")
     _cli(cluster_env, "ingest", "--until-idle")
     _cli(cluster_env, "features", "build")
+    return cluster_env
+
+
+def test_ingest_and_features_run_on_the_standalone_spark_worker(built: dict[str, str]) -> None:
+    settings = _settings(built)
     assert DeltaTable(settings.table_uri(BRONZE_TABLE)).to_pyarrow_dataset().count_rows() == EVENTS
 
     master = requests.get(f"http://127.0.0.1:{settings.spark.master_webui_port}/json/", timeout=10).json()
@@ -104,10 +110,9 @@ def test_ingest_and_features_run_on_the_standalone_spark_worker(cluster_env: dic
     assert set(apps) <= ran_here, (apps, ran_here)  # every application's executors ran on the worker
 
 
-def test_training_places_workers_on_both_ray_nodes(cluster_env: dict[str, str]) -> None:
-    settings = _settings(cluster_env)
-    # Needs the feature tables of the previous test (module order).
-    _cli(cluster_env, "train", "--model", "sasrec", "--workers", "2", "--epochs", "1",
+def test_training_places_workers_on_both_ray_nodes(built: dict[str, str]) -> None:
+    settings = _settings(built)
+    _cli(built, "train", "--model", "sasrec", "--workers", "2", "--epochs", "1",
          "--dim", "16", "--max-len", "20", "--batch-size", "64", "--json")  # fmt: skip
     url = f"{settings.ray.dashboard_url}/api/v0/actors"
     query = {"detail": "1", "filter_keys": "class_name", "filter_predicates": "=", "filter_values": "RayTrainWorker"}
