@@ -159,6 +159,7 @@ class _Lifecycle:
 
     def __init__(self, config: SyntheticConfig, start_ms: int) -> None:
         rng = random.Random(config.seed * 1_000_003 + 29)
+        self.start_ms = start_ms
         order = list(range(config.items))
         rng.shuffle(order)
         initial = max(1, round(config.items * config.initial_item_share))
@@ -203,7 +204,7 @@ class _Catalogue:
         self.popularity = popularity
         self.lifecycle = lifecycle
         self.weights = popularity
-        self.refreshed_for = -1  # the lifecycle step the weights are of
+        self.refreshed_for: int | None = None  # the lifecycle step (hours since the start) the weights are of
         self.global_cum = list(itertools.accumulate(popularity))
         members: list[list[int]] = [[] for _ in range(config.clusters)]
         for item, cluster in enumerate(self.cluster_of):
@@ -218,11 +219,16 @@ class _Catalogue:
 
     def refresh(self, now_ms: int) -> None:
         """Drifting catalogue: the item weights (popularity x life cycle) at the start of the
-        simulated hour of ``now_ms``; an item not launched by then weighs 0."""
-        if self.lifecycle is None or now_ms // LIFECYCLE_STEP_MS == self.refreshed_for:
+        simulated hour of ``now_ms``, hours counted from the stream's start (so a stream whose
+        clock starts later is the same stream, shifted); an item not launched by then weighs 0."""
+        if self.lifecycle is None:
             return
-        self.refreshed_for = now_ms // LIFECYCLE_STEP_MS
-        at = self.refreshed_for * LIFECYCLE_STEP_MS
+        start = self.lifecycle.start_ms
+        step = (now_ms - start) // LIFECYCLE_STEP_MS
+        if step == self.refreshed_for:
+            return
+        self.refreshed_for = step
+        at = start + step * LIFECYCLE_STEP_MS
         weight = self.lifecycle.weight
         self.weights = [p * weight(item, at) for item, p in enumerate(self.popularity)]
         self.global_cum = list(itertools.accumulate(self.weights))
