@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from workflows.demo import DemoOptions
+from workflows.demo_options import DemoOptions
 
 DEFAULTS = DemoOptions()
 

@@ -23,8 +23,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -37,7 +35,6 @@ from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs, ray_dashboard_line
 from infra.console import make_console
-from infra.model_options import merge
 from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
@@ -48,11 +45,10 @@ from ingestion.synthetic import DAY_MS, SyntheticConfig, default_start_ms, event
 from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.common import tracking
-from training.ranking.config import RankingTrainConfig
 from training.ranking.runner import train_ranking_popularity
-from training.retrieval.config import TrainConfig
 from training.retrieval.popularity import train_popularity
 from training.retrieval.runner import train
+from workflows.demo_options import DemoOptions
 from workflows.lineage import split_rows
 from workflows.promotion import FRESHNESS_GATE, GateOutcome
 from workflows.rounds import (
@@ -74,41 +70,6 @@ RANKING_COLUMNS = {  # column: (popularity key, ranker key)
     "test AUC like": ("test_auc_like", "test_auc_like"),
     "test AUC purchase": ("test_auc_purchase", "test_auc_purchase"),
 }
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """Sizes of one demo run (the `streamrec demo` options), and overrides of its training runs:
-    ``train`` (TrainConfig fields, nested as in a `streamrec train --config` file) and
-    ``ranking_train`` (RankingTrainConfig's) over the epochs and seed above. Invalid overrides
-    fail here, with TrainConfig's reasons, before anything starts."""
-
-    events: int = 200_000
-    users: int = 2_000
-    items: int = 5_000
-    bad_fraction: float = 0.01
-    epochs: int = 15
-    workers: int = 2
-    seed: int = 0
-    ranking_epochs: int = 2
-    train: Mapping[str, Any] = field(default_factory=dict)
-    ranking_train: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.train_config("hstu")
-        self.ranking_config()
-
-    def train_config(self, kind: str, epochs: int | None = None) -> TrainConfig:
-        """The TrainConfig of the demo's ``kind`` run (the demo trains each kind; ``epochs``
-        instead of the demo's, for the warm-start round)."""
-        fields = merge({"epochs": self.epochs if epochs is None else epochs, "seed": self.seed}, self.train)
-        return TrainConfig.model_validate(merge(fields, {"encoder": {"kind": kind}}))
-
-    def ranking_config(self) -> RankingTrainConfig:
-        """The RankingTrainConfig of the demo's ranker."""
-        return RankingTrainConfig.model_validate(
-            merge({"epochs": self.ranking_epochs, "seed": self.seed}, self.ranking_train)
-        )
 
 
 def run_demo(args: DemoOptions) -> None:

@@ -61,7 +61,7 @@ def round_train_config(*overrides: Mapping[str, Any]) -> TrainConfig:
 def ranking_train_config(overrides: Mapping[str, Any] | None = None) -> RankingTrainConfig:
     """The RankingTrainConfig of ``overrides`` (nested fields, as a ``streamrec train-ranking
     --config`` file) over its defaults; raises ValidationError as ``round_train_config``."""
-    from training.ranking.config import RankingTrainConfig  # imports torch
+    from training.ranking.config import RankingTrainConfig
 
     return RankingTrainConfig.model_validate(dict(overrides or {}))
 

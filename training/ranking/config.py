@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.ranking_reader import TASKS
+from features.tables import RANKING_TASKS
 from training.common.config import EncoderConfig, TableConfig, nest_table_fields
+
+TASKS: tuple[str, ...] = tuple(RANKING_TASKS)  # heads in label-column order of features/ranking_examples
 
 RankerKind = Literal["ranker", "dlrm"]
 Mixture = Literal["mmoe", "shared_bottom"]
