@@ -51,6 +51,7 @@ from features.build import build as build_features
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
+from ingestion.errors import IngestError
 from ingestion.producer import encode_event, produce
 from ingestion.stream import run_ingest
 from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig, events_between_days
@@ -70,6 +71,7 @@ from workflows.rounds import (
 )
 
 RESULT = RESULTS / "continual.json"
+INGEST_ATTEMPTS = 3  # the ingest stream resumes from its checkpoint, exactly once: a retry is safe
 POLICIES = ("frozen", "loop", "loop_candidate", "retrain")
 DEFAULT_LAUNCHES_PER_DAY = (1 - DRIFTING["initial_item_share"]) / SyntheticConfig.span_days  # share of the catalogue
 KEPT = (  # window metrics kept per model
@@ -106,7 +108,14 @@ def send_days(settings: Settings, stream: SyntheticConfig, after_day: float | No
     sent = produce(events, settings, show_progress=False)
     if sent.failed:
         raise RuntimeError(f"{sent.failed} events failed to reach Kafka")
-    run_ingest(settings, until_idle=True, report=lambda line: None)
+    for attempt in range(1, INGEST_ATTEMPTS + 1):
+        try:
+            run_ingest(settings, until_idle=True, report=lambda line: None)
+            break
+        except IngestError as error:  # e.g. Spark's "Python worker failed to connect back" on busy cores
+            if attempt == INGEST_ATTEMPTS:
+                raise
+            log(f"ingest failed ({error}); again from its checkpoint (attempt {attempt + 1} of {INGEST_ATTEMPTS})")
     return sent.sent
 
 
