@@ -32,6 +32,8 @@ def _env(home: Path) -> dict[str, str]:
         "STREAMREC_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
         "STREAMREC_RAY_DASHBOARD_PORT": str(free_port()),
         "STREAMREC_RAY_CLIENT_PORT": str(free_port()),
+        # Its own: `status` probes serving there, so the session's app (if serving tests ran first) is not listed.
+        "STREAMREC_SERVE_PORT": str(free_port()),
         "STREAMREC_TOPIC": "lifecycle-test",
         "COLUMNS": "200",
     }
