@@ -1,8 +1,7 @@
 """`streamrec features build [--incremental] [--json]` and `streamrec features versions`: what a
 user reads. The commands run in-process (the features CLI's Typer app) on the features tests'
-Spark session: a `streamrec` subprocess spends about 10 s of CPU importing and starts a Spark
-JVM of its own (the console script and its own Spark are run by tests/infra/test_cluster_profile.py's
-`streamrec features build`)."""
+Spark session: each `streamrec features build` subprocess started a Spark JVM of its own (the
+console script with its own Spark runs in tests/infra/test_cluster_profile.py)."""
 
 from __future__ import annotations
 

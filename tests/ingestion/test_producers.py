@@ -1,8 +1,8 @@
 """`streamrec produce synthetic|replay`: real broker, records read back from the topic.
 
-The commands run in-process (the ingestion CLI's Typer app): a `streamrec` subprocess spends about
-10 s of CPU importing before it sends a record. The console script itself, and its plain error
-where the broker is unreachable, run as a subprocess in the last test."""
+The commands run in-process (the ingestion CLI's Typer app): what is checked is what they send and
+print, not a new interpreter's start-up. The console script itself, and its plain error where the
+broker is unreachable, run as a subprocess in the last test."""
 
 from __future__ import annotations
 

@@ -238,9 +238,9 @@ def test_the_application_builder_serves_the_production_model(served: Served) -> 
 
 
 def test_streamrec_up_down_and_status_handle_serving(served: Served, test_env: dict[str, str]) -> None:
-    """`streamrec status|up|down serve`, in-process (infra.cli's Typer app through CliRunner): a
-    `streamrec` subprocess spends ~10 s of CPU importing. That a `streamrec up serve` process
-    leaves the app serving after it exits is tests/serving/test_ingress.py's private head test."""
+    """`streamrec status|up|down serve`, in-process (infra.cli's Typer app through CliRunner): no new
+    interpreter and Ray driver per command. That a `streamrec up serve` process leaves the app
+    serving after it exits is tests/serving/test_ingress.py's private head test."""
     # Last in this module: it takes serving down and brings it back with `streamrec up serve`.
     from typer.testing import CliRunner
 

@@ -3,8 +3,8 @@ CLI and the code give the same window metrics, they reach the version's MLflow r
 empty window or a bad one exits 1 with the reason.
 
 The command runs in-process (the training CLI's Typer app, as tests/training/test_train_cli.py
-does): a `streamrec` subprocess spends about 10 s of CPU importing before it starts, and the
-console script itself is run by test_train_ray.py's `streamrec evaluate`."""
+does): each `streamrec evaluate` subprocess imported torch, TorchRec and MLflow again (~5 s of
+CPU) before it evaluated; the console script itself runs in test_train_ray.py's `streamrec evaluate`."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def ranker_run(settings: Settings) -> Iterator[RankingOutcome]:
 def test_ranker_learns_every_head_and_popularity_runs_from_the_cli(
     settings: Settings, ranker_run: RankingOutcome
 ) -> None:
-    # The training CLI's Typer app in-process: a `streamrec` subprocess spends ~10 s of CPU importing.
+    # The training CLI's Typer app in-process: a subprocess would import the training stack again.
     app = typer.Typer()
     register(app)
     done = CliRunner().invoke(

@@ -156,7 +156,7 @@ def _loop_states(settings: Settings) -> dict[str, str]:
 
 def _streamrec(settings: Settings, *args: str) -> Result:
     """The CLI's `up` / `status` with these settings, its output not a terminal and of no set width
-    (as piped to a log). In-process: a `streamrec` subprocess spends ~10 s of CPU importing."""
+    (as piped to a log). In-process: no new interpreter per command."""
     env: dict[str, str | None] = {**settings_environment(settings), "COLUMNS": None}
     result = CliRunner().invoke(cli.app, list(args), env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
