@@ -72,6 +72,7 @@ from workflows.rounds import (
 
 RESULT = RESULTS / "continual.json"
 INGEST_ATTEMPTS = 3  # the ingest stream resumes from its checkpoint, exactly once: a retry is safe
+RUN_KEYS = ("command", "commit", "when", "machine", "arguments", "seeds", "seconds")  # a run's header
 POLICIES = ("frozen", "loop", "loop_candidate", "retrain")
 DEFAULT_LAUNCHES_PER_DAY = (1 - DRIFTING["initial_item_share"]) / SyntheticConfig.span_days  # share of the catalogue
 KEPT = (  # window metrics kept per model
@@ -392,6 +393,9 @@ def main() -> None:
     result = header("continual", args, seeds)
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
     result["streams"] = previous.get("streams", [])  # a resumed file keeps its streams; missing ones run
+    if previous:  # and says which runs made them
+        earlier = previous.get("earlier_runs", [])
+        result["earlier_runs"] = [*earlier, {key: previous[key] for key in RUN_KEYS if key in previous}]
     done = {(stream["churn"], stream["seed"]) for stream in result["streams"]}
     if args.keep:
         home = Path(tempfile.mkdtemp(prefix="streamrec-bench-continual-"))
