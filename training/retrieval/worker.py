@@ -245,7 +245,8 @@ def _maybe_inject_fault(job: TrainJob, finished_epoch: int, rank: int, world: in
     ``fail_once_after_epoch``, as a crash a few seconds into an epoch would.
 
     It first waits FAULT_DELAY_S, longer than the Ray Train controller takes to collect the
-    previous report (it polls workers every 2 s), so that checkpoint is registered.
+    previous report (it polls workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 0.5 s as
+    ``training.common.driver`` starts it, Ray's default 2 s), so that checkpoint is registered.
     """
     if job.config.fail_once_after_epoch != finished_epoch or rank != world - 1 or job.fault_marker is None:
         return
