@@ -113,6 +113,7 @@ class _Calls:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, production: str | None, targets: int = 800) -> None:
         self.window: list[tuple[str, dict[str, int], int | None]] = []
+        self.new_after: list[int | None] = []
         self.validation: list[str] = []
         versions = {"1": OLD, "2": NEW, "3": NEW}
         client = SimpleNamespace(get_model_version=lambda name, version: SimpleNamespace(run_id=f"run{version}"))
@@ -123,9 +124,15 @@ class _Calls:
         monkeypatch.setattr(promotion, "data_end_ms", lambda settings, at: DATA_END[at["features/user_sequences"]])
 
         def window_at(
-            settings: Settings, version: str, at: dict[str, int], window_ms: int, start_ms: int | None = None
+            settings: Settings,
+            version: str,
+            at: dict[str, int],
+            window_ms: int,
+            start_ms: int | None = None,
+            new_after_ms: int | None = None,
         ) -> tuple[dict[str, Any], dict[str, float]]:
             self.window.append((version, at, start_ms))
+            self.new_after.append(new_after_ms)
             found = {"start_ms": 5_000 if start_ms is None else start_ms, "length_ms": window_ms, "targets": targets}
             return found, ({"window_ndcg_10": 0.1 if version == "1" else 0.11} if targets else {})
 
@@ -146,8 +153,11 @@ def test_compare_scores_both_on_the_events_after_the_candidates_data(
     calls = _Calls(monkeypatch, production="1")
     comparison = promotion.compare(settings, "2", policy=FRESHNESS_GATE)
     assert calls.window == [("2", NEWEST, 9_000), ("1", NEWEST, 9_000)] and not calls.validation
+    # New items: launched after production's data, which only the candidate can know.
+    assert calls.new_after == [DATA_END[OLD["features/user_sequences"]]] * 2
     assert comparison.window == {
         "start_ms": 9_000, "length_ms": 86_400_000, "targets": 800, "feature_versions": NEWEST,
+        "new_after_ms": DATA_END[OLD["features/user_sequences"]],
     }  # fmt: skip
     assert comparison.feature_versions == NEW and comparison.production_feature_versions == OLD
     assert decide(comparison, FRESHNESS_GATE).promote
