@@ -205,7 +205,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The summary's median seconds per phase, one column per variant and worker count."""
-    columns = list(result["summary"])
+    # Ray's defaults first, then the cuts in the order they were made.
+    columns = sorted(result["summary"], key=lambda column: (list(VARIANTS).index(column.split("/")[0]), column))
     names: list[str] = []
     for column in columns:
         names += [name for name in result["summary"][column]["phase_median_s"] if name not in names]
