@@ -108,7 +108,7 @@ def driver_spans(spans: list[Span]) -> None:
         (tracking, "set_tags", "driver: MLflow tags"),
     ):
         wrap(module, name, label, spans)
-    runner.train_worker = timed_worker  # type: ignore[assignment]  # the fit's entry point
+    runner.train_worker = timed_worker  # the fit's entry point
 
 
 def controller_spans(fit: Span, worker: list[Span]) -> list[Span]:
@@ -116,7 +116,10 @@ def controller_spans(fit: Span, worker: list[Span]) -> list[Span]:
     the session's ``logs/train``, and the hand-overs between it and the worker's entry point."""
     import ray
 
-    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs" / "train"
+    node = ray._private.worker.global_worker.node
+    if node is None:  # not connected: no session to read
+        return []
+    logs = Path(node.get_session_dir_path()) / "logs" / "train"
     events: list[tuple[float, str]] = []
     for path in logs.glob("ray-train-sys-controller-*.log"):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
@@ -169,9 +172,11 @@ def one_run(settings: Any, epochs: int, workers: int, variant: str, spans: list[
             os.environ.pop(key)
     total = time.time() - started
     worker_file = settings.home / "fixed-cost" / f"{outcome.run_id}-0.json"
-    worker = [tuple(span) for span in json.loads(worker_file.read_text())] if worker_file.exists() else []
+    worker: list[Span] = []
+    if worker_file.exists():
+        worker = [(label, begun, ended) for label, begun, ended in json.loads(worker_file.read_text())]
     fit = next(span for span in spans if span[0] == "driver: Ray Train fit")
-    ray_train = controller_spans(fit, worker)  # type: ignore[arg-type]
+    ray_train = controller_spans(fit, worker)
     epoch_seconds = sum(row["train_seconds"] for row in outcome.history)
     return {
         "variant": variant,
@@ -179,7 +184,7 @@ def one_run(settings: Any, epochs: int, workers: int, variant: str, spans: list[
         "epochs": len(outcome.history),
         "total_s": round(total, 2),
         "train_epoch_s": round(epoch_seconds, 2),
-        "phases": breakdown(spans + worker + ray_train, started),  # type: ignore[arg-type]
+        "phases": breakdown(spans + worker + ray_train, started),
     }
 
 
