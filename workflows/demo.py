@@ -38,6 +38,7 @@ from infra.console import make_console
 from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
+from ingestion.day_feed import send_days
 from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
@@ -295,7 +296,9 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     events after its data), the day after, and the gate on that day: frozen vs updated model,
     while a client keeps asking."""
     stream = _stream(settings, args)
-    sent = _send_day(settings, stream, STREAM_DAYS + 1, "the next day's events")
+    sent = send_days(
+        settings, stream, STREAM_DAYS, STREAM_DAYS + 1, description="the next day's events", log=console.print
+    )
     console.print(f"{sent:,} new events ingested (day {STREAM_DAYS + 1:g}); feature versions now {_refresh(settings)}")
 
     client = _SteadyClient(settings, user)
@@ -303,7 +306,8 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     try:
         config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
         round_ = warm_start_round(settings, TrainOptions(config, workers=args.workers), log=console.print)
-        sent = _send_day(settings, stream, STREAM_DAYS + 2, "traffic while the candidate trained")
+        traffic = "traffic while the candidate trained"
+        sent = send_days(settings, stream, STREAM_DAYS + 1, STREAM_DAYS + 2, description=traffic, log=console.print)
         console.print(f"{sent:,} events of day {STREAM_DAYS + 2:g} ingested; feature versions now {_refresh(settings)}")
         pending = gate_pending(settings, FRESHNESS_GATE, log=console.print)
         if pending is not None and pending.decision.promote:
@@ -314,14 +318,6 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
         console.print(_frozen_vs_updated(pending))
     console.print(f"failed requests during the round: {client.failed} of {client.sent:,}")
     console.print(f"versions a client was served: {' -> '.join(client.versions) or '-'}")
-
-
-def _send_day(settings: Settings, stream: SyntheticConfig, day: float, description: str) -> int:
-    """Send the stream's events of ``day`` (its ``day``-th day) and ingest them; the count sent."""
-    events = (encode_event(event) for event in events_between_days(stream, day - 1, day))
-    sent = produce(events, settings, total=round(stream.events / stream.span_days), description=description)
-    run_ingest(settings, until_idle=True, report=lambda line: None)
-    return sent.sent
 
 
 def _refresh(settings: Settings) -> dict[str, int]:

@@ -51,10 +51,8 @@ from features.build import build as build_features
 from infra import cluster
 from infra.cli import quiet_library_logs
 from infra.settings import Settings, get_settings
-from ingestion.errors import IngestError
-from ingestion.producer import encode_event, produce
-from ingestion.stream import run_ingest
-from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig, events_between_days
+from ingestion.day_feed import send_days
+from ingestion.synthetic import DAY_MS, DRIFTING, SyntheticConfig
 from serving.registry import promote, served_version
 from training.retrieval.config import TrainConfig
 from training.retrieval.prequential import NoOverlapError, parse_time_ms
@@ -71,7 +69,6 @@ from workflows.rounds import (
 )
 
 RESULT = RESULTS / "continual.json"
-INGEST_ATTEMPTS = 3  # the ingest stream resumes from its checkpoint, exactly once: a retry is safe
 RUN_KEYS = ("command", "commit", "when", "machine", "arguments", "seeds", "seconds")  # a run's header
 POLICIES = ("frozen", "loop", "loop_candidate", "retrain")
 DEFAULT_LAUNCHES_PER_DAY = (1 - DRIFTING["initial_item_share"]) / SyntheticConfig.span_days  # share of the catalogue
@@ -101,23 +98,6 @@ def stream_config(args: argparse.Namespace, churn: float, seed: int, start_ms: i
     if initial_share <= 0:
         raise SystemExit(f"--churn {churn:g} launches more than the catalogue over {days} days")
     return SyntheticConfig.drifting(**common, initial_item_share=initial_share, start_ms=start_ms)
-
-
-def send_days(settings: Settings, stream: SyntheticConfig, after_day: float | None, until_day: float) -> int:
-    """Produce the stream's events from after ``after_day`` to ``until_day`` and ingest them; the count sent."""
-    events = (encode_event(event) for event in events_between_days(stream, after_day, until_day))
-    sent = produce(events, settings, show_progress=False)
-    if sent.failed:
-        raise RuntimeError(f"{sent.failed} events failed to reach Kafka")
-    for attempt in range(1, INGEST_ATTEMPTS + 1):
-        try:
-            run_ingest(settings, until_idle=True, report=lambda line: None)
-            break
-        except IngestError as error:  # e.g. Spark's "Python worker failed to connect back" on busy cores
-            if attempt == INGEST_ATTEMPTS:
-                raise
-            log(f"ingest failed ({error}); again from its checkpoint (attempt {attempt + 1} of {INGEST_ATTEMPTS})")
-    return sent.sent
 
 
 def refresh_features(settings: Settings, quiet: Quiet) -> None:
@@ -193,7 +173,7 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
     scratch = round_train_config(FULL_RETRAIN_TRAIN, {"seed": seed})
     warm = round_train_config(WARM_START_TRAIN, {"seed": seed}, json.loads(args.warm_overrides))
 
-    sent = send_days(loop, stream, None, args.warmup_days)
+    sent = send_days(loop, stream, None, args.warmup_days, show_progress=False, log=log)
     refresh_features(loop, quiet)
     initial, initial_s = timed(lambda: train(loop, scratch, workers=args.workers, log=quiet))
     promote(loop, initial.model_version)
@@ -234,7 +214,7 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
             models, facts = run_round(loop, retrain, warm, scratch, args.workers, quiet)
             versions.update(models)
             entry.update(facts)
-        entry["events"] = send_days(loop, stream, day_start, day_start + 1)
+        entry["events"] = send_days(loop, stream, day_start, day_start + 1, show_progress=False, log=log)
         refresh_features(loop, quiet)
         entry["versions"] = {policy: f"{where.mlflow.registered_model} v{v}" for policy, (where, v) in versions.items()}
         entry["metrics"] = score(versions, start_ms, new_after_ms=stream.start_ms + args.warmup_days * DAY_MS)
