@@ -4,6 +4,7 @@ funnel synthetic data, the popularity baseline runs from the CLI; metrics, artif
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def test_run_metrics_artifacts_and_registered_version(settings: Settings, ranker
     assert len(deciles) == 10 and deciles[-1]["observed"] > deciles[0]["observed"] + 0.2
     version = client.get_model_version("streamrec-ranking", ranker_run.model_version)
     assert version.run_id == ranker_run.run_id
+    assert not list(Path(tempfile.gettempdir()).glob(f"streamrec-ranking-checkpoint-{ranker_run.run_id}-*"))
 
     # The registered model, loaded without TorchRec, reproduces the validation metrics the
     # sharded model computed on the workers, through the one scoring path serving calls.

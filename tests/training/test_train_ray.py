@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,8 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
 
     model_version = client.get_model_version(settings.mlflow.registered_model, hstu_run.model_version)
     assert model_version.run_id == hstu_run.run_id
+    # Each epoch's checkpoint was staged in a temporary directory that Ray Train's copy replaced.
+    assert not list(Path(tempfile.gettempdir()).glob(f"streamrec-checkpoint-{hstu_run.run_id}-*"))
     with tracking.downloaded_version(settings, hstu_run.model_version) as directory:
         _, info = load_model(directory)
         assert info.feature_versions == versions

@@ -133,7 +133,8 @@ def run_epochs(
             **val_metrics,
         }
         progress.record(epoch, metrics, f"val_{config.selection_metric}")
-        ray.train.report(metrics, checkpoint=checkpoint(progress))
+        # Ray Train copies the checkpoint to the run's storage; the staging directory goes after.
+        ray.train.report(metrics, checkpoint=checkpoint(progress), delete_local_checkpoint_after_upload=True)
         if rank == 0:
             log_metrics(job.settings, job.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 

@@ -94,7 +94,7 @@ def ranking_worker(loop_config: dict[str, Any]) -> None:
         train,
         lambda shard, epoch: _train_epoch(dmp, optimizer, shard, job, epoch, weights, device),
         lambda: evaluate_sharded(dmp, val_shard, config, device, "val"),
-        lambda state: _checkpoint(dmp, optimizer, state, info),
+        lambda state: _checkpoint(dmp, optimizer, state, info, job.run_id),
         rate_name="train_examples_per_s",
     )
 
@@ -216,14 +216,14 @@ def warm_start_weights(
 
 
 def _checkpoint(
-    dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: RankingInfo
+    dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: RankingInfo, run_id: str
 ) -> ray.train.Checkpoint | None:
     """The epoch's checkpoint: the exported ranker and the optimizer states."""
 
     def save(directory: Path, weights: dict[str, torch.Tensor]) -> None:
         save_ranking_model(directory, info, plain_weights(weights, info.config.encoder.dim))
 
-    return write_checkpoint(dmp, optimizer, progress, save, "streamrec-ranking-checkpoint-")
+    return write_checkpoint(dmp, optimizer, progress, save, f"streamrec-ranking-checkpoint-{run_id}-")
 
 
 def _restore(

@@ -112,7 +112,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         train,
         lambda shard, epoch: _train_epoch(dmp, optimizer, shard, job, epoch, rank, device),
         lambda: _evaluate(dmp, val_shard, config, num_items, rank),
-        lambda state: _checkpoint(dmp, optimizer, state, info),
+        lambda state: _checkpoint(dmp, optimizer, state, info, job.run_id),
         rate_name="train_sequences_per_s",
         before_epoch=lambda epoch: _maybe_inject_fault(job, epoch - 1, rank, world),
         patience_fraction=config.patience_fraction,
@@ -213,14 +213,14 @@ def _evaluate(
 
 
 def _checkpoint(
-    dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: ModelInfo
+    dmp: DistributedModelParallel, optimizer: torch.optim.Optimizer, progress: Progress, info: ModelInfo, run_id: str
 ) -> ray.train.Checkpoint | None:
     """The epoch's checkpoint: the exported retrieval model and the optimizer states."""
 
     def save(directory: Path, weights: dict[str, torch.Tensor]) -> None:
         save_model(directory, info, plain_weights(weights, info.encoder.dim))
 
-    return write_checkpoint(dmp, optimizer, progress, save, "streamrec-checkpoint-")
+    return write_checkpoint(dmp, optimizer, progress, save, f"streamrec-checkpoint-{run_id}-")
 
 
 def _restore(
