@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,3 +158,26 @@ def write_result(path: Path, result: dict[str, Any]) -> Path:
     partial.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(partial, path)
     return path
+
+
+def with_preset(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> argparse.Namespace:
+    """``args`` with every option left unset (None) taken from the preset: ``quick`` under
+    ``--quick``, else ``full``; options given on the command line win."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def run_in_private_home(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    summarise: Callable[[dict[str, Any]], None],
+) -> None:
+    """``run(args, home)`` in a private home removed afterwards, then ``summarise`` its result and
+    print where it was written (``args.out``)."""
+    with private_home(name) as home:
+        result = run(args, home)
+    summarise(result)
+    print(args.out)

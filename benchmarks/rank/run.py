@@ -48,9 +48,10 @@ from benchmarks.harness import (
     loads,
     log,
     phase,
-    private_home,
     private_settings,
+    run_in_private_home,
     shutdown,
+    with_preset,
     write_result,
 )
 from features.tables import RANKING_TASKS
@@ -275,19 +276,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds of each load measurement")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = with_preset(parser.parse_args(), QUICK, FULL)
     return args
 
 
 def main() -> None:
-    args = parse_args()
-    with private_home("rank") as home:
-        result = run(args, home)
-    print_summary(result)
-    print(args.out)
+    run_in_private_home("rank", parse_args(), run, print_summary)
 
 
 def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:

@@ -92,9 +92,10 @@ from benchmarks.harness import (
     loads,
     log,
     phase,
-    private_home,
     private_settings,
+    run_in_private_home,
     shutdown,
+    with_preset,
     write_result,
 )
 from features.tables import ITEM_VOCAB_SCHEMA, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, build_record, recorded_state
@@ -741,20 +742,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--capacity-p99-ms", type=float, default=1000.0, help="p99 a held rate stays under (capacity)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = with_preset(parser.parse_args(), QUICK, FULL)
     args.sizes = sorted(set(args.sizes))
     return args
 
 
 def main() -> None:
-    args = parse_args()
-    with private_home("serve") as home:
-        result = run(args, home)
-    print_summary(result)
-    print(args.out)
+    run_in_private_home("serve", parse_args(), run, print_summary)
 
 
 def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:

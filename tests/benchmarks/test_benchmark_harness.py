@@ -76,6 +76,30 @@ def test_private_settings_use_the_home_given_and_free_ports(tmp_path: Path, envi
     assert len(ports) == 4
 
 
+def test_a_preset_fills_only_the_options_left_unset() -> None:
+    quick, full = {"users": 10, "epochs": 1}, {"users": 1_000, "epochs": 20}
+    given = harness.with_preset(argparse.Namespace(quick=True, users=None, epochs=3), quick, full)
+    assert (given.users, given.epochs) == (10, 3)
+    default = harness.with_preset(argparse.Namespace(quick=False, users=None, epochs=None), quick, full)
+    assert (default.users, default.epochs) == (1_000, 20)
+
+
+def test_a_run_in_a_private_home_summarises_and_removes_the_home(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    homes: list[Path] = []
+    summaries: list[dict[str, object]] = []
+
+    def run(args: argparse.Namespace, home: Path) -> dict[str, object]:
+        homes.append(home)
+        assert home.is_dir() and "streamrec-bench-probe-" in home.name
+        return {"home": str(home)}
+
+    harness.run_in_private_home("probe", argparse.Namespace(out=tmp_path / "probe.json"), run, summaries.append)
+    assert summaries == [{"home": str(homes[0])}] and not homes[0].exists()
+    assert capsys.readouterr().out.strip().endswith("probe.json")
+
+
 def test_phases_are_timed_and_recorded() -> None:
     before = len(harness.PHASES)
     with harness.phase("nothing") as record:
