@@ -1,0 +1,1 @@
+"""Benchmarks of the streaming updates (issue 27)."""
