@@ -3,6 +3,7 @@ and what happens when writers race or die. Fast tier: a temporary directory is t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -252,6 +253,21 @@ def test_killed_writer_leaves_whole_deltas_and_a_resumable_table(uri: str) -> No
     resumed = make(table.last(MODEL, 1), width=64)
     table.publish(resumed)
     assert read(uri, got[-1].position, width=64)[0].sequence == len(got) + 1
+
+
+def test_the_last_sequence_survives_a_log_checkpoint(uri: str) -> None:
+    """The base's last sequence lives in the app transaction: it must come through delta-rs's
+    checkpoint (every 100 commits) once the commits before it are cleaned up."""
+    table = ModelDeltaTable(uri)
+    published = publish_chain(table, 101, rows=1)
+    log = Path(uri) / "_delta_log"
+    checkpoint = json.loads((log / "_last_checkpoint").read_text())["version"]
+    assert checkpoint >= 90 and (log / f"{checkpoint:020d}.checkpoint.parquet").exists()
+    for commit in log.glob("*.json"):
+        if int(commit.stem) <= checkpoint:
+            commit.unlink()
+    assert ModelDeltaTable(uri).last(MODEL, 1) == published[-1].position
+    assert [d.sequence for d in read(uri, published[98].position)] == [100, 101]
 
 
 # Publishing refusals ------------------------------------------------------------------------
