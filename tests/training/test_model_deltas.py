@@ -320,6 +320,16 @@ def test_a_malformed_delta_cannot_be_built(fields: dict[str, Any], error: type[E
     assert f"{MODEL} v1 #1" in str(caught.value)
 
 
+def test_a_delta_is_read_only_and_leaves_the_writers_arrays_writable(uri: str) -> None:
+    vectors = np.ones((2, 8), dtype=np.float32)
+    delta = make(DeltaPosition(MODEL, 1), rows=2, item_vectors=vectors)
+    with pytest.raises(ValueError, match="read-only"):
+        delta.item_vectors[0, 0] = 2.0
+    vectors[0, 0] = 2.0  # the writer reuses its buffer after building: publish notices
+    with pytest.raises(ChecksumMismatch):
+        ModelDeltaTable(uri).publish(delta)
+
+
 def test_positions_check_their_fields() -> None:
     with pytest.raises(ValueError, match="letters"):
         DeltaPosition("m'; DROP", 1)

@@ -227,9 +227,12 @@ class ModelDelta:
         )  # fmt: skip
 
     def __post_init__(self) -> None:
-        for array in (self.item_indices, self.item_vectors):
-            if isinstance(array, np.ndarray):
-                array.flags.writeable = False  # the checksum covers them
+        for name in ("item_indices", "item_vectors"):
+            array = getattr(self, name)
+            if isinstance(array, np.ndarray):  # a read-only view: the caller's array stays writable
+                view = array.view()
+                view.flags.writeable = False
+                object.__setattr__(self, name, view)
         for problem in _problems(self):
             raise MalformedDelta(self.model, self.base_version, self.sequence, problem)
         if np.unique(self.item_indices).size != self.item_indices.size:
