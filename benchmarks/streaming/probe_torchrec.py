@@ -345,6 +345,7 @@ def tracker_timing(rank: int, world: int, config: ProbeConfig, sharding: str) ->
         generator = torch.Generator().manual_seed((config.seed + block) * 100 + rank)
         data = batches(config, generator, config.rows)
         diffs: list[float] = []
+        plain_ms: list[float] = []
         hooks_before = len(hook_s)
         seen: list[set[int]] = []
         for step in range(config.timed_steps):
@@ -359,6 +360,7 @@ def tracker_timing(rank: int, world: int, config: ProbeConfig, sharding: str) ->
                 took[name] = time.perf_counter() - start
             seen.append(ids)
             diffs.append(1000 * (took["tracked"] - took["plain"]))
+            plain_ms.append(1000 * took["plain"])
         start = time.perf_counter()
         reported = tracker.get_unique()
         get_unique_ms = 1000 * (time.perf_counter() - start)
@@ -369,6 +371,7 @@ def tracker_timing(rank: int, world: int, config: ProbeConfig, sharding: str) ->
             {
                 "seed": config.seed + block,
                 "steps": config.timed_steps,
+                "plain_step_ms": spread(plain_ms),
                 "tracked_minus_plain_step_ms": spread(diffs),
                 "hook_ms_per_step": round(1000 * sum(hook_s[hooks_before:]) / config.timed_steps, 3),
                 "get_unique_ms": round(get_unique_ms, 3),
