@@ -4,6 +4,7 @@ funnel synthetic data, the popularity baseline runs from the CLI; metrics, artif
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,25 @@ def _config(kind: str, epochs: int) -> RankingTrainConfig:
     return RankingTrainConfig(model=RankerConfig(kind=kind), epochs=epochs, patience=0)
 
 
+STAGING_LEFT: dict[str, set[str]] = {}  # run id -> the checkpoint staging directories its run left behind
+
+
+def _staging_directories() -> set[str]:
+    return {path.name for path in Path(tempfile.gettempdir()).glob("streamrec-ranking-checkpoint-*")}
+
+
 @pytest.fixture(scope="module")
 def ranker_run(settings: Settings) -> Iterator[RankingOutcome]:
-    yield train_ranking(settings, _config("ranker", 5), workers=2, log=lambda message: None)
+    before = _staging_directories()
+    outcome = train_ranking(settings, _config("ranker", 5), workers=2, log=lambda message: None)
+    # This run's directories, and any not named by a run id (as they were before they were); a
+    # concurrent run elsewhere on the machine names its own.
+    STAGING_LEFT[outcome.run_id] = {
+        name
+        for name in _staging_directories() - before
+        if outcome.run_id in name or not re.search(r"-[0-9a-f]{32}-", name)
+    }
+    yield outcome
 
 
 def test_ranker_learns_every_head_and_popularity_runs_from_the_cli(
@@ -98,7 +115,8 @@ def test_run_metrics_artifacts_and_registered_version(settings: Settings, ranker
     assert len(deciles) == 10 and deciles[-1]["observed"] > deciles[0]["observed"] + 0.2
     version = client.get_model_version("streamrec-ranking", ranker_run.model_version)
     assert version.run_id == ranker_run.run_id
-    assert not list(Path(tempfile.gettempdir()).glob(f"streamrec-ranking-checkpoint-{ranker_run.run_id}-*"))
+    # Each epoch's checkpoint was staged in a temporary directory, removed once Ray Train copied it.
+    assert STAGING_LEFT[ranker_run.run_id] == set()
 
     # The registered model, loaded without TorchRec, reproduces the validation metrics the
     # sharded model computed on the workers, through the one scoring path serving calls.
