@@ -37,6 +37,26 @@ def ingest_until_idle(
             log(f"ingest failed ({error}); again from its checkpoint (attempt {attempt + 1} of {attempts})")
 
 
+def produce_days(
+    settings: Settings,
+    stream: SyntheticConfig,
+    after_day: float | None,
+    until_day: float,
+    *,
+    description: str = "producing",
+    show_progress: bool = True,
+) -> int:
+    """Produce ``stream``'s events after day ``after_day`` (None: from its start) up to day
+    ``until_day`` to Kafka; the number sent. Raises when any event fails to reach Kafka."""
+    events = (encode_event(event) for event in events_between_days(stream, after_day, until_day))
+    days = until_day - (after_day or 0.0)
+    expected = round(stream.events * days / stream.span_days)
+    sent = produce(events, settings, total=expected, description=description, show_progress=show_progress)
+    if sent.failed:
+        raise IngestError(f"{sent.failed} of {sent.sent + sent.failed} events failed to reach Kafka")
+    return sent.sent
+
+
 def send_days(
     settings: Settings,
     stream: SyntheticConfig,
@@ -47,13 +67,7 @@ def send_days(
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Produce ``stream``'s events after day ``after_day`` (None: from its start) up to day
-    ``until_day`` and ingest them; the number sent. Raises when any event fails to reach Kafka."""
-    events = (encode_event(event) for event in events_between_days(stream, after_day, until_day))
-    days = until_day - (after_day or 0.0)
-    expected = round(stream.events * days / stream.span_days)
-    sent = produce(events, settings, total=expected, description=description, show_progress=show_progress)
-    if sent.failed:
-        raise IngestError(f"{sent.failed} of {sent.sent + sent.failed} events failed to reach Kafka")
+    """``produce_days``, then ingest until idle; the number sent."""
+    sent = produce_days(settings, stream, after_day, until_day, description=description, show_progress=show_progress)
     ingest_until_idle(settings, log=log)
-    return sent.sent
+    return sent

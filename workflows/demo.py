@@ -6,9 +6,10 @@ Kafka, ingests them exactly once into bronze/quarantine/silver, brings the featu
 Ray Train, registers the models in MLflow, serves the better one (by validation NDCG@10)
 with Ray Serve, shows a few users' recommendations and how a new action changes them, trains
 the multi-task ranker on Ray Train (next to the popularity ranking baseline), promotes it and
-shows /recommend ranked by it, then runs one warm-start round (new events, features,
-training from production, the promotion gate) while a client keeps asking for
-recommendations, and prints what every stage made.
+shows /recommend ranked by it, then runs one round of the loop as a Dagster run (new events,
+features, training from production, the promotion gate: `loop_job`, which the UI shows) and
+the gate of its candidate on the day after, while a client keeps asking for recommendations,
+and prints what every stage made.
 Each stage names the `streamrec` command that does the same by hand. Running it again sends the very same events again:
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
@@ -35,10 +36,12 @@ from features.tables import RANKING_EXAMPLES_TABLE
 from infra import cluster
 from infra.cli import quiet_library_logs, ray_dashboard_line
 from infra.console import make_console
+from infra.dagster_automation import DagsterApiError
+from infra.dagster_runs import launch_run, run_url, wait_for_run
 from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
-from ingestion.day_feed import send_days
+from ingestion.day_feed import produce_days, send_days
 from ingestion.producer import encode_event, produce, with_bad_records
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.stream import run_ingest
@@ -47,21 +50,22 @@ from serving.deploy import base_url, deploy, health
 from serving.registry import promote
 from training.common import tracking
 from training.ranking.runner import train_ranking_popularity
+from training.retrieval.config import TrainConfig
 from training.retrieval.popularity import train_popularity
 from training.retrieval.runner import train
 from workflows.demo_options import DemoOptions
 from workflows.lineage import split_rows
-from workflows.promotion import FRESHNESS_GATE, GateOutcome
+from workflows.promotion import FRESHNESS_GATE, GateOutcome, pending_candidate
+from workflows.resources import streamrec_resource_config
 from workflows.rounds import (
     WARM_START_TRAIN,
     RankingOptions,
-    TrainOptions,
     gate_pending,
     train_ranker,
-    warm_start_round,
 )
 
 console = make_console(highlight=False)
+LOOP_RUN_TIMEOUT_S = 1_800.0  # the round's Dagster run: ingest, features and a warm start
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
 PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
 RANKING_COLUMNS = {  # column: (popularity key, ranker key)
@@ -76,7 +80,8 @@ RANKING_COLUMNS = {  # column: (popularity key, ranker key)
 def run_demo(args: DemoOptions) -> None:
     """Run every stage once and print a summary of what each made."""
     quiet_library_logs()
-    settings = get_settings()
+    # The loop round runs as a Dagster run, so the demo starts Dagster even where it is switched off.
+    settings = get_settings(dagster_enabled=True)
     started = time.monotonic()
 
     _stage(1, "local mini-cluster", "streamrec up")
@@ -150,7 +155,8 @@ def run_demo(args: DemoOptions) -> None:
     _stage(
         10,
         "two more days, a warm-start round, the freshness gate",
-        "dagster job loop_job (workflows/rounds.py)",
+        "dagster job launch -j loop_job -m workflows.definitions (the hourly schedule's job); the gate of the "
+        "waiting candidate: the registered_model_sensor",
     )
     _warm_start_round(settings, args, users[0])
     _closing_lines(settings, started)
@@ -292,32 +298,53 @@ def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], 
 
 
 def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
-    """The stream's next day, one round as the hourly schedule runs it (its candidate waits for
-    events after its data), the day after, and the gate on that day: frozen vs updated model,
-    while a client keeps asking."""
+    """The stream's next day and one round of the loop (``loop_job``) as a run of the running
+    Dagster, as the hourly schedule starts it (its candidate waits for events after its data);
+    the day after; and the gate on that day, as the registered-model sensor runs it: frozen vs
+    updated model, while a client keeps asking."""
     stream = _stream(settings, args)
-    sent = send_days(
-        settings, stream, STREAM_DAYS, STREAM_DAYS + 1, description="the next day's events", log=console.print
-    )
-    console.print(f"{sent:,} new events ingested (day {STREAM_DAYS + 1:g}); feature versions now {_refresh(settings)}")
+    sent = produce_days(settings, stream, STREAM_DAYS, STREAM_DAYS + 1, description="the next day's events")
+    console.print(f"{sent:,} new events on the topic (day {STREAM_DAYS + 1:g}), ingested by the round's Dagster run")
 
     client = _SteadyClient(settings, user)
     client.start()
     try:
         config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
-        round_ = warm_start_round(settings, TrainOptions(config, workers=args.workers), log=console.print)
+        candidate = _loop_round_in_dagster(settings, config, args.workers)
         traffic = "traffic while the candidate trained"
         sent = send_days(settings, stream, STREAM_DAYS + 1, STREAM_DAYS + 2, description=traffic, log=console.print)
         console.print(f"{sent:,} events of day {STREAM_DAYS + 2:g} ingested; feature versions now {_refresh(settings)}")
         pending = gate_pending(settings, FRESHNESS_GATE, log=console.print)
         if pending is not None and pending.decision.promote:
-            client.wait_for_version(round_.trained.model_version, timeout_s=60)
+            client.wait_for_version(candidate, timeout_s=60)
     finally:
         client.stop()
     if pending is not None and pending.comparison.window is not None:
         console.print(_frozen_vs_updated(pending))
     console.print(f"failed requests during the round: {client.failed} of {client.sent:,}")
     console.print(f"versions a client was served: {' -> '.join(client.versions) or '-'}")
+
+
+def _loop_round_in_dagster(settings: Settings, config: TrainConfig, workers: int) -> str:
+    """Launch ``loop_job`` (ingest, features, warm start, evaluation, gate) on the running Dagster
+    with the demo's settings and training config, follow it to its end; the candidate version it
+    registered (which waits for the events after its data before the gate judges it)."""
+    run_config = {
+        "resources": streamrec_resource_config(settings),
+        "ops": {"retrieval_model": {"config": {"train": config.model_dump(mode="json"), "workers": workers}}},
+    }
+    run_id = launch_run(settings, "loop_job", run_config)
+    console.print(f"Dagster run of loop_job: {run_url(settings, run_id)}")
+    end = wait_for_run(settings, run_id, LOOP_RUN_TIMEOUT_S, on_change=lambda status: console.print(f"  run {status}"))
+    if not end.succeeded:
+        steps = ", ".join(f"{step} {status}" for step, status in end.failed_steps.items()) or "no step failed"
+        raise DagsterApiError(f"the loop round's Dagster run ended {end.status} ({steps}): {run_url(settings, run_id)}")
+    candidate = pending_candidate(settings)
+    if candidate is None:
+        url = run_url(settings, run_id)
+        raise DagsterApiError(f"the loop round registered no candidate that waits for the gate: {url}")
+    console.print(f"the round registered candidate v{candidate}; its gate waits for the events after its data")
+    return candidate
 
 
 def _refresh(settings: Settings) -> dict[str, int]:

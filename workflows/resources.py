@@ -234,6 +234,13 @@ class RankingPromotionPolicy(PromotionPolicy):
     )
 
 
+def streamrec_resource_config(settings: Settings) -> dict[str, Any]:
+    """The run config (``resources`` part) that points a run's ``streamrec`` resource at
+    ``settings`` (a demo's own topic and lake, say), whatever settings the code server loaded."""
+    resource = StreamrecResource.from_settings(settings)
+    return {"streamrec": {"config": {name: getattr(resource, name) for name in StreamrecResource.model_fields}}}
+
+
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """Every resource of the definitions, from ``settings``."""
     return {

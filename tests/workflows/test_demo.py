@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from infra import cluster
 from infra.settings import Settings, get_settings
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE
 
@@ -64,7 +65,10 @@ def test_demo_runs_every_stage(mini_cluster: Settings, tmp_path: Path) -> None:
     }
     settings = get_settings(topic=env["STREAMREC_TOPIC"], lake_uri=env["STREAMREC_LAKE_URI"])
 
-    demo = _run_demo(env)
+    try:
+        demo = _run_demo(env)
+    finally:  # the demo starts Dagster (the suite's cluster runs without it): stop it for the tests after
+        cluster.down(get_settings(dagster_enabled=True), ["dagster"])
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     # Every record sent lands once: the stream's first days, the two days of the round, one dislike.
     sent = _count(_line(demo.stdout, "sent "))
@@ -75,7 +79,10 @@ def test_demo_runs_every_stage(mini_cluster: Settings, tmp_path: Path) -> None:
     assert "HSTU is version" in demo.stdout and "test split" in demo.stdout
     assert "serving version" in demo.stdout and "/recommend for" in demo.stdout
     assert "after a dislike of" in demo.stdout  # the new action reached the served recommendations
-    assert "gate: " in demo.stdout and "failed requests during the round: 0 of" in demo.stdout
+    # The round ran as a Dagster run of loop_job (the UI shows it), and the waiting candidate was gated after.
+    assert re.search(r"Dagster run of loop_job: http://\S+/runs/[0-9a-f-]{36}", demo.stdout), demo.stdout[-3000:]
+    assert "  run SUCCESS" in demo.stdout and "registered candidate v" in demo.stdout
+    assert "gate (pending v" in demo.stdout and "failed requests during the round: 0 of" in demo.stdout
     # The ranking stage: examples, the ranker next to the popularity baseline, served with the retrieval model.
     assert "features/ranking_examples version" in demo.stdout and "ranking: exposures" in demo.stdout
     assert f"serving {settings.mlflow.registered_ranking_model} version" in demo.stdout

@@ -1,0 +1,102 @@
+"""Runs of Dagster jobs launched on the running instance through its webserver's GraphQL API,
+and followed to their end: how `streamrec demo` runs its loop round as a Dagster run that the
+UI shows (its steps, asset materialisations and metadata), not as an in-process call.
+
+The webserver's run launcher starts the run in a process of its own, with the code server's
+definitions; the run config given here can set the ``streamrec`` resource, so the run reads
+the same lake, topic and registry as the caller (infra never imports workflows: the caller
+builds the run config).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infra.dagster_automation import DagsterApiError, graphql
+from infra.settings import Settings
+
+JOBS_QUERY = """{ repositoriesOrError { __typename
+  ... on PythonError { message }
+  ... on RepositoryConnection { nodes { name location { name } jobs { name } } } } }"""
+LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
+  ... on LaunchRunSuccess { run { runId } }
+  ... on RunConfigValidationInvalid { errors { message } }
+  ... on PythonError { message }
+  ... on Error { message } } }"""
+RUN_QUERY = """query($id: ID!) { runOrError(runId: $id) { __typename
+  ... on Run { status stepStats { stepKey status } }
+  ... on Error { message } } }"""
+ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a run ended: its status, and the steps that did not succeed (key: status)."""
+
+    run_id: str
+    status: str
+    failed_steps: dict[str, str]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCESS"
+
+
+def run_url(settings: Settings, run_id: str) -> str:
+    """The run's page in the Dagster UI."""
+    return f"{settings.dagster.url}/runs/{run_id}"
+
+
+def launch_run(settings: Settings, job: str, run_config: dict[str, Any]) -> str:
+    """Launch ``job`` with ``run_config`` on the running Dagster; the run id. Raises
+    DagsterApiError naming why Dagster refused (no such job, config errors, ...)."""
+    location, repository = _job_location(settings, job)
+    selector = {"repositoryLocationName": location, "repositoryName": repository, "jobName": job}
+    answer = graphql(settings, LAUNCH_RUN, {"params": {"selector": selector, "runConfigData": run_config}})["launchRun"]
+    if answer.get("__typename") == "LaunchRunSuccess":
+        return str(answer["run"]["runId"])
+    reasons = [error["message"] for error in answer.get("errors") or []] or [answer.get("message") or "?"]
+    raise DagsterApiError(f"Dagster refused to launch {job} ({answer.get('__typename')}): {'; '.join(reasons)[:2000]}")
+
+
+def wait_for_run(
+    settings: Settings,
+    run_id: str,
+    timeout_s: float,
+    *,
+    interval_s: float = 2.0,
+    on_change: Callable[[str], None] | None = None,
+) -> RunEnd:
+    """Poll the run until it ends (success, failure or cancellation); ``on_change(status)`` on
+    each new status. Raises TimeoutError after ``timeout_s`` (the run goes on in Dagster)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        found = graphql(settings, RUN_QUERY, {"id": run_id})["runOrError"]
+        if found.get("__typename") != "Run":
+            raise DagsterApiError(f"Dagster run {run_id}: {found.get('message') or found.get('__typename')}")
+        status = str(found["status"])
+        if status != last and on_change is not None:
+            on_change(status)
+        last = status
+        if status in ENDED:
+            failed = {step["stepKey"]: step["status"] for step in found.get("stepStats") or []}
+            return RunEnd(run_id, status, {key: value for key, value in failed.items() if value != "SUCCESS"})
+        if time.monotonic() > deadline:
+            url = run_url(settings, run_id)
+            raise TimeoutError(f"Dagster run {run_id} still {status} after {timeout_s:.0f} s: {url}")
+        time.sleep(interval_s)
+
+
+def _job_location(settings: Settings, job: str) -> tuple[str, str]:
+    """(code location, repository) of the repository that defines ``job``."""
+    repositories = graphql(settings, JOBS_QUERY)["repositoriesOrError"]
+    if repositories.get("__typename") != "RepositoryConnection":
+        raise DagsterApiError(f"Dagster could not list its repositories: {repositories.get('message', '?')}")
+    for repository in repositories["nodes"]:
+        if any(found["name"] == job for found in repository["jobs"]):
+            return repository["location"]["name"], repository["name"]
+    raise DagsterApiError(f"no code location of the Dagster at {settings.dagster.url} defines the job {job}")
