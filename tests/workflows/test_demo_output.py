@@ -1,4 +1,4 @@
-"""What the demo prints about its warm-start round and at its close, with the round's training,
+"""What the demo prints about its warm-start round and at its close, with the round's Dagster run,
 gate, producer and ingestion replaced (no service)."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from infra.cli import ray_dashboard_line
+from infra.dagster_automation import DagsterApiError
+from infra.dagster_runs import RunEnd
 from infra.settings import Settings
+from ingestion import day_feed
 from serving.deploy import base_url
 from training.common import tracking
 from workflows import demo
@@ -39,12 +42,49 @@ class FakeClient:
         self.waited_for.append(version)
 
 
+class FakeDagster:
+    """Launches and follows the round's run (``infra.dagster_runs``), recording what it was given."""
+
+    def __init__(self, status: str = "SUCCESS") -> None:
+        self.status = status
+        self.launched: list[tuple[str, dict[str, Any]]] = []
+
+    def launch_run(self, settings: Settings, job: str, run_config: dict[str, Any]) -> str:
+        self.launched.append((job, run_config))
+        return "run-1"
+
+    def wait_for_run(self, settings: Settings, run_id: str, timeout_s: float, on_change: Any) -> RunEnd:
+        for status in ("STARTED", self.status):
+            on_change(status)
+        failed = {} if self.status == "SUCCESS" else {"retrieval_model": "FAILURE"}
+        return RunEnd(run_id, self.status, failed)
+
+
+def _fake_round(monkeypatch: pytest.MonkeyPatch, dagster: FakeDagster, pending: Any) -> list[int]:
+    """Replace the round's services; the counts of events each produce call sent."""
+    sent: list[int] = []
+
+    def produce(events: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(len(list(events)))
+        return SimpleNamespace(sent=sent[-1], failed=0)
+
+    monkeypatch.setattr(demo, "launch_run", dagster.launch_run)
+    monkeypatch.setattr(demo, "wait_for_run", dagster.wait_for_run)
+    monkeypatch.setattr(demo, "pending_candidate", lambda settings: "3")
+    monkeypatch.setattr(demo, "gate_pending", pending)
+    monkeypatch.setattr(day_feed, "produce", produce)
+    monkeypatch.setattr(day_feed, "run_ingest", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "build_features", lambda *args, **kwargs: SimpleNamespace(versions=lambda: {}))
+    monkeypatch.setattr(demo, "_SteadyClient", FakeClient)
+    FakeClient.waited_for = []
+    return sent
+
+
 @pytest.mark.parametrize("promote", [False, True])
-def test_the_round_prints_each_gate_decision_once_and_the_frozen_and_updated_model(
+def test_the_round_runs_in_dagster_then_prints_the_gate_once_and_the_frozen_and_updated_model(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, promote: bool
 ) -> None:
     label: Any = "promoted" if promote else "refused"
-    waiting = "no positive event after the candidate's data yet"
     window = {"start_ms": 1, "length_ms": 86_400_000, "targets": 812}
     comparison = SimpleNamespace(
         production_version="1",
@@ -54,39 +94,41 @@ def test_the_round_prints_each_gate_decision_once_and_the_frozen_and_updated_mod
         window=window,
     )
 
-    def round_(settings: Settings, options: Any, log: Any) -> Any:
-        log(f"gate: refused: {waiting}")
-        return SimpleNamespace(trained=SimpleNamespace(model_version="3"))
-
     def pending(settings: Settings, policy: Any, log: Any) -> Any:
         log(f"gate (pending v3): {label}: {REASON}")
         return SimpleNamespace(decision=Decision(promote, label, REASON, 0.0934), comparison=comparison)
 
-    sent: list[int] = []
-
-    def produce(events: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(len(list(events)))
-        return SimpleNamespace(sent=sent[-1])
-
-    monkeypatch.setattr(demo, "warm_start_round", round_)
-    monkeypatch.setattr(demo, "gate_pending", pending)
-    monkeypatch.setattr(demo, "produce", produce)
-    monkeypatch.setattr(demo, "run_ingest", lambda *args, **kwargs: None)
-    monkeypatch.setattr(demo, "build_features", lambda *args, **kwargs: SimpleNamespace(versions=lambda: {}))
-    monkeypatch.setattr(demo, "_SteadyClient", FakeClient)
-    FakeClient.waited_for = []
-
-    demo._warm_start_round(Settings(home=tmp_path), demo.DemoOptions(events=2_800), "u1")
+    dagster = FakeDagster()
+    sent = _fake_round(monkeypatch, dagster, pending)
+    settings = Settings(home=tmp_path, topic="demo-topic")
+    demo._warm_start_round(settings, demo.DemoOptions(events=2_800, epochs=7, workers=2), "u1")
     output = capsys.readouterr().out
     printed = " ".join(output.split())
-    assert printed.count(REASON) == 1 and printed.count(waiting) == 1, printed
-    assert f"gate (pending v3): {label}: {REASON}" in printed
+    # One run of loop_job, on the demo's own settings, with the warm start's epochs and workers.
+    [(job, run_config)] = dagster.launched
+    assert job == "loop_job" and run_config["resources"]["streamrec"]["config"]["topic"] == "demo-topic"
+    model_config = run_config["ops"]["retrieval_model"]["config"]
+    assert model_config["train"]["epochs"] == demo.WARM_START_TRAIN["epochs"] and model_config["workers"] == 2
+    assert f"Dagster run of loop_job: {settings.dagster.url}/runs/run-1" in printed
+    assert "run STARTED" in printed and "run SUCCESS" in printed and "registered candidate v3" in printed
+    assert printed.count(REASON) == 1 and f"gate (pending v3): {label}: {REASON}" in printed
     assert FakeClient.waited_for == (["3"] if promote else [])
     assert len(sent) == 2 and all(20 < count < 400 for count in sent)  # two days of about 2,800 / 28 events (sessions)
     assert "812 target events neither model trained on" in printed
     rows = [line.replace("│", " ").split() for line in output.splitlines() if "│" in line]
     assert ["frozen", "(production)", "v1", "0.0811", "-", "-", "0.0412"] in rows
     assert ["updated", "(warm", "start)", "v3", "0.0934", "-", "0.0521", "0.0000"] in rows
+
+
+def test_a_failed_round_run_stops_the_demo_naming_the_step_and_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def pending(settings: Settings, policy: Any, log: Any) -> Any:
+        raise AssertionError("no gate after a failed round")
+
+    _fake_round(monkeypatch, FakeDagster("FAILURE"), pending)
+    with pytest.raises(DagsterApiError, match=r"ended FAILURE \(retrieval_model FAILURE\): http\S+/runs/run-1"):
+        demo._warm_start_round(Settings(home=tmp_path), demo.DemoOptions(events=2_800), "u1")
 
 
 def test_the_demo_stream_drifts_and_its_days_follow_each_other(tmp_path: Path) -> None:
