@@ -24,12 +24,15 @@ half the catalogue launches over 28 days, 1/56 of it a day); 0 is the static cat
 launches, no life cycle).
 
     .venv/bin/python -m benchmarks.continual [--seeds 0,1,2] [--churn 1] [--resume] [--keep]
+        [--merge OTHER.json ...] [--summarise]
 
 Writes benchmarks/results/continual.json (``--out``) after every stream (``--resume`` keeps the
 streams already there and runs the rest) and continual.png beside it (NDCG@10 per window, one
 line per policy, mean and one std over seeds, one panel per churn); logs both, with each
 policy's per-window metrics, to an MLflow run of the private cluster (``--keep`` leaves that
-cluster and its home up to browse).
+cluster and its home up to browse). Seeds can run in parallel, each process on its own private
+cluster and ``--out``; ``--merge`` then takes the others' streams into one file and
+``--summarise`` rewrites its summary and plot without running anything.
 """
 
 from __future__ import annotations
@@ -365,24 +368,56 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--resume", action="store_true", help="keep the streams already in --out, run the rest")
     parser.add_argument("--keep", action="store_true", help="leave the private cluster and its home up")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="also take the streams of these results (runs in parallel)"
+    )
+    parser.add_argument(
+        "--summarise", action="store_true", help="run nothing: rewrite --out's summary and plot from its streams"
+    )
     args = parser.parse_args()
     quiet_library_logs()
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # run `finally`: stop the cluster
     seeds = [int(seed) for seed in args.seeds.split(",")]
     churns = [float(churn) for churn in args.churn.split(",")]
     result = header("continual", args, seeds)
-    previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    previous = json.loads(args.out.read_text()) if (args.resume or args.summarise) and args.out.exists() else {}
     result["streams"] = previous.get("streams", [])  # a resumed file keeps its streams; missing ones run
     if previous:  # and says which runs made them
         earlier = previous.get("earlier_runs", [])
         result["earlier_runs"] = [*earlier, {key: previous[key] for key in RUN_KEYS if key in previous}]
+    merge_streams(result, args.merge)
     done = {(stream["churn"], stream["seed"]) for stream in result["streams"]}
+    if args.summarise:
+        result["summary"] = summarise(result["streams"])
+        picture = plot(result["summary"], args.out.with_suffix(".png"))
+        print(f"wrote {write_result(args.out, result)} and {picture}")
+        return
     if args.keep:
         home = Path(tempfile.mkdtemp(prefix="streamrec-bench-continual-"))
         run(args, home, result, done, churns, seeds)
     else:
         with private_home("continual") as home:
             run(args, home, result, done, churns, seeds)
+
+
+def merge_streams(result: dict[str, Any], paths: list[str]) -> None:
+    """Add to ``result`` the streams of each result file in ``paths`` that it lacks (seeds run in
+    parallel on private clusters of their own) and name each file's run in ``earlier_runs``. A
+    stream both hold must be the same; two different runs of one stream are refused."""
+    held = {(stream["churn"], stream["seed"]): stream for stream in result["streams"]}
+    for path in paths:
+        other = json.loads(Path(path).read_text())
+        taken = []
+        for stream in other.get("streams", []):
+            key = (stream["churn"], stream["seed"])
+            if key in held and held[key] != stream:
+                raise SystemExit(f"{path} holds another run of the stream churn x{key[0]:g}, seed {key[1]}")
+            if key not in held:
+                held[key] = stream
+                result["streams"].append(stream)
+                taken.append(f"churn x{key[0]:g}, seed {key[1]}")
+        run_header = {key: other[key] for key in RUN_KEYS if key in other}
+        result.setdefault("earlier_runs", []).append({**run_header, "merged_from": path, "streams_taken": taken})
 
 
 def run(

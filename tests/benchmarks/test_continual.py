@@ -4,13 +4,14 @@ the summary over seeds, the targets it checks and the plot."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.continual.run import POLICIES, plot, stream_config, summarise
+from benchmarks.continual.run import POLICIES, merge_streams, plot, stream_config, summarise
 
 ARGS = argparse.Namespace(users=50, items=200, events_per_day=100, warmup_days=7, windows=7)
 
@@ -79,3 +80,29 @@ def test_plot_draws_one_panel_per_churn(tmp_path: Path) -> None:
     ]
     path = plot(summarise(streams), tmp_path / "continual.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_takes_the_streams_a_result_lacks_and_refuses_two_runs_of_one(tmp_path: Path) -> None:
+    windows = {policy: [0.1, 0.05] for policy in POLICIES}
+    ours = {"streams": [_stream(0, windows, {"loop": 1.0, "retrain": 2.0})]}
+    theirs = {
+        "command": "python -m benchmarks.continual --seeds 2",
+        "commit": "abc",
+        "streams": [
+            _stream(0, windows, {"loop": 1.0, "retrain": 2.0}),
+            _stream(2, windows, {"loop": 3.0, "retrain": 4.0}),
+        ],
+    }
+    path = tmp_path / "seed2.json"
+    path.write_text(json.dumps(theirs))
+    merge_streams(ours, [str(path)])
+    assert [stream["seed"] for stream in ours["streams"]] == [0, 2]  # the shared stream once
+    assert ours["earlier_runs"] == [
+        {"command": theirs["command"], "commit": "abc", "merged_from": str(path), "streams_taken": ["churn x1, seed 2"]}
+    ]
+    assert summarise(ours["streams"])["1"]["seeds"] == [0, 2]
+
+    theirs["streams"][0]["train_s"]["loop"] = 9.0  # another run of seed 0
+    path.write_text(json.dumps(theirs))
+    with pytest.raises(SystemExit, match="another run of the stream churn x1, seed 0"):
+        merge_streams({"streams": [_stream(0, windows, {"loop": 1.0, "retrain": 2.0})]}, [str(path)])
