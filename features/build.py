@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from features import arrow_jobs, ranking
 from features.ranking import RankingSpec
@@ -47,6 +47,7 @@ from features.tables import (
     recorded_state,
     rows_with,
 )
+from infra.errors import StreamrecError
 from infra.lake import table_version
 from infra.settings import Settings
 from ingestion.schema import SILVER_TABLE
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
 
 FEATURE_TABLES = (ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, ITEM_STATS_TABLE)
 Log = Callable[[str], None]
+
+
+class ConcurrentBuildError(StreamrecError):
+    """Another feature build committed a table this build read first; this build wrote nothing there."""
 
 
 @dataclass(frozen=True)
@@ -170,10 +175,11 @@ def _full_build(settings: Settings, silver_version: int, log: Log, spec: Ranking
     events = read_delta(spark, settings.table_uri(SILVER_TABLE), silver_version).select(*EVENT_COLUMNS).cache()
     try:
         vocab_uri = settings.table_uri(ITEM_VOCAB_TABLE)
-        vocab = _read_vocab(vocab_uri)
+        snapshot = _vocab_snapshot(settings)
+        vocab = _read_vocab(snapshot)
         unseen = spark_jobs.unseen_items(events, spark.createDataFrame(vocab.select(["item_id"]))).toArrow()
         added = arrow_jobs.new_items(unseen, vocab)
-        report.tables.append(_append(settings, ITEM_VOCAB_TABLE, added, record, log))
+        report.tables.append(_append_vocab(settings, snapshot, added, record, log))
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
         sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features.max_len)
@@ -270,13 +276,37 @@ def _incremental_build(
 
 
 def _update_vocab(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
+    snapshot = _vocab_snapshot(settings)
+    return _append_vocab(settings, snapshot, arrow_jobs.new_items(delta.new_rows, _read_vocab(snapshot)), record, log)
+
+
+def _vocab_snapshot(settings: Settings) -> DeltaTable | None:
+    """The vocabulary table at the version a build reads (None before the first build)."""
     uri = settings.table_uri(ITEM_VOCAB_TABLE)
-    return _append(settings, ITEM_VOCAB_TABLE, arrow_jobs.new_items(delta.new_rows, _read_vocab(uri)), record, log)
+    return DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
+
+
+def _append_vocab(
+    settings: Settings, snapshot: DeltaTable | None, rows: pa.Table, record: CommitProperties, log: Log
+) -> TableUpdate:
+    """Append the new items, indexed after the vocabulary of ``snapshot``, committing against
+    that version: a build that committed since carries the same app transaction (the silver
+    version record), so Delta refuses this commit instead of letting two builds give the next
+    indices to different items (an index never changes meaning)."""
+    try:
+        write_deltalake(snapshot or settings.table_uri(ITEM_VOCAB_TABLE), rows, mode="append", commit_properties=record)
+    except CommitFailedError as error:
+        read = snapshot.version() if snapshot is not None else None
+        raise ConcurrentBuildError(
+            f"another feature build committed {ITEM_VOCAB_TABLE} after this one read version {read}; nothing of "
+            f"this build was written there: run it again (it continues from what the other build wrote)"
+        ) from error
+    return _written(settings, ITEM_VOCAB_TABLE, len(rows), "appended", log)
 
 
 def _update_sequences(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
     uri = settings.table_uri(USER_SEQUENCES_TABLE)
-    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    vocab = _read_vocab(_vocab_snapshot(settings))
     users = pc.unique(delta.new_rows.column("user_id"))
     stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("user_id", users))
     # Users whose new events all come after their stored ones get them appended; users
@@ -301,7 +331,7 @@ def _update_stats(settings: Settings, delta: SilverChanges, record: CommitProper
     uri = settings.table_uri(ITEM_STATS_TABLE)
     increments = arrow_jobs.stats_of_events(delta.new_rows)
     stored = DeltaTable(uri).to_pyarrow_dataset().to_table(filter=rows_with("item_id", increments.column("item_id")))
-    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    vocab = _read_vocab(_vocab_snapshot(settings))
     return _merge(settings, ITEM_STATS_TABLE, arrow_jobs.add_stats(stored, increments, vocab), "item_id", record, log)
 
 
@@ -314,7 +344,7 @@ def _update_ranking(settings: Settings, delta: SilverChanges, spec: RankingSpec,
     boundaries = (state.validation_from_ts, state.test_from_ts)
     users = pc.unique(delta.new_rows.column("user_id"))
     affected = ranking.affected_from(delta.new_rows, spec.window_ms)
-    vocab = _read_vocab(settings.table_uri(ITEM_VOCAB_TABLE))
+    vocab = _read_vocab(_vocab_snapshot(settings))
     events = arrow_jobs.with_item_index(rows_of_users(settings.table_uri(SILVER_TABLE), delta.until, users), vocab)
     fresh = ranking.with_split(ranking.rows_from(ranking.ranking_rows(events, spec.window_ms, spec.max_len), affected),
                                boundaries)  # fmt: skip
@@ -365,10 +395,9 @@ def _events(table: pa.Table) -> pa.Table:
 # Delta writes ---------------------------------------------------------------------------
 
 
-def _read_vocab(uri: str) -> pa.Table:
-    if not DeltaTable.is_deltatable(uri):
-        return ITEM_VOCAB_SCHEMA.empty_table()
-    return DeltaTable(uri).to_pyarrow_table().cast(ITEM_VOCAB_SCHEMA)
+def _read_vocab(snapshot: DeltaTable | None) -> pa.Table:
+    """The vocabulary at ``snapshot``'s version (empty before the first build)."""
+    return ITEM_VOCAB_SCHEMA.empty_table() if snapshot is None else snapshot.to_pyarrow_table().cast(ITEM_VOCAB_SCHEMA)
 
 
 def _append(settings: Settings, name: str, rows: pa.Table, record: CommitProperties, log: Log) -> TableUpdate:

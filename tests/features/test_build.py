@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
 from featuredata import Event, append_silver, sequences_by_item_id, silver_rows, table_rows
 
-from features.build import build
+import features.build
+from features import arrow_jobs
+from features.build import ConcurrentBuildError, build
 from features.reader import load_examples
 from features.silver import silver_changes
 from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE
@@ -208,3 +212,52 @@ def test_incremental_build_after_a_silver_version_without_new_rows(settings: Set
     report = build(settings, incremental=True, log=QUIET)
     assert report.mode == "incremental" and report.new_silver_rows == 0
     assert _snapshot(settings) == full
+
+
+def test_two_builds_at_once_never_give_one_index_two_items(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two incremental builds that both read the vocabulary before either writes (a Dagster run
+    and a command, say): one commits, the other is refused with nothing written and, run again,
+    continues from what the first wrote. Before, both appended: the next indices twice over."""
+    append_silver(settings, silver_rows(EVENTS))
+    build(settings, log=QUIET)
+    append_silver(settings, silver_rows([("u1", "q", "click", 4000), ("u4", "r", "view", 4100)], first_offset=50))
+    both_read = threading.Barrier(2, timeout=60)
+    new_items = arrow_jobs.new_items
+
+    def after_both_read(*args: Any) -> Any:
+        both_read.wait()
+        return new_items(*args)
+
+    one_write_at_a_time = threading.Lock()  # the second commit starts after the first ended
+    write = features.build.write_deltalake
+
+    def serialised_write(*args: Any, **kwargs: Any) -> Any:
+        with one_write_at_a_time:
+            return write(*args, **kwargs)
+
+    monkeypatch.setattr(arrow_jobs, "new_items", after_both_read)
+    monkeypatch.setattr(features.build, "write_deltalake", serialised_write)
+    outcomes: list[object] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(build(settings, incremental=True, log=QUIET))
+        except ConcurrentBuildError as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    refused = [outcome for outcome in outcomes if isinstance(outcome, ConcurrentBuildError)]
+    assert len(outcomes) == 2 and len(refused) == 1, outcomes
+    assert "run it again" in str(refused[0])
+
+    monkeypatch.setattr(arrow_jobs, "new_items", new_items)
+    build(settings, incremental=True, log=QUIET)  # the refused one, again
+    vocab = table_rows(settings, ITEM_VOCAB_TABLE, "item_index")
+    assert [row["item_index"] for row in vocab] == list(range(1, 8))
+    assert sorted(row["item_id"] for row in vocab) == ["a", "c", "d", "e", "q", "r", "z"]
+    sequences = {row["user_id"]: row for row in table_rows(settings, USER_SEQUENCES_TABLE, "user_id")}
+    assert sequences["u4"]["item_indices"] == [7] and sequences["u1"]["item_indices"][-1] == 6
