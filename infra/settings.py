@@ -197,6 +197,21 @@ class TrainSettings(_Section):
         2, ge=0, description="Worker failures a run recovers from, each time from its last checkpoint."
     )
     storage: str = Field("", description="Ray Train run storage (checkpoints); default <home>/checkpoints. Any URI.")
+    follow_item_headroom: int = Field(
+        10_000,
+        ge=0,
+        description="`train --follow`: item-table rows beyond the base version's items, taken by items first seen "
+        "after it (indices up to the base's items + this); when used up, the next full version resizes.",
+    )
+    follow_max_steps: int = Field(
+        50, ge=1, description="`train --follow`: most optimizer steps per round of new silver/events versions."
+    )
+    follow_replay_ratio: float = Field(
+        1.0, ge=0, description="`train --follow`: replayed sequences of other users per sequence with new events."
+    )
+    follow_poll_s: float = Field(
+        1.0, gt=0, description="`train --follow`: how often it looks for new silver/events versions, in seconds."
+    )
 
 
 class ServeSettings(_Section):
