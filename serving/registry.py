@@ -8,27 +8,51 @@ registered-model tag), so ``rollback`` can move it back to the version that serv
 from __future__ import annotations
 
 import json
+import os
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from infra.errors import StreamrecError
 from infra.settings import Settings
 from training.common import tracking
 
 HISTORY_TAG = "streamrec.promotions"  # JSON list of versions the alias pointed at, oldest first
+REPLICA_RETRIES = 2  # fail_fast_in_this_process: retries after 1 and 2 s
+# What MLflow answers for an alias that is not set (INVALID_PARAMETER_VALUE) or a model that does
+# not exist (RESOURCE_DOES_NOT_EXIST); anything else (a refused connection, a 5xx) is the registry failing.
+NOT_SET_CODES = {ErrorCode.Name(INVALID_PARAMETER_VALUE), ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)}
 
 
 class RegistryError(StreamrecError):
     """The registry has no such model, version or alias."""
 
 
+class RegistryUnreachable(RegistryError):
+    """The registry did not answer (down, restarting, a 5xx): what the alias names is unknown."""
+
+
 def served_version(settings: Settings, model: str | None = None) -> str | None:
-    """The version the serving alias names, or None when the alias is not set."""
+    """The version the serving alias names, or None when the alias is not set; raises
+    RegistryUnreachable when the registry does not answer (which is not "no alias")."""
     name = model or settings.mlflow.registered_model
     try:
         return str(tracking.client(settings).get_model_version_by_alias(name, settings.serve.model_alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NOT_SET_CODES:
+            return None
+        raise RegistryUnreachable(
+            f"cannot read the {settings.serve.model_alias!r} alias of {name!r} from the model registry at "
+            f"{settings.mlflow.tracking_uri}: {error.message}"
+        ) from error
+
+
+def fail_fast_in_this_process() -> None:
+    """Make this process's MLflow calls give up after about 3 s instead of MLflow's default
+    ~4 minutes of retries: a serving replica's model watcher asks again every poll itself, and
+    /healthz can say the registry is unreachable while that is still news."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(REPLICA_RETRIES)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
 def promote(settings: Settings, version: str, model: str | None = None) -> str | None:

@@ -5,8 +5,11 @@ version is downloaded, loaded and indexed in that thread while requests keep usi
 current one; then one reference assignment swaps it in together with its SwapRecord
 (requests that already took the old one finish with it; a reader of ``state`` never sees a
 version without its record). A version that fails to load keeps the old one serving; the
-failure is logged and shown by /healthz until the alias moves again. The retrieval Catalog
-and the ranking ServedRanker are watched alike, each by a watcher of its own.
+failure is logged and shown by /healthz, and the version is tried again after a backoff
+(doubling from ``poll_s`` to ``RETRY_MAX_S``: its artifacts may have been out of reach) and
+at once when the registry answers again after it did not. A registry that does not answer
+keeps the current model serving, shown by /healthz until it answers again. The retrieval
+Catalog and the ranking ServedRanker are watched alike, each by a watcher of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
+RETRY_MAX_S = 300.0  # the longest wait before a version that failed to load is tried again
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class ModelWatcher(Generic[Model]):
         self.state: WatchedState[Model] = WatchedState()
         self.failed_version: str | None = None
         self.last_error: str | None = None
+        self._failures = 0  # consecutive failed loads of failed_version
+        self._retry_at = 0.0  # monotonic time of its next try
+        self._unreachable = False  # the last read of the alias failed
 
     @property
     def current(self) -> Model | None:
@@ -104,14 +111,20 @@ class ModelWatcher(Generic[Model]):
         while not self._stop.wait(self._poll_s):
             try:
                 version = self._resolve()
-            except Exception as error:  # the registry may be briefly unreachable: keep serving
-                self.last_error = f"cannot read the serving alias: {error}"
+            except Exception as error:  # the registry may be unreachable for a while: keep serving
+                self._unreachable, self._retry_at = True, 0.0  # a failed version: tried again once it answers
+                self.last_error = f"cannot read the serving alias, still serving {self._current_version()}: {error}"
                 logger.warning(self.last_error)
                 continue
-            current = self.current.version if self.current else None
+            if self._unreachable:
+                self._unreachable, self.last_error = False, None
+                logger.info("the serving alias is readable again: it names version %s", version)
+            current = self._current_version()
             if version is not None and version == current and self.failed_version is not None:
                 self.failed_version = self.last_error = None  # the alias is back on what serves (a rollback)
-            if version is None or version in (current, self.failed_version):
+            if version is None or version == current:
+                continue
+            if version == self.failed_version and time.monotonic() < self._retry_at:
                 continue
             self._swap_to(version)
 
@@ -120,14 +133,20 @@ class ModelWatcher(Generic[Model]):
         try:
             catalog = self._load(version)
         except Exception as error:
-            self.failed_version = version
-            self.last_error = f"version {version} failed to load, still serving {self._current_version()}: {error}"
+            self._failures = self._failures + 1 if version == self.failed_version else 1
+            wait_s = min(self._poll_s * 2**self._failures, RETRY_MAX_S)
+            self.failed_version, self._retry_at = version, time.monotonic() + wait_s
+            self.last_error = (
+                f"version {version} failed to load (try {self._failures}, next in {wait_s:.0f} s), "
+                f"still serving {self._current_version()}: {error}"
+            )
             logger.error(self.last_error)
             return
         before = self._current_version()
         record = SwapRecord(before, version, time.monotonic() - started, time.time())
         self.state = WatchedState(catalog, (*self.state.swaps, record))  # the swap: one reference assignment
         self.failed_version = None
+        self._failures = 0
         self.last_error = None
         if self._on_swap is not None:
             self._on_swap(record)

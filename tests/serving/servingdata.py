@@ -18,6 +18,7 @@ from pipelinedata import send as send  # the serving tests send live actions wit
 from infra.polling import wait_until
 from infra.settings import Settings
 from ingestion.producer import OutRecord, encode_event
+from training.common import tracking
 from training.ranking.runner import RankingOutcome
 from training.retrieval.runner import TrainOutcome
 
@@ -48,3 +49,12 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: flo
 
 def post(served: Served, path: str, body: object, **kwargs: object) -> requests.Response:
     return requests.post(f"{served.url}{path}", json=body, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def register_copy(served: Served) -> str:
+    """A new registered version with the production version's model files."""
+    client = tracking.client(served.settings)
+    source = client.get_model_version(served.settings.mlflow.registered_model, served.run.model_version).source
+    return str(
+        client.create_model_version(served.settings.mlflow.registered_model, source, run_id=served.run.run_id).version
+    )

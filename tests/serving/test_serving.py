@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servingdata import Served, action, post, send, wait_for
+from servingdata import Served, action, post, register_copy, send, wait_for
 
 from features.tables import ITEM_STATS_TABLE
 from serving.catalog import read_popularity
@@ -110,15 +110,6 @@ def _health_with_error(served: Served) -> dict | None:
     return body if body["last_error"] else None
 
 
-def _register_copy(served: Served) -> str:
-    """A new registered version with the production version's model files."""
-    client = tracking.client(served.settings)
-    source = client.get_model_version(served.settings.mlflow.registered_model, served.run.model_version).source
-    return str(
-        client.create_model_version(served.settings.mlflow.registered_model, source, run_id=served.run.run_id).version
-    )
-
-
 def _register_broken(served: Served, tmp_path: Path) -> str:
     client = tracking.client(served.settings)
     run = client.create_run(tracking.experiment_id(served.settings), run_name="broken-model")
@@ -137,7 +128,7 @@ def test_promotion_swaps_without_a_failed_request_and_a_broken_version_keeps_the
 ) -> None:
     settings = served.settings
     first = served_version(settings)
-    second = _register_copy(served)
+    second = register_copy(served)
     outcomes: Counter[str] = Counter()
     versions_seen: list[str] = []
     stop = threading.Event()
