@@ -13,18 +13,51 @@ through these helpers:
   It needs no table property, unlike Delta's change data feed, and reads only new files.
 * ``read_delta``: Spark reads the Parquet files of a given table version, so jobs read
   exactly the snapshot they record.
+* ``reporting_a_full_disk``: a write that finds no space left on the lake's device raises
+  ``LakeFullError`` naming the table, its path and the version that stays readable (delta-rs
+  says "Failed to parse parquet: ... No space left on device (os error 28)").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
+from infra.errors import StreamrecError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+NO_SPACE = ("No space left on device", "os error 28")  # what delta-rs and the OS say (ENOSPC)
+
+
+class LakeFullError(StreamrecError):
+    """A write found no space left on the lake's device; nothing of it was committed."""
+
+
+@contextmanager
+def reporting_a_full_disk(uri: str) -> Iterator[None]:
+    """Raise LakeFullError for a write to the table at ``uri`` inside that runs out of disk space:
+    its message names the table, that nothing was committed, the version that stays readable and
+    what to do (one line: Spark's error digest keeps the last exception line)."""
+    try:
+        yield
+    except Exception as error:
+        if not any(sign in str(error) for sign in NO_SPACE):
+            raise
+        version = table_version(uri)
+        kept = "no table was created" if version is None else f"the table stays at version {version} (readable)"
+        raise LakeFullError(
+            f"no space left on the device under {uri}: nothing of this write was committed, {kept}. "
+            "Free space there (delta-rs may have left an uncommitted Parquet file, which `vacuum` removes) "
+            "or move the lake (STREAMREC_LAKE_URI), then run the same command again: it continues from the "
+            f"last commit. ({str(error).splitlines()[0]})"
+        ) from error
 
 
 def table_version(uri: str) -> int | None:
@@ -49,13 +82,14 @@ def append_once(uri: str, table: pa.Table, app_id: str, version: int, partition_
     done = committed_version(uri, app_id)
     if done is not None and done >= version:
         return False
-    write_deltalake(
-        uri,
-        table,
-        mode="append",
-        partition_by=partition_by,
-        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
-    )
+    with reporting_a_full_disk(uri):
+        write_deltalake(
+            uri,
+            table,
+            mode="append",
+            partition_by=partition_by,
+            commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+        )
     return True
 
 
