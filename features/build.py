@@ -175,11 +175,9 @@ def _full_build(settings: Settings, silver_version: int, log: Log, spec: Ranking
     events = read_delta(spark, settings.table_uri(SILVER_TABLE), silver_version).select(*EVENT_COLUMNS).cache()
     try:
         vocab_uri = settings.table_uri(ITEM_VOCAB_TABLE)
-        snapshot = _vocab_snapshot(settings)
-        vocab = _read_vocab(snapshot)
+        vocab = _read_vocab(_vocab_snapshot(settings))
         unseen = spark_jobs.unseen_items(events, spark.createDataFrame(vocab.select(["item_id"]))).toArrow()
-        added = arrow_jobs.new_items(unseen, vocab)
-        report.tables.append(_append_vocab(settings, snapshot, added, record, log))
+        report.tables.append(append_new_items(settings, unseen, record, log).update)
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
         sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features.max_len)
@@ -276,8 +274,31 @@ def _incremental_build(
 
 
 def _update_vocab(settings: Settings, delta: SilverChanges, record: CommitProperties, log: Log) -> TableUpdate:
+    return append_new_items(settings, delta.new_rows, record, log).update
+
+
+@dataclass(frozen=True)
+class VocabAppend:
+    """What ``append_new_items`` did: the rows it appended and the vocabulary after them."""
+
+    added: pa.Table  # ITEM_VOCAB_SCHEMA: the new items and the indices they got
+    vocab: pa.Table  # ITEM_VOCAB_SCHEMA: the whole vocabulary the append committed on top of, plus ``added``
+    update: TableUpdate
+
+
+def append_new_items(settings: Settings, events: pa.Table, record: CommitProperties, log: Log = print) -> VocabAppend:
+    """The one rule that gives items their indices (builds and the follow job both call it):
+    the items of ``events`` (``item_id``, ``ts``) missing from the vocabulary get the next
+    indices (``arrow_jobs.new_items``) and are appended, committing against the version read,
+    with ``record`` (``tables.build_record``: the silver version the vocabulary now covers).
+
+    Raises ``ConcurrentBuildError`` when another writer committed the vocabulary since it was read
+    (nothing written: call again). Commits even when no item is new, so the record lands."""
     snapshot = _vocab_snapshot(settings)
-    return _append_vocab(settings, snapshot, arrow_jobs.new_items(delta.new_rows, _read_vocab(snapshot)), record, log)
+    vocab = _read_vocab(snapshot)
+    added = arrow_jobs.new_items(events, vocab)
+    update = _append_vocab(settings, snapshot, added, record, log)
+    return VocabAppend(added, pa.concat_tables([vocab, added]), update)
 
 
 def _vocab_snapshot(settings: Settings) -> DeltaTable | None:

@@ -102,18 +102,24 @@ def load_examples(
 def read_sequences(settings: Settings, version: int) -> tuple[np.ndarray, FlatSequences]:
     """User ids (sorted) and their flattened sequences at user_sequences ``version``."""
     table = DeltaTable(settings.table_uri(USER_SEQUENCES_TABLE), version=version).to_pyarrow_table()
+    return flatten_sequences(table, f"user_sequences version {version}")
+
+
+def flatten_sequences(table: pa.Table, source: str = "user_sequences") -> tuple[np.ndarray, FlatSequences]:
+    """User ids (sorted) and their flattened sequences of user_sequences rows ``table``
+    (``source`` names them in errors)."""
     order = pc.sort_indices(table.column("user_id"))
     if not np.array_equal(order.to_numpy(), np.arange(len(table))):  # full builds write sorted rows
         table = table.take(order)
     lengths = pc.list_value_length(table.column("item_indices")).to_numpy(zero_copy_only=False)
     for column in ("actions", "timestamps"):
         if not np.array_equal(pc.list_value_length(table.column(column)).to_numpy(zero_copy_only=False), lengths):
-            raise ValueError(f"user_sequences version {version}: {column} and item_indices differ in length")
+            raise ValueError(f"{source}: {column} and item_indices differ in length")
     actions = pc.list_flatten(table.column("actions"))
     action_ids = pc.index_in(actions, value_set=pa.array(ACTIONS))
     if action_ids.null_count:
         unknown = pc.unique(pc.filter(actions, pc.is_null(action_ids))).to_pylist()
-        raise ValueError(f"user_sequences version {version} holds unknown actions {unknown}")
+        raise ValueError(f"{source} holds unknown actions {unknown}")
     flat = FlatSequences(
         offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
         items=_numpy(pc.list_flatten(table.column("item_indices"))),

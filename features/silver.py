@@ -27,13 +27,14 @@ class SilverChanges:
 
     since: int
     until: int
-    new_rows: pa.Table  # EVENT_COLUMNS
+    new_rows: pa.Table  # EVENT_COLUMNS, or the columns asked for
     lost_rows: int
 
 
-def silver_changes(uri: str, since: int, until: int) -> SilverChanges:
-    """Rows in silver ``until`` that were not in silver ``since`` (by event_id)."""
-    added, removed = rows_between(uri, since, until, EVENT_COLUMNS)
+def silver_changes(uri: str, since: int, until: int, columns: list[str] | None = None) -> SilverChanges:
+    """Rows in silver ``until`` that were not in silver ``since`` (by event_id); ``columns``
+    (default EVENT_COLUMNS) must include event_id."""
+    added, removed = rows_between(uri, since, until, columns or EVENT_COLUMNS)
     removed_ids = removed.column("event_id")
     new_rows = added.filter(pc.invert(pc.is_in(added.column("event_id"), value_set=removed_ids)))
     lost = removed.filter(pc.invert(pc.is_in(removed_ids, value_set=added.column("event_id"))))

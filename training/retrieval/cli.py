@@ -69,6 +69,19 @@ def train(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Run the follow job instead: learn from new silver/events rows and publish model deltas until "
+            "Ctrl-C or SIGTERM (docs/training.md, 'The follow loop').",
+        ),
+    ] = False,
+    base_version: Annotated[
+        int | None,
+        typer.Option(help="--follow: the registered version to start from; default the serving alias's version."),
+    ] = None,
+    publish_every: Annotated[float, typer.Option(help="--follow: seconds between published model deltas.")] = 30.0,
 ) -> None:
     """Train a sequential encoder (--model) on Ray Train (sharded item table), log to MLflow, register the model.
 
@@ -77,6 +90,11 @@ def train(
     from training.retrieval.popularity import train_popularity
     from training.retrieval.runner import train as run_training
 
+    if follow or base_version is not None:
+        _follow(follow, config, overrides, base_version, publish_every,
+                {"--workers": workers, "--resume": resume, "--warm-start": warm_start,
+                 "--matryoshka-dims": matryoshka_dims, "--json": as_json or None})  # fmt: skip
+        return
     if model not in MODELS:
         console.print(f"[red]--model must be {MODEL_CHOICES}, not {model!r}[/red]")
         raise typer.Exit(2)
@@ -108,6 +126,47 @@ def train(
             f"run {outcome['run_name']} -> {settings.mlflow.registered_model} version {outcome['model_version']} "
             f"(best epoch {outcome['best_epoch']}); MLflow: {tracking.ui_url(settings, outcome['run_id'])}"
         )
+
+
+def _follow(
+    follow: bool,
+    config: Path | None,
+    overrides: dict[str, Any],
+    base_version: int | None,
+    publish_every: float,
+    others: dict[str, object],
+) -> None:
+    """`streamrec train --follow`: the options it takes checked, then the follow loop until stopped."""
+    import yaml
+
+    problem = ""
+    if not follow:
+        problem = "--base-version goes with --follow"
+    elif not publish_every > 0:
+        problem = f"--publish-every must be a positive number of seconds, not {publish_every:g}"
+    elif base_version is not None and base_version < 1:
+        problem = f"--base-version must be a registered version (1, 2, ...), not {base_version}"
+    elif given := [name for name, value in others.items() if value is not None]:
+        problem = f"{', '.join(given)} do(es) not apply to --follow"
+    fields = merge(nest_table_fields(yaml.safe_load(config.read_text()) if config else {}), overrides)
+    if not problem and "encoder" in fields:
+        problem = "encoder options do not apply to --follow: it trains the base version's encoder"
+    if not problem:
+        try:
+            TrainConfig.model_validate(fields)
+        except ValueError as error:
+            problem = f"invalid training config: {error}"
+    if problem:
+        console.print(f"[red]{problem}[/red]")
+        raise typer.Exit(2)
+    from training.streaming.follow import follow as run_follow
+
+    settings = load_settings()
+    try:
+        run_follow(settings, fields, base_version, publish_every, log=console.print)
+    except (FileNotFoundError, LookupError, ValueError) as error:
+        console.print(f"[red]the follow job stopped:[/red] {error}")
+        raise typer.Exit(1) from error
 
 
 def evaluate(
