@@ -28,7 +28,7 @@ from followlake import (
 from features.tables import ITEM_VOCAB_TABLE, USER_SEQUENCES_TABLE, recorded_state
 from infra.settings import Settings
 from training.common.model import PLAIN_WEIGHT
-from training.streaming.deltas import MODEL_DELTAS_TABLE, DeltaPosition, ModelDelta, ModelDeltaTable
+from training.streaming.deltas import MODEL_DELTAS_TABLE, DeltaPosition, ModelDelta, ModelDeltaTable, SequenceConflict
 from training.streaming.dense import decode_dense_weights
 from training.streaming.follow import FollowBase, FollowJob, FollowOptions, stop_on_signals
 
@@ -91,6 +91,7 @@ def test_a_round_learns_the_new_rows_and_the_delta_holds_every_changed_row(lake:
         expected[partition] = max(expected.get(partition, 0), offset + 1)
     assert dict(delta.kafka_offsets) == expected
     assert job.publish() is None  # published: nothing pending
+    assert delta.new_items == {} and _job(lake, base).cursor == silver  # a restart after a delta without new items
 
 
 def test_a_restart_rebuilds_base_plus_deltas_and_learns_each_silver_version_once(
@@ -244,3 +245,14 @@ def test_bad_options_are_refused() -> None:
     for bad in ({"publish_every_s": 0}, {"poll_s": -1}, {"max_steps": 0}, {"replay_ratio": -0.5}, {"headroom": -1}):
         with pytest.raises(ValueError):
             FollowOptions(**bad)
+
+
+def test_a_second_job_on_the_same_base_is_refused_at_its_first_publish(lake: Settings, base: FollowBase) -> None:
+    first, second = _job(lake, base), _job(lake, base)
+    _new_events(lake, "n", [1, 2], [4, 5], 500)
+    first.round()
+    second.round()
+    first.publish()
+    with pytest.raises(SequenceConflict):
+        second.publish()
+    assert [d.sequence for d in _deltas(lake, base)] == [1]

@@ -159,12 +159,14 @@ def _follow(
     if problem:
         console.print(f"[red]{problem}[/red]")
         raise typer.Exit(2)
+    from infra.errors import StreamrecError
+    from training.streaming.deltas import ModelDeltaError
     from training.streaming.follow import follow as run_follow
 
     settings = load_settings()
     try:
         run_follow(settings, fields, base_version, publish_every, log=console.print)
-    except (FileNotFoundError, LookupError, ValueError) as error:
+    except (FileNotFoundError, LookupError, ValueError, ModelDeltaError, StreamrecError) as error:
         console.print(f"[red]the follow job stopped:[/red] {error}")
         raise typer.Exit(1) from error
 

@@ -150,8 +150,8 @@ class FollowJob:
         self.vocab = self._read_vocab()
         self.cursor, self.offsets = self.base_silver, self._base_offsets()
         self.position = DeltaPosition(settings.mlflow.registered_model, base.version)
+        self.announced = base.info.num_items  # the largest index whose item id a delta (or the base) carries
         self._resume()
-        self.announced = self.model.known_items  # items whose ids a delta (or the base) carries
         self._grow()
         self.pending = bool(self.model.changed.any())
         self.waiting_since_us: int | None = None  # ingestion time of the oldest row not published
@@ -162,6 +162,7 @@ class FollowJob:
         for delta in self.deltas.after(self.position, width=self.model.dim):
             self.model.apply(delta)
             self.position, self.cursor, self.offsets = delta.position, delta.silver_version, dict(delta.kafka_offsets)
+            self.announced = max([self.announced, *delta.new_items.values()])
         self.model.mark_published()
         if self.position.sequence == 0:
             self.log(f"starting at silver/events version {self.cursor} (the base's features)")
