@@ -11,6 +11,7 @@ Events/s = rows consumed / (round + publish seconds): what the job sustains flat
 round per version. Default settings otherwise (headroom 10,000, replay 1.0, 50 steps).
 
     .venv/bin/python -m benchmarks.streaming.follow [--seeds 0 1 2] [--round-events 250 1000] [--rounds 4]
+        [--users 2000 --items 5000 --events 60000]
 
 Writes benchmarks/results/follow.json (``--out``) and prints its path.
 """
@@ -102,10 +103,11 @@ def random_base(settings: Settings, config: TrainConfig, seed: int) -> FollowBas
     return FollowBase(1, info, dict(model.state_dict()))
 
 
-def run_seed(seed: int, round_events: int, rounds: int, base_share: float, directory: Path) -> dict[str, Any]:
+def run_seed(seed: int, round_events: int, rounds: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """One stream, one base, ``rounds`` timed rounds of ``round_events`` rows each."""
-    stream = SyntheticConfig(users=2_000, items=5_000, events=60_000, seed=seed, start_ms=START_MS,
+    stream = SyntheticConfig(users=args.users, items=args.items, events=args.events, seed=seed, start_ms=START_MS,
                              initial_item_share=0.5)  # fmt: skip
+    base_share = args.base_share
     events = list(generate_events(stream))
     cut = int(len(events) * base_share)
     settings = get_settings(home=directory / f"seed{seed}-{round_events}")
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--round-events", type=int, nargs="+", default=[250, 1000])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--base-share", type=float, default=0.8)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -154,7 +159,7 @@ def main() -> None:
     sizes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-follow-") as directory:
         for round_events in args.round_events:
-            runs = [run_seed(seed, round_events, args.rounds, args.base_share, Path(directory)) for seed in args.seeds]
+            runs = [run_seed(seed, round_events, args.rounds, args, Path(directory)) for seed in args.seeds]
             per_seed = [statistics.median(r["events_per_s"] for r in run["rounds"]) for run in runs]
             sizes[str(round_events)] = {
                 "events_per_s_median_per_seed": per_seed,
@@ -166,7 +171,8 @@ def main() -> None:
         **header("follow", args, args.seeds),
         "load_before_after": [load_before, loads()],
         "config": "TrainConfig() defaults (HSTU dim 50, 2 blocks, max_len 200, batch 128); train.follow_* defaults",
-        "stream": "SyntheticConfig(users=2000, items=5000, events=60000, initial_item_share=0.5)",
+        "stream": f"SyntheticConfig(users={args.users}, items={args.items}, events={args.events}, "
+        "initial_item_share=0.5)",
         "round_events": sizes,
     }
     print(write_result(args.out, result))
