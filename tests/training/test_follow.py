@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,39 @@ def test_a_second_job_on_the_same_base_is_refused_at_its_first_publish(lake: Set
     with pytest.raises(SequenceConflict):
         second.publish()
     assert [d.sequence for d in _deltas(lake, base)] == [1]
+
+
+def test_sigterm_stops_the_command_after_it_publishes_what_it_learned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`follow` (what `streamrec train --follow` runs) with a delta due only in an hour: SIGTERM
+    makes it publish the rows it learned, then return."""
+    from training.streaming import follow as follow_module
+
+    settings = lake_settings(tmp_path, train_follow_poll_s=0.05)
+    first_build(settings, history())
+    base = base_model(settings)
+    monkeypatch.setattr(follow_module, "load_base", lambda settings, version, log: base)
+    lines: list[str] = []
+    appended: list[int] = []
+
+    def feed_then_terminate() -> None:
+        appended.append(_new_events(settings, "n", [1, 2, 3], [4, 100, 6], 500))
+        deadline = time.monotonic() + 60
+        while not any("vocabulary: 1 new items" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the round that read the events has begun
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    feeder = threading.Thread(target=feed_then_terminate)
+    try:
+        feeder.start()
+        stats = follow_module.follow(settings, {}, None, 3600.0, log=lines.append)
+    finally:
+        feeder.join(60)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    chain = _deltas(settings, base)
+    assert [(d.sequence, d.silver_version) for d in chain] == [(1, appended[0])]
+    assert chain[0].new_items == {"i100": BASE_ITEMS + 1} and stats.events == 3 and stats.deltas == 1
+    assert lines[-1].startswith("stopped: 3 events learned")
