@@ -272,6 +272,18 @@ class ServeSettings(_Section):
         description="How long a batch waits to fill, in seconds; 0: it takes what queued while the last one ran.",
     )
     model_poll_s: float = Field(2.0, gt=0, description="How often replicas check the model alias, in seconds.")
+    delta_poll_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often replicas read new model deltas of the served version (models/deltas), in seconds; "
+        "0: deltas are not applied (docs/serving.md, Applying model deltas).",
+    )
+    delta_rebuild_fraction: float = Field(
+        0.25,
+        gt=0,
+        description="HNSW: rebuild the index beside the request path once the nodes of items re-added by deltas "
+        "(hidden from searches) exceed this fraction of the items.",
+    )
     rank_candidates: int = Field(
         200, ge=1, description="Candidates /recommend retrieves and ranks when a ranking model serves."
     )

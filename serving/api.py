@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.streaming.deltas import DeltaPosition
+
 
 class RetrieveRequest(BaseModel):
     """POST /retrieve: a stored user (``user_id``) or a given history of item ids, oldest first."""
@@ -63,6 +65,18 @@ class HistoryLineage(BaseModel):
     )
 
 
+class DeltaLineage(BaseModel):
+    """How far the retrieval model is along the model deltas of its registered version."""
+
+    base_version: int = Field(description="The registered version the deltas apply to (the served version).")
+    sequence: int = Field(description="The last delta applied (0: the registered version as it was registered).")
+    checksum: str = Field(description="That delta's checksum ('' at 0): names it even after a drop and republish.")
+
+    @classmethod
+    def of(cls, position: DeltaPosition) -> DeltaLineage:
+        return cls(base_version=position.base_version, sequence=position.sequence, checksum=position.checksum)
+
+
 class Lineage(BaseModel):
     """What an answer was made from: model versions and runs, feature versions, Kafka position."""
 
@@ -73,6 +87,9 @@ class Lineage(BaseModel):
     )
     ranking_feature_versions: dict[str, int] | None = Field(
         None, description="Those of the ranker, where /recommend ranked with it."
+    )
+    delta: DeltaLineage | None = Field(
+        None, description="The retrieval model's base version and the last model delta applied (streaming updates)."
     )
     history: HistoryLineage
 

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from infra.settings import ServeSettings
 from serving.answer import Answer, Events, answer_batch
 from serving.api import (
+    DeltaLineage,
     HistoryLineage,
     ItemsResponse,
     Lineage,
@@ -50,11 +51,13 @@ from serving.api import (
 )
 from serving.catalog import Catalog, load_catalog
 from serving.config import ServeConfig, production_config
+from serving.deltas import DeltaFollower, IndexParams
 from serving.history.store import OnlineHistory, UserHistory
 from serving.metrics import ServingMetrics
 from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
-from serving.registry import served_version
+from serving.registry import fail_fast_in_this_process, served_version
 from serving.watcher import ModelWatcher
+from training.streaming.deltas import MODEL_DELTAS_TABLE
 
 logger = logging.getLogger("ray.serve.streamrec")  # into the replica logs of Ray Serve
 GIVEN_HISTORY_ACTION = "click"  # a history given in the body: items consumed just now
@@ -145,21 +148,44 @@ class Recommender:
 
         torch.set_num_threads(1)  # many small requests: one thread each beats contended intra-op threads
         settings = config.make_settings()
+        fail_fast_in_this_process()  # the watchers ask the registry again every poll themselves
         self.settings = settings
         self.config = config
         self.shards = shards
         self.local_history = None if shards else _open_history(config, 0, 1)  # no shards: this replica's own
         set_body_limit(settings.serve.max_body_bytes)
         self.telemetry = ServingMetrics()
-        self.watcher: ModelWatcher[Catalog] = ModelWatcher(
-            resolve=lambda: served_version(settings),
-            load=lambda version: load_catalog(
+
+        def load_base(version: str) -> Catalog:
+            return load_catalog(
                 settings,
                 version,
                 exact_max_items=settings.serve.exact_max_items,
                 hnsw_m=settings.serve.hnsw_m,
                 ef_search=settings.serve.hnsw_ef_search,
-            ),
+            )
+
+        # Model deltas of the served version: applied on load (a new or restarted replica starts at
+        # the newest one) and then every delta_poll_s by the follower's thread (serving/deltas.py).
+        self.follower: DeltaFollower | None = None
+        if settings.serve.delta_poll_s > 0:
+            self.follower = DeltaFollower(
+                settings.table_uri(MODEL_DELTAS_TABLE),
+                settings.mlflow.registered_model,
+                IndexParams(
+                    settings.serve.exact_max_items,
+                    settings.serve.hnsw_m,
+                    settings.serve.hnsw_ef_search,
+                    settings.serve.delta_rebuild_fraction,
+                ),
+                poll_s=settings.serve.delta_poll_s,
+                resolve=lambda: served_version(settings),
+                reload=load_base,
+            )
+        follower = self.follower
+        self.watcher: ModelWatcher[Catalog] = ModelWatcher(
+            resolve=lambda: served_version(settings),
+            load=load_base if follower is None else lambda version: follower.caught_up(load_base(version)),
             poll_s=settings.serve.model_poll_s,
             on_swap=self.telemetry.swapped,
         )
@@ -173,6 +199,8 @@ class Recommender:
         self.ranker_watcher.load_now(required=False)  # no ranker yet: /recommend is retrieval alone
         self.watcher.start()
         self.ranker_watcher.start()
+        if follower is not None:
+            follower.start(lambda: self.watcher.current)
         batched: list[Any] = [self._search, self._rank]  # @serve.batch methods
         for method in batched:
             method.set_max_batch_size(settings.serve.batch_max_size)
@@ -181,6 +209,13 @@ class Recommender:
     def __del__(self) -> None:
         if self.local_history is not None:
             self.local_history.stop()
+        if self.follower is not None:
+            self.follower.stop()
+
+    def _catalog(self) -> Catalog | None:
+        """What requests are answered from: the served version with the model deltas applied so far."""
+        base = self.watcher.current
+        return base if base is None or self.follower is None else self.follower.serving(base)
 
     # Endpoints ------------------------------------------------------------------------
     @api.post("/retrieve", response_model=ItemsResponse)
@@ -202,7 +237,9 @@ class Recommender:
     async def healthz(self) -> JSONResponse:
         """The served model, its index, the last swap and load error, and each history shard."""
         retrieval, ranking = self.watcher.state, self.ranker_watcher.state  # each model with its swaps
-        catalog = retrieval.current
+        base = retrieval.current
+        catalog = base if base is None or self.follower is None else self.follower.serving(base)
+        delta_error = None if self.follower is None else self.follower.error
         if self.local_history is not None:
             shards: list[Any] = [{"shard": "in-replica", **self.local_history.status()}]
         else:
@@ -212,7 +249,7 @@ class Recommender:
         ]
         healthy = catalog is not None and all(state.get("running") for state in shard_states)
         ranker = ranking.current
-        no_errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None
+        no_errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None and delta_error is None
         body = {
             "status": "ok" if healthy and no_errors else ("degraded" if healthy else "down"),
             "model": None
@@ -224,10 +261,13 @@ class Recommender:
                 "items": catalog.num_items,
                 "index": catalog.index_kind,
                 "feature_versions": catalog.feature_versions,
+                "delta": None if catalog.delta is None else DeltaLineage.of(catalog.delta).model_dump(),
             },
             "alias": self.settings.serve.model_alias,
             "last_error": self.watcher.last_error,
             "swaps": [swap.__dict__ for swap in retrieval.swaps],
+            "deltas": None if self.follower is None else self.follower.status(),
+            "delta_last_error": delta_error,
             "ranking": None
             if ranker is None
             else {
@@ -282,6 +322,7 @@ class Recommender:
             model_version={settings.mlflow.registered_model: catalog.version},
             model_run_id={settings.mlflow.registered_model: catalog.run_id},
             feature_versions=catalog.feature_versions,
+            delta=None if catalog.delta is None else DeltaLineage.of(catalog.delta),
             history=history,
         )
         if not ranking or cold:  # the popularity list of a cold start is served as it is
@@ -375,7 +416,7 @@ class Recommender:
         Runs on the event loop, not in a worker thread: a query costs well under a millisecond,
         and in a thread every torch and FAISS call hands the GIL back and forth with the loop,
         which cost about 1 ms of CPU more per request at 200 requests/s (docs/serving.md)."""
-        catalog = self.watcher.current
+        catalog = self._catalog()
         if catalog is None:
             raise HTTPException(503, "no model loaded yet")
         return answer_batch(catalog, requests)

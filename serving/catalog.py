@@ -28,10 +28,40 @@ from infra.settings import Settings
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
 from training.common import tracking
 from training.retrieval.retriever import Retriever
+from training.streaming.deltas import DeltaPosition
 
 
 class CatalogError(StreamrecError):
     """A model version cannot be served (missing, unreadable, inconsistent with the lake)."""
+
+
+@dataclass(frozen=True)
+class IndexFilter:
+    """FAISS ids a search never returns (HNSW nodes whose item was re-added since, rows of items
+    not known yet), as the search parameters FAISS filters with while it searches."""
+
+    hidden: np.ndarray  # bool per FAISS id
+    params: Any  # faiss.SearchParameters(HNSW) with an IDSelectorBitmap of the other ids
+    keep: tuple[Any, ...]  # the selector and its bitmap: FAISS holds raw pointers to them
+
+
+def index_filter(index: Any, hidden: np.ndarray) -> IndexFilter | None:
+    """The filter hiding the FAISS ids where ``hidden`` is true from searches of ``index``; None
+    when nothing is hidden (the search then runs without parameters, as before any delta)."""
+    if not hidden.any():
+        return None
+    import faiss
+
+    bits = np.packbits(~hidden, bitorder="little")  # the ids a search may return
+    selector = faiss.IDSelectorBitmap(len(hidden), faiss.swig_ptr(bits))
+    params: Any
+    if hasattr(index, "hnsw"):
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs
+        params.efSearch = index.hnsw.efSearch  # parameters replace the index's own efSearch
+    else:
+        params = faiss.SearchParameters()
+    params.sel = selector
+    return IndexFilter(hidden, params, (selector, bits))
 
 
 @dataclass
@@ -48,6 +78,9 @@ class Catalog:
     feature_versions: dict[str, int]
     popular: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # item indices, most popular first
     popular_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their positive events
+    delta: DeltaPosition | None = None  # the base version and the model deltas applied to it (serving.deltas)
+    index_labels: np.ndarray | None = None  # FAISS id -> item index, where it is not id + 1 (HNSW after deltas)
+    index_filter: IndexFilter | None = None  # FAISS ids never returned
 
     @property
     def num_items(self) -> int:
@@ -75,12 +108,18 @@ class Catalog:
         wanted = min(self.num_items, k + max((len(items) for items in exclude), default=0))
         if wanted <= 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        hiding = self.index_filter
+        if hiding is None:
+            scores, ids = self.index.search(queries, wanted)
+        else:
+            scores, ids = self.index.search(queries, wanted, params=hiding.params)
+        labels = self.index_labels
         results = []
         for row in range(len(queries)):
             found = []
             for item_id, score in zip(ids[row], scores[row], strict=True):
-                item = int(item_id) + 1
+                item = int(item_id) + 1 if labels is None else int(labels[item_id])
                 if item_id < 0 or item in exclude[row]:
                     continue
                 found.append((item, float(score)))

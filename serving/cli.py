@@ -129,9 +129,17 @@ def promote(
 def rollback(
     model: Annotated[str | None, typer.Option(help="Registered model; default the retrieval model.")] = None,
 ) -> None:
-    """Move the serving alias back to the version promoted before the current one."""
+    """Move the serving alias back to the version promoted before the current one, and drop the
+    model deltas of the version rolled back from (replicas then serve the previous version)."""
     from serving.registry import rollback as move_back
+    from serving.registry import served_version
+    from training.streaming.deltas import MODEL_DELTAS_TABLE, ModelDeltaTable
 
     settings = load_settings()
+    name = model or settings.mlflow.registered_model
+    current = served_version(settings, name)
     previous = move_back(settings, model)
-    console.print(f"{model or settings.mlflow.registered_model}@{settings.serve.model_alias} -> {previous}")
+    console.print(f"{name}@{settings.serve.model_alias} -> {previous}")
+    if current is not None:  # after the alias moved: replicas leave the version, then its deltas go
+        dropped = ModelDeltaTable(settings.table_uri(MODEL_DELTAS_TABLE)).drop(name, int(current))
+        console.print(f"dropped {dropped} model deltas of version {current}")
