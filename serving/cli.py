@@ -48,9 +48,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print /healthz 
         print(json.dumps(body))
     else:
         model = body.get("model") or {}
-        console.print(f"status: {body['status']}  model: version {model.get('version')} ({model.get('index')})")
+        delta = model.get("delta") or {}
+        index = f"{model.get('index')}, model delta #{delta['sequence']}" if delta else model.get("index")
+        console.print(f"status: {body['status']}  model: version {model.get('version')} ({index})")
         if body.get("last_error"):
             console.print(f"[red]last error:[/red] {body['last_error']}")
+        if body.get("delta_last_error"):
+            console.print(f"[red]model deltas:[/red] {body['delta_last_error']}")
         table = Table(title="online history")
         for column in ("shard", "partition", "next offset", "lag", "users", "events applied"):
             table.add_column(column)

@@ -467,3 +467,23 @@ def test_streamrec_rollback_drops_the_deltas_of_the_version_rolled_back_from(
     assert moves == ["moved"] and "dropped 1 model deltas of version 3" in result.output
     table = ModelDeltaTable(uri)
     assert table.last(MODEL, BASE).sequence == 0 and table.last(MODEL, BASE - 1).sequence == 1
+
+
+def test_serve_status_shows_the_delta_and_why_one_was_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    import serving.deploy
+    from serving.cli import register
+
+    body = {
+        "status": "degraded", "http_status": 200, "last_error": None, "history_shards": [],
+        "model": {"version": "3", "index": "exact", "delta": {"base_version": 3, "sequence": 7, "checksum": "ab"}},
+        "delta_last_error": "model delta streamrec-retrieval v3 #8: payload hashes to ...; refused",
+    }  # fmt: skip
+    monkeypatch.setattr(serving.deploy, "health", lambda settings: body)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["serve", "status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "version 3 (exact, model delta #7)" in result.output and "#8: payload hashes to" in result.output
