@@ -181,6 +181,7 @@ class Recommender:
                 poll_s=settings.serve.delta_poll_s,
                 resolve=lambda: served_version(settings),
                 reload=load_base,
+                on_apply=self.telemetry.delta_applied,
             )
         follower = self.follower
         self.watcher: ModelWatcher[Catalog] = ModelWatcher(

@@ -215,6 +215,7 @@ class DeltaFollower:
         poll_s: float,
         resolve: Callable[[], str | None],
         reload: Callable[[str], Catalog],
+        on_apply: Callable[[AppliedDelta], None] | None = None,
     ) -> None:
         self._uri = table_uri
         self._model = model
@@ -222,6 +223,7 @@ class DeltaFollower:
         self._poll_s = poll_s
         self._resolve = resolve
         self._reload = reload
+        self._on_apply = on_apply
         self._tables: dict[int, ModelDeltaTable] = {}  # one per thread: ModelDeltaTable is not shared
         self._bases: DeltaTable | None = None
         self._stop = threading.Event()
@@ -350,6 +352,8 @@ class DeltaFollower:
             delta.dense_weights is not None, delta.published_ms, time.time_ns() // 1_000_000, seconds,
         )  # fmt: skip
         self.applied = (*self.applied, record)[-RECENT_APPLIES:]
+        if self._on_apply is not None:
+            self._on_apply(record)
         logger.info(
             "model delta %s v%d #%d applied: %d rows, %d new items%s, %.0f ms after its publish",
             delta.model, delta.base_version, delta.sequence, record.rows, record.new_items,

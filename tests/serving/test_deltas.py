@@ -4,6 +4,7 @@ tiny synthetic Retriever, a real models/deltas table in a temp directory."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -487,3 +488,20 @@ def test_serve_status_shows_the_delta_and_why_one_was_refused(monkeypatch: pytes
     result = CliRunner().invoke(app, ["serve", "status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "version 3 (exact, model delta #7)" in result.output and "#8: payload hashes to" in result.output
+
+
+def test_a_replicas_metrics_count_the_delta_served_and_its_delay(uri: str) -> None:
+    from serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    follower = DeltaFollower(
+        uri, MODEL, _params(), poll_s=0.01, resolve=lambda: str(BASE), reload=lambda version: _catalog(),
+        on_apply=metrics.delta_applied,
+    )  # fmt: skip
+    _publish(uri, {1: np.ones(DIM)}, published_ms=int(time.time() * 1000) - 2_000)  # published 2 s ago
+    _publish(uri, {2: np.ones(DIM)})
+    follower.caught_up(_catalog())
+    text = metrics.render().decode()
+    assert "streamrec_model_delta_sequence 2.0" in text
+    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="1.0"} 1.0' in text
+    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="3.0"} 2.0' in text
