@@ -175,9 +175,10 @@ def _full_build(settings: Settings, silver_version: int, log: Log, spec: Ranking
     events = read_delta(spark, settings.table_uri(SILVER_TABLE), silver_version).select(*EVENT_COLUMNS).cache()
     try:
         vocab_uri = settings.table_uri(ITEM_VOCAB_TABLE)
-        vocab = _read_vocab(_vocab_snapshot(settings))
+        snapshot = _vocab_snapshot(settings)  # the Spark job's filter and the append read one version
+        vocab = _read_vocab(snapshot)
         unseen = spark_jobs.unseen_items(events, spark.createDataFrame(vocab.select(["item_id"]))).toArrow()
-        report.tables.append(append_new_items(settings, unseen, record, log).update)
+        report.tables.append(_append_new_items(settings, snapshot, unseen, record, log).update)
         vocab_df = read_delta(spark, vocab_uri, report.tables[-1].version)
 
         sequences_df = spark_jobs.user_sequences(events, vocab_df, settings.features.max_len)
@@ -294,7 +295,13 @@ def append_new_items(settings: Settings, events: pa.Table, record: CommitPropert
 
     Raises ``ConcurrentBuildError`` when another writer committed the vocabulary since it was read
     (nothing written: call again). Commits even when no item is new, so the record lands."""
-    snapshot = _vocab_snapshot(settings)
+    return _append_new_items(settings, _vocab_snapshot(settings), events, record, log)
+
+
+def _append_new_items(
+    settings: Settings, snapshot: DeltaTable | None, events: pa.Table, record: CommitProperties, log: Log
+) -> VocabAppend:
+    """``append_new_items`` against the vocabulary at ``snapshot``'s version."""
     vocab = _read_vocab(snapshot)
     added = arrow_jobs.new_items(events, vocab)
     update = _append_vocab(settings, snapshot, added, record, log)
