@@ -29,6 +29,11 @@ from ingestion.lake_writer import PARTITION_BY, SilverMaintainer, SilverUpdate
 from ingestion.schema import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
 from ingestion.validation import ValidationLimits, validate_records
 
+# kafka-python's errors when the broker went away (a query failure naming none is checked by asking the broker)
+BROKER_LOST = ("KafkaConnectionError", "NoBrokersAvailable", "KafkaTimeoutError", "NodeNotReadyError")
+RECONNECT_FIRST_S = 1.0  # a continuous stream's first wait for a lost broker, doubled up to RECONNECT_MAX_S
+RECONNECT_MAX_S = 30.0
+
 
 @dataclass
 class IngestStats:
@@ -165,53 +170,108 @@ def run_ingest(
     report: Report = print,
 ) -> IngestStats:
     """Run the ingest stream until idle (everything at the high watermarks is in bronze
-    and silver), for ``duration_s`` seconds, or until interrupted."""
-    from pyspark.errors import StreamingQueryException
-
+    and silver), for ``duration_s`` seconds, or until interrupted. A continuous stream that
+    loses the broker reconnects with backoff (reporting each try) and goes on from its
+    checkpoint; a topic that came back shorter (a memory broker restarted) stops it."""
     from infra.spark import spark_session
-    from ingestion.kafka_source import SOURCE_NAME, KafkaDataSource
+    from ingestion.kafka_source import KafkaDataSource
 
     topic_ends(settings)  # fails early, in plain words, without a broker or topic
     checkpoint = checkpoint_path(settings)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
     with exclusive(checkpoint):
         spark = spark_session(settings, "streamrec-ingest")
         spark.sparkContext.setLogLevel("ERROR")
         spark.dataSource.register(KafkaDataSource)
         writer = BatchWriter(settings, checkpoint, report)
-        stream = (
-            spark.readStream.format(SOURCE_NAME)
-            .option("bootstrap", settings.kafka.bootstrap)
-            .option("topic", settings.kafka.topic)
-            .option("startingOffsets", settings.ingest.starting_offsets)
-            .option("maxRecordsPerTrigger", str(settings.ingest.max_records_per_trigger))
-            .option("minPartitions", str(spark.sparkContext.defaultParallelism))
-            .load()
-            .writeStream.foreachBatch(writer)
-            .option("checkpointLocation", str(checkpoint))
-            .queryName("streamrec-ingest")
-        )
-        if until_idle:
-            stream = stream.trigger(availableNow=True)
-        else:
-            stream = stream.trigger(processingTime=f"{settings.ingest.trigger_interval_s} seconds")
-        query = stream.start()
-        try:
-            if duration_s is None:
-                query.awaitTermination()
-            else:
-                query.awaitTermination(duration_s)  # type: ignore[arg-type]  # seconds; Spark takes a float too
-        except KeyboardInterrupt:
-            report("interrupted: stopping after the running micro-batch")
-        except StreamingQueryException:
-            pass  # reported below, in a few plain words, from query.exception()
-        finally:
-            _stop_between_batches(query)
-        if query.exception() is not None:
-            raise IngestError(
-                f"the ingest stream failed: {error_digest(str(query.exception()))} (stream checkpoint: {checkpoint})"
-            )
+        while True:
+            query = _start_stream(spark, settings, writer, checkpoint, until_idle)
+            failure = _run(query, None if deadline is None else deadline - time.monotonic(), report)
+            if failure is None:
+                break
+            digest = error_digest(failure)
+            if until_idle or not _lost_the_broker(settings, failure):
+                raise IngestError(f"the ingest stream failed: {digest} (stream checkpoint: {checkpoint})")
+            if not _reconnect(settings, digest, deadline, report):
+                break  # the run's time ended while the broker was away
         writer.finish()
     return writer.stats
+
+
+def _start_stream(spark: Any, settings: Settings, writer: BatchWriter, checkpoint: Path, until_idle: bool) -> Any:
+    """Start the stream from ``checkpoint`` (its offsets, or INGEST_STARTING_OFFSETS for a new one)."""
+    from ingestion.kafka_source import SOURCE_NAME
+
+    stream = (
+        spark.readStream.format(SOURCE_NAME)
+        .option("bootstrap", settings.kafka.bootstrap)
+        .option("topic", settings.kafka.topic)
+        .option("startingOffsets", settings.ingest.starting_offsets)
+        .option("maxRecordsPerTrigger", str(settings.ingest.max_records_per_trigger))
+        .option("minPartitions", str(spark.sparkContext.defaultParallelism))
+        .load()
+        .writeStream.foreachBatch(writer)
+        .option("checkpointLocation", str(checkpoint))
+        .queryName("streamrec-ingest")
+    )
+    if until_idle:
+        stream = stream.trigger(availableNow=True)
+    else:
+        stream = stream.trigger(processingTime=f"{settings.ingest.trigger_interval_s} seconds")
+    return stream.start()
+
+
+def _run(query: Any, duration_s: float | None, report: Report) -> str | None:
+    """Wait until ``query`` ends, ``duration_s`` passes or an interrupt, then stop it between
+    batches; the text of its failure, or None."""
+    from pyspark.errors import StreamingQueryException
+
+    try:
+        if duration_s is None:
+            query.awaitTermination()
+        else:
+            query.awaitTermination(max(duration_s, 0.0))  # seconds; Spark takes a float too
+    except KeyboardInterrupt:
+        report("interrupted: stopping after the running micro-batch")
+    except StreamingQueryException:
+        pass  # reported by the caller, in a few plain words, from query.exception()
+    finally:
+        _stop_between_batches(query)
+    failure = query.exception()
+    return None if failure is None else str(failure)
+
+
+def _lost_the_broker(settings: Settings, failure: str) -> bool:
+    """Whether the stream failed because Kafka went away (it names a lost connection, or the
+    broker does not answer now), not for something a retry would meet again."""
+    if any(sign in failure for sign in BROKER_LOST):
+        return True
+    try:
+        topic_ends(settings)
+    except IngestError as error:
+        return str(error).startswith("cannot reach Kafka")
+    return False
+
+
+def _reconnect(settings: Settings, lost: str, deadline: float | None, report: Report) -> bool:
+    """Wait, doubling the wait, until the broker answers with the topic (each try reported);
+    False when ``deadline`` passes first."""
+    where = f"Kafka at {settings.kafka.bootstrap}"
+    wait_s = RECONNECT_FIRST_S
+    report(f"lost {where} ({lost}); reconnecting in {wait_s:.0f} s")
+    while True:
+        if deadline is not None and time.monotonic() + wait_s > deadline:
+            report(f"the run's time ended while {where} was away")
+            return False
+        time.sleep(wait_s)
+        try:
+            topic_ends(settings)
+        except IngestError as error:
+            wait_s = min(wait_s * 2, RECONNECT_MAX_S)
+            report(f"{where} does not answer ({error}); next try in {wait_s:.0f} s")
+            continue
+        report(f"reconnected to {where}: the stream goes on from its checkpoint")
+        return True
 
 
 def _stop_between_batches(query: Any, patience_s: float = 120.0) -> None:
