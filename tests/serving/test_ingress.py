@@ -17,11 +17,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import requests
-from servingdata import Served, post, wait_for
+from servingdata import Served, action, post, send, wait_for
 
 from infra.components import RayHead, RayWorkerNode, settings_environment
 from infra.processes import free_port
@@ -220,6 +221,9 @@ def test_concurrent_requests_are_batched(served: Served) -> None:
 def test_the_python_ingress_serves_and_a_restarted_head_serves_through_haproxy(
     served: Served, test_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Also the fault of issue 30, item 3: the Ray head stopped (`streamrec down ray`) and started
+    again, serving comes back by `streamrec up` alone, with the production model, a user's
+    history exactly as before (the same answer) and an event sent while it was down."""
     ports = {"ray_address": f"127.0.0.1:{free_port()}", "ray_dashboard_port": free_port(),
              "ray_client_port": free_port(), "serve_port": free_port()}  # fmt: skip
     private = served.settings.updated(home=tmp_path / "home", ray_auth_token_file="", serve_ingress="python", **ports)
@@ -227,7 +231,7 @@ def test_the_python_ingress_serves_and_a_restarted_head_serves_through_haproxy(
            "HOME": test_env["HOME"], "STREAMREC_HOME": str(private.home), "STREAMREC_RAY_AUTH_TOKEN_FILE": "",
            **{f"STREAMREC_{name.upper()}": str(value) for name, value in ports.items()},
            "STREAMREC_RAY_NUM_CPUS": "1", "STREAMREC_SERVE_HISTORY_SHARDS": "0", "STREAMREC_SERVE_INGRESS": "python",
-           "COLUMNS": "250"}  # fmt: skip
+           "STREAMREC_EXTERNAL": "kafka,mlflow", "COLUMNS": "250"}  # fmt: skip
     url = f"http://{private.serve.host}:{private.serve.port}"
 
     def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
@@ -246,16 +250,37 @@ def test_the_python_ingress_serves_and_a_restarted_head_serves_through_haproxy(
         assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
         assert "streamrec_requests_total" in requests.get(f"{url}/metrics", timeout=30).text
 
+    def recommend(user: str) -> dict[str, Any]:
+        response = requests.post(f"{url}/recommend", json={"user_id": user, "k": 50}, timeout=30)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def history_of(body: dict[str, Any]) -> tuple[object, ...]:
+        history = body["lineage"]["history"]
+        return history["source"], history["events"], history["partition"], history["bootstrap_versions"]
+
+    kept, clicks = served.users[3], served.users[7]  # no other test sends events of these two
     try:
         streamrec("up", "ray", "serve")
         assert cluster_ingress(private) == "python"
         assert _listener(private.serve.port).startswith("ray::")  # Ray's Python proxy actor
         answers()
-        streamrec("down", "serve", "ray")
+        before, clicked = recommend(kept), recommend(clicks)["items"][0]["item_id"]
+        streamrec("down", "ray")  # the head stops; serving goes with it
+        [landed] = send(served.settings, [action(clicks, clicked, "click")])
         env["STREAMREC_SERVE_INGRESS"] = "haproxy"
-        streamrec("up", "ray", "serve")
+        streamrec("up")  # Kafka and MLflow checked, the head started, the production version served
         assert cluster_ingress(private) == "haproxy" and _listener(private.serve.port) == "haproxy"
         answers()
+        after = recommend(kept)
+        assert history_of(after) == history_of(before) and history_of(after)[0] == "online"
+        assert [item["item_id"] for item in after["items"]] == [item["item_id"] for item in before["items"]]
+        scores = [item["score"] for item in after["items"]]
+        assert scores == pytest.approx([item["score"] for item in before["items"]], rel=1e-5)
+        # The click sent while the head was down: in the history (a seen item leaves /recommend).
+        answer = wait_for(lambda: (body := recommend(clicks))["lineage"]["history"]["offset"] >= landed.offset and body)
+        assert answer["lineage"]["history"]["partition"] == landed.partition
+        assert clicked not in [item["item_id"] for item in answer["items"]]
     finally:
         subprocess.run([sys.executable, "-m", "infra.cli", "down", "serve", "ray"], env=env, capture_output=True,
                        timeout=300)  # fmt: skip
