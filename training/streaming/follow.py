@@ -366,10 +366,10 @@ def follow(
 ) -> FollowStats:
     """`streamrec train --follow`: load the base, run until SIGINT/SIGTERM, publish, return."""
     options = FollowOptions.from_settings(settings, publish_every_s)
+    stop = stop_on_signals()  # before the slow start: a SIGTERM while it loads stops it after one publish
     base = load_base(settings, base_version, log)
     config = TrainConfig.model_validate({**config_fields, "encoder": base.info.encoder.model_dump()})
     job = FollowJob(settings, base, config, options, log=log)
-    stop = stop_on_signals()
     log(
         f"following silver/events every {options.poll_s:g} s, a delta every {options.publish_every_s:g} s "
         "(Ctrl-C stops)"
