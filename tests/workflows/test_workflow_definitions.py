@@ -31,6 +31,7 @@ def test_definitions_load_validate_and_resolve_every_job() -> None:
     for name, assets in JOBS.items():
         job = defs.resolve_job_def(name)
         assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == assets, name
+        assert job.executor_def.name == dg.in_process_executor.name, name  # no interpreter per step
     assert {schedule.name: schedule.job_name for schedule in defs.schedules} == {
         "hourly_warm_start_training": "warm_start_training_job",
         "daily_full_retraining": "full_retraining_job",
