@@ -250,6 +250,20 @@ class ServeSettings(_Section):
         description="HNSW efSearch: candidates visited per query (at 100k items recall@100 0.995 at 128, "
         "0.998 at 256 for 1.8x the search CPU: docs/serving.md).",
     )
+    prefix_dims: int | None = Field(
+        None,
+        ge=0,
+        description="Two-stage retrieval (Matryoshka): index the first prefix_dims dims of each item vector "
+        "(normalised) and rescore the best `rescore` at the full width. Unset: the smallest width >= 16 the "
+        "served model was trained with (--matryoshka-dims), off for other models; 0: off; a width: that one "
+        "(a model not trained with it is refused at load, the previous version serving: docs/serving.md).",
+    )
+    rescore: int = Field(
+        1_000,
+        ge=0,
+        description="Two-stage retrieval: candidates per query the prefix index returns, rescored at the full "
+        "width (at least the k + exclusions asked for).",
+    )
     max_k: int = Field(1_000, ge=1, description="Largest k a request may ask for.")
     max_history_items: int = Field(1_000, ge=1, description="Most items a request body's history may hold.")
     max_body_bytes: int = Field(65_536, ge=256, description="Largest request body; larger ones answer 413.")

@@ -7,7 +7,10 @@ at the version the model was trained on, and indexes the L2-normalised item vect
 * up to ``serve_exact_max_items`` items: exact inner product (``IndexFlatIP``);
 * above: HNSW (``IndexHNSWFlat``, inner product), recall measured in ``benchmarks/serve``.
 
-Cosine similarity of the query and the item rows is the score, as in training's evaluation.
+With ``serve.prefix_dims`` (a model trained with ``--matryoshka-dims``; ``serving.index``) the
+index holds each item's normalised prefix and a search rescores its ``serve.rescore`` best
+candidates at the full width. Cosine similarity of the query and the item rows is the score, as
+in training's evaluation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE
 from infra.errors import StreamrecError
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
+from serving.index import prefix_rows, rescored, served_prefix
 from training.common import tracking
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import DeltaPosition
@@ -81,6 +85,8 @@ class Catalog:
     delta: DeltaPosition | None = None  # the base version and the model deltas applied to it (serving.deltas)
     index_labels: np.ndarray | None = None  # FAISS id -> item index, where it is not id + 1 (HNSW after deltas)
     index_filter: IndexFilter | None = None  # FAISS ids never returned
+    prefix_dims: int = 0  # the index holds each item's normalised first prefix_dims dims (0: the full rows)
+    rescore: int = 0  # with a prefix: candidates per query the index returns, rescored at the full width
 
     @property
     def num_items(self) -> int:
@@ -109,24 +115,37 @@ class Catalog:
         if wanted <= 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        hiding = self.index_filter
-        if hiding is None:
-            scores, ids = self.index.search(queries, wanted)
+        if self.prefix_dims:
+            depth = min(self.index.ntotal, max(wanted, self.rescore))
+            _, ids = self._search_index(prefix_rows(queries, self.prefix_dims), depth)
+            scores, items = rescored(self._items_of(ids), queries, self.retriever.item_vectors.numpy())
         else:
-            scores, ids = self.index.search(queries, wanted, params=hiding.params)
-        labels = self.index_labels
+            scores, ids = self._search_index(queries, wanted)
+            items = self._items_of(ids)
         results = []
         for row in range(len(queries)):
             found = []
-            for item_id, score in zip(ids[row], scores[row], strict=True):
-                item = int(item_id) + 1 if labels is None else int(labels[item_id])
-                if item_id < 0 or item in exclude[row]:
+            for item, score in zip(items[row].tolist(), scores[row].tolist(), strict=True):
+                if item < 0 or item in exclude[row]:
                     continue
                 found.append((item, float(score)))
                 if len(found) == k:
                     break
             results.append(found)
         return results
+
+    def _search_index(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's (scores, ids) of the ``depth`` nearest, hidden ids left out."""
+        hiding = self.index_filter
+        if hiding is None:
+            return self.index.search(queries, depth)
+        return self.index.search(queries, depth, params=hiding.params)
+
+    def _items_of(self, ids: np.ndarray) -> np.ndarray:
+        """Item indices of FAISS ids (-1 stays -1: fewer results than asked for)."""
+        labels = self.index_labels
+        items = ids + 1 if labels is None else labels[np.maximum(ids, 0)]
+        return np.where(ids < 0, -1, items)
 
     def popular_items(self, k: int, exclude: set[int]) -> list[tuple[int, float]]:
         """The cold-start list: the most popular items, scored by their positive events, ``exclude`` left out."""
@@ -161,11 +180,17 @@ def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw
     info = retriever.info
     if info is None:
         raise CatalogError(f"version {version} of {settings.mlflow.registered_model} has no model.json")
+    try:
+        prefix = served_prefix(settings.serve.prefix_dims, info.encoder.matryoshka_dims, info.encoder.dim)
+    except ValueError as error:
+        model = settings.mlflow.registered_model
+        raise CatalogError(f"version {version} of {model} is not servable: {error}") from error
     run_id = tracking.client(settings).get_model_version(settings.mlflow.registered_model, version).run_id or ""
     vocab_version = info.feature_versions.get(ITEM_VOCAB_TABLE)
     item_ids = read_item_ids(settings, vocab_version, retriever.num_items)
     popular = read_popularity(settings, retriever.num_items)
-    index, kind = build_index(retriever.item_vectors[1:].numpy(), exact_max_items, hnsw_m, ef_search)
+    vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix)
+    index, kind = build_index(vectors, exact_max_items, hnsw_m, ef_search)
     return Catalog(
         version=str(version),
         run_id=run_id,
@@ -177,6 +202,8 @@ def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw
         feature_versions=dict(info.feature_versions),
         popular=popular[0],
         popular_counts=popular[1],
+        prefix_dims=prefix,
+        rescore=settings.serve.rescore if prefix else 0,
     )
 
 

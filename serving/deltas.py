@@ -17,6 +17,9 @@ mix. The index:
   its old neighbourhood, and searches near its new one do not reach it); past
   ``serve.delta_rebuild_fraction`` hidden nodes the graph is rebuilt, still beside the request path.
 
+A two-stage catalog (``Catalog.prefix_dims``) gets each changed row's normalised prefix in its
+index, by the same rules, and rescores from the new full-width rows.
+
 Refused (logged, /healthz ``degraded`` with the reason, the last good state serving on): what
 ``ModelDeltaTable.after`` refuses (``SequenceGap``, ``WidthMismatch``, ``ChecksumMismatch``,
 ``BrokenChain``, ...), what this module refuses (``UnappliableDelta``: rows beyond the
@@ -45,6 +48,7 @@ import torch
 from deltalake import DeltaTable
 
 from serving.catalog import Catalog, build_index, index_filter
+from serving.index import prefix_rows
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import (
     BrokenChain,
@@ -163,6 +167,10 @@ def _updated_index(
     import faiss
 
     vectors = retriever.item_vectors.numpy()
+
+    def indexed(rows: Any) -> np.ndarray:  # what the index holds of these item rows (a prefix, or the rows)
+        return prefix_rows(vectors[rows], catalog.prefix_dims)
+
     unknown = np.asarray(item_ids[1:] == "", dtype=bool)  # rows no delta named yet
     if catalog.index_kind == "exact":
         index: Any = faiss.clone_index(catalog.index)
@@ -170,7 +178,7 @@ def _updated_index(
         if grown:
             index.add(np.zeros((grown, index.d), dtype=np.float32))
         stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-        stored[rows - 1] = vectors[rows]
+        stored[rows - 1] = indexed(rows)
         return {"index": index, "index_labels": None, "index_filter": index_filter(index, unknown)}
     labels = catalog.index_labels
     labels = np.arange(1, catalog.index.ntotal + 1) if labels is None else labels
@@ -180,11 +188,11 @@ def _updated_index(
     known = np.concatenate([[False], ~unknown])
     stale = int((hidden & known[labels]).sum())  # nodes of known items that searches skip
     if stale > params.rebuild_fraction * retriever.num_items:
-        index, kind = build_index(vectors[1:], params.exact_max_items, params.hnsw_m, params.ef_search)
+        index, kind = build_index(indexed(slice(1, None)), params.exact_max_items, params.hnsw_m, params.ef_search)
         logger.info("model deltas: %d stale HNSW nodes, index rebuilt (%s, %d items)", stale, kind, index.ntotal)
         return {"index": index, "index_kind": kind, "index_labels": None, "index_filter": index_filter(index, unknown)}
     index = faiss.clone_index(catalog.index)
-    index.add(np.ascontiguousarray(vectors[rows]))
+    index.add(indexed(rows))
     labels = np.concatenate([labels, rows])
     hidden = np.concatenate([hidden, np.zeros(len(rows), bool)])
     return {"index": index, "index_labels": labels, "index_filter": index_filter(index, hidden)}

@@ -76,6 +76,8 @@ ENVIRONMENT: list[tuple[str, str, str, Any]] = [
     ("STREAMREC_SERVE_EXACT_MAX_ITEMS", "serve.exact_max_items", "1000", 1000),
     ("STREAMREC_SERVE_HNSW_M", "serve.hnsw_m", "16", 16),
     ("STREAMREC_SERVE_HNSW_EF_SEARCH", "serve.hnsw_ef_search", "256", 256),
+    ("STREAMREC_SERVE_PREFIX_DIMS", "serve.prefix_dims", "32", 32),
+    ("STREAMREC_SERVE_RESCORE", "serve.rescore", "500", 500),
     ("STREAMREC_SERVE_MAX_K", "serve.max_k", "100", 100),
     ("STREAMREC_SERVE_MAX_HISTORY_ITEMS", "serve.max_history_items", "500", 500),
     ("STREAMREC_SERVE_MAX_BODY_BYTES", "serve.max_body_bytes", "4096", 4096),

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from serving.api import DeltaLineage
 from serving.catalog import Catalog, build_index
 from serving.deltas import DeltaFollower, IndexParams, UnappliableDelta, apply_delta
+from serving.index import prefix_rows
 from training.common.config import EncoderConfig
 from training.retrieval.model import RetrievalModel
 from training.retrieval.retriever import Retriever
@@ -30,16 +31,18 @@ DIM = 8
 HISTORY = [(2, "click", 1_000), (9, "click", 2_000), (4, "like", 3_000)]
 
 
-def _catalog(index: str = "exact", version: int = BASE, seed: int = 0) -> Catalog:
+def _catalog(index: str = "exact", version: int = BASE, seed: int = 0, prefix: int = 0) -> Catalog:
+    """``prefix``: two-stage, an index of the first ``prefix`` dims (normalised), rescoring 10 candidates."""
     torch.manual_seed(seed)
     config = EncoderConfig(kind="sasrec", dim=DIM, num_blocks=1, num_heads=1, max_len=10, dropout=0.0, ffn_dim=DIM)
     model = RetrievalModel(config, ITEMS).eval()
     retriever = Retriever(model.encoder, model.item_embedding.weight)
     item_ids = np.array(["", *(f"item-{n}" for n in range(1, ITEMS + 1))], dtype=object)
-    built, kind = build_index(retriever.item_vectors[1:].numpy(), 1_000 if index == "exact" else 0, 8, 64)
-    return Catalog(
-        str(version), "run", retriever, item_ids, {item: n for n, item in enumerate(item_ids) if n}, built, kind, {}
-    )
+    vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix)
+    built, kind = build_index(vectors, 1_000 if index == "exact" else 0, 8, 64)
+    index_of = {item: n for n, item in enumerate(item_ids) if n}
+    two_stage = {"prefix_dims": prefix, "rescore": 10 if prefix else 0}
+    return Catalog(str(version), "run", retriever, item_ids, index_of, built, kind, {}, **two_stage)
 
 
 def _params(rebuild_fraction: float = 0.5) -> IndexParams:
@@ -94,9 +97,10 @@ def _top(catalog: Catalog, k: int = 5) -> list[int]:
 
 
 # Applying ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prefix", [0, 4])
 @pytest.mark.parametrize("index", ["exact", "hnsw"])
-def test_deltas_apply_in_order_and_a_changed_row_ranks_first(uri: str, index: str) -> None:
-    base = _catalog(index)
+def test_deltas_apply_in_order_and_a_changed_row_ranks_first(uri: str, index: str, prefix: int) -> None:
+    base = _catalog(index, prefix=prefix)
     query = _query(base)
     before = _top(base)
     chosen = next(item for item in range(ITEMS, 0, -1) if item not in before)  # not in the top 5 yet
@@ -113,8 +117,9 @@ def test_deltas_apply_in_order_and_a_changed_row_ranks_first(uri: str, index: st
     assert [record.sequence for record in follower.applied] == [1, 2] and follower.error is None
 
 
-def test_new_items_are_searchable_and_known_to_histories(uri: str) -> None:
-    base = _catalog()
+@pytest.mark.parametrize("prefix", [0, 4])
+def test_new_items_are_searchable_and_known_to_histories(uri: str, prefix: int) -> None:
+    base = _catalog(prefix=prefix)
     query = _query(base)
     new = ITEMS + 3  # two vocabulary entries no delta named yet lie between: never returned
     _publish(uri, {new: 2 * query, 6: -query}, new_items={"fresh": new})
@@ -132,8 +137,9 @@ def test_new_items_are_searchable_and_known_to_histories(uri: str) -> None:
     assert later.index_of["later"] == ITEMS + 1 and ITEMS + 1 in _top(later, 3)
 
 
-def test_hnsw_readds_changed_items_and_rebuilds_past_the_threshold(uri: str) -> None:
-    base = _catalog("hnsw")
+@pytest.mark.parametrize("prefix", [0, 4])
+def test_hnsw_readds_changed_items_and_rebuilds_past_the_threshold(uri: str, prefix: int) -> None:
+    base = _catalog("hnsw", prefix=prefix)
     query = _query(base)
     far = [item for item in range(ITEMS, 0, -1) if item not in _top(base, 20)][:3]
     _publish(uri, {far[0]: query})
@@ -148,6 +154,39 @@ def test_hnsw_readds_changed_items_and_rebuilds_past_the_threshold(uri: str) -> 
     rebuilt = _follower(uri, params=_params(rebuild_fraction=0.25)).caught_up(base)
     assert rebuilt.index.ntotal == ITEMS and rebuilt.index_labels is None and rebuilt.index_filter is None
     assert _top(rebuilt) == _top(_follower(uri, params=_params(rebuild_fraction=10)).caught_up(base))
+
+
+@pytest.mark.parametrize("index", ["exact", "hnsw"])
+def test_a_two_stage_index_holds_the_normalised_prefix_of_every_changed_and_new_row(uri: str, index: str) -> None:
+    """The prefix index stays what a fresh build of the new rows would hold: changed rows, new
+    items and a rebuild write each row's normalised prefix, and rescoring reads the new full rows."""
+    import faiss
+
+    base = _catalog(index, prefix=4)
+    query = _query(base)
+    rng = np.random.default_rng(5)
+    _publish(uri, {3: 2 * query, 7: rng.standard_normal(DIM), ITEMS + 1: rng.standard_normal(DIM)},
+             new_items={"fresh": ITEMS + 1})  # fmt: skip
+    served = _follower(uri, params=_params(rebuild_fraction=0.5)).caught_up(base)
+    assert served.prefix_dims == 4 and served.rescore == 10 and served.index.d == 4
+    expected = prefix_rows(served.retriever.item_vectors.numpy(), 4)
+    storage = served.index if index == "exact" else faiss.downcast_index(served.index.storage)
+    stored = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * 4).reshape(storage.ntotal, 4)
+    labels = np.arange(1, storage.ntotal + 1) if served.index_labels is None else served.index_labels
+    live = ~served.index_filter.hidden if served.index_filter is not None else np.ones(len(labels), bool)
+    assert np.allclose(stored[live], expected[labels[live]], atol=1e-6)
+    assert set(labels[live].tolist()) == set(range(1, ITEMS + 2))  # every item once, the new one too
+    top = served.search(query[None, :], 3, [set()])[0]
+    assert top[0][0] == 3 and top[0][1] == pytest.approx(1.0, abs=1e-5)  # rescored from the new full row
+
+    rows = {item: rng.standard_normal(DIM) for item in range(10, 25)}
+    _publish(uri, rows)  # 15 of 41 items: past the rebuild fraction, HNSW is rebuilt (exact at this size)
+    rebuilt = _follower(uri, params=_params(rebuild_fraction=0.25)).caught_up(base)
+    assert rebuilt.index.d == 4 and rebuilt.prefix_dims == 4
+    stored = faiss.rev_swig_ptr(rebuilt.index.get_xb(), rebuilt.index.ntotal * 4).reshape(-1, 4)  # rebuilt exact
+    expected = prefix_rows(rebuilt.retriever.item_vectors.numpy(), 4)
+    assert rebuilt.index_labels is None and rebuilt.index.ntotal == ITEMS + 1
+    assert np.allclose(stored[: ITEMS + 1], expected[1 : ITEMS + 2], atol=1e-6)
 
 
 def test_hnsw_finds_changed_items_where_an_overwrite_in_place_does_not(uri: str) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of retrieval's search (issue 28)."""
