@@ -50,12 +50,13 @@ from serving.api import (
     ScoredItem,
 )
 from serving.catalog import Catalog, load_catalog
-from serving.config import ServeConfig, production_config
+from serving.config import APP_NAME, ServeConfig, production_config
 from serving.deltas import DeltaFollower, IndexParams
 from serving.history.store import OnlineHistory, UserHistory
 from serving.metrics import ServingMetrics
 from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
 from serving.registry import fail_fast_in_this_process, served_version
+from serving.replicas import read_replica_states
 from serving.watcher import ModelWatcher
 from training.streaming.deltas import MODEL_DELTAS_TABLE
 
@@ -236,7 +237,8 @@ class Recommender:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """The served model, its index, the last swap and load error, and each history shard."""
+        """The served model, its index, the last swap and load error, each history shard, and the
+        deployment's replicas by state (degraded while fewer than ``serve.replicas`` run)."""
         retrieval, ranking = self.watcher.state, self.ranker_watcher.state  # each model with its swaps
         base = retrieval.current
         catalog = base if base is None or self.follower is None else self.follower.serving(base)
@@ -251,8 +253,11 @@ class Recommender:
         healthy = catalog is not None and all(state.get("running") for state in shard_states)
         ranker = ranking.current
         no_errors = self.watcher.last_error is None and self.ranker_watcher.last_error is None and delta_error is None
+        replicas = await read_replica_states(APP_NAME, "Recommender")  # one died: fewer RUNNING until replaced
+        all_running = replicas is None or replicas.get("RUNNING", 0) >= self.settings.serve.replicas
         body = {
-            "status": "ok" if healthy and no_errors else ("degraded" if healthy else "down"),
+            "status": "ok" if healthy and no_errors and all_running else ("degraded" if healthy else "down"),
+            "replicas": replicas,
             "model": None
             if catalog is None
             else {
