@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS, header, log, write_result
+from benchmarks.harness import RESULTS, command, header, log, write_result
 from benchmarks.reference.atomic import TRAIN_WINDOWS, read_sequences, split_rows, write_atomic
 from benchmarks.train.losses import METRICS, mean_std
 
@@ -116,9 +116,27 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: mean_std([run[key] for run in runs]) for key in (*METRICS, "wall_seconds", "fit_seconds")}
 
 
+def merge(results: list[dict[str, Any]], note: str | None) -> dict[str, Any]:
+    """Result files of the same settings run separately (seeds split between processes) as one:
+    the first file's header, every run, the summary over all of them and where each came from."""
+    settings = [{k: v for k, v in r["arguments"].items() if k not in ("seeds", "out")} for r in results]
+    if any(other != settings[0] for other in settings[1:]) or any(r["config"] != results[0]["config"] for r in results):
+        raise ValueError("the results were run with different settings; merge only runs of one setting")
+    runs = sorted((run for result in results for run in result["runs"]), key=lambda run: run["seed"])
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed appears twice among the results: {seeds}")
+    sources = [{"command": r["command"], "when": r["when"], "commit": r["commit"],
+                "seeds": [run["seed"] for run in r["runs"]]} for r in results]  # fmt: skip
+    merged = {**results[0], "merge_command": command(), "seeds": seeds, "merged_from": sources, "runs": runs}
+    return {**merged, "summary": summary(runs), "complete": True, **({"note": note} if note else {})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, required=True, help="a SASRec-format file: `user item` per line")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULT", help="join result files into --out")
+    parser.add_argument("--note", help="with --merge: a remark kept in the file (how a part was run)")
+    parser.add_argument("--dataset", type=Path, help="a SASRec-format file: `user item` per line")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
@@ -136,6 +154,13 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the reference environment (made if absent)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        print(write_result(args.out, merge([json.loads(path.read_text()) for path in args.merge], args.note)))
+        return
+    if not args.dataset:
+        parser.error("--dataset is required")
     name = args.dataset.stem
     out = args.out or RESULTS / f"reference_sasrec_{name}.json"
     python = ensure_venv(args.venv)

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.reference.atomic import HEADER, read_sequences, split_rows, write_atomic
 from benchmarks.reference.recbole_driver import mask_history
-from benchmarks.reference.sasrec_recbole import sasrec_config
+from benchmarks.reference.sasrec_recbole import merge, sasrec_config
 
 # a: 5 events; b: 2 (train-only, fewer than 3); c: 3 with a repeat; d: 1 (train-only, no target).
 # Lines of different users interleave, as in a file ordered by time.
@@ -101,3 +101,25 @@ def test_config_stops_as_streamrec_does() -> None:
     assert (config["hidden_size"], config["inner_size"], config["n_layers"], config["n_heads"]) == (50, 50, 2, 1)
     assert config["alias_of_item_id"] == ["item_id_list"]  # one id mapping for histories and targets
     assert np.isclose(config["hidden_dropout_prob"], 0.2) and config["MAX_ITEM_LIST_LENGTH"] == 50
+
+
+def result(seeds: list[int], lr: float = 1e-3) -> dict:
+    runs = [
+        {"seed": s, "test_ndcg_10": 0.02 + s / 1000, "test_hr_10": 0.04, "test_all_ndcg_10": 0.79,
+         "test_all_hr_10": 0.85, "wall_seconds": 100.0 + s, "fit_seconds": 90.0}
+        for s in seeds
+    ]  # fmt: skip
+    return {"command": "c", "when": "w", "commit": "x", "arguments": {"seeds": seeds, "lr": lr, "out": None},
+            "config": {"learning_rate": lr}, "seeds": seeds, "runs": runs, "complete": False}  # fmt: skip
+
+
+def test_merge_joins_seeds_of_one_setting() -> None:
+    merged = merge([result([1, 2]), result([0])], note="seeds 1-2 under contention")
+    assert [run["seed"] for run in merged["runs"]] == [0, 1, 2] and merged["seeds"] == [0, 1, 2]
+    assert merged["summary"]["test_ndcg_10"] == {"mean": 0.021, "std": 0.001}
+    assert [source["seeds"] for source in merged["merged_from"]] == [[1, 2], [0]]
+    assert merged["complete"] and merged["note"] == "seeds 1-2 under contention"
+    with pytest.raises(ValueError, match="twice"):
+        merge([result([0, 1]), result([1])], note=None)
+    with pytest.raises(ValueError, match="different settings"):
+        merge([result([0]), result([1], lr=3e-3)], note=None)
