@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--patience-fraction", type=float, default=0.25)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--val-users", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the table's too under adam)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--loss-cost", action="store_true", help="also time each loss alone by catalogue size")
     parser.add_argument("--cost-items", type=int, nargs="+", default=[1_000, 10_000, 100_000])
@@ -204,6 +205,7 @@ def _one_run(
         patience=args.patience,
         patience_fraction=args.patience_fraction,
         val_users=args.val_users,
+        lr=args.lr,
         seed=seed,
     )
     started = time.perf_counter()
