@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--val-users", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the table's too under adam)")
+    parser.add_argument("--batch-size", type=int, default=128, help="sequences per batch on each worker")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--loss-cost", action="store_true", help="also time each loss alone by catalogue size")
     parser.add_argument("--cost-items", type=int, nargs="+", default=[1_000, 10_000, 100_000])
@@ -206,6 +207,7 @@ def _one_run(
         patience_fraction=args.patience_fraction,
         val_users=args.val_users,
         lr=args.lr,
+        batch_size=args.batch_size,
         seed=seed,
     )
     started = time.perf_counter()
