@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--val-users", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the table's too under adam)")
     parser.add_argument("--batch-size", type=int, default=128, help="sequences per batch on each worker")
+    parser.add_argument("--temperature", type=float, default=0.05, help="softmax temperature over cosine similarities")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--loss-cost", action="store_true", help="also time each loss alone by catalogue size")
     parser.add_argument("--cost-items", type=int, nargs="+", default=[1_000, 10_000, 100_000])
@@ -208,6 +209,7 @@ def _one_run(
         val_users=args.val_users,
         lr=args.lr,
         batch_size=args.batch_size,
+        temperature=args.temperature,
         seed=seed,
     )
     started = time.perf_counter()
