@@ -21,7 +21,7 @@ import yaml
 
 from infra import dagster_automation, ray_access, serve_ingress
 from infra.processes import free_port, read_record
-from infra.settings import Settings
+from infra.settings import ENV_NONE, Settings
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             value = json.dumps(value)  # how pydantic-settings parses a complex field from the environment
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif value is None:
+            value = ENV_NONE
         environment[f"STREAMREC_{name.upper()}"] = str(value)
     return environment
 

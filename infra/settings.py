@@ -329,6 +329,7 @@ FLAT_EXCEPTIONS: dict[str, tuple[str, str]] = {
     "registered_ranking_model": ("mlflow", "registered_ranking_model"),
 }
 TOP_LEVEL = ("home", "profile", "external", "start_timeout_s")
+ENV_NONE = "null"  # how an environment variable says None
 
 
 class Settings(BaseSettings):
@@ -371,7 +372,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Every source yields the nested form, so pydantic-settings' deep merge keeps the
         # precedence per setting: an environment variable overrides one key of a YAML section.
-        env = EnvSettingsSource(_flat_settings(), env_prefix=ENV_PREFIX)
+        # "null" in a variable is None: an unset optional setting (serve.prefix_dims) travels to the
+        # processes streamrec starts (infra.components.settings_environment) as that.
+        env = EnvSettingsSource(_flat_settings(), env_prefix=ENV_PREFIX, env_parse_none_str=ENV_NONE)
         sources: list[PydanticBaseSettingsSource] = [_Nested(init_settings), _Nested(env)]
         config_file = os.environ.get("STREAMREC_CONFIG")
         if config_file:
