@@ -17,6 +17,18 @@ import pyarrow.compute as pc
 from features.tables import ITEM_STATS_SCHEMA, ITEM_VOCAB_SCHEMA, STAT_COLUMNS, USER_SEQUENCES_SCHEMA
 from ingestion.schema import ACTIONS, EVENT_ORDER
 
+# Silver events with their vocabulary index, as the feature build and the follow job handle them.
+INDEXED_EVENTS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_index", pa.int64()),
+        ("action", pa.string()),
+        ("ts", pa.int64()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+
 
 def new_items(events: pa.Table, vocab: pa.Table) -> pa.Table:
     """Vocabulary rows for the items of ``events`` not in ``vocab``.

@@ -404,20 +404,8 @@ def _update_ranking(settings: Settings, delta: SilverChanges, spec: RankingSpec,
     return _written(settings, RANKING_EXAMPLES_TABLE, len(source), "merged", log)
 
 
-_EVENT_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_index", pa.int64()),
-        ("action", pa.string()),
-        ("ts", pa.int64()),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-    ]
-)
-
-
 def _events(table: pa.Table) -> pa.Table:
-    return table.select(_EVENT_SCHEMA.names).cast(_EVENT_SCHEMA)
+    return table.select(arrow_jobs.INDEXED_EVENTS.names).cast(arrow_jobs.INDEXED_EVENTS)
 
 
 # Delta writes ---------------------------------------------------------------------------

@@ -27,16 +27,6 @@ from features.splits import gather
 from features.tables import USER_SEQUENCES_SCHEMA, USER_SEQUENCES_TABLE, rows_with
 from infra.settings import Settings
 
-INDEXED_EVENTS = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_index", pa.int64()),
-        ("action", pa.string()),
-        ("ts", pa.int64()),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-    ]
-)
 """The events ``sequences_from_events`` orders and cuts: silver rows with their item index."""
 
 
@@ -58,14 +48,14 @@ class Histories:
         return len(self.rows)
 
     def add(self, events: pa.Table) -> pa.Table:
-        """Append indexed ``events`` (``INDEXED_EVENTS`` columns) to their users' histories;
+        """Append indexed ``events`` (``arrow_jobs.INDEXED_EVENTS`` columns) to their users' histories;
         returns the touched users' rows after it."""
         if len(events) == 0:
             return USER_SEQUENCES_SCHEMA.empty_table()
-        events = events.select(INDEXED_EVENTS.names).cast(INDEXED_EVENTS)
+        events = events.select(arrow_jobs.INDEXED_EVENTS.names).cast(arrow_jobs.INDEXED_EVENTS)
         users = pc.unique(events.column("user_id"))
         touched = pc.is_in(self.rows.column("user_id").cast(pa.string()), value_set=users)
-        stored = arrow_jobs.stored_events(self.rows.filter(touched)).cast(INDEXED_EVENTS)
+        stored = arrow_jobs.stored_events(self.rows.filter(touched)).cast(arrow_jobs.INDEXED_EVENTS)
         rebuilt = arrow_jobs.sequences_from_events(pa.concat_tables([stored, events]), self.max_len)
         self.rows = pa.concat_tables([self.rows.filter(pc.invert(touched)), rebuilt])
         return rebuilt
