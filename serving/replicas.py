@@ -11,6 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import requests
+
+from infra import ray_access
+from infra.settings import Settings
+
 READ_TIMEOUT_S = 2.0  # /healthz must answer even when the controller is slow or gone
 FRESH_S = 1.0  # a read serves the /healthz calls of the next second: the controller is asked once
 _last: dict[tuple[str, str], tuple[float, dict[str, int] | None]] = {}
@@ -22,6 +27,16 @@ def replica_states(app: str, deployment: str) -> dict[str, int]:
 
     states = serve.status().applications[app].deployments[deployment].replica_states
     return {str(getattr(state, "value", state)): count for state, count in states.items() if count}
+
+
+def replica_pids(settings: Settings, app: str, deployment: str) -> dict[str, int]:
+    """Alive replica actors of the deployment: actor id -> process id (Ray's state API), e.g. to
+    kill one in a fault test or benchmark."""
+    params = {"filter_keys": ["state", "class_name"], "filter_predicates": ["=", "="],
+              "filter_values": ["ALIVE", f"ServeReplica:{app}:{deployment}"], "detail": "false"}  # fmt: skip
+    url = f"{settings.ray.dashboard_url}/api/v0/actors"
+    response = requests.get(url, params=params, headers=ray_access.auth_headers(settings), timeout=10)
+    return {actor["actor_id"]: int(actor["pid"]) for actor in response.json()["data"]["result"]["result"]}
 
 
 async def read_replica_states(app: str, deployment: str) -> dict[str, int] | None:

@@ -18,10 +18,10 @@ from typing import Any
 import requests
 from servingdata import Served, wait_for
 
-from infra import ray_access
 from infra.settings import Settings
 from serving.config import APP_NAME
 from serving.deploy import deploy
+from serving.replicas import replica_pids, replica_states
 
 CLIENTS = 4
 PACE_S = 0.1  # each client: one request every 0.1 s at most (about 40/s in all)
@@ -37,20 +37,12 @@ class Request:
 
 
 def _replicas(settings: Settings) -> dict[str, int]:
-    """Alive Recommender replica actors of the app: actor id -> pid (Ray's state API)."""
-    params = {"filter_keys": ["state", "class_name"], "filter_predicates": ["=", "="],
-              "filter_values": ["ALIVE", f"ServeReplica:{APP_NAME}:Recommender"], "detail": "false"}  # fmt: skip
-    url = f"{settings.ray.dashboard_url}/api/v0/actors"
-    response = requests.get(url, params=params, headers=ray_access.auth_headers(settings), timeout=10)
-    return {actor["actor_id"]: int(actor["pid"]) for actor in response.json()["data"]["result"]["result"]}
+    return replica_pids(settings, APP_NAME, "Recommender")
 
 
 def _running(expected: int) -> bool:
     """Whether Ray Serve reports ``expected`` RUNNING replicas of the Recommender, none other."""
-    from ray import serve
-
-    states = serve.status().applications[APP_NAME].deployments["Recommender"].replica_states
-    return {getattr(state, "value", state): count for state, count in states.items() if count} == {"RUNNING": expected}
+    return replica_states(APP_NAME, "Recommender") == {"RUNNING": expected}
 
 
 def test_a_killed_replica_is_replaced_and_only_its_requests_in_flight_fail(served: Served) -> None:
