@@ -283,7 +283,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="kills, one after the other in the same cluster")
     parser.add_argument("--settle-s", type=float, help="seconds of steady load before each kill and after recovery")
     parser.add_argument("--rate", type=float, default=50.0, help="/recommend requests per second, all clients")
-    parser.add_argument("--clients", type=int, default=4, help="client threads sharing the rate")
+    parser.add_argument("--clients", type=int, default=8, help="client threads sharing the rate (each one closed loop)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--grace-s", type=float, default=1.0, help="a failure sent this close to the kill is its own")
     parser.add_argument("--probe-s", type=float, default=0.25, help="/healthz probe interval")
