@@ -15,7 +15,11 @@ rewritten: its rows only grow, so readers can follow it incrementally too.
 
 from __future__ import annotations
 
+import datetime as dt
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +31,31 @@ from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA
 
 PARTITION_BY = ["event_date"]
 SILVER_APP_ID = "streamrec-silver"
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms", "surface")  # of a contract event
 _FIRST_RECORD_ORDER = [("ingested_at", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
 
 
 def as_silver(rows: pa.Table) -> pa.Table:
     """``rows`` (silver's columns, any order) in silver's schema and row order (``EVENT_ORDER``)."""
     return rows.select(SILVER_SCHEMA.names).cast(SILVER_SCHEMA).sort_by([(name, "ascending") for name in EVENT_ORDER])
+
+
+def silver_rows_of(events: Iterable[Mapping[str, Any]], first_offset: int = 0, partitions: int = 4) -> pa.Table:
+    """Silver rows of contract events, as if sent to a topic of ``partitions`` partitions keyed by
+    user (a CRC32 of the user id stands in for Kafka's key hash) at offsets from ``first_offset``
+    in event order, ingested now: for replays, tests and benchmarks that bypass Kafka."""
+    ingested = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            **{name: event.get(name) for name in EVENT_COLUMNS},
+            "kafka_partition": zlib.crc32(str(event["user_id"]).encode()) % partitions,
+            "kafka_offset": offset,
+            "ingested_at": ingested,
+            "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.UTC).date(),
+        }
+        for offset, event in enumerate(events, start=first_offset)
+    ]
+    return as_silver(pa.Table.from_pylist(rows, schema=SILVER_SCHEMA))
 
 
 def append_silver(uri: str, rows: pa.Table) -> int:

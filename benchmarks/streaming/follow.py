@@ -19,15 +19,12 @@ Writes benchmarks/results/follow.json (``--out``) and prints its path.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from deltalake import DeltaTable, write_deltalake
@@ -44,7 +41,8 @@ from features.tables import (
     build_record,
 )
 from infra.settings import Settings, get_settings
-from ingestion.schema import EVENT_ORDER, SILVER_SCHEMA, SILVER_TABLE
+from ingestion.lake_writer import append_silver, silver_rows_of
+from ingestion.schema import SILVER_TABLE
 from ingestion.synthetic import SyntheticConfig, generate_events
 from training.retrieval.config import TrainConfig
 from training.retrieval.io import ModelInfo
@@ -52,30 +50,12 @@ from training.retrieval.model import RetrievalModel
 from training.streaming.follow import FollowBase, FollowJob, FollowOptions
 
 RESULT = RESULTS / "follow.json"
-PARTITIONS = 4
 START_MS = 1_700_000_000_000
-
-
-def silver_rows(events: list[dict[str, Any]], first_offset: int) -> pa.Table:
-    """Silver rows of contract events as ingestion writes them (partition by user key hash)."""
-    now = dt.datetime.now(dt.UTC)
-    rows = [
-        {
-            **{key: event.get(key) for key in ("event_id", "user_id", "item_id", "action", "ts", "dwell_ms")},
-            "surface": None,
-            "kafka_partition": zlib.crc32(event["user_id"].encode()) % PARTITIONS,
-            "kafka_offset": offset,
-            "ingested_at": now,
-            "event_date": dt.datetime.fromtimestamp(event["ts"] / 1000, dt.UTC).date(),
-        }
-        for offset, event in enumerate(events, start=first_offset)
-    ]
-    return pa.Table.from_pylist(rows, schema=SILVER_SCHEMA).sort_by([(c, "ascending") for c in EVENT_ORDER])
 
 
 def append(settings: Settings, events: list[dict[str, Any]], first_offset: int) -> None:
     uri = settings.table_uri(SILVER_TABLE)
-    write_deltalake(uri, silver_rows(events, first_offset), mode="append", partition_by=["event_date"])
+    append_silver(uri, silver_rows_of(events, first_offset))
 
 
 def first_build(settings: Settings) -> None:
