@@ -315,8 +315,11 @@ def trial(url: str, producer: Producer, users: list[str], number: int, args: arg
         for endpoint, body in (("retrieve", asked), ("recommend", {**asked, "exclude_seen": False})):
             if found[f"{endpoint}_s"] is not None:
                 continue
-            response = session.post(f"{url}/{endpoint}", json=body, timeout=30)
-            if response.status_code != 200:  # counted by the steady load; a trial only asks again
+            try:
+                response = session.post(f"{url}/{endpoint}", json=body, timeout=30)
+            except requests.RequestException:
+                response = None
+            if response is None or response.status_code != 200:  # the steady load counts failures; ask again
                 found[f"{endpoint}_errors"] = found.get(f"{endpoint}_errors", 0) + 1
                 continue
             answer = response.json()
