@@ -255,7 +255,8 @@ class ServeSettings(_Section):
         ge=0,
         description="Two-stage retrieval (Matryoshka): index the first prefix_dims dims of each item vector "
         "(normalised) and rescore the best `rescore` at the full width. Unset: the smallest width >= 16 the "
-        "served model was trained with (--matryoshka-dims), off for other models; 0: off; a width: that one "
+        "served model was trained with (--matryoshka-dims) where the index is exact, off for HNSW and other "
+        "models; 0: off; a width: that one "
         "(a model not trained with it is refused at load, the previous version serving: docs/serving.md).",
     )
     rescore: int = Field(

@@ -181,7 +181,8 @@ def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw
     if info is None:
         raise CatalogError(f"version {version} of {settings.mlflow.registered_model} has no model.json")
     try:
-        prefix = served_prefix(settings.serve.prefix_dims, info.encoder.matryoshka_dims, info.encoder.dim)
+        exact = info.num_items <= settings.serve.exact_max_items  # the index build_index will choose
+        prefix = served_prefix(settings.serve.prefix_dims, info.encoder.matryoshka_dims, info.encoder.dim, exact)
     except ValueError as error:
         model = settings.mlflow.registered_model
         raise CatalogError(f"version {version} of {model} is not servable: {error}") from error

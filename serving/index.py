@@ -30,14 +30,17 @@ def prefix_rows(vectors: np.ndarray, prefix_dims: int) -> np.ndarray:
     return np.ascontiguousarray(prefix / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def served_prefix(setting: int | None, trained: tuple[int, ...], dim: int) -> int:
+def served_prefix(setting: int | None, trained: tuple[int, ...], dim: int, exact_index: bool = True) -> int:
     """The prefix width to index a model of width ``dim`` trained with Matryoshka widths ``trained``.
 
-    ``setting`` None: the smallest trained width of at least ``AUTO_MIN_PREFIX`` dims, else 0 (off).
+    ``setting`` None: with an exact index, the smallest trained width of at least ``AUTO_MIN_PREFIX``
+    dims, else 0 (off); with HNSW, 0: FAISS's HNSW visits max(efSearch, rescore) nodes, so a prefix
+    graph plus the rescore was slower than the full-width graph at no better recall
+    (benchmarks/results/matryoshka_retrieval.json).
     0: off. A width: used when the model was trained with it; else ``ValueError`` naming the
     allowed values (a prefix no loss trained ranks poorly, and a prefix not below ``dim`` is no prefix)."""
     if setting is None:
-        return min((width for width in trained if width >= AUTO_MIN_PREFIX), default=0)
+        return min((width for width in trained if width >= AUTO_MIN_PREFIX and exact_index), default=0)
     if setting == 0:
         return 0
     if setting >= dim:

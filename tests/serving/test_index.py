@@ -70,6 +70,11 @@ def test_the_served_prefix_defaults_to_the_smallest_trained_width_of_16_or_more(
     assert served_prefix(setting, trained, 64) == expected
 
 
+def test_the_default_prefix_is_off_for_an_hnsw_index_and_a_set_one_stays() -> None:
+    assert served_prefix(None, (16, 32), 64, exact_index=False) == 0
+    assert served_prefix(32, (16, 32), 64, exact_index=False) == 32
+
+
 @pytest.mark.parametrize(
     ("setting", "trained", "message"),
     [
