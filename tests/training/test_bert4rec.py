@@ -10,11 +10,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
+from clidata import WIDE, training_app
 from typer.testing import CliRunner
 
 from ingestion.schema import ACTION_IDS
-from training.cli import register
 from training.common.bert4rec import MASK_ACTION, BERT4Rec, append_mask_token, mask_action_ids, mask_positions
 from training.common.config import EncoderConfig
 from training.common.encoders import last_hidden
@@ -22,7 +21,6 @@ from training.common.loss import retrieval_loss
 from training.retrieval.model import RetrievalModel
 from training.retrieval.retriever import Retriever
 
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 TEMPERATURE = 0.5
 
 
@@ -207,8 +205,7 @@ def test_incompatible_objectives_are_refused(fields: dict[str, object], message:
     ],
 )
 def test_bad_bert4rec_options_fail_on_the_command_line(args: list[str], message: str) -> None:
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     result = CliRunner().invoke(app, ["train", "--model", "bert4rec", *args], env=WIDE)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output

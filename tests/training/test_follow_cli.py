@@ -7,19 +7,15 @@ from typing import Any
 
 import pytest
 import typer
+from clidata import WIDE, training_app
 from typer.testing import CliRunner
 
-from training.cli import register
 from training.streaming import follow as follow_module
-
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 
 
 @pytest.fixture
 def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return training_app()
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ import math
 
 import pytest
 import torch
-import typer
+from clidata import WIDE, training_app
 from typer.testing import CliRunner
 
-from training.cli import register
 from training.common.config import EncoderConfig
 from training.common.fuxi import FuXiAlpha, fuxi_time_buckets
 from training.common.lrurec import LRURec, linear_scan
 from training.retrieval.model import RetrievalModel
-
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 
 
 def _config(kind: str, **fields: object) -> EncoderConfig:
@@ -177,16 +174,14 @@ def test_the_lrurec_ring_must_be_ordered() -> None:
     ],
 )
 def test_bad_model_options_fail_on_the_command_line(args: list[str], message: str) -> None:
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     result = CliRunner().invoke(app, args, env=WIDE)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
 
 
 def test_help_lists_the_models() -> None:
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     result = CliRunner().invoke(app, ["train", "--help"], env=WIDE)
     assert "hstu, sasrec, fuxi, lrurec, bert4rec or popularity" in " ".join(result.output.split())
     assert "--fuxi-absolute-positions" in result.output and "--lrurec-r-min" in result.output

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
+from clidata import WIDE, training_app
 from typer.testing import CliRunner
 
 from ingestion.schema import ACTION_IDS
-from training.cli import register
 from training.common.config import EncoderConfig
 from training.common.loss import retrieval_loss
 from training.retrieval.cli import train_config_from
 from training.retrieval.io import ModelInfo, load_model, save_model
 from training.retrieval.model import RetrievalModel
 
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 NUM_ITEMS, DIM, DIMS = 12, 8, (2, 4)
 
 
@@ -64,8 +62,7 @@ def test_the_nested_loss_is_the_mean_of_the_loss_on_each_prefix(kind: str, maske
     [("32,16", "32,16"), ("16,50", "16,50"), ("1,8", "1,8"), ("16,16", "16,16")],
 )
 def test_bad_widths_fail_on_the_command_line_with_the_allowed_values(dims: str, shown: str) -> None:
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     result = CliRunner().invoke(app, ["train", "--model", "sasrec", "--matryoshka-dims", dims], env=WIDE)
     assert result.exit_code == 2, result.output
     expected = f"matryoshka_dims {shown} must be strictly increasing widths from 2 to 49 (below dim 50)"
@@ -73,8 +70,7 @@ def test_bad_widths_fail_on_the_command_line_with_the_allowed_values(dims: str, 
 
 
 def test_widths_that_are_not_numbers_fail_on_the_command_line() -> None:
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     result = CliRunner().invoke(app, ["train", "--model", "hstu", "--matryoshka-dims", "16,x"], env=WIDE)
     assert result.exit_code == 2 and "is not a comma-separated list of widths" in " ".join(result.output.split())
 

@@ -13,10 +13,10 @@ from typing import Any, Literal, get_args, get_origin
 import dagster as dg
 import pytest
 import typer
+from clidata import WIDE, training_app
 from pydantic import BaseModel, ValidationError
 from typer.testing import CliRunner
 
-from training.cli import register
 from training.common.config import TableConfig
 from training.ranking import runner as ranking_runner
 from training.ranking.cli import RANKING_OPTIONS, ranking_config_from
@@ -49,7 +49,6 @@ CHOSEN: dict[str, dict[str, Any]] = {
 }
 CLI_KINDS = {"encoder.kind", "model.kind"}  # the commands' --model
 DEMO_DECIDES = frozenset({"encoder.kind"})  # the demo trains each retrieval kind
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
 
 
 def leaves(model: type[BaseModel], defaults: BaseModel, prefix: str = "") -> dict[str, Any]:
@@ -140,8 +139,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> tuple[typer.Typer, list[Any]]:
 
     monkeypatch.setattr(retrieval_runner, "train", fake)
     monkeypatch.setattr(ranking_runner, "train_ranking", fake)
-    app = typer.Typer()
-    register(app)
+    app = training_app()
     return app, configs
 
 

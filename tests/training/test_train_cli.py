@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import typer
+from clidata import WIDE, training_app
 from typer.testing import CliRunner
 
 from infra.model_options import ModelOptions
-from training.cli import register
 from training.ranking import runner as ranking_runner
 from training.ranking.cli import RANKING_OPTIONS
 from training.ranking.config import RankingTrainConfig
@@ -22,14 +22,10 @@ from training.retrieval import popularity
 from training.retrieval.cli import TRAIN_OPTIONS, train_config_from
 from training.retrieval.config import TrainConfig
 
-WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400", "NO_COLOR": "1"}
-
 
 @pytest.fixture
 def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return training_app()
 
 
 @pytest.fixture
