@@ -439,6 +439,8 @@ class DagsterWorkflows(Component):
             "run_queue": {"max_concurrent_runs": 1},
             "code_servers": {"local_startup_timeout": 180},
             "telemetry": {"enabled": False},
+            # No "join the community" newsletter modal on the UI's first visit: a local tool's UI opens on the assets.
+            "nux": {"enabled": False},
         }
         # Written on every start: the file is streamrec's, derived from the settings.
         header = "# Written by `streamrec up dagster` on every start; edit the streamrec settings instead.\n"

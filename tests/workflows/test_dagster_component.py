@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 from click.testing import Result
+from dagster import DagsterInstance
 from typer.testing import CliRunner
 from workflowdata import append_clicks
 
@@ -50,6 +51,10 @@ def test_the_component_runs_dagster_dev_on_its_own_instance(tmp_path: Path) -> N
     component.prepare()
     instance = yaml.safe_load((settings.dagster_home / "dagster.yaml").read_text())
     assert instance["storage"] == {"sqlite": {"base_dir": str(settings.dagster_home / "storage")}}
+    # The installed Dagster loads the file (its schema knows every key) with the newsletter modal off.
+    loaded = DagsterInstance.from_config(str(settings.dagster_home))
+    assert not loaded.nux_enabled and not loaded.telemetry_enabled
+    loaded.dispose()
     environment = component.environment()
     assert environment["DAGSTER_HOME"] == str(settings.dagster_home)
     assert environment["STREAMREC_TOPIC"] == "t-env"
