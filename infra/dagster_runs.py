@@ -100,3 +100,21 @@ def _job_location(settings: Settings, job: str) -> tuple[str, str]:
         if any(found["name"] == job for found in repository["jobs"]):
             return repository["location"]["name"], repository["name"]
     raise DagsterApiError(f"no code location of the Dagster at {settings.dagster.url} defines the job {job}")
+
+
+TERMINATE_RUN = """mutation($id: String!) { terminateRun(runId: $id, terminatePolicy: SAFE_TERMINATE) { __typename
+  ... on TerminateRunFailure { message }
+  ... on PythonError { message }
+  ... on Error { message } } }"""
+
+
+def terminate_run(settings: Settings, run_id: str) -> None:
+    """Ask Dagster to terminate the run (the UI's Terminate, SAFE_TERMINATE): the run goes to
+    CANCELING and its process gets an interrupt, which a long-running op may catch to stop its
+    work cleanly (``workflows.follow``), or the run ends CANCELED. Returns once Dagster accepted;
+    ``wait_for_run`` follows it to its end. Raises DagsterApiError naming why Dagster refused
+    (no such run, already ended, ...)."""
+    answer = graphql(settings, TERMINATE_RUN, {"id": run_id})["terminateRun"]
+    if answer.get("__typename") != "TerminateRunSuccess":
+        reason = (answer.get("message") or answer.get("__typename") or "?").strip()
+        raise DagsterApiError(f"Dagster refused to terminate run {run_id}: {reason}")
