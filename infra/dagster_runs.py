@@ -1,6 +1,7 @@
 """Runs of Dagster jobs launched on the running instance through its webserver's GraphQL API,
-and followed to their end: how `streamrec demo` runs its loop round as a Dagster run that the
-UI shows (its steps, asset materialisations and metadata), not as an in-process call.
+followed to their end, and what they materialised read back: how `streamrec demo` runs its loop
+round and the gate of its candidate as Dagster runs that the UI shows (their steps, asset
+materialisations and metadata), not as in-process calls.
 
 The webserver's run launcher starts the run in a process of its own, with the code server's
 definitions; the run config given here can set the ``streamrec`` resource, so the run reads
@@ -10,8 +11,9 @@ builds the run config).
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,17 @@ LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams:
   ... on Error { message } } }"""
 RUN_QUERY = """query($id: ID!) { runOrError(runId: $id) { __typename
   ... on Run { status stepStats { stepKey status } }
+  ... on Error { message } } }"""
+MATERIALIZATIONS_QUERY = """query($id: ID!) { runOrError(runId: $id) { __typename
+  ... on Run { assetMaterializations { assetKey { path } metadataEntries { __typename label
+    ... on TextMetadataEntry { text }
+    ... on MarkdownMetadataEntry { mdStr }
+    ... on JsonMetadataEntry { jsonString }
+    ... on BoolMetadataEntry { boolValue }
+    ... on IntMetadataEntry { intRepr }
+    ... on FloatMetadataEntry { floatRepr }
+    ... on UrlMetadataEntry { url }
+    ... on PathMetadataEntry { path } } } }
   ... on Error { message } } }"""
 ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -50,12 +63,19 @@ def run_url(settings: Settings, run_id: str) -> str:
     return f"{settings.dagster.url}/runs/{run_id}"
 
 
-def launch_run(settings: Settings, job: str, run_config: dict[str, Any]) -> str:
-    """Launch ``job`` with ``run_config`` on the running Dagster; the run id. Raises
-    DagsterApiError naming why Dagster refused (no such job, config errors, ...)."""
+def launch_run(
+    settings: Settings, job: str, run_config: Mapping[str, Any], tags: Mapping[str, str] | None = None
+) -> str:
+    """Launch ``job`` with ``run_config`` (and the run ``tags``) on the running Dagster; the run id.
+    Raises DagsterApiError naming why Dagster refused (no such job, config errors, ...)."""
     location, repository = _job_location(settings, job)
-    selector = {"repositoryLocationName": location, "repositoryName": repository, "jobName": job}
-    answer = graphql(settings, LAUNCH_RUN, {"params": {"selector": selector, "runConfigData": run_config}})["launchRun"]
+    params: dict[str, Any] = {
+        "selector": {"repositoryLocationName": location, "repositoryName": repository, "jobName": job},
+        "runConfigData": run_config,
+    }
+    if tags:
+        params["executionMetadata"] = {"tags": [{"key": key, "value": value} for key, value in tags.items()]}
+    answer = graphql(settings, LAUNCH_RUN, {"params": params})["launchRun"]
     if answer.get("__typename") == "LaunchRunSuccess":
         return str(answer["run"]["runId"])
     reasons = [error["message"] for error in answer.get("errors") or []] or [answer.get("message") or "?"]
@@ -89,6 +109,41 @@ def wait_for_run(
             url = run_url(settings, run_id)
             raise TimeoutError(f"Dagster run {run_id} still {status} after {timeout_s:.0f} s: {url}")
         time.sleep(interval_s)
+
+
+def run_materializations(settings: Settings, run_id: str) -> dict[str, dict[str, Any]]:
+    """The metadata each asset materialisation of the run recorded, by asset key (``a/b``; the
+    last one where an asset was materialised twice): text, JSON (parsed), booleans, numbers,
+    URLs and paths; a null entry reads None, kinds without a plain value (tables, ...) are left out."""
+    found = graphql(settings, MATERIALIZATIONS_QUERY, {"id": run_id})["runOrError"]
+    if found.get("__typename") != "Run":
+        raise DagsterApiError(f"Dagster run {run_id}: {found.get('message') or found.get('__typename')}")
+    return {
+        "/".join(event["assetKey"]["path"]): {
+            entry["label"]: _metadata_value(entry)
+            for entry in event["metadataEntries"]
+            if entry["__typename"] in METADATA_VALUES
+        }
+        for event in found["assetMaterializations"]
+    }
+
+
+METADATA_VALUES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "TextMetadataEntry": lambda entry: entry["text"],
+    "MarkdownMetadataEntry": lambda entry: entry["mdStr"],
+    "JsonMetadataEntry": lambda entry: json.loads(entry["jsonString"]),
+    "BoolMetadataEntry": lambda entry: entry["boolValue"],
+    # The reprs, not intValue and floatValue: those are null for an int beyond 32 bits and for NaN or infinity.
+    "IntMetadataEntry": lambda entry: int(entry["intRepr"]),
+    "FloatMetadataEntry": lambda entry: float(entry["floatRepr"]),
+    "UrlMetadataEntry": lambda entry: entry["url"],
+    "PathMetadataEntry": lambda entry: entry["path"],
+    "NullMetadataEntry": lambda entry: None,
+}
+
+
+def _metadata_value(entry: dict[str, Any]) -> Any:
+    return METADATA_VALUES[entry["__typename"]](entry)
 
 
 def _job_location(settings: Settings, job: str) -> tuple[str, str]:
