@@ -7,9 +7,10 @@ Ray Train, registers the models in MLflow, serves the better one (by validation 
 with Ray Serve, shows a few users' recommendations and how a new action changes them, trains
 the multi-task ranker on Ray Train (next to the popularity ranking baseline), promotes it and
 shows /recommend ranked by it, then runs one round of the loop as a Dagster run (new events,
-features, training from production, the promotion gate: `loop_job`, which the UI shows) and
-the gate of its candidate on the day after, while a client keeps asking for recommendations,
-and prints what every stage made.
+features, training from production, the promotion gate: `loop_job`, which the UI shows) and,
+on the day after, the gate of its candidate as a second one (`promotion_job`, as the
+registered-model sensor requests it), while a client keeps asking for recommendations, and
+prints what every stage made.
 Each stage names the `streamrec` command that does the same by hand. Running it again sends the very same events again:
 bronze records the re-sent records, silver keeps one copy of each event, the features
 stay as they were and training runs once more.
@@ -24,6 +25,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -37,7 +40,7 @@ from infra import cluster
 from infra.cli import quiet_library_logs, ray_dashboard_line
 from infra.console import make_console
 from infra.dagster_automation import DagsterApiError
-from infra.dagster_runs import launch_run, run_url, wait_for_run
+from infra.dagster_runs import launch_run, run_materializations, run_url, wait_for_run
 from infra.polling import wait_until
 from infra.settings import Settings, get_settings
 from ingestion.checkpoints import set_aside_checkpoint_of_empty_topic
@@ -55,17 +58,14 @@ from training.retrieval.popularity import train_popularity
 from training.retrieval.runner import train
 from workflows.demo_options import DemoOptions
 from workflows.lineage import split_rows
-from workflows.promotion import FRESHNESS_GATE, GateOutcome, pending_candidate
+from workflows.promotion import Comparison, pending_candidate
 from workflows.resources import streamrec_resource_config
-from workflows.rounds import (
-    WARM_START_TRAIN,
-    RankingOptions,
-    gate_pending,
-    train_ranker,
-)
+from workflows.rounds import WARM_START_TRAIN, RankingOptions, train_ranker
+from workflows.sensors import pending_request
 
 console = make_console(highlight=False)
 LOOP_RUN_TIMEOUT_S = 1_800.0  # the round's Dagster run: ingest, features and a warm start
+GATE_RUN_TIMEOUT_S = 900.0  # the gate's Dagster run: both models evaluated on the newest day
 METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
 PROTOCOLS = {"filtered": "test_", "all": "test_all_"}  # label: MLflow key prefix
 RANKING_COLUMNS = {  # column: (popularity key, ranker key)
@@ -156,7 +156,7 @@ def run_demo(args: DemoOptions) -> None:
         10,
         "two more days, a warm-start round, the freshness gate",
         "dagster job launch -j loop_job -m workflows.definitions (the hourly schedule's job); the gate of the "
-        "waiting candidate: the registered_model_sensor",
+        "waiting candidate: a run of promotion_job, as the registered_model_sensor requests it",
     )
     _warm_start_round(settings, args, users[0])
     _closing_lines(settings, started)
@@ -300,8 +300,8 @@ def _ranking_table(settings: Settings, version: str, metrics: dict[str, float], 
 def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     """The stream's next day and one round of the loop (``loop_job``) as a run of the running
     Dagster, as the hourly schedule starts it (its candidate waits for events after its data);
-    the day after; and the gate on that day, as the registered-model sensor runs it: frozen vs
-    updated model, while a client keeps asking."""
+    the day after; and the gate on that day as a second run (``promotion_job``), as the
+    registered-model sensor requests it: frozen vs updated model, while a client keeps asking."""
     stream = _stream(settings, args)
     sent = produce_days(settings, stream, STREAM_DAYS, STREAM_DAYS + 1, description="the next day's events")
     console.print(f"{sent:,} new events on the topic (day {STREAM_DAYS + 1:g}), ingested by the round's Dagster run")
@@ -310,41 +310,98 @@ def _warm_start_round(settings: Settings, args: DemoOptions, user: str) -> None:
     client.start()
     try:
         config = args.train_config("hstu", epochs=min(args.epochs, WARM_START_TRAIN["epochs"]))  # production's kind
-        candidate = _loop_round_in_dagster(settings, config, args.workers)
+        _loop_round_in_dagster(settings, config, args.workers)
         traffic = "traffic while the candidate trained"
         sent = send_days(settings, stream, STREAM_DAYS + 1, STREAM_DAYS + 2, description=traffic, log=console.print)
         console.print(f"{sent:,} events of day {STREAM_DAYS + 2:g} ingested; feature versions now {_refresh(settings)}")
-        pending = gate_pending(settings, FRESHNESS_GATE, log=console.print)
-        if pending is not None and pending.decision.promote:
-            client.wait_for_version(candidate, timeout_s=60)
+        gate = _gate_in_dagster(settings)
+        if gate is not None and gate.promoted:
+            client.wait_for_version(gate.candidate, timeout_s=60)
     finally:
         client.stop()
-    if pending is not None and pending.comparison.window is not None:
-        console.print(_frozen_vs_updated(pending))
+    if gate is not None and gate.comparison is not None and gate.comparison.window is not None:
+        console.print(_frozen_vs_updated(gate.comparison))
     console.print(f"failed requests during the round: {client.failed} of {client.sent:,}")
     console.print(f"versions a client was served: {' -> '.join(client.versions) or '-'}")
 
 
-def _loop_round_in_dagster(settings: Settings, config: TrainConfig, workers: int) -> str:
+def _loop_round_in_dagster(settings: Settings, config: TrainConfig, workers: int) -> None:
     """Launch ``loop_job`` (ingest, features, warm start, evaluation, gate) on the running Dagster
-    with the demo's settings and training config, follow it to its end; the candidate version it
-    registered (which waits for the events after its data before the gate judges it)."""
+    with the demo's settings and training config, follow it to its end; print the candidate
+    version it registered (which waits for the events after its data before the gate judges it)."""
     run_config = {
         "resources": streamrec_resource_config(settings),
         "ops": {"retrieval_model": {"config": {"train": config.model_dump(mode="json"), "workers": workers}}},
     }
-    run_id = launch_run(settings, "loop_job", run_config)
-    console.print(f"Dagster run of loop_job: {run_url(settings, run_id)}")
-    end = wait_for_run(settings, run_id, LOOP_RUN_TIMEOUT_S, on_change=lambda status: console.print(f"  run {status}"))
-    if not end.succeeded:
-        steps = ", ".join(f"{step} {status}" for step, status in end.failed_steps.items()) or "no step failed"
-        raise DagsterApiError(f"the loop round's Dagster run ended {end.status} ({steps}): {run_url(settings, run_id)}")
+    run_id = _run_in_dagster(settings, "loop_job", run_config, LOOP_RUN_TIMEOUT_S)
     candidate = pending_candidate(settings)
     if candidate is None:
         url = run_url(settings, run_id)
         raise DagsterApiError(f"the loop round registered no candidate that waits for the gate: {url}")
     console.print(f"the round registered candidate v{candidate}; its gate waits for the events after its data")
-    return candidate
+
+
+@dataclass(frozen=True)
+class RecordedGate:
+    """The gate's result as a ``promotion_job`` run recorded it: the decision (the metadata of its
+    ``retrieval_promotion`` materialisation) and the comparison it judged (``retrieval_evaluation``'s;
+    None when production moved in between and the gate compared again, see ``promotion.settle``)."""
+
+    candidate: str
+    label: str
+    promoted: bool
+    reason: str
+    comparison: Comparison | None
+    notes: str = ""
+
+    @classmethod
+    def from_materializations(cls, materialized: dict[str, dict[str, Any]]) -> RecordedGate:
+        """From what the run materialised (``infra.dagster_runs.run_materializations``)."""
+        missing = {"retrieval_evaluation", "retrieval_promotion"} - set(materialized)
+        if missing:
+            raise DagsterApiError(f"the gate's run did not materialise {', '.join(sorted(missing))}")
+        decision = materialized["retrieval_promotion"]
+        comparison = Comparison(**materialized["retrieval_evaluation"]["comparison"])
+        judged = comparison.production_version == decision["production_before"]
+        return cls(
+            str(decision["candidate_version"]),
+            str(decision["decision"]),
+            bool(decision["promoted"]),
+            str(decision["reason"]),
+            comparison if judged else None,
+            str(decision.get("notes") or ""),
+        )
+
+
+def _gate_in_dagster(settings: Settings) -> RecordedGate | None:
+    """Launch ``promotion_job`` for the waiting candidate with the run config and tags the
+    registered-model sensor requests (``workflows.sensors.pending_request``), on the demo's
+    settings; follow it to its end and print the decision its run recorded (None: no candidate
+    waits, the round's own gate settled it)."""
+    request = pending_request(settings)
+    if request is None:
+        console.print("no candidate waits for the gate: the round's run settled it")
+        return None
+    run_config = {**request.run_config, "resources": streamrec_resource_config(settings)}
+    run_id = _run_in_dagster(settings, "promotion_job", run_config, GATE_RUN_TIMEOUT_S, tags=request.tags)
+    gate = RecordedGate.from_materializations(run_materializations(settings, run_id))
+    notes = f" ({gate.notes})" if gate.notes else ""
+    console.print(f"gate (pending v{gate.candidate}): {gate.label}: {gate.reason}{notes}")
+    return gate
+
+
+def _run_in_dagster(
+    settings: Settings, job: str, run_config: dict[str, Any], timeout_s: float, tags: Mapping[str, str] | None = None
+) -> str:
+    """Launch ``job`` on the running Dagster, print its URL and statuses, follow it to its end; its
+    run id. A run that did not succeed stops the demo, naming its failed steps and its page."""
+    run_id = launch_run(settings, job, run_config, tags)
+    console.print(f"Dagster run of {job}: {run_url(settings, run_id)}")
+    end = wait_for_run(settings, run_id, timeout_s, on_change=lambda status: console.print(f"  run {status}"))
+    if not end.succeeded:
+        steps = ", ".join(f"{step} {status}" for step, status in end.failed_steps.items()) or "no step failed"
+        raise DagsterApiError(f"the Dagster run of {job} ended {end.status} ({steps}): {run_url(settings, run_id)}")
+    return run_id
 
 
 def _refresh(settings: Settings) -> dict[str, int]:
@@ -360,9 +417,9 @@ WINDOW_COLUMNS = {
 }
 
 
-def _frozen_vs_updated(outcome: GateOutcome) -> Table:
-    """Production (frozen since its training) and the round's candidate on the day neither trained on."""
-    comparison = outcome.comparison
+def _frozen_vs_updated(comparison: Comparison) -> Table:
+    """Production (frozen since its training) and the round's candidate on the day neither trained
+    on, as the gate compared them."""
     window = comparison.window or {}
     table = Table(
         title=f"the newest day, {window.get('targets', 0):,} target events neither model trained on",
