@@ -28,6 +28,9 @@ from infra.settings import Settings
 
 LOOP_TAG = "streamrec/loop"  # a definition tag: its schedules and sensors are what `up --continual` turns on
 LOOP_TAG_VALUE = "continual"
+# A job tag (Dagster puts it on the job's runs): a run that lasts until it is stopped (the follow
+# job), which `up --no-continual` terminates with the loop.
+STOPS_WITH_LOOP_TAG = "streamrec/stops_with_loop"
 
 _TICK = "timestamp status skipReason runIds error { message }"
 AUTOMATION_QUERY = f"""{{ repositoriesOrError {{ __typename
@@ -44,6 +47,11 @@ START_SCHEDULE = (
 STOP_SCHEDULE = f"mutation($id: String!) {{ stopRunningSchedule(id: $id) {{ {_ERROR} }} }}"
 START_SENSOR = f"mutation($selector: SensorSelector!) {{ startSensor(sensorSelector: $selector) {{ {_ERROR} }} }}"
 STOP_SENSOR = f"mutation($id: String!) {{ stopSensor(id: $id) {{ {_ERROR} }} }}"
+LOOP_RUNS_QUERY = """query($filter: RunsFilter!) { runsOrError(filter: $filter) { __typename
+  ... on Runs { results { runId } }
+  ... on PythonError { message }
+  ... on Error { message } } }"""
+UNFINISHED_RUNS = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]  # CANCELING: being terminated already
 _SUCCESS = {"startSchedule": "ScheduleStateResult", "stopRunningSchedule": "ScheduleStateResult",
             "startSensor": "Sensor", "stopSensor": "StopSensorMutationResult"}  # fmt: skip
 
@@ -104,14 +112,32 @@ def read_instigators(settings: Settings) -> list[Instigator]:
 
 def set_loop(settings: Settings, on: bool) -> list[Instigator]:
     """Turn the loop's schedules and sensors on (or off) in the running Dagster; returns those
-    it switched (none when all were already so). Raises when the definitions tag none."""
+    it switched (none when all were already so). Off also terminates the unfinished runs tagged
+    ``STOPS_WITH_LOOP_TAG`` (the follow job), which would otherwise run on without the loop.
+    Raises when the definitions tag none."""
     loop = [instigator for instigator in read_instigators(settings) if instigator.loop]
     if not loop:
         raise DagsterApiError(f"the Dagster definitions at {settings.dagster.url} tag no schedule or sensor {LOOP_TAG}")
     switched = to_switch(loop, on)
     for instigator in switched:
         _switch(settings, instigator, on)
+    if not on:  # after the sensors: none starts a new one meanwhile
+        stop_loop_runs(settings)
     return switched
+
+
+def stop_loop_runs(settings: Settings) -> list[str]:
+    """Terminate every unfinished run tagged ``STOPS_WITH_LOOP_TAG``; their ids."""
+    from infra.dagster_runs import terminate_run  # it imports this module
+
+    filter_ = {"tags": [{"key": STOPS_WITH_LOOP_TAG, "value": "true"}], "statuses": UNFINISHED_RUNS}
+    found = graphql(settings, LOOP_RUNS_QUERY, {"filter": filter_})["runsOrError"]
+    if found.get("__typename") != "Runs":
+        raise DagsterApiError(f"Dagster could not list its runs: {found.get('message', '?')}")
+    ids = [str(run["runId"]) for run in found["results"]]
+    for run_id in ids:
+        terminate_run(settings, run_id)
+    return ids
 
 
 def to_switch(instigators: list[Instigator], on: bool) -> list[Instigator]:

@@ -14,13 +14,14 @@ import dagster as dg
 from infra.settings import get_settings
 from workflows.assets import ALL_ASSETS
 from workflows.checks import ALL_CHECKS
+from workflows.follow import model_deltas
 from workflows.jobs import ALL_JOBS
 from workflows.resources import resources_from_settings
 from workflows.schedules import ALL_SCHEDULES
 from workflows.sensors import ALL_SENSORS
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, model_deltas],
     asset_checks=ALL_CHECKS,
     jobs=ALL_JOBS,
     schedules=ALL_SCHEDULES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from infra.dagster_automation import STOPS_WITH_LOOP_TAG
 from workflows.assets import (
     feature_build,
     ingest,
@@ -15,6 +16,7 @@ from workflows.assets import (
     retrieval_promotion,
 )
 from workflows.assets.training import RetrievalTrainConfig
+from workflows.follow import follow_loop
 from workflows.rounds import FULL_RETRAIN_TRAIN, WARM_START_TRAIN
 
 ingest_job = dg.define_asset_job(
@@ -65,6 +67,17 @@ ranking_job = dg.define_asset_job(
     "scratch on Ray Train, then its gate (validation click AUC against the production ranker).",
 )
 
+
+@dg.job(
+    description="The follow loop (`streamrec train --follow`) as a long-running run: it learns from every new "
+    "silver/events version and publishes model deltas until the run is terminated or production moves; "
+    "follow_sensor keeps one running while the loop is on.",
+    tags={STOPS_WITH_LOOP_TAG: "true"},
+)
+def follow_job() -> None:
+    follow_loop()
+
+
 ALL_JOBS = [
     ingest_job,
     features_job,
@@ -73,4 +86,5 @@ ALL_JOBS = [
     promotion_job,
     loop_job,
     ranking_job,
+    follow_job,
 ]

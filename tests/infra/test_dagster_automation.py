@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from infra import cli, cluster, dagster_automation
+from infra import cli, cluster, dagster_automation, dagster_runs
 from infra.cluster import ComponentState
 from infra.components import DagsterWorkflows
 from infra.dagster_automation import (
     AUTOMATION_QUERY,
+    LOOP_RUNS_QUERY,
     LOOP_TAG,
     START_SCHEDULE,
     START_SENSOR,
@@ -86,14 +87,21 @@ class FakeDagster:
     """The webserver's GraphQL endpoint: answers AUTOMATION_QUERY from its state, applies the
     four mutations (recording each) or refuses them with an Error, as Dagster does."""
 
-    def __init__(self, running: set[str] | None = None, refuse: bool = False) -> None:
+    def __init__(self, running: set[str] | None = None, refuse: bool = False, runs: list[str] | None = None) -> None:
         self.running = set(running or ())
         self.refuse = refuse
+        self.runs = list(runs or ())  # unfinished runs tagged to stop with the loop
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, settings: Settings, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         if query == AUTOMATION_QUERY:
             return _answer(self.running)
+        if query == LOOP_RUNS_QUERY:
+            self.calls.append(("runsOrError", variables or {}))
+            return {"runsOrError": {"__typename": "Runs", "results": [{"runId": run} for run in self.runs]}}
+        if query == dagster_runs.TERMINATE_RUN:
+            self.calls.append(("terminateRun", variables or {}))
+            return {"terminateRun": {"__typename": "TerminateRunSuccess"}}
         field = {START_SCHEDULE: "startSchedule", STOP_SCHEDULE: "stopRunningSchedule"}.get(query) or {
             START_SENSOR: "startSensor",
             STOP_SENSOR: "stopSensor",
@@ -116,7 +124,7 @@ def test_every_query_is_valid_for_the_installed_dagster() -> None:
     from graphql import parse, validate
 
     schema = create_schema().graphql_schema
-    for query in (AUTOMATION_QUERY, START_SCHEDULE, STOP_SCHEDULE, START_SENSOR, STOP_SENSOR):
+    for query in (AUTOMATION_QUERY, START_SCHEDULE, STOP_SCHEDULE, START_SENSOR, STOP_SENSOR, LOOP_RUNS_QUERY):
         assert validate(schema, parse(query)) == [], query
 
 
@@ -159,8 +167,9 @@ def test_to_switch_takes_only_loop_instigators_in_the_other_state() -> None:
 
 def test_set_loop_starts_by_selector_and_stops_by_state_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings(home=tmp_path)
-    fake = FakeDagster(running={"silver_events_sensor"})
+    fake = FakeDagster(running={"silver_events_sensor"}, runs=["r-follow"])
     monkeypatch.setattr(dagster_automation, "graphql", fake)
+    monkeypatch.setattr(dagster_runs, "graphql", fake)
     switched = set_loop(settings, on=True)
     assert [i.name for i in switched] == [
         "hourly_warm_start_training",
@@ -178,6 +187,9 @@ def test_set_loop_starts_by_selector_and_stops_by_state_id(tmp_path: Path, monke
     assert ("stopRunningSchedule", {"id": "state-ingest_every_15_minutes"}) in fake.calls
     assert ("stopSensor", {"id": "state-silver_events_sensor"}) in fake.calls
     assert fake.running == set()
+    # Off terminates the follow job's run too, after the sensors are stopped (none starts another).
+    assert fake.calls[-2][0] == "runsOrError" and fake.calls[-1] == ("terminateRun", {"id": "r-follow"})
+    assert fake.calls[-2][1]["filter"]["tags"] == [{"key": "streamrec/stops_with_loop", "value": "true"}]
 
 
 def test_set_loop_raises_what_dagster_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,10 @@ JOBS_QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes { na
   jobs { name } schedules { name scheduleState { status } } sensors { name sensorState { status } } } } } }"""
 
 
-LOOP = {"ingest_every_15_minutes", "hourly_warm_start_training", "silver_events_sensor", "registered_model_sensor"}
+LOOP = {
+    "ingest_every_15_minutes", "hourly_warm_start_training", "silver_events_sensor", "registered_model_sensor",
+    "follow_sensor",
+}  # fmt: skip
 
 
 def test_dagster_is_a_component_unless_disabled(tmp_path: Path) -> None:
@@ -71,7 +74,7 @@ def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatc
 
 def test_definitions_tag_the_loop() -> None:
     """What `up --continual` turns on is what the definitions tag: the ingest schedule, the hourly
-    warm start and both sensors, not the daily retraining or ranking."""
+    warm start and the three sensors (the follow job's too), not the daily retraining or ranking."""
     from workflows.definitions import defs
 
     definitions = [*defs.schedules, *defs.sensors]  # type: ignore[misc]
@@ -139,7 +142,9 @@ def test_up_starts_dagster_that_answers_and_down_stops_it(tmp_path: Path) -> Non
             "ingest_every_15_minutes": "STOPPED",
             "daily_ranking_training": "STOPPED",
         }
-        assert {s["name"] for s in repository["sensors"]} == {"silver_events_sensor", "registered_model_sensor"}
+        assert {s["name"] for s in repository["sensors"]} == {
+            "silver_events_sensor", "registered_model_sensor", "follow_sensor"
+        }  # fmt: skip
         assert (settings.dagster_home / "storage").is_dir()  # SQLite instance storage of its own
         again = cluster.up(settings, ["dagster"])  # idempotent: nothing started twice
         assert again[0].pid == state.pid and "already running" in again[0].detail
@@ -173,8 +178,9 @@ def _continual_turns_the_loop_on_and_keeps_it(settings: Settings) -> None:
     `status` lists every schedule and sensor with its state and last tick; `down` and a plain
     `up` keep the loop on; `up --no-continual` turns it off in one command."""
     (state,) = cluster.up(settings.updated(dagster_continual=True), ["dagster"])  # already running
-    assert "loop on: hourly_warm_start_training, ingest_every_15_minutes, registered_model_sensor started" in (
-        state.detail
+    assert (
+        "loop on: hourly_warm_start_training, ingest_every_15_minutes, follow_sensor, registered_model_sensor started"
+        in state.detail
     ), state.detail  # the silver sensor was on already
     assert _loop_states(settings) == dict.fromkeys(LOOP, "running")
     status = _streamrec(settings, "status", "dagster")
