@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from infra.dagster_automation import STOPS_WITH_LOOP_TAG
@@ -18,6 +20,9 @@ from workflows.assets import (
 from workflows.assets.training import RetrievalTrainConfig
 from workflows.follow import follow_loop
 from workflows.rounds import FULL_RETRAIN_TRAIN, WARM_START_TRAIN
+
+if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -78,7 +83,7 @@ def follow_job() -> None:
     follow_loop()
 
 
-ALL_JOBS = [
+ALL_JOBS: list[dg.JobDefinition | UnresolvedAssetJobDefinition] = [  # asset jobs and the follow job's op job
     ingest_job,
     features_job,
     warm_start_training_job,
