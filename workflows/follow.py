@@ -133,6 +133,17 @@ class ChildProcess:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)  # the output ended: the child exited (or closed it)
 
+    def close(self, timeout_s: float) -> None:
+        """SIGTERM if it still runs, SIGKILL after ``timeout_s``."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def next_line(self, timeout_s: float) -> tuple[str | None, bool]:
         """(the next line or None after ``timeout_s``, whether the output ended)."""
         try:
@@ -169,7 +180,23 @@ def supervise(
     """Pass the child's lines on until it exits; ``should_stop()`` (every ``check_every_s``)
     returning a reason, or an interrupt, sends it SIGTERM, then its remaining lines are passed
     on until it exits (SIGKILL after ``stop_timeout_s``). Interrupts while it stops are ignored:
-    the stop is already under way."""
+    the stop is already under way. Any other error stops the child as well, then propagates."""
+    try:
+        return _supervise(child, on_line, on_delta, should_stop, check_every_s, stop_timeout_s, interrupts)
+    except BaseException:
+        child.close(stop_timeout_s)  # no child outlives its supervision
+        raise
+
+
+def _supervise(
+    child: ChildProcess,
+    on_line: Callable[[str], None],
+    on_delta: Callable[[DeltaLine], None],
+    should_stop: Callable[[], str],
+    check_every_s: float,
+    stop_timeout_s: float,
+    interrupts: tuple[type[BaseException], ...],
+) -> Supervision:
     outcome = Supervision()
     next_check = time.monotonic() + check_every_s
     stop_deadline: float | None = None
@@ -248,8 +275,11 @@ def follow_loop(context: OpExecutionContext, config: FollowConfig, streamrec: St
         from workflows.ray_jobs import cli_command
 
         command = [*shlex.split(cli_command(settings)), *args]
-        # Unbuffered: each line reaches the run's log when the child prints it.
-        child = ChildProcess(command, {**os.environ, **settings_environment(settings), "PYTHONUNBUFFERED": "1"})
+        # Unbuffered: each line reaches the run's log when the child prints it; no progress bar
+        # (MLflow's download of the base) in a log of lines.
+        env = {**os.environ, **settings_environment(settings), "PYTHONUNBUFFERED": "1",
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
+        child = ChildProcess(command, env)
         context.log.info(f"follow job started (pid {child.pid}): {shlex.join(command)}")
         moved = _alias_watch(settings, base, context.log) if not config.base_version else (lambda: "")
         outcome = supervise(
@@ -289,12 +319,11 @@ def _production_version(settings: Settings) -> int | None:
 
 def _alias_watch(settings: Settings, base: int, log: Any) -> Callable[[], str]:
     """A ``should_stop`` that names the serving alias's move away from ``base`` ('' while it stays)."""
-    from serving.registry import RegistryUnreachable
 
     def moved() -> str:
         try:
             now = _production_version(settings)
-        except RegistryUnreachable as error:  # keep following: the next check asks again
+        except Exception as error:  # noqa: BLE001 - keep following: the next check asks again
             log.warning(f"could not read the serving alias: {error}")
             return ""
         if now == base:

@@ -185,6 +185,17 @@ def test_a_stop_reason_stops_it_an_error_exit_is_reported_and_a_stubborn_child_i
     assert stubborn.killed and stubborn.returncode == -signal.SIGKILL
 
 
+def test_an_error_while_supervising_stops_the_child_then_propagates(fake_follow: Path) -> None:
+    child = _child(fake_follow)
+
+    def broken(delta: DeltaLine) -> None:
+        raise RuntimeError("the event log is gone")
+
+    with pytest.raises(RuntimeError, match="event log is gone"):
+        supervise(child, lambda line: None, broken, lambda: "", check_every_s=60, stop_timeout_s=30)
+    assert child.process.poll() == 0  # SIGTERM: it published and exited
+
+
 def test_a_terminated_run_stops_the_child_and_ends_in_success_with_its_deltas_observed(
     tmp_path: Path, fake_follow: Path
 ) -> None:
