@@ -192,18 +192,25 @@ class FollowJob:
         changes = silver_changes(self.silver_uri, self.cursor, latest, SILVER_COLUMNS)
         if changes.lost_rows:
             self.log(f"warning: {changes.lost_rows} silver rows removed between versions {self.cursor} and {latest}")
-        rows = changes.new_rows
+        return self.consume(changes.new_rows, latest)
+
+    def consume(self, rows: pa.Table, silver_version: int) -> int:
+        """Learn ``rows`` (``SILVER_COLUMNS``), the silver rows after the cursor up to
+        ``silver_version``, and move the cursor there; returns how many. ``round`` passes a
+        version's rows at once; a caller may pass them in parts (benchmarks.continual feeds a day
+        an hour at a time), each part but the last with ``silver_version`` the cursor, so the
+        vocabulary never records a silver version whose items it does not hold yet."""
         if len(rows):
-            self._index_new_items(rows, latest)
+            self._index_new_items(rows, silver_version)
             touched = self.histories.add(arrow_jobs.with_item_index(rows, self.vocab))
             self._learn(touched)
             self.offsets = _next_offsets(rows, self.offsets)
             oldest = pc.min(rows.column("ingested_at").cast(pa.int64())).as_py()
             if self.waiting_since_us is None or oldest < self.waiting_since_us:
                 self.waiting_since_us = oldest
-        self.stats.rounds.append((self.cursor, latest, len(rows)))
+        self.stats.rounds.append((self.cursor, silver_version, len(rows)))
         self.stats.events += len(rows)
-        self.cursor = latest
+        self.cursor = silver_version
         self.pending = True
         return len(rows)
 
