@@ -15,24 +15,34 @@ those launched after the initial model's data, which the frozen model cannot kno
   gate. ``loop_candidate`` is the round's newest candidate itself, which the freshness gate
   only judges a round later: the gap between the two is what waiting for the gate costs;
 * ``retrain``: a model trained from scratch on all data so far at each round (the upper bound,
-  at its cost).
+  at its cost);
+* ``streaming``: the model `streamrec train --follow` serves (``benchmarks.continual.streaming``):
+  the follow loop's own learning step from the initial model on, fed each day in
+  ``--stream-chunks`` slices of equal time (24: hours), each slice's events scored with the
+  model after the slices before it. ``--streaming`` names variants (TrainConfig and follow
+  options over the follow job's defaults), each a policy of its own.
 
 A round runs at the end of each day from the second window on, on the data up to then; the
-first window is scored before any round (every policy is still the initial model). Churn
+first window is scored before any round (every policy but streaming is still the initial model).
+``--policies`` picks what runs: loop, loop_candidate and retrain come from one round (any of
+them runs it), frozen costs nothing, streaming needs no round; the stream is deterministic per
+seed, so a run of some policies merges into a file holding the others (``--merge``). Churn
 settings (``--churn``) multiply the default launch rate (``ingestion.synthetic.DRIFTING``:
 half the catalogue launches over 28 days, 1/56 of it a day); 0 is the static catalogue (no
 launches, no life cycle).
 
-    .venv/bin/python -m benchmarks.continual [--seeds 0,1,2] [--churn 1] [--resume] [--keep]
-        [--merge OTHER.json ...] [--summarise]
+    .venv/bin/python -m benchmarks.continual [--seeds 0,1,2] [--churn 1] [--policies frozen,streaming]
+        [--stream-chunks 24] [--streaming JSON] [--resume] [--keep] [--merge OTHER.json ...] [--summarise]
 
 Writes benchmarks/results/continual.json (``--out``) after every stream (``--resume`` keeps the
 streams already there and runs the rest) and continual.png beside it (NDCG@10 per window, one
 line per policy, mean and one std over seeds, one panel per churn); logs both, with each
 policy's per-window metrics, to an MLflow run of the private cluster (``--keep`` leaves that
 cluster and its home up to browse). Seeds can run in parallel, each process on its own private
-cluster and ``--out``; ``--merge`` then takes the others' streams into one file and
-``--summarise`` rewrites its summary and plot without running anything.
+cluster and ``--out``; ``--merge`` then takes the others' streams into one file, and the
+policies a stream there lacks from another run of the same stream (the same events per window,
+the frozen model's metrics compared and kept beside them), and ``--summarise`` rewrites its
+summary and plot without running anything.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.continual.streaming import DEFAULT_CHUNKS, StreamingPolicy, Variant, learn_day, parse_variants
 from benchmarks.harness import RESULTS, header, log, private_home, private_settings, shutdown, write_result
 from features.build import build as build_features
 from infra import cluster
@@ -73,7 +84,8 @@ from workflows.rounds import (
 
 RESULT = RESULTS / "continual.json"
 RUN_KEYS = ("command", "commit", "when", "machine", "arguments", "seeds", "seconds")  # a run's header
-POLICIES = ("frozen", "loop", "loop_candidate", "retrain")
+POLICIES = ("frozen", "loop", "loop_candidate", "retrain", "streaming")
+ROUND_POLICIES = ("loop", "loop_candidate", "retrain")  # one round makes all three
 DEFAULT_LAUNCHES_PER_DAY = (1 - DRIFTING["initial_item_share"]) / SyntheticConfig.span_days  # share of the catalogue
 KEPT = (  # window metrics kept per model
     "window_targets",
@@ -114,7 +126,11 @@ def window_metrics(settings: Settings, version: str, start_ms: int, new_after_ms
         result, _ = evaluate_version_window(settings, version, start_ms, DAY_MS, new_after_ms=new_after_ms)
     except NoOverlapError:
         return {}
-    return {key: round(float(value), 6) for key, value in result.metrics.items() if key in KEPT}
+    return kept(result.metrics)
+
+
+def kept(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: round(float(value), 6) for key, value in metrics.items() if key in KEPT}
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:
@@ -205,31 +221,50 @@ def run_stream(base: Settings, args: argparse.Namespace, churn: float, seed: int
         },
         "windows": [],
     }
-    versions: Models = {"frozen": (loop, initial.model_version)}
+    rounds = any(policy in args.policies for policy in ROUND_POLICIES)
+    versions: Models = {"frozen": (loop, initial.model_version)} if "frozen" in args.policies else {}
+    streaming = [StreamingPolicy(loop, int(initial.model_version), seed, variant) for variant in args.variants]
+    new_after_ms = stream.start_ms + args.warmup_days * DAY_MS
     for window in range(1, args.windows + 1):
         day_start = args.warmup_days + window - 1
         start_ms = stream.start_ms + day_start * DAY_MS
         entry: dict[str, Any] = {"window": window, "start_ms": start_ms, "train_s": {}, "gate_s": 0.0}
-        if window == 1:
-            versions.update({name: (loop, initial.model_version) for name in ("loop", "loop_candidate")})
-            versions["retrain"] = (loop, initial.model_version)
-        else:  # the round at the end of the previous day, on the data up to it
+        if rounds and window == 1:
+            versions.update({name: (loop, initial.model_version) for name in ROUND_POLICIES})
+        elif rounds:  # the round at the end of the previous day, on the data up to it
             models, facts = run_round(loop, retrain, warm, scratch, args.workers, quiet)
             versions.update(models)
             entry.update(facts)
         entry["events"] = send_days(loop, stream, day_start, day_start + 1, show_progress=False, log=log)
+        if streaming:  # before the feature build, as the follow job runs beside it
+            entry["streaming"] = learn_day(streaming, start_ms, DAY_MS, args.stream_chunks)
         refresh_features(loop, quiet)
         entry["versions"] = {policy: f"{where.mlflow.registered_model} v{v}" for policy, (where, v) in versions.items()}
-        entry["metrics"] = score(versions, start_ms, new_after_ms=stream.start_ms + args.warmup_days * DAY_MS)
+        entry["metrics"] = score(versions, start_ms, new_after_ms=new_after_ms)
+        for policy in streaming:
+            where = f"follow job on v{initial.model_version} at silver/events v{policy.job.cursor}"
+            entry["versions"][policy.variant.name] = where
+            entry["metrics"][policy.variant.name] = kept(policy.score_day(start_ms, DAY_MS, new_after_ms))
         record["windows"].append(entry)
-        ndcg = {policy: entry["metrics"][policy].get("window_ndcg_10", math.nan) for policy in POLICIES}
+        ndcg = {policy: metrics.get("window_ndcg_10", math.nan) for policy, metrics in entry["metrics"].items()}
         log(f"[{tag}] window {window}: {entry['events']:,} events; NDCG@10 "
             + ", ".join(f"{policy} {value:.4f}" for policy, value in ndcg.items()))  # fmt: skip
-    record["train_s"] = {
-        "loop": round(sum(w["train_s"].get("loop", 0.0) for w in record["windows"]), 1),
-        "retrain": round(sum(w["train_s"].get("retrain", 0.0) for w in record["windows"]), 1),
-        "loop_gate": round(sum(w["gate_s"] for w in record["windows"]), 1),
-    }
+    record["train_s"] = {}
+    if rounds:
+        record["train_s"] = {
+            "loop": round(sum(w["train_s"].get("loop", 0.0) for w in record["windows"]), 1),
+            "retrain": round(sum(w["train_s"].get("retrain", 0.0) for w in record["windows"]), 1),
+            "loop_gate": round(sum(w["gate_s"] for w in record["windows"]), 1),
+        }
+    for policy in streaming:  # the follow job's learning, its slices' snapshots included
+        name = policy.variant.name
+        record["train_s"][name] = round(sum(w["streaming"][name]["seconds"] for w in record["windows"]), 1)
+    if streaming:
+        record["streaming"] = {
+            "chunks": args.stream_chunks,
+            "variants": {v.name: {"train": v.train, "follow": v.follow} for v in args.variants},
+            "options": {p.variant.name: vars(p.job.options) for p in streaming},
+        }
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
 
@@ -242,12 +277,20 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": round(statistics.fmean(present), 5), "std": round(std, 5), "n": len(present)}
 
 
+def policies_of(runs: list[dict[str, Any]]) -> list[str]:
+    """The policies every window of every run scored: POLICIES' order, then other streaming variants by name."""
+    held = set.intersection(*(set(window["metrics"]) for run in runs for window in run["windows"]))
+    return [policy for policy in POLICIES if policy in held] + sorted(held - set(POLICIES))
+
+
 def summarise(streams: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per churn: each policy's metrics per window (mean, std over seeds), training seconds and the targets."""
+    """Per churn: each policy's metrics per window (mean, std over seeds), training seconds and the
+    targets (of the policies its streams all hold)."""
     summary: dict[str, Any] = {}
     for churn in sorted({stream["churn"] for stream in streams}):
         runs = [stream for stream in streams if stream["churn"] == churn]
         windows = min(len(run["windows"]) for run in runs)
+        policies = policies_of(runs)
         per_window = {
             policy: {
                 metric: [
@@ -256,16 +299,68 @@ def summarise(streams: list[dict[str, Any]]) -> dict[str, Any]:
                 ]
                 for metric in SUMMARISED
             }
-            for policy in POLICIES
+            for policy in policies
         }
-        train_s = {name: mean_std([run["train_s"][name] for run in runs]) for name in ("loop", "retrain", "loop_gate")}
+        timed_names = set.intersection(*(set(run["train_s"]) for run in runs))
+        train_s = {name: mean_std([run["train_s"][name] for run in runs]) for name in sorted(timed_names)}
+        found: dict[str, Any] = {}
+        if {"frozen", *ROUND_POLICIES} <= set(policies):
+            found = targets(per_window, train_s)
+        if "loop" in policies:
+            streamed = [policy for policy in policies if policy not in ("frozen", *ROUND_POLICIES)]
+            found.update({policy: streaming_targets(runs, per_window, policy, windows) for policy in streamed})
         summary[f"{churn:g}"] = {
             "seeds": [run["seed"] for run in runs],
             "windows": per_window,
             "train_s": train_s,
-            "targets": targets(per_window, train_s),
+            "targets": found,
         }
     return summary
+
+
+def streaming_targets(
+    runs: list[dict[str, Any]], per_window: dict[str, Any], policy: str, windows: int
+) -> dict[str, Any]:
+    """Issue 27's target for ``policy`` against the hourly loop: NDCG@10 on the newest window
+    beyond one std above the loop's, read as the loops' targets read it (the mean +- std bands
+    apart), with the weaker reading (its mean above the loop's mean + std) beside it; the same
+    per window, over all windows (each seed's mean over them, then mean and std over seeds), and
+    for the new items' NDCG@10."""
+    result: dict[str, Any] = {}
+    for metric in ("window_ndcg_10", "window_new_ndcg_10"):
+        ours, loop = per_window[policy][metric], per_window["loop"][metric]
+        compared = {
+            "newest_window": (ours[-1], loop[-1]),
+            "all_windows": (_over_windows(runs, policy, metric, windows), _over_windows(runs, "loop", metric, windows)),
+        }
+        found: dict[str, Any] = {}
+        for where, (a, b) in compared.items():
+            found[where] = {
+                policy: a,
+                "loop": b,
+                "beyond_one_std": _apart(a, b),
+                "mean_above_loop_mean_plus_std": bool(a["mean"] > b["mean"] + b["std"]),
+            }
+        found["windows_beyond_one_std"] = [w + 1 for w in range(windows) if _apart(ours[w], loop[w])]
+        found["windows_below_loop"] = [w + 1 for w in range(windows) if ours[w]["mean"] < loop[w]["mean"]]
+        result[metric] = found
+    result["met"] = result["window_ndcg_10"]["newest_window"]["beyond_one_std"]
+    return result
+
+
+def _over_windows(runs: list[dict[str, Any]], policy: str, metric: str, windows: int) -> dict[str, float]:
+    """Mean and std over seeds of each seed's mean of ``metric`` over the windows that have it."""
+    per_run = []
+    for run in runs:
+        values = [run["windows"][w]["metrics"][policy].get(metric, math.nan) for w in range(windows)]
+        present = [value for value in values if not math.isnan(value)]
+        per_run.append(statistics.fmean(present) if present else math.nan)
+    return mean_std(per_run)
+
+
+def _apart(a: dict[str, float], b: dict[str, float]) -> bool:
+    """``a``'s mean - std above ``b``'s mean + std (both present)."""
+    return bool(a["n"] and b["n"] and a["mean"] - a["std"] > b["mean"] + b["std"])
 
 
 def targets(per_window: dict[str, Any], train_s: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +397,8 @@ def targets(per_window: dict[str, Any], train_s: dict[str, Any]) -> dict[str, An
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    """NDCG@10 per window, one line per policy (mean, one std band), one panel per churn."""
+    """NDCG@10 per window, one line per policy (mean, one std band; dashed: the loop's candidate and
+    streaming variants), one panel per churn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,12 +407,13 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     churns = list(summary)
     figure, axes = plt.subplots(1, len(churns), figsize=(5 * len(churns), 4), squeeze=False, sharey=True)
     for axis, churn in zip(axes[0], churns, strict=True):
-        for policy in POLICIES:
-            series = summary[churn]["windows"][policy]["window_ndcg_10"]
+        for policy, found in summary[churn]["windows"].items():
+            series = found["window_ndcg_10"]
             x = list(range(1, len(series) + 1))
             mean = [point["mean"] for point in series]
             std = [point["std"] for point in series]
-            axis.plot(x, mean, marker="o", label=policy, linestyle="--" if policy == "loop_candidate" else "-")
+            style = "-" if policy in POLICIES and policy != "loop_candidate" else "--"  # candidates, variants
+            axis.plot(x, mean, marker="o", label=policy, linestyle=style)
             axis.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
                               [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
         seeds = len(summary[churn]["seeds"])
@@ -365,6 +462,18 @@ def main() -> None:
         "--warm-overrides", default="{}", help="JSON TrainConfig fields of the loop's warm starts over the round's"
     )
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers of every training run")
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated policies to run (streaming variants by name)"
+    )
+    parser.add_argument(
+        "--stream-chunks", type=int, default=DEFAULT_CHUNKS, help="slices of a day the streaming policies learn in turn"
+    )
+    parser.add_argument(
+        "--streaming",
+        default='{"streaming": {}}',
+        help='JSON: streaming variants, name -> {"train": TrainConfig fields, "follow": FollowOptions fields} '
+        "over the follow job's defaults",
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--resume", action="store_true", help="keep the streams already in --out, run the rest")
     parser.add_argument("--keep", action="store_true", help="leave the private cluster and its home up")
@@ -380,6 +489,8 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     churns = [float(churn) for churn in args.churn.split(",")]
     result = header("continual", args, seeds)
+    # Parsed after the header, which records the arguments as given.
+    args.policies, args.variants = chosen_policies(args.policies, args.streaming, args.stream_chunks)
     previous = json.loads(args.out.read_text()) if (args.resume or args.summarise) and args.out.exists() else {}
     result["streams"] = previous.get("streams", [])  # a resumed file keeps its streams; missing ones run
     if previous:  # and says which runs made them
@@ -400,10 +511,27 @@ def main() -> None:
             run(args, home, result, done, churns, seeds)
 
 
+def chosen_policies(policies: str, streaming: str, chunks: int) -> tuple[list[str], list[Variant]]:
+    """``--policies``' names and the ``--streaming`` variants among them; SystemExit on an unknown name."""
+    try:
+        variants = parse_variants(streaming)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    known = ["frozen", *ROUND_POLICIES, *(variant.name for variant in variants)]
+    names = [name.strip() for name in policies.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise SystemExit(f"--policies: unknown {unknown or 'none given'}; known: {', '.join(known)}")
+    if chunks < 1:
+        raise SystemExit(f"--stream-chunks must be at least 1, not {chunks}")
+    return names, [variant for variant in variants if variant.name in names]
+
+
 def merge_streams(result: dict[str, Any], paths: list[str]) -> None:
     """Add to ``result`` the streams of each result file in ``paths`` that it lacks (seeds run in
-    parallel on private clusters of their own) and name each file's run in ``earlier_runs``. A
-    stream both hold must be the same; two different runs of one stream are refused."""
+    parallel on private clusters of their own), and to a stream both hold the policies only the
+    other's run scored (``add_policies``); name each file's run in ``earlier_runs``. Two
+    different runs of one stream that add no policy are refused."""
     held = {(stream["churn"], stream["seed"]): stream for stream in result["streams"]}
     for path in paths:
         other = json.loads(Path(path).read_text())
@@ -411,13 +539,51 @@ def merge_streams(result: dict[str, Any], paths: list[str]) -> None:
         for stream in other.get("streams", []):
             key = (stream["churn"], stream["seed"])
             if key in held and held[key] != stream:
-                raise SystemExit(f"{path} holds another run of the stream churn x{key[0]:g}, seed {key[1]}")
+                added = add_policies(held[key], stream, path)
+                if not added:
+                    raise SystemExit(f"{path} holds another run of the stream churn x{key[0]:g}, seed {key[1]}")
+                taken.append(f"churn x{key[0]:g}, seed {key[1]}: {', '.join(added)}")
             if key not in held:
                 held[key] = stream
                 result["streams"].append(stream)
                 taken.append(f"churn x{key[0]:g}, seed {key[1]}")
         run_header = {key: other[key] for key in RUN_KEYS if key in other}
         result.setdefault("earlier_runs", []).append({**run_header, "merged_from": path, "streams_taken": taken})
+
+
+def add_policies(held: dict[str, Any], other: dict[str, Any], path: str) -> list[str]:
+    """Give ``held`` the policies of ``other``, another run of the same stream, that it lacks
+    (their window metrics, versions, streaming facts and training seconds); the names added.
+    The runs must have sent the same events per window (the synthetic stream is deterministic
+    per seed); the frozen model's NDCG@10 in both is kept per window (``frozen_check``): the
+    initial models are trained again, so it shows how far apart the two starting points are.
+    Raises SystemExit when the streams differ."""
+    windows, others = held["windows"], other["windows"]
+    sent = [[(window.get("start_ms"), window.get("events")) for window in run] for run in (windows, others)]
+    same = held.get("stream") == other.get("stream") and sent[0] == sent[1]
+    if not same:
+        raise SystemExit(f"{path}: churn x{held['churn']:g}, seed {held['seed']} is not the same stream as held")
+    new = [policy for policy in policies_of([other]) if policy not in policies_of([held])]
+    if not new:
+        return []
+    for mine, theirs in zip(windows, others, strict=True):
+        for policy in new:
+            mine["metrics"][policy] = theirs["metrics"][policy]
+            mine.setdefault("versions", {})[policy] = theirs.get("versions", {}).get(policy)
+        if "streaming" in theirs and "streaming" not in mine:
+            mine["streaming"] = theirs["streaming"]
+    held["train_s"].update({name: value for name, value in other["train_s"].items() if name in new})
+    if "streaming" in other and "streaming" not in held:
+        held["streaming"] = other["streaming"]
+    check = None
+    if "frozen" in policies_of([held]) and "frozen" in policies_of([other]):
+        pairs = [[w["metrics"]["frozen"].get("window_ndcg_10"), t["metrics"]["frozen"].get("window_ndcg_10")]
+                 for w, t in zip(windows, others, strict=True)]  # fmt: skip
+        gaps = [abs(a - b) for a, b in pairs if a is not None and b is not None]
+        check = {"window_ndcg_10_held_and_merged": pairs, "max_abs_difference": round(max(gaps, default=0.0), 6)}
+    merged = {"policies": new, "from": path, "initial": other["initial"], "frozen_check": check}
+    held.setdefault("merged_policies", []).append(merged)
+    return new
 
 
 def run(
