@@ -95,3 +95,4 @@ def test_demo_runs_every_stage(mini_cluster: Settings, tmp_path: Path) -> None:
         settings.mlflow.registered_ranking_model,
     }  # both models answered
     print("ranking stage:", _line(demo.stdout, "ranking stage: "))
+    print(demo.stdout[demo.stdout.index("Dagster run of loop_job") :])  # the round, its gate and the closing lines
