@@ -299,6 +299,14 @@ class ServeSettings(_Section):
         description="HNSW: rebuild the index beside the request path once the nodes of items re-added by deltas "
         "(hidden from searches) exceed this fraction of the items.",
     )
+    lrurec_state_users: int = Field(
+        100_000,
+        ge=0,
+        description="An LRURec model answers stored users from their live recurrent state, advanced by one step "
+        "per new event (serving.user_state); each replica keeps the states of at most this many users, least "
+        "recently asked for dropped first (about 2 KB each at dim 50, 2 blocks). 0: no states, LRURec re-encodes "
+        "the last max_len events per request as the other models do (docs/serving.md).",
+    )
     rank_candidates: int = Field(
         200, ge=1, description="Candidates /recommend retrieves and ranks when a ranking model serves."
     )

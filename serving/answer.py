@@ -5,18 +5,25 @@ Plain functions, imported by the Ray Serve app (so replicas import them by refer
 
 from __future__ import annotations
 
+import numpy as np
+
 from ingestion.schema import NEGATIVE_ACTIONS
-from serving.catalog import Catalog
+from serving.catalog import Catalog, KnownEvents
+from serving.history.store import HistoryRevision
+from serving.user_state import LRURecStates
 
 Events = list[tuple[str, str, int]]  # (item id, action, ts), oldest first
+Stored = tuple[str, HistoryRevision]  # a stored history's user and revision; None: the request's own
+Request = tuple[Events, int, bool, Stored | None]  # events, k, exclude_seen, where a stored history stands
 Answer = tuple[Catalog, list[tuple[int, float]], int, int, bool]  # catalog, items, unknown, excluded, cold
 
 
-def answer_batch(catalog: Catalog, requests: list[tuple[Events, int, bool]]) -> list[Answer]:
-    """(catalog, [(item index, score)], unknown items, excluded items, cold start) per request."""
+def answer_batch(catalog: Catalog, requests: list[Request], states: LRURecStates | None = None) -> list[Answer]:
+    """(catalog, [(item index, score)], unknown items, excluded items, cold start) per request;
+    stored users' queries from ``states`` where it follows the catalog's model (LRURec)."""
     histories, excludes, unknowns = [], [], []
-    for events, _, exclude_seen in requests:
-        known = [(catalog.index_of[item], action, ts) for item, action, ts in events if item in catalog.index_of]
+    for events, _, exclude_seen, _ in requests:
+        known = catalog.known(events)
         histories.append(known)
         unknowns.append(len(events) - len(known))
         negative = {item for item, action, _ in known if action in NEGATIVE_ACTIONS}
@@ -24,14 +31,34 @@ def answer_batch(catalog: Catalog, requests: list[tuple[Events, int, bool]]) -> 
     warm = [row for row, history in enumerate(histories) if history]
     found: dict[int, list[tuple[int, float]]] = {}
     if warm:
-        queries = catalog.encode([histories[row] for row in warm])
+        queries = _queries(catalog, [requests[row] for row in warm], [histories[row] for row in warm], states)
         ks = max(requests[row][1] for row in warm)
         results = catalog.search(queries, ks, [excludes[row] for row in warm])
         for row, result in zip(warm, results, strict=True):
             found[row] = result[: requests[row][1]]
     answers = []
-    for row, (_, k, _) in enumerate(requests):
+    for row, (_, k, _, _) in enumerate(requests):
         cold = row not in found
         items = catalog.popular_items(k, excludes[row]) if cold else found[row]
         answers.append((catalog, items, unknowns[row], len(excludes[row]), cold))
     return answers
+
+
+def _queries(
+    catalog: Catalog, requests: list[Request], histories: list[KnownEvents], states: LRURecStates | None
+) -> np.ndarray:
+    """(B, D) queries: stored users' from their live states when ``states`` follows the catalog's
+    model, the others (and every query of other models) from a re-encode of the history."""
+    stored, users = [], []
+    for row, (events, _, _, at) in enumerate(requests):
+        if at is not None:
+            stored.append(row)
+            users.append((at[0], at[1], events))
+    if states is None or not stored or not states.follows(catalog):
+        return catalog.encode(histories)
+    queries = np.empty((len(requests), catalog.retriever.item_rows.shape[1]), dtype=np.float32)
+    queries[stored] = states.queries(catalog, users)
+    given = [row for row, request in enumerate(requests) if request[3] is None]
+    if given:
+        queries[given] = catalog.encode([histories[row] for row in given])
+    return queries

@@ -37,7 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infra.settings import ServeSettings
-from serving.answer import Answer, Events, answer_batch
+from serving.answer import Answer, Events, Request, Stored, answer_batch
 from serving.api import (
     DeltaLineage,
     HistoryLineage,
@@ -57,6 +57,7 @@ from serving.metrics import ServingMetrics
 from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
 from serving.registry import fail_fast_in_this_process, served_version
 from serving.replicas import read_replica_states
+from serving.user_state import LRURecStates
 from serving.watcher import ModelWatcher
 from training.streaming.deltas import MODEL_DELTAS_TABLE
 
@@ -156,6 +157,7 @@ class Recommender:
         self.local_history = None if shards else _open_history(config, 0, 1)  # no shards: this replica's own
         set_body_limit(settings.serve.max_body_bytes)
         self.telemetry = ServingMetrics()
+        self.states = LRURecStates(settings.serve.lrurec_state_users)  # used while an LRURec model serves
 
         def load_base(version: str) -> Catalog:
             return load_catalog(
@@ -286,6 +288,7 @@ class Recommender:
             "ranking_last_error": self.ranker_watcher.last_error,
             "ranking_swaps": [swap.__dict__ for swap in ranking.swaps],
             "history_shards": shard_states,
+            "lrurec_states": self.states.status() if catalog is not None and self.states.follows(catalog) else None,
         }
         for state in shard_states:
             partitions: dict[str, dict[str, Any]] = state.get("partitions") or {}
@@ -319,10 +322,10 @@ class Recommender:
         settings = self.settings
         if body.k > settings.serve.max_k:
             raise HTTPException(422, f"k={body.k} is over the limit of {settings.serve.max_k} (serve_max_k)")
-        events, history = await self._history(body.user_id, body.history)
+        events, history, stored = await self._history(body.user_id, body.history)
         ranking = rank and self.ranker_watcher.current is not None
         wanted = max(body.k, settings.serve.rank_candidates) if ranking else body.k
-        catalog, found, unknown, excluded, cold = await self._search((events, wanted, body.exclude_seen))
+        catalog, found, unknown, excluded, cold = await self._search((events, wanted, body.exclude_seen, stored))
         history.events = len(events) - unknown
         lineage = Lineage(
             model_version={settings.mlflow.registered_model: catalog.version},
@@ -349,7 +352,7 @@ class Recommender:
             raise HTTPException(
                 503, f"no ranking model is served: promote a version of {self.settings.mlflow.registered_ranking_model}"
             )
-        events, history = await self._history(body.user_id, body.history)
+        events, history, _ = await self._history(body.user_id, body.history)
         ranked = await self._rank((events, body.candidates, _now_ms()))
         history.events = ranked.history_events
         ranker = ranked.ranker
@@ -366,25 +369,29 @@ class Recommender:
             ),
         )
 
-    async def _history(self, user_id: str | None, given: list[str] | None) -> tuple[Events, HistoryLineage]:
-        """The events a request is answered from: the body's history, else the user's stored one."""
+    async def _history(
+        self, user_id: str | None, given: list[str] | None
+    ) -> tuple[Events, HistoryLineage, Stored | None]:
+        """The events a request is answered from: the body's history, else the user's stored one
+        (then also the user and the history's revision, for the LRURec states)."""
         if given is not None:
             limit = self.settings.serve.max_history_items
             if len(given) > limit:
                 raise HTTPException(422, f"the history has {len(given)} items, over {limit}")
             now = _now_ms()
-            return [(item_id, GIVEN_HISTORY_ACTION, now) for item_id in given], HistoryLineage(
-                source="request", events=0
-            )
+            lineage = HistoryLineage(source="request", events=0)
+            return [(item_id, GIVEN_HISTORY_ACTION, now) for item_id in given], lineage, None
         stored = await self._stored_history(user_id or "")
         events = [(event.item_id, event.action, event.ts) for event in stored.events] if stored else []
-        return events, HistoryLineage(
+        lineage = HistoryLineage(
             source="online" if stored else "none",
             events=0,
             partition=stored.partition if stored else None,
             offset=stored.applied_offset if stored else None,
             bootstrap_versions=self.config.bootstrap_versions,
         )
+        revision = stored.revision if stored else None
+        return events, lineage, None if stored is None or revision is None else (stored.user_id, revision)
 
     def _ordered(self, ranked: Ranked, limit: int | None = None) -> list[ScoredItem]:
         """The ranked candidates (the best ``limit``), best blended score first, each with its
@@ -416,7 +423,7 @@ class Recommender:
         return next((answer for answer in answers if answer is not None), None)
 
     @serve.batch(max_batch_size=BATCH_SIZE_DEFAULT, batch_wait_timeout_s=BATCH_WAIT_DEFAULT_S)
-    async def _search(self, requests: list[tuple[Events, int, bool]]) -> list[Answer]:
+    async def _search(self, requests: list[Request]) -> list[Answer]:
         """Encode the batch's histories together and search; one catalog for the whole batch.
 
         Runs on the event loop, not in a worker thread: a query costs well under a millisecond,
@@ -425,7 +432,7 @@ class Recommender:
         catalog = self._catalog()
         if catalog is None:
             raise HTTPException(503, "no model loaded yet")
-        return answer_batch(catalog, requests)
+        return answer_batch(catalog, requests, self.states)
 
     @serve.batch(max_batch_size=BATCH_SIZE_DEFAULT, batch_wait_timeout_s=BATCH_WAIT_DEFAULT_S)
     async def _rank(self, queries: list[RankQuery]) -> list[Ranked]:

@@ -15,7 +15,7 @@ in training's evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,8 @@ from serving.index import prefix_rows, rescored, served_prefix
 from training.common import tracking
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import DeltaPosition
+
+KnownEvents = list[tuple[int, str, int]]  # (item index, action, ts), oldest first
 
 
 class CatalogError(StreamrecError):
@@ -92,7 +94,13 @@ class Catalog:
     def num_items(self) -> int:
         return self.retriever.num_items
 
-    def encode(self, histories: list[list[tuple[int, str, int]]]) -> np.ndarray:
+    def known(self, events: Iterable[tuple[str, str, int]]) -> KnownEvents:
+        """(item index, action, ts) of the ``events`` (item id, action, ts) whose item this version
+        knows, in order; the others (newer items) are left out of every query."""
+        index_of = self.index_of
+        return [(index_of[item], action, ts) for item, action, ts in events if item in index_of]
+
+    def encode(self, histories: list[KnownEvents]) -> np.ndarray:
         """(B, D) float32 queries of histories of (item index, action, ts), oldest first."""
         max_len = self.retriever.max_len
         cut = [history[-max_len:] for history in histories]

@@ -40,13 +40,20 @@ class HistoryEvent:
 
 
 class UserState:
-    """A user's held events (the last maxlen) and partition; the store's value per user."""
+    """A user's held events (the last maxlen) and partition; the store's value per user.
 
-    __slots__ = ("events", "partition")
+    ``appended`` and ``reordered`` count the events the tail put at the end of ``events`` and
+    before it since the bootstrap: a reader that followed the events up to some count can take
+    the rest as the last ``appended`` - count held events while ``reordered`` is unchanged
+    (``serving.user_state``)."""
+
+    __slots__ = ("appended", "events", "partition", "reordered")
 
     def __init__(self, events: deque[HistoryEvent], partition: int | None) -> None:
         self.events = events
         self.partition = partition
+        self.appended = 0
+        self.reordered = 0
 
 
 @dataclass(frozen=True)

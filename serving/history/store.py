@@ -36,9 +36,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,19 @@ _ACTION_OF = {action: action for action in ACTIONS}  # one str object per action
 
 
 @dataclass(frozen=True)
+class HistoryRevision:
+    """Where a user's held events stand, for a reader that follows them incrementally
+    (``serving.user_state``): ``store`` names the history instance (a restarted shard is another
+    one, its counts start again), ``appended`` counts the events added at the end of the user's
+    events since the bootstrap, ``reordered`` those put before the end (then the held events were
+    rewritten, not extended)."""
+
+    store: str
+    appended: int
+    reordered: int
+
+
+@dataclass(frozen=True)
 class UserHistory:
     """A user's last actions and the Kafka position they reflect (serving's lineage)."""
 
@@ -65,6 +79,7 @@ class UserHistory:
     events: tuple[HistoryEvent, ...]  # oldest first, at most max_len, by ts then Kafka order
     partition: int | None  # the user's Kafka partition; None if unknown
     applied_offset: int | None  # last offset of that partition applied (None: nothing there yet)
+    revision: HistoryRevision | None = field(default=None, compare=False)  # bookkeeping, not content
 
 
 def partition_of(user_id: str, num_partitions: int) -> int:
@@ -106,6 +121,7 @@ class OnlineHistory:
         self.user_sequences_version = user_sequences_version
         self.item_vocab_version = item_vocab_version
         self.max_len = max_len
+        self.store_id = uuid.uuid4().hex  # HistoryRevision.store
         self._owned = Ownership(frozenset(partitions) if partitions is not None else None, shard)
         self._limits = ValidationLimits.from_settings(settings.ingest)
 
@@ -194,8 +210,9 @@ class OnlineHistory:
             events = tuple(state.events)
             partition = state.partition
             next_offset = self._next.get(partition) if partition is not None else None
+            revision = HistoryRevision(self.store_id, state.appended, state.reordered)
         applied = next_offset - 1 if next_offset else None
-        return UserHistory(user_id, events, partition, applied)
+        return UserHistory(user_id, events, partition, applied, revision)
 
     def status(self) -> dict[str, Any]:
         """A JSON-able report: bootstrap fields, per partition {next_offset, high_watermark,
@@ -331,7 +348,7 @@ class OnlineHistory:
                 if state is None:
                     state = self._users[user_id] = UserState(deque(maxlen=self.max_len), partition)
                 state.partition = partition
-                _insert(state.events, HistoryEvent(item_id, _ACTION_OF[action], ts))
+                _insert(state, HistoryEvent(item_id, _ACTION_OF[action], ts))
             self._events_applied += valid.num_rows
             self._invalid += validated.invalid.num_rows
             self._duplicates += duplicates
@@ -379,10 +396,13 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
 
 
-def _insert(events: deque[HistoryEvent], event: HistoryEvent) -> None:
-    """Put a newly arrived ``event`` in its place (by ts, after equal ts), keeping the last maxlen."""
+def _insert(state: UserState, event: HistoryEvent) -> None:
+    """Put a newly arrived ``event`` in its place among the user's events (by ts, after equal ts),
+    keeping the last maxlen, and count where it went (``UserState.appended``/``reordered``)."""
+    events = state.events
     if not events or events[-1].ts <= event.ts:
         events.append(event)  # the usual case; a full deque drops its oldest
+        state.appended += 1
         return
     position = len(events)
     while position > 0 and events[position - 1].ts > event.ts:
@@ -393,3 +413,4 @@ def _insert(events: deque[HistoryEvent], event: HistoryEvent) -> None:
         events.popleft()
         position -= 1
     events.insert(position, event)
+    state.reordered += 1

@@ -88,6 +88,7 @@ ENVIRONMENT: list[tuple[str, str, str, Any]] = [
     ("STREAMREC_SERVE_MODEL_POLL_S", "serve.model_poll_s", "5", 5.0),
     ("STREAMREC_SERVE_DELTA_POLL_S", "serve.delta_poll_s", "0", 0.0),
     ("STREAMREC_SERVE_DELTA_REBUILD_FRACTION", "serve.delta_rebuild_fraction", "0.5", 0.5),
+    ("STREAMREC_SERVE_LRUREC_STATE_USERS", "serve.lrurec_state_users", "0", 0),
     ("STREAMREC_SERVE_RANK_CANDIDATES", "serve.rank_candidates", "100", 100),
     ("STREAMREC_SERVE_RANK_MAX_CANDIDATES", "serve.rank_max_candidates", "2000", 2000),
     ("STREAMREC_SERVE_BLEND_WEIGHTS", "serve.blend_weights", '{"click": 1.5}', {"click": 1.5}),

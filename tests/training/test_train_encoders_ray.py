@@ -4,12 +4,16 @@ with its masked-item objective, queried at an appended mask token)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from pipelinedata import tiny_config
 
 from infra.settings import Settings
+from serving.answer import answer_batch
 from serving.catalog import Catalog, load_catalog
+from serving.history.store import HistoryRevision
+from serving.user_state import LRURecStates
 from training.common import tracking
 from training.common.bert4rec import BERT4Rec
 from training.common.fuxi import FuXiAlpha
@@ -42,6 +46,8 @@ def test_the_encoder_beats_popularity_and_serving_loads_it(settings: Settings, k
     catalog = load_catalog(settings, run.model_version, exact_max_items=100_000, hnsw_m=32, ef_search=64)
     assert isinstance(catalog.retriever.encoder, ENCODERS[kind])
     _answers_top_k(catalog)
+    if kind == "lrurec":
+        _answers_from_live_states(catalog)
 
 
 def test_bert4rec_trains_registers_and_serves_at_a_mask_token(settings: Settings) -> None:
@@ -69,3 +75,18 @@ def _answers_top_k(catalog: Catalog) -> None:
     }
     scores, items = catalog.retriever.top_k(batch, k=10)
     assert items.shape == (2, 10) and (items > 0).all() and torch.isfinite(scores).all()
+
+
+def _answers_from_live_states(catalog: Catalog) -> None:
+    """The served LRURec answers a stored user from their live state (serving.user_state): built on
+    the first request, stepped by the event that arrived since on the next, the same lists as a
+    re-encode of the history (the top scores agree; items of tied scores may swap)."""
+    events = [(str(item), "click", 60_000 * n) for n, item in enumerate(catalog.item_ids[1:7].tolist())]
+    states = LRURecStates(max_users=10)
+    assert states.follows(catalog)
+    answer_batch(catalog, [(events[:5], 10, True, ("user", HistoryRevision("store", 5, 0)))], states)
+    live = answer_batch(catalog, [(events, 10, True, ("user", HistoryRevision("store", 6, 0)))], states)
+    reencoded = answer_batch(catalog, [(events, 10, True, None)], states)
+    assert (states.counts["built"], states.counts["stepped"]) == (1, 1)
+    scores = [[score for _, score in answer[0][1]] for answer in (live, reencoded)]
+    assert len(scores[0]) == 10 and np.allclose(scores[0], scores[1], atol=1e-4)  # the same list, up to ties
