@@ -3,7 +3,8 @@
 On a private mini-cluster (MLflow + Ray head, temporary home) with a tiny lake (300 users,
 1,000 items, 30,000 synthetic events, as tests/pipelinedata.py), ``training.retrieval.runner.train``
 runs ``--epochs`` epochs of the tests' tiny HSTU on 1 and 2 workers, ``--repeats`` times each,
-in each variant of the Ray Train settings (``VARIANTS``, interleaved).
+in each variant of the Ray Train settings (``VARIANTS``, interleaved); ``job_in_train_loop_config``
+hands the job to Ray Train as the driver did before it bound the job to the entry point.
 The driver's steps are timed by wrapping the runner's and driver's functions; the workers'
 by a Ray Train entry point (``timed_worker``) that wraps the worker module's steps and writes
 its timeline next to the run. Every phase is seconds from the start of ``train``.
@@ -31,11 +32,15 @@ from ingestion.synthetic import SyntheticConfig, generate_events
 RESULT = RESULTS / "train_fixed_cost.json"
 EVENTS = SyntheticConfig(users=300, items=1_000, events=30_000, clusters=20, seed=0)
 Span = tuple[str, float, float]  # (phase, started, ended) in time.time() seconds
+# The driver's settings, with the job handed to Ray Train as train_loop_config, as the driver did
+# before it bound the job to the entry point (Ray Train's controller unpickles train_loop_config).
+JOB_IN_LOOP_CONFIG = "job_in_train_loop_config"
 # The Ray Train settings each variant runs with (training.common.driver.RAY_TRAIN_ENV sets the
-# rest): Ray's defaults, then the driver's cuts one by one.
+# rest): Ray's defaults, then the driver's cuts one by one (the last is the driver as it is).
 VARIANTS: dict[str, dict[str, str]] = {
     "ray_defaults": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
     "poll_0.5s": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
+    JOB_IN_LOOP_CONFIG: {},
     "poll_0.5s_no_preemption_watcher": {},
 }
 
@@ -84,6 +89,20 @@ def timed_worker(loop_config: dict[str, Any]) -> None:
         target = Path(job.settings.home) / "fixed-cost" / f"{job.run_id}-{rank}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(spans))
+
+
+def job_in_loop_config(torch_trainer: Any, worker: Any, job: Any, **options: Any) -> Any:
+    """``torch_trainer``'s (``training.common.driver``'s) trainer with the job in ``train_loop_config``."""
+    from ray.train.torch import TorchTrainer
+
+    trainer = torch_trainer(worker, job, **options)
+    return TorchTrainer(
+        worker,
+        train_loop_config={"job": job},
+        torch_config=trainer.backend_config,
+        scaling_config=trainer.scaling_config,
+        run_config=trainer.run_config,
+    )
 
 
 def driver_spans(spans: list[Span]) -> None:
@@ -160,14 +179,19 @@ def breakdown(spans: list[Span], started: float) -> list[dict[str, Any]]:
 def one_run(settings: Any, epochs: int, workers: int, variant: str, spans: list[Span]) -> dict[str, Any]:
     """One timed tiny run of ``variant``: its total seconds, epoch seconds and phases (driver and rank 0)."""
     from tests.pipelinedata import tiny_config
+    from training.common import driver
     from training.retrieval.runner import train
 
     spans.clear()
     os.environ.update(VARIANTS[variant])
+    bound = driver.torch_trainer
+    if variant == JOB_IN_LOOP_CONFIG:
+        driver.torch_trainer = functools.partial(job_in_loop_config, bound)
     started = time.time()
     try:
         outcome = train(settings, tiny_config("hstu", epochs=epochs), workers=workers, log=lambda *_: None)
     finally:
+        driver.torch_trainer = bound
         for key in VARIANTS[variant]:
             os.environ.pop(key)
     total = time.time() - started

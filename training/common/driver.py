@@ -6,6 +6,7 @@ followed, the best epoch's model, and ending the MLflow run FINISHED or FAILED.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -89,8 +90,12 @@ def torch_trainer(
     if settings.train.use_gpu:
         resources["GPU"] = 1.0
     return TorchTrainer(
-        worker,
-        train_loop_config={"job": job},
+        # The job is bound to the entry point, not passed as train_loop_config: Ray Train hands
+        # train_loop_config to its controller actor, whose start unpickled the job and so imported
+        # the worker module (torchrec, FBGEMM, deltalake, mlflow): the controller's start took 6.4 s
+        # instead of 11.6 (medians, 2 cores, benchmarks/results/train_fixed_cost.json). The entry
+        # point goes through the object store to the workers only, which import those modules anyway.
+        functools.partial(worker, {"job": job}),
         torch_config=TorchConfig(backend="nccl" if settings.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=settings.train.use_gpu, resources_per_worker=resources
