@@ -12,6 +12,8 @@ partition, so one shard knows them; with ``serve_history_shards`` 0 the replica 
 partition's history itself and asks no one), encodes it with the served model's Retriever (queries of
 concurrent requests are batched with @serve.batch) and searches the FAISS index, leaving out
 the user's recently skipped or disliked items (always) and seen items (``exclude_seen``).
+An LRURec model answers stored users from their live recurrent state instead, advanced by the
+events that arrived since their last request (``serving.user_state``).
 Unknown users, or histories the model knows no item of, get the popularity list.
 
 When a ranking model serves (the alias of ``registered_ranking_model``), /recommend retrieves

@@ -129,6 +129,10 @@ class LRURecStates:
     def __len__(self) -> int:
         return len(self._users)
 
+    def clear(self) -> None:
+        """Drop every held state (each user's is built again on their next request)."""
+        self._users.clear()
+
     def queries(self, catalog: Catalog, users: Sequence[tuple[str, HistoryRevision, StoredEvents]]) -> np.ndarray:
         """(B, D) float32 queries of stored users, each given with the revision and the events of
         their history now; every history holds at least one event the catalogue knows."""
@@ -186,7 +190,7 @@ class LRURecStates:
             return
         if self._users:
             self.counts["invalidations"] += 1
-        self._users.clear()
+        self.clear()
         self._retriever = catalog.retriever  # held, so its identity cannot be reused by a new one
         self._model = f"v{catalog.version}" + ("" if catalog.delta is None else f" #{catalog.delta.sequence}")
 

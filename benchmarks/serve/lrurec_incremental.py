@@ -104,11 +104,7 @@ def measure(mode: str, length: int, seed: int, args: argparse.Namespace) -> dict
     served = catalog("hstu" if mode == "hstu" else "lrurec", args, seed)
     states = LRURecStates(args.users) if mode == "lrurec_state" else None
     users = Users(args.users, length, args.items, random.Random(seed))
-    tracemalloc.start()
-    held_before = tracemalloc.get_traced_memory()[0]
     build = [timed(answer_batch, served, [users.request(user, False)], states) for user in range(args.users)]
-    held_bytes = tracemalloc.get_traced_memory()[0] - held_before
-    tracemalloc.stop()
     per_request = []
     for n in range(args.requests):
         request = users.request(n % args.users, new_event=True)
@@ -135,8 +131,26 @@ def measure(mode: str, length: int, seed: int, args: argparse.Namespace) -> dict
     }
     if states is not None:
         row["states"] = states.status()
-        row["held_bytes_per_user"] = round(held_bytes / args.users)  # arrays and Python objects, tracemalloc
+        row["held_bytes_per_user"] = held_bytes_per_user(served, users)
     return row
+
+
+def held_bytes_per_user(served: Catalog, users: Users) -> int:
+    """The memory one user's state holds, arrays and Python objects: what freeing the states of
+    every user gives back (tracemalloc), per user; measured apart from the timed requests."""
+    states = LRURecStates(len(users.windows))
+    asked = []
+    for user in range(len(users.windows)):
+        events, _, _, stored = users.request(user, False)
+        assert stored is not None
+        asked.append((stored[0], stored[1], events))
+    tracemalloc.start()
+    states.queries(served, asked)
+    held = tracemalloc.get_traced_memory()[0]
+    states.clear()
+    freed = held - tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return round(freed / len(asked))
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
