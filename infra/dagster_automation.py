@@ -12,7 +12,8 @@ Why the API of the running Dagster and not ``default_status`` driven by a settin
   (``dagster.host``), whose code server the settings of this shell do not reach.
 
 Which schedules and sensors make up the loop is said by the definitions, not here: they carry
-the tag ``LOOP_TAG`` (infra never imports workflows).
+the tag ``LOOP_TAG`` (infra never imports workflows); the runs that end with the loop (the
+follow job's) carry the job tag ``STOPS_WITH_LOOP_TAG``.
 """
 
 from __future__ import annotations
