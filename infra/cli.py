@@ -43,7 +43,8 @@ Continual = Annotated[
     typer.Option(
         "--continual/--no-continual",
         help="Also turn the loop on in Dagster (the schedules and sensors tagged streamrec/loop: ingest every 15"
-        " minutes, the hourly warm start, the silver and registered-model sensors), starting Dagster if needed;"
+        " minutes, the hourly warm start, the silver and registered-model sensors, the follow-job sensor that keeps"
+        " `train --follow` running), starting Dagster if needed;"
         " --no-continual turns them off. The choice is kept in Dagster's storage: a later plain `up` leaves it."
         " Default: the dagster.continual setting (on: turn on; off: leave as is).",
     ),

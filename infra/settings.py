@@ -139,7 +139,8 @@ class DagsterSettings(_Section):
     continual: bool = Field(
         False,
         description="`streamrec up` also turns the loop on: the schedules and sensors tagged `streamrec/loop` (ingest "
-        "every 15 minutes, the hourly warm start, the silver and registered-model sensors), as `up --continual` does. "
+        "every 15 minutes, the hourly warm start, the silver and registered-model sensors, the follow-job sensor), as "
+        "`up --continual` does. "
         "Off: `up` leaves them as they are (stopped on a new instance; the state is kept in the instance storage).",
     )
     steps: Literal["in_process", "ray_job"] = Field(

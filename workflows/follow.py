@@ -21,6 +21,7 @@ because another follow job publishes on the same base, ...) fails the run with i
 """
 
 # No `from __future__ import annotations`: Dagster reads the context and resource annotations at definition.
+import ctypes
 import os
 import queue
 import re
@@ -109,15 +110,31 @@ class DeltaLine:
         }
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent exits
+
+
+def _terminate_with_parent() -> None:
+    """In the forked child, before exec: ask Linux for SIGTERM when the parent process dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class ChildProcess:
     """A command whose output lines (stdout and stderr) a reader thread puts in a queue, so the
     caller waits for them in short steps and stays interruptible."""
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         # The child stays in the run's process group: `streamrec down` stopping Dagster's group
-        # SIGTERMs it too, and it publishes before it exits.
+        # SIGTERMs it too, and it publishes before it exits. If the run's process dies outright
+        # (SIGKILL, out of memory), the kernel SIGTERMs the child (parent-death signal), so no
+        # follow loop is left running unmanaged beside the next run's.
         self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            preexec_fn=_terminate_with_parent,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)

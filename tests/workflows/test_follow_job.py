@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -236,3 +237,53 @@ def test_a_terminated_run_stops_the_child_and_ends_in_success_with_its_deltas_ob
     started = next(message for message in logged if "follow job started" in message)
     assert "train --follow --base-version 7 --publish-every 5 --config " in started
     assert any("args: train --follow --base-version 7" in message for message in logged)  # the child's own line
+
+
+SUPERVISOR = """
+import os, sys, time
+from workflows.follow import ChildProcess
+child = ChildProcess([sys.executable, "-c", sys.argv[1], sys.argv[2]], dict(os.environ))
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+# A follow loop between two deltas: silent (no write to the dead pipe ends it), stops on SIGTERM only.
+QUIET_CHILD = """
+import pathlib, signal, sys, time
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+pathlib.Path(sys.argv[1]).write_text("ready")
+while not stopped:
+    time.sleep(0.1)
+pathlib.Path(sys.argv[1]).write_text("published on SIGTERM")
+"""
+
+
+def test_a_killed_supervisor_leaves_no_follow_loop_running(tmp_path: Path) -> None:
+    """The run's process dying outright (SIGKILL) SIGTERMs the child, which publishes and exits."""
+    script, marker = tmp_path / "supervisor.py", tmp_path / "child-stopped"
+    script.write_text(SUPERVISOR)
+    command = [sys.executable, str(script), QUIET_CHILD, str(marker)]
+    supervisor = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert supervisor.stdout is not None
+    child_pid = int(supervisor.stdout.readline())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not marker.exists():  # its SIGTERM handler is in place
+        time.sleep(0.1)
+    supervisor.kill()
+    supervisor.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    alive = _alive(child_pid)
+    if alive:
+        os.kill(child_pid, signal.SIGKILL)
+    assert not alive and marker.read_text() == "published on SIGTERM"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init later, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
