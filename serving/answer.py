@@ -49,12 +49,15 @@ def _queries(
 ) -> np.ndarray:
     """(B, D) queries: stored users' from their live states when ``states`` follows the catalog's
     model, the others (and every query of other models) from a re-encode of the history."""
+    if states is not None and not states.follows(catalog):
+        states.release()  # another kind of model serves now: its memory is not held for nothing
+        states = None
     stored, users = [], []
     for row, (events, _, _, at) in enumerate(requests):
         if at is not None:
             stored.append(row)
             users.append((at[0], at[1], events))
-    if states is None or not stored or not states.follows(catalog):
+    if states is None or not stored:
         return catalog.encode(histories)
     queries = np.empty((len(requests), catalog.retriever.item_rows.shape[1]), dtype=np.float32)
     queries[stored] = states.queries(catalog, users)

@@ -133,6 +133,12 @@ class LRURecStates:
         """Drop every held state (each user's is built again on their next request)."""
         self._users.clear()
 
+    def release(self) -> None:
+        """Drop every state and the weights they follow (another kind of model serves now)."""
+        self.clear()
+        self._retriever = None
+        self._model = ""
+
     def queries(self, catalog: Catalog, users: Sequence[tuple[str, HistoryRevision, StoredEvents]]) -> np.ndarray:
         """(B, D) float32 queries of stored users, each given with the revision and the events of
         their history now; every history holds at least one event the catalogue knows."""
