@@ -284,33 +284,29 @@ def policies_of(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def summarise(streams: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per churn: each policy's metrics per window (mean, std over seeds), training seconds and the
-    targets (of the policies its streams all hold)."""
+    """Per churn: each policy's metrics per window (mean, std over the seeds whose run scored it,
+    named in ``seeds_by_policy`` when not all), training seconds and the targets (the loop's when
+    every run holds the round's policies; a streaming policy's on the runs that hold it and the loop)."""
     summary: dict[str, Any] = {}
     for churn in sorted({stream["churn"] for stream in streams}):
         runs = [stream for stream in streams if stream["churn"] == churn]
         windows = min(len(run["windows"]) for run in runs)
-        policies = policies_of(runs)
-        per_window = {
-            policy: {
-                metric: [
-                    mean_std([run["windows"][w]["metrics"][policy].get(metric, math.nan) for run in runs])
-                    for w in range(windows)
-                ]
-                for metric in SUMMARISED
-            }
-            for policy in policies
-        }
+        held = {policy: [run for run in runs if policy in policies_of([run])] for policy in _any_policies(runs)}
+        per_window = {policy: _per_window(holding, policy, windows) for policy, holding in held.items()}
         timed_names = set.intersection(*(set(run["train_s"]) for run in runs))
         train_s = {name: mean_std([run["train_s"][name] for run in runs]) for name in sorted(timed_names)}
         found: dict[str, Any] = {}
-        if {"frozen", *ROUND_POLICIES} <= set(policies):
+        if {"frozen", *ROUND_POLICIES} <= set(policies_of(runs)):
             found = targets(per_window, train_s)
-        if "loop" in policies:
-            streamed = [policy for policy in policies if policy not in ("frozen", *ROUND_POLICIES)]
-            found.update({policy: streaming_targets(runs, per_window, policy, windows) for policy in streamed})
+        for policy, holding in held.items():
+            compared = [run for run in holding if "loop" in policies_of([run])]
+            if policy not in ("frozen", *ROUND_POLICIES) and compared:
+                found[policy] = streaming_targets(compared, policy, windows)
         summary[f"{churn:g}"] = {
             "seeds": [run["seed"] for run in runs],
+            "seeds_by_policy": {
+                policy: [run["seed"] for run in holding] for policy, holding in held.items() if len(holding) < len(runs)
+            },
             "windows": per_window,
             "train_s": train_s,
             "targets": found,
@@ -318,17 +314,32 @@ def summarise(streams: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def streaming_targets(
-    runs: list[dict[str, Any]], per_window: dict[str, Any], policy: str, windows: int
-) -> dict[str, Any]:
+def _any_policies(runs: list[dict[str, Any]]) -> list[str]:
+    """The policies some run scored in every window, in ``policies_of``'s order."""
+    found = {policy for run in runs for policy in policies_of([run])}
+    return [policy for policy in POLICIES if policy in found] + sorted(found - set(POLICIES))
+
+
+def _per_window(runs: list[dict[str, Any]], policy: str, windows: int) -> dict[str, list[dict[str, float]]]:
+    return {
+        metric: [
+            mean_std([run["windows"][w]["metrics"][policy].get(metric, math.nan) for run in runs])
+            for w in range(windows)
+        ]
+        for metric in SUMMARISED
+    }
+
+
+def streaming_targets(runs: list[dict[str, Any]], policy: str, windows: int) -> dict[str, Any]:
     """Issue 27's target for ``policy`` against the hourly loop: NDCG@10 on the newest window
     beyond one std above the loop's, read as the loops' targets read it (the mean +- std bands
     apart), with the weaker reading (its mean above the loop's mean + std) beside it; the same
     per window, over all windows (each seed's mean over them, then mean and std over seeds), and
-    for the new items' NDCG@10."""
-    result: dict[str, Any] = {}
+    for the new items' NDCG@10; on ``runs``, each holding both (their seeds: ``seeds``)."""
+    result: dict[str, Any] = {"seeds": [run["seed"] for run in runs]}
+    mine, loops = _per_window(runs, policy, windows), _per_window(runs, "loop", windows)
     for metric in ("window_ndcg_10", "window_new_ndcg_10"):
-        ours, loop = per_window[policy][metric], per_window["loop"][metric]
+        ours, loop = mine[metric], loops[metric]
         compared = {
             "newest_window": (ours[-1], loop[-1]),
             "all_windows": (_over_windows(runs, policy, metric, windows), _over_windows(runs, "loop", metric, windows)),

@@ -167,3 +167,22 @@ def test_the_streaming_target_is_the_newest_window_beyond_one_std_above_the_loop
 
     close = summarise(streams([0.05, 0.052, 0.06]))["1"]["targets"]["streaming"]  # bands overlap
     assert not close["met"] and close["window_ndcg_10"]["newest_window"]["mean_above_loop_mean_plus_std"]
+
+
+def test_a_policy_some_seeds_ran_is_summarised_over_those_seeds_and_compared_on_them() -> None:
+    runs = []
+    for seed in (0, 1, 2):
+        ndcg = copy.deepcopy(COMMITTED)
+        ndcg["loop"][-1] = 0.05 + 0.01 * seed  # seed 2's loop is the best
+        if seed < 2:
+            ndcg["streaming"] = [0.1, 0.09, 0.065]
+        runs.append(_stream(seed, ndcg, {"loop": 1.0, "retrain": 3.0, "loop_gate": 0.5}))
+    found = summarise(runs)["1"]
+    assert found["seeds"] == [0, 1, 2] and found["seeds_by_policy"] == {"streaming": [0, 1]}
+    assert found["windows"]["streaming"]["window_ndcg_10"][-1]["n"] == 2
+    assert found["windows"]["loop"]["window_ndcg_10"][-1]["n"] == 3
+    target = found["targets"]["streaming"]
+    assert target["seeds"] == [0, 1]
+    assert target["window_ndcg_10"]["newest_window"]["loop"]["mean"] == pytest.approx(0.055)  # seeds 0 and 1 only
+    assert target["met"]  # 0.065 +- 0 against 0.055 +- 0.0071
+    assert "loop" in found["targets"] and "streaming" not in found["train_s"]
