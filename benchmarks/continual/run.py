@@ -424,13 +424,18 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
             mean = [point["mean"] for point in series]
             std = [point["std"] for point in series]
             style = "-" if policy in POLICIES and policy != "loop_candidate" else "--"  # candidates, variants
-            axis.plot(x, mean, marker="o", label=policy, linestyle=style)
+            some = summary[churn].get("seeds_by_policy", {}).get(policy)
+            label = policy if some is None else f"{policy} (seed{'s' * (len(some) > 1)} {', '.join(map(str, some))})"
+            axis.plot(x, mean, marker="o", label=label, linestyle=style)
             axis.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
                               [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
         seeds = len(summary[churn]["seeds"])
         axis.set(title=f"churn x{churn} ({seeds} seed{'s' * (seeds > 1)})", xlabel="window (day)", ylabel="NDCG@10")
         axis.grid(alpha=0.3)
-    axes[0][0].legend()
+    # Every panel whose policies differ from the first's has its own legend (runs of some policies).
+    for axis, churn in zip(axes[0], churns, strict=True):
+        if axis is axes[0][0] or list(summary[churn]["windows"]) != list(summary[churns[0]]["windows"]):
+            axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
