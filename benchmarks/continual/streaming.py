@@ -32,7 +32,6 @@ from deltalake import DeltaTable
 from features.reader import latest_versions, read_sequences
 from features.silver import silver_changes
 from infra.settings import Settings
-from training.retrieval.config import TrainConfig
 from training.retrieval.evaluation import SplitRanks
 from training.retrieval.prequential import (
     NoOverlapError,
@@ -44,7 +43,7 @@ from training.retrieval.prequential import (
 )
 from training.retrieval.retriever import Retriever
 from training.retrieval.version_eval import item_first_seen
-from training.streaming.follow import SILVER_COLUMNS, FollowJob, FollowOptions, load_base
+from training.streaming.follow import SILVER_COLUMNS, FollowJob, FollowOptions, follow_config, load_base
 from training.streaming.model import FollowModel
 
 DEFAULT_CHUNKS = 24  # an hour of a day
@@ -129,9 +128,9 @@ class StreamingPolicy:
     def __init__(self, settings: Settings, base_version: int, seed: int, variant: Variant) -> None:
         self.settings, self.variant = settings, variant
         base = load_base(settings, base_version, log=lambda line: None)
-        fields = {"seed": seed, **variant.train, "encoder": base.info.encoder.model_dump()}
         options = replace(FollowOptions.from_settings(settings), **variant.follow)
-        self.job = FollowJob(settings, base, TrainConfig.model_validate(fields), options, log=lambda line: None)
+        config = follow_config({"seed": seed, **variant.train}, base.info)
+        self.job = FollowJob(settings, base, config, options, log=lambda line: None)
         self.max_len = base.info.encoder.max_len
         self.scorers: list[Retriever] = []
         self.bounds = np.zeros(0, dtype=np.int64)

@@ -31,7 +31,14 @@ from infra.settings import Settings
 from training.common.model import PLAIN_WEIGHT
 from training.streaming.deltas import MODEL_DELTAS_TABLE, DeltaPosition, ModelDelta, ModelDeltaTable, SequenceConflict
 from training.streaming.dense import decode_dense_weights
-from training.streaming.follow import FollowBase, FollowJob, FollowOptions, stop_on_signals
+from training.streaming.follow import (
+    FOLLOW_TABLE_LR_SCALE,
+    FollowBase,
+    FollowJob,
+    FollowOptions,
+    follow_config,
+    stop_on_signals,
+)
 
 BASE_ITEMS = 30  # followlake.history's items
 
@@ -293,3 +300,14 @@ def test_sigterm_stops_the_command_after_it_publishes_what_it_learned(
     assert [(d.sequence, d.silver_version) for d in chain] == [(1, appended[0])]
     assert chain[0].new_items == {"i100": BASE_ITEMS + 1} and stats.events == 3 and stats.deltas == 1
     assert lines[-1].startswith("stopped: 3 events learned")
+
+
+def test_the_follow_job_trains_the_table_at_its_full_rate_unless_the_config_names_a_scale(base: FollowBase) -> None:
+    """A warm start's 0.1 left new items' rows near their random start (docs/training.md)."""
+    full_rate = follow_config({}, base.info).table_optimizer(use_gpu=False)[1]
+    default = follow_config({}, base.info)
+    assert default.warm_start_lr_scale == FOLLOW_TABLE_LR_SCALE == 1.0
+    assert default.warm_started(use_gpu=False).table_optimizer(use_gpu=False)[1] == pytest.approx(full_rate)
+    named = follow_config({"warm_start_lr_scale": 0.1}, base.info)
+    assert named.warm_started(use_gpu=False).table_optimizer(use_gpu=False)[1] == pytest.approx(0.1 * full_rate)
+    assert default.encoder == base.info.encoder
