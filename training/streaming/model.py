@@ -9,8 +9,9 @@ is trained by row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD`` rule: one acc
 the mean of the row's squared gradient), the base's table optimizer on CPU, so a row moves only
 in a step that looked it up: the rows a step changes are the rows its batch looked up (history
 items and candidates), which ``changed`` collects. The encoder is trained by Adam, as the base's
-dense parameters are. Both optimizers start afresh (a delta carries no optimizer state), so the
-table trains at ``warm_start_lr_scale`` times its learning rate, as a warm start does.
+dense parameters are. Both optimizers start afresh (a delta carries no optimizer state); the
+table trains at ``warm_start_lr_scale`` times its learning rate, which the follow job's config sets
+to ``training.streaming.follow.FOLLOW_TABLE_LR_SCALE`` unless it names one.
 """
 
 from __future__ import annotations
