@@ -537,10 +537,12 @@ def test_a_replicas_metrics_count_the_delta_served_and_its_delay(uri: str) -> No
         uri, MODEL, _params(), poll_s=0.01, resolve=lambda: str(BASE), reload=lambda version: _catalog(),
         on_apply=metrics.delta_applied,
     )  # fmt: skip
-    _publish(uri, {1: np.ones(DIM)}, published_ms=int(time.time() * 1000) - 2_000)  # published 2 s ago
+    # Buckets far apart, so a loaded machine's slow apply (seconds) cannot move a delay across them.
+    _publish(uri, {1: np.ones(DIM)}, published_ms=int(time.time() * 1000) - 45_000)  # published 45 s ago
     _publish(uri, {2: np.ones(DIM)})
     follower.caught_up(_catalog())
     text = metrics.render().decode()
     assert "streamrec_model_delta_sequence 2.0" in text
-    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="1.0"} 1.0' in text
-    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="3.0"} 2.0' in text
+    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="10.0"} 1.0' in text
+    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="30.0"} 1.0' in text
+    assert 'streamrec_model_delta_publish_to_served_seconds_bucket{le="60.0"} 2.0' in text
