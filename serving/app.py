@@ -56,7 +56,7 @@ from serving.config import APP_NAME, ServeConfig, production_config
 from serving.deltas import DeltaFollower, IndexParams
 from serving.history.store import OnlineHistory, UserHistory
 from serving.metrics import ServingMetrics
-from serving.ranker import Ranked, RankQuery, ServedRanker, blend, load_ranker, rank_batch
+from serving.ranker import Ranked, RankQuery, ServedRanker, blend, keep_unranked, load_ranker, rank_batch
 from serving.registry import fail_fast_in_this_process, served_version
 from serving.replicas import read_replica_states
 from serving.user_state import LRURecStates
@@ -341,7 +341,7 @@ class Recommender:
         else:
             candidates = [str(catalog.item_ids[item]) for item, _ in found]
             ranked = await self._rank((events, candidates, _now_ms()))
-            items = self._ordered(ranked, limit=body.k)
+            items = self._with_unranked(self._ordered(ranked), candidates, found, ranked, body.k)
             self._add_ranker(lineage, ranked.ranker)
         return ItemsResponse(items=items, cold_start=cold, unknown_items=unknown, excluded=excluded, lineage=lineage)
 
@@ -409,6 +409,20 @@ class Recommender:
             )
             for row in order.tolist()
         ]
+
+    @staticmethod
+    def _with_unranked(
+        items: list[ScoredItem], candidates: list[str], found: list[tuple[int, float]], ranked: Ranked, k: int
+    ) -> list[ScoredItem]:
+        """The ranked items with the candidates the ranker does not know at their retrieval places
+        (``keep_unranked``), those scored by retrieval (no task probabilities)."""
+        unranked = set(ranked.unknown_candidates)
+        if not unranked:
+            return items[:k]
+        by_id = {item.item_id: item for item in items}
+        retrieval_score = {item: score for item, (_, score) in zip(candidates, found, strict=True)}
+        order = keep_unranked([item.item_id for item in items], candidates, unranked, k)
+        return [by_id.get(item) or ScoredItem(item_id=item, score=retrieval_score[item]) for item in order]
 
     def _add_ranker(self, lineage: Lineage, ranker: ServedRanker) -> None:
         name = self.settings.mlflow.registered_ranking_model

@@ -89,6 +89,22 @@ def rank_batch(ranker: ServedRanker, queries: Sequence[RankQuery]) -> list[Ranke
     return answers
 
 
+def keep_unranked(ranked: Sequence[str], retrieved: Sequence[str], unranked: set[str], k: int) -> list[str]:
+    """The first ``k`` of the ranker's order ``ranked`` with each ``unranked`` candidate (one the
+    served ranker does not know: an item a model delta added since the ranker's version) put back
+    at its place in the retrieval order ``retrieved``, so a ranked answer does not hide new items
+    until the next ranker version."""
+    placed = {position: item for position, item in enumerate(retrieved[:k]) if item in unranked}
+    order = iter(ranked)
+    answer = []
+    for position in range(k):
+        item = placed.get(position) or next(order, None)
+        if item is None:
+            break
+        answer.append(item)
+    return answer
+
+
 def blend(probabilities: np.ndarray, tasks: Sequence[str], weights: Mapping[str, float]) -> np.ndarray:
     """(candidates,) blended scores: the weighted sum of the task probabilities (a negative
     weight subtracts a negative task such as skip or dislike; tasks without a weight count 0)."""
