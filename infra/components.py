@@ -435,8 +435,15 @@ class DagsterWorkflows(Component):
         (home / "storage").mkdir(parents=True, exist_ok=True)
         instance = {
             "storage": {"sqlite": {"base_dir": str(home / "storage")}},
-            # One run at a time: ingest, feature builds and training share the machine's cores.
-            "run_queue": {"max_concurrent_runs": 1},
+            # One batch run at a time (ingest, feature builds and training share the machine's
+            # cores) beside the long-running follow job: two slots, each limited by its tag.
+            "run_queue": {
+                "max_concurrent_runs": 2,
+                "tag_concurrency_limits": [
+                    {"key": dagster_automation.RUN_SLOT_TAG, "value": slot[dagster_automation.RUN_SLOT_TAG], "limit": 1}
+                    for slot in (dagster_automation.BATCH_SLOT, dagster_automation.FOLLOW_SLOT)
+                ],
+            },
             "code_servers": {"local_startup_timeout": 180},
             "telemetry": {"enabled": False},
             # No "join the community" newsletter modal on the UI's first visit: a local tool's UI opens on the assets.

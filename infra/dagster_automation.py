@@ -32,6 +32,12 @@ LOOP_TAG_VALUE = "continual"
 # A job tag (Dagster puts it on the job's runs): a run that lasts until it is stopped (the follow
 # job), which `up --no-continual` terminates with the loop.
 STOPS_WITH_LOOP_TAG = "streamrec/stops_with_loop"
+# The run queue's slots (the instance's tag_concurrency_limits): one batch run at a time (ingest,
+# feature builds and training share the machine's cores) beside one long-running follow run, so
+# the follow job never holds the only slot that every other loop run queues for.
+RUN_SLOT_TAG = "streamrec/run_slot"
+BATCH_SLOT = {RUN_SLOT_TAG: "batch"}
+FOLLOW_SLOT = {RUN_SLOT_TAG: "follow"}
 
 _TICK = "timestamp status skipReason runIds error { message }"
 AUTOMATION_QUERY = f"""{{ repositoriesOrError {{ __typename

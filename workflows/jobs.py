@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from infra.dagster_automation import STOPS_WITH_LOOP_TAG
+from infra.dagster_automation import BATCH_SLOT, FOLLOW_SLOT, STOPS_WITH_LOOP_TAG
 from workflows.assets import (
     feature_build,
     ingest,
@@ -26,18 +26,21 @@ if TYPE_CHECKING:  # what define_asset_job returns; not exported by dagster
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(ingest),
     description="Ingest until idle: the topic's records into bronze/quarantine and silver.",
 )
 
 features_job = dg.define_asset_job(
     "features_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(feature_build),
     description="Incremental feature build from the latest silver version.",
 )
 
 warm_start_training_job = dg.define_asset_job(
     "warm_start_training_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(retrieval_model),
     config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(train=WARM_START_TRAIN)}),
     description="A short run that continues the production model on the latest features.",
@@ -45,6 +48,7 @@ warm_start_training_job = dg.define_asset_job(
 
 full_retraining_job = dg.define_asset_job(
     "full_retraining_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(retrieval_model),
     config=dg.RunConfig(ops={"retrieval_model": RetrievalTrainConfig(from_scratch=True, train=FULL_RETRAIN_TRAIN)}),
     description="Training from scratch on the latest features.",
@@ -52,12 +56,14 @@ full_retraining_job = dg.define_asset_job(
 
 promotion_job = dg.define_asset_job(
     "promotion_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(retrieval_evaluation, retrieval_promotion),
     description="Evaluate a candidate against production on the same data, then the promotion gate.",
 )
 
 loop_job = dg.define_asset_job(
     "loop_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(
         ingest, feature_build, retrieval_model, retrieval_evaluation, retrieval_promotion
     ),
@@ -67,6 +73,7 @@ loop_job = dg.define_asset_job(
 
 ranking_job = dg.define_asset_job(
     "ranking_job",
+    tags=BATCH_SLOT,
     selection=dg.AssetSelection.assets(ranking_examples, ranking_model, ranking_promotion),
     description="The ranking model: ranking examples from the latest silver version, a ranker trained from "
     "scratch on Ray Train, then its gate (validation click AUC against the production ranker).",
@@ -77,7 +84,7 @@ ranking_job = dg.define_asset_job(
     description="The follow loop (`streamrec train --follow`) as a long-running run: it learns from every new "
     "silver/events version and publishes model deltas until the run is terminated or production moves; "
     "follow_sensor keeps one running while the loop is on.",
-    tags={STOPS_WITH_LOOP_TAG: "true"},
+    tags={STOPS_WITH_LOOP_TAG: "true", **FOLLOW_SLOT},
 )
 def follow_job() -> None:
     follow_loop()

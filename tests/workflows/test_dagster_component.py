@@ -63,6 +63,35 @@ def test_the_component_runs_dagster_dev_on_its_own_instance(tmp_path: Path) -> N
     assert environment["STREAMREC_TOPIC"] == "t-env"
 
 
+def test_the_follow_job_never_holds_the_slot_the_batch_runs_queue_for(tmp_path: Path) -> None:
+    """The instance's run queue has a batch slot and a follow slot (tag limits): with the
+    long-running follow job in progress a batch run still starts; batch runs go one at a time."""
+    from dagster import DagsterRun
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    from workflows.jobs import ALL_JOBS, follow_job
+
+    settings = get_settings(home=tmp_path, dagster_enabled=True)
+    DagsterWorkflows(settings).prepare()
+    loaded = DagsterInstance.from_config(str(settings.dagster_home))
+    queue = loaded.get_concurrency_config().run_queue_config
+    loaded.dispose()
+    assert queue is not None and queue.max_concurrent_runs == 2
+
+    def run(slot: dict[str, str]) -> DagsterRun:
+        return DagsterRun(job_name="j", tags=slot)
+
+    def blocked(slot: dict[str, str], in_progress: list[dict[str, str]]) -> bool:
+        counter = TagConcurrencyLimitsCounter(queue.tag_concurrency_limits, [run(tags) for tags in in_progress])
+        return counter.is_blocked(run(slot))
+
+    batch, follow = dagster_automation.BATCH_SLOT, dagster_automation.FOLLOW_SLOT
+    assert not blocked(batch, [follow]) and blocked(batch, [batch]) and blocked(follow, [follow])
+    assert not blocked(follow, [batch])
+    for job in ALL_JOBS:
+        assert dict(job.tags or {}).items() >= (follow if job is follow_job else batch).items(), job.name
+
+
 def test_settings_environment_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings(
         home=tmp_path, external=["kafka", "mlflow"], train_use_gpu=True, topic="x", serve_blend_weights={"click": 0.5}
