@@ -38,9 +38,11 @@ endef
 test: lint
 	$(call run_pytest,)
 
-# The unit tests only: a signal in a few minutes.
+# The unit tests only: a signal in a few minutes, on one pytest worker per core (pytest-xdist;
+# unit tests share no service, port or file). `make test` stays one process: its services
+# share the machine's cores.
 test-fast: lint
-	$(call run_pytest,-m "not integration and not e2e")
+	$(call run_pytest,-m "not integration and not e2e" -n auto)
 
 # ruff (lint and format check) and mypy, configured in pyproject.toml.
 lint: setup
