@@ -86,6 +86,13 @@ def first_build(settings: Settings, rows: list[dict[str, Any]]) -> None:
     write_deltalake(settings.table_uri(ITEM_STATS_TABLE), stats, mode="append", commit_properties=record)
 
 
+def history_lake(home: Path) -> Settings:
+    """A lake in ``home`` whose silver version 0 and first feature tables hold ``history()``."""
+    settings = lake_settings(home)
+    first_build(settings, history())
+    return settings
+
+
 def build_features(settings: Settings) -> None:
     """The real incremental feature build (Arrow) up to silver's latest version."""
     build(settings, incremental=True, log=lambda message: None)

@@ -23,6 +23,7 @@ from followlake import (
     events,
     first_build,
     history,
+    history_lake,
     lake_settings,
 )
 
@@ -45,9 +46,7 @@ BASE_ITEMS = 30  # followlake.history's items
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Settings:
-    settings = lake_settings(tmp_path)
-    first_build(settings, history())
-    return settings
+    return history_lake(tmp_path)
 
 
 @pytest.fixture

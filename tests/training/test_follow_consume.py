@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
-from followlake import CONFIG, START_MS, append_silver, base_model, events, first_build, history, lake_settings
+from followlake import CONFIG, START_MS, append_silver, base_model, events, history_lake
 
 from features.silver import silver_changes
 from features.tables import ITEM_VOCAB_TABLE, recorded_state
@@ -21,9 +21,7 @@ BASE_ITEMS = 30  # followlake.history's items
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Settings:
-    settings = lake_settings(tmp_path)
-    first_build(settings, history())
-    return settings
+    return history_lake(tmp_path)
 
 
 @pytest.fixture
