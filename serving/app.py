@@ -341,7 +341,8 @@ class Recommender:
         else:
             candidates = [str(catalog.item_ids[item]) for item, _ in found]
             ranked = await self._rank((events, candidates, _now_ms()))
-            items = self._with_unranked(self._ordered(ranked), candidates, found, ranked, body.k)
+            # keep_unranked takes at most k of the ranker's order: only those become ScoredItems.
+            items = self._with_unranked(self._ordered(ranked, limit=body.k), candidates, found, ranked, body.k)
             self._add_ranker(lineage, ranked.ranker)
         return ItemsResponse(items=items, cold_start=cold, unknown_items=unknown, excluded=excluded, lineage=lineage)
 
