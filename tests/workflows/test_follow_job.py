@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -147,17 +148,31 @@ def _child(script: Path, *args: str) -> ChildProcess:
     return ChildProcess([sys.executable, str(script), *args], dict(os.environ))
 
 
-def test_an_interrupt_stops_the_child_with_sigterm_and_its_last_lines_are_read(fake_follow: Path) -> None:
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process, as in a Dagster run's op (Dagster installs
+    its handler). Not so by default: a process started in the background of a non-interactive
+    shell (CI) inherits SIGINT ignored, and an ignored interrupt never reaches ``supervise``."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_stops_the_child_with_sigterm_and_its_last_lines_are_read(
+    fake_follow: Path, sigint_raises: None
+) -> None:
     child = _child(fake_follow)
     lines: list[str] = []
+    give_up = time.monotonic() + 60  # a lost interrupt fails the test instead of hanging it
 
     def interrupt_after_two_deltas(delta: DeltaLine) -> None:
         if delta.sequence == 2:
             os.kill(os.getpid(), signal.SIGINT)  # as Dagster interrupts a terminated run's op
 
     outcome = supervise(
-        child, lines.append, interrupt_after_two_deltas, lambda: "", check_every_s=60, stop_timeout_s=30
-    )
+        child, lines.append, interrupt_after_two_deltas,
+        lambda: "no interrupt came" if time.monotonic() > give_up else "", check_every_s=1, stop_timeout_s=30,
+    )  # fmt: skip
     assert outcome.returncode == 0 and not outcome.killed
     assert outcome.stopped_because == "the Dagster run was terminated"
     assert lines[-1] == "stopped: done" and lines[0].startswith("args:")
