@@ -50,8 +50,9 @@ class RankRequest(BaseModel):
 class ScoredItem(BaseModel):
     item_id: str
     score: float = Field(
-        description="Retrieval: cosine similarity; ranked: the blend of the task probabilities (a candidate the "
-        "ranker does not know keeps its retrieval place and score, without scores)."
+        description="Retrieval: the model's score (cosine similarity, or the dot product for a model trained with "
+        "scoring dot); ranked: the blend of the task probabilities (a candidate the ranker does not know keeps "
+        "its retrieval place and score, without scores)."
     )
     scores: dict[str, float] | None = Field(None, description="Per-task probabilities (when a ranker scored it).")
 

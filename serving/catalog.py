@@ -2,15 +2,17 @@
 
 ``load_catalog`` runs beside the request path (a replica's model watcher): it downloads a
 registered version, builds the plain Retriever (no TorchRec), reads ``features/item_vocab``
-at the version the model was trained on, and indexes the L2-normalised item vectors:
+at the version the model was trained on, and indexes the item vectors as the model scores them
+(``Retriever.item_vectors``: L2-normalised under cosine scoring, raw under dot):
 
 * up to ``serve_exact_max_items`` items: exact inner product (``IndexFlatIP``);
 * above: HNSW (``IndexHNSWFlat``, inner product), recall measured in ``benchmarks/serve``.
 
 With ``serve.prefix_dims`` (a model trained with ``--matryoshka-dims``; ``serving.index``) the
 index holds each item's normalised prefix and a search rescores its ``serve.rescore`` best
-candidates at the full width. Cosine similarity of the query and the item rows is the score, as
-in training's evaluation.
+candidates at the full width. The model's score of the query and the item rows (cosine similarity
+or dot product, ``EncoderConfig.scoring``) is the score, as in training's loss and evaluation; an
+inner-product index is exact for both (HNSW's recall was measured on unit vectors only).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Catalog:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.prefix_dims:
             depth = min(self.index.ntotal, max(wanted, self.rescore))
-            _, ids = self._search_index(prefix_rows(queries, self.prefix_dims), depth)
+            _, ids = self._search_index(prefix_rows(queries, self.prefix_dims, self.retriever.scoring), depth)
             scores, items = rescored(self._items_of(ids), queries, self.retriever.item_vectors.numpy())
         else:
             scores, ids = self._search_index(queries, wanted)
@@ -198,7 +200,7 @@ def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw
     vocab_version = info.feature_versions.get(ITEM_VOCAB_TABLE)
     item_ids = read_item_ids(settings, vocab_version, retriever.num_items)
     popular = read_popularity(settings, retriever.num_items)
-    vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix)
+    vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix, retriever.scoring)
     index, kind = build_index(vectors, exact_max_items, hnsw_m, ef_search)
     return Catalog(
         version=str(version),

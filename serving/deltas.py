@@ -169,7 +169,7 @@ def _updated_index(
     vectors = retriever.item_vectors.numpy()
 
     def indexed(rows: Any) -> np.ndarray:  # what the index holds of these item rows (a prefix, or the rows)
-        return prefix_rows(vectors[rows], catalog.prefix_dims)
+        return prefix_rows(vectors[rows], catalog.prefix_dims, retriever.scoring)
 
     unknown = np.asarray(item_ids[1:] == "", dtype=bool)  # rows no delta named yet
     if catalog.index_kind == "exact":

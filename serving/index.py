@@ -6,26 +6,32 @@ item and query prefixes that are each usable on their own. Serving can then inde
 the ``serve.rescore`` best candidates of that index at the full width, so the scores returned are
 the full-width cosine similarities, as with a one-stage index.
 
-Each prefix is L2-normalised on its own, in the index and in the query: the prefix of a unit
-vector is not a unit vector, and its norm differs from item to item, so an inner product of raw
-prefixes would rank items partly by how much of their norm sits in the first dims. Training's
-Matryoshka loss scores normalised prefixes (``training.common.loss``, as fMRLRec does), so the
-prefix cosine is what the model learnt to rank by.
+Under cosine scoring each prefix is L2-normalised on its own, in the index and in the query: the
+prefix of a unit vector is not a unit vector, and its norm differs from item to item, so an inner
+product of raw prefixes would rank items partly by how much of their norm sits in the first dims.
+Training's Matryoshka loss scores normalised prefixes (``training.common.loss``, as fMRLRec does),
+so the prefix cosine is what the model learnt to rank by. Under dot scoring the loss scores the raw
+prefixes' dot product, and so does the index.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from training.common.config import Scoring
+
 AUTO_MIN_PREFIX = 16  # the automatic prefix: the model's smallest trained width at least this wide
 
 
-def prefix_rows(vectors: np.ndarray, prefix_dims: int) -> np.ndarray:
-    """What an index of ``prefix_dims`` holds for ``vectors`` (rows): the rows themselves when 0,
-    else each row's first ``prefix_dims`` dims L2-normalised (a zero row stays zero)."""
+def prefix_rows(vectors: np.ndarray, prefix_dims: int, scoring: Scoring = "cosine") -> np.ndarray:
+    """What an index of ``prefix_dims`` holds for scored ``vectors`` (rows): the rows themselves
+    when 0, else each row's first ``prefix_dims`` dims, L2-normalised under cosine ``scoring`` (a
+    zero row stays zero)."""
     if not prefix_dims:
         return np.ascontiguousarray(vectors, dtype=np.float32)
     prefix = np.asarray(vectors[..., :prefix_dims], dtype=np.float32)
+    if scoring == "dot":
+        return np.ascontiguousarray(prefix)
     norms = np.linalg.norm(prefix, axis=-1, keepdims=True)
     return np.ascontiguousarray(prefix / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -63,8 +69,8 @@ def _allowed(trained: tuple[int, ...]) -> str:
 
 def rescored(candidates: np.ndarray, queries: np.ndarray, item_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(scores, items) per query, best first: the ``candidates`` (B, C) item indices of the prefix
-    stage (-1: none) scored at the full width, the cosine of ``queries`` (B, D) and the normalised
-    ``item_vectors`` rows (row = item index). A missing candidate keeps -1 and scores -inf."""
+    stage (-1: none) scored at the full width, the inner product of the scored ``queries`` (B, D)
+    and ``item_vectors`` rows (row = item index). A missing candidate keeps -1 and scores -inf."""
     missing = candidates < 0
     rows = item_vectors[np.where(missing, 0, candidates)]  # (B, C, D)
     scores = np.matmul(rows, queries[:, :, None])[..., 0]

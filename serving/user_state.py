@@ -42,7 +42,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ingestion.schema import ACTION_IDS
 from serving.catalog import Catalog, KnownEvents
@@ -59,7 +58,7 @@ class _UserState:
 
     revision: HistoryRevision
     layers: np.ndarray  # (blocks, 2·D) complex64: each block's recurrent state after the last known event
-    query: np.ndarray  # (D,) float32, L2-normalised: the encoder's output after that event
+    query: np.ndarray  # (D,) float32: the query (Retriever.as_queries) of the encoder's output after that event
 
 
 def encode_states(retriever: Retriever, histories: list[KnownEvents]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +84,7 @@ def encode_states(retriever: Retriever, histories: list[KnownEvents]) -> tuple[t
             states = linear_scan(unit.decay(), unit.driven(x))  # right padding comes after row's last event
             layers.append(states[rows, last])
             x = cast(LRUBlock, block).feed_forward(unit.read(states, x))
-        return F.normalize(x[rows, last].float(), dim=-1), torch.stack(layers, dim=1)
+        return retriever.as_queries(x[rows, last]), torch.stack(layers, dim=1)
 
 
 def step_states(
@@ -107,7 +106,7 @@ def step_states(
             out, state = encoder.step(state, retriever.item_rows[items], actions)
             layers[rows] = torch.stack(state, dim=1)
             hidden[rows] = out.float()
-        return F.normalize(hidden, dim=-1), layers
+        return retriever.as_queries(hidden), layers
 
 
 class LRURecStates:

@@ -18,6 +18,11 @@ table: what the loss and the dense-kernel Adam cost as the catalogue grows, whic
 
     .venv/bin/python -m benchmarks.train.losses --dataset ../shared/data/wikipedia.txt
 
+``--cells`` names cells as MODEL/LOSS/OPTIMIZER, optionally with a fourth part of encoder
+settings (``EncoderConfig`` fields, ``+``-separated), e.g. the reference SASRec's switches::
+
+    --cells sasrec/full/rowwise_adagrad sasrec/full/rowwise_adagrad/scoring=dot+sasrec_post_norm=true
+
 Writes benchmarks/results/train_losses_<dataset>.json (``--out``), after every cell.
 """
 
@@ -42,6 +47,25 @@ from training.retrieval.config import TrainConfig
 from training.retrieval.runner import train
 
 METRICS = ("test_ndcg_10", "test_hr_10", "test_all_ndcg_10", "test_all_hr_10")
+
+
+def parse_cell(cell: str) -> tuple[str, str, str, dict[str, str]]:
+    """(model, loss, table optimizer, encoder settings) of a ``--cells`` entry
+    MODEL/LOSS/OPTIMIZER[/FIELD=VALUE+FIELD=VALUE...]; ValueError says what is wrong."""
+    parts = cell.split("/")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"cell {cell!r} is not MODEL/LOSS/OPTIMIZER[/FIELD=VALUE+...]")
+    model, loss, optimizer = parts[:3]
+    settings: dict[str, str] = {}
+    for pair in parts[3].split("+") if len(parts) == 4 else []:
+        field, equals, value = pair.partition("=")
+        if not equals or not field:
+            raise ValueError(f"cell {cell!r}: encoder setting {pair!r} is not FIELD=VALUE")
+        settings[field] = value
+    if loss not in get_args(LossKind) or optimizer not in ("rowwise_adagrad", "adam"):
+        raise ValueError(f"cell {cell!r}: loss one of {get_args(LossKind)}, optimizer rowwise_adagrad or adam")
+    EncoderConfig.model_validate({"kind": model, **settings})  # a bad field or value fails before the lake build
+    return model, loss, optimizer, settings
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -113,7 +137,10 @@ def main() -> None:
         "--table-optimizers", nargs="+", choices=("rowwise_adagrad", "adam"), default=["rowwise_adagrad", "adam"]
     )
     parser.add_argument(
-        "--cells", nargs="+", metavar="MODEL/LOSS/OPTIMIZER", help="these cells, in this order, instead of the grid"
+        "--cells",
+        nargs="+",
+        metavar="MODEL/LOSS/OPTIMIZER[/FIELD=VALUE+...]",
+        help="these cells, in this order, instead of the grid; the optional fourth part sets encoder fields",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=200, help="hard cap (early stopping ends runs sooner)")
@@ -134,6 +161,11 @@ def main() -> None:
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return
+    for cell in args.cells or []:
+        try:
+            parse_cell(cell)
+        except ValueError as error:  # pydantic's ValidationError is one
+            parser.error(str(error))
     name = args.dataset.stem if args.dataset else "synthetic"
     out = args.out or RESULTS / f"train_losses_{name}.json"
     result: dict[str, Any] = {**header("train_losses", args, seeds=args.seeds)}
@@ -159,10 +191,10 @@ def run(args: argparse.Namespace, settings: Settings, name: str, out: Path, resu
             for optimizer in args.table_optimizers
         ]
         for cell in cells:
-            model, loss, optimizer = cell.split("/")
+            model, loss, optimizer, encoder = parse_cell(cell)
             runs = []
             for seed in args.seeds:
-                runs.append(_one_run(settings, args, model, loss, optimizer, seed))
+                runs.append(_one_run(settings, args, model, loss, optimizer, encoder, seed))
                 print(f"{cell} seed {seed}: {json.dumps(runs[-1])}", flush=True)
             table[cell] = {
                 "runs": runs,
@@ -176,7 +208,7 @@ def run(args: argparse.Namespace, settings: Settings, name: str, out: Path, resu
     print(f"{'cell':<36}" + "".join(f"{key:>20}" for key in (*METRICS, "seq_per_s")))
     for cell, row in table.items():
         cells = [row["summary"][key] for key in (*METRICS, "seq_per_s")]
-        print(f"{cell:<36}" + "".join(f"{c['mean']:>13.4f}±{c['std']:<6.4f}" for c in cells))
+        print(f"{cell:<36}\n{'':<36}" + "".join(f"{c['mean']:>13.4f}±{c['std']:<6.4f}" for c in cells))
     write_result(out, result)
 
 
@@ -192,15 +224,24 @@ def markdown(result: dict[str, Any]) -> str:
         figures = [f"{summary[key]['mean']:.4f} ± {summary[key]['std']:.4f}" for key in METRICS]
         rate = f"{summary['seq_per_s']['mean']:.0f} ± {summary['seq_per_s']['std']:.0f}"
         epochs = ", ".join(f"{run['best_epoch']}/{run['epochs_run']}" for run in row["runs"])
-        lines.append(f"| {' | '.join(cell.split('/'))} | {' | '.join(figures)} | {rate} | {epochs} |")
+        model, loss, optimizer, encoder = parse_cell(cell)
+        if encoder:
+            model += " (" + ", ".join(f"{field}={value}" for field, value in encoder.items()) + ")"
+        lines.append(f"| {model} | {loss} | {optimizer} | {' | '.join(figures)} | {rate} | {epochs} |")
     return "\n".join(lines)
 
 
 def _one_run(
-    settings: Settings, args: argparse.Namespace, model: str, loss: str, optimizer: str, seed: int
+    settings: Settings,
+    args: argparse.Namespace,
+    model: str,
+    loss: str,
+    optimizer: str,
+    encoder: dict[str, str],
+    seed: int,
 ) -> dict[str, Any]:
     config = TrainConfig(
-        encoder=EncoderConfig(kind=model, max_len=args.max_len),
+        encoder=EncoderConfig.model_validate({"kind": model, "max_len": args.max_len, **encoder}),
         table=TableConfig(embedding_optimizer=optimizer),
         loss=loss,
         epochs=args.epochs,

@@ -18,7 +18,7 @@ from serving.deltas import apply_delta
 from serving.history.snapshot import HistoryEvent, UserState
 from serving.history.store import HistoryRevision, _insert
 from serving.user_state import LRURecStates, encode_states, state_bytes
-from training.common.config import EncoderConfig
+from training.common.config import EncoderConfig, Scoring
 from training.common.lrurec import LRURec
 from training.retrieval.model import RetrievalModel
 from training.retrieval.retriever import Retriever
@@ -44,11 +44,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _catalog(seed: int = 0, version: int = 3, kind: str = "lrurec") -> Catalog:
+def _catalog(seed: int = 0, version: int = 3, kind: str = "lrurec", scoring: Scoring = "cosine") -> Catalog:
     """A servable LRURec (or ``kind``) catalogue of ITEMS items, random weights of ``seed``; item
     ``item-0`` is unknown to it (a newer item)."""
     torch.manual_seed(seed)
-    config = EncoderConfig(kind=kind, dim=DIM, num_blocks=BLOCKS, max_len=MAX_LEN, dropout=0.2, ffn_dim=DIM)
+    config = EncoderConfig(
+        kind=kind, dim=DIM, num_blocks=BLOCKS, max_len=MAX_LEN, dropout=0.2, ffn_dim=DIM, scoring=scoring
+    )
     model = RetrievalModel(config, ITEMS).eval()
     retriever = Retriever(model.encoder, model.item_embedding.weight)
     item_ids = np.array(["", *(f"item-{n}" for n in range(1, ITEMS + 1))], dtype=object)
@@ -120,6 +122,20 @@ def test_the_states_built_from_a_reencode_are_those_stepping_reaches(seed: int) 
         assert torch.allclose(layers[row], torch.cat(state), atol=ATOL)
         assert torch.allclose(queries[row], torch.nn.functional.normalize(out[0], dim=-1), atol=ATOL)
         assert np.allclose(queries[row].numpy(), catalog.encode([history])[0], atol=ATOL)
+
+
+def test_a_dot_scoring_models_states_answer_with_its_unnormalised_queries() -> None:
+    """The held and stepped queries are the model's scored vectors: raw hidden states under dot
+    scoring, as a re-encode (and evaluation) gives them."""
+    catalog = _catalog(scoring="dot")
+    events = _events(40, random.Random(3))
+    states = LRURecStates(max_users=10)
+    built = states.queries(catalog, [("u", _revision(20), events[:20])])
+    stepped = states.queries(catalog, [("u", _revision(40), events)])
+    assert np.allclose(built[0], _reencoded(catalog, events[:20]), atol=ATOL)
+    assert np.allclose(stepped[0], _reencoded(catalog, events), atol=ATOL)
+    assert states.counts["stepped"] == 1
+    assert not np.isclose(np.linalg.norm(stepped[0]), 1.0, atol=1e-3)
 
 
 def test_a_user_with_nothing_new_is_answered_from_the_held_query_and_unknown_items_step_nothing() -> None:

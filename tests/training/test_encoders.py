@@ -133,3 +133,80 @@ def test_reference_hstu_reads_absolute_positions() -> None:
     with torch.no_grad():
         positions.mul_(-1.0)
     assert not torch.allclose(before, model(*inputs), atol=1e-5)
+
+
+REFERENCE_SASREC = {"sasrec_post_norm": True, "sasrec_reference_init": True}
+
+
+def _sasrec(**switches: bool) -> RetrievalModel:
+    torch.manual_seed(0)
+    config = EncoderConfig(kind="sasrec", dim=16, num_heads=2, max_len=8, dropout=0.0, **switches)
+    return RetrievalModel(config, num_items=20).eval()
+
+
+@pytest.mark.parametrize("switches", [{"sasrec_post_norm": True}, REFERENCE_SASREC], ids=["post_norm", "reference"])
+def test_the_reference_sasrec_is_causal_and_blind_to_trailing_padding(switches: dict[str, bool]) -> None:
+    model = _sasrec(**switches)
+    items, actions, timestamps, lengths = _inputs()
+    before = model(items, actions, timestamps, lengths)
+    assert before.shape == (1, 6, 16)
+    changed = items.clone()
+    changed[0, 3] = 13
+    after = model(changed, actions, timestamps, lengths)
+    assert torch.allclose(before[0, :3], after[0, :3], atol=1e-6)
+    assert not torch.allclose(before[0, 3:5], after[0, 3:5])
+    trimmed = model(items[:, :5], actions[:, :5], timestamps[:, :5], lengths)
+    assert torch.allclose(before[0, :5], trimmed[0], atol=1e-6) and not before[0, 5].any()
+
+
+def test_sasrec_post_norm_builds_recboles_layout() -> None:
+    """Input LN(item + action + position) unscaled; blocks LN(x + MHA(x)), LN(x + FFN(x)); no final norm."""
+    pre, post = _sasrec(), _sasrec(sasrec_post_norm=True)
+    assert "encoder.output_norm.weight" in pre.state_dict() and "encoder.inputs.norm.weight" not in pre.state_dict()
+    assert "encoder.output_norm.weight" not in post.state_dict() and "encoder.inputs.norm.weight" in post.state_dict()
+    items, actions, _, lengths = _inputs()
+    valid = torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)
+    emb = post.item_embedding(items)
+    inputs = post.encoder.inputs
+    summed = emb + inputs.actions(actions) + inputs.positions.weight[:6]
+    expected_input = torch.nn.functional.layer_norm(summed, (16,)) * valid.unsqueeze(-1)
+    assert torch.allclose(inputs(emb, actions, valid), expected_input, atol=1e-6)
+    pre_summed = emb * 4.0 + pre.encoder.inputs.actions(actions) + pre.encoder.inputs.positions.weight[:6]
+    assert torch.allclose(pre.encoder.inputs(emb, actions, valid), pre_summed * valid.unsqueeze(-1), atol=1e-6)
+    future = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    x = torch.randn(1, 6, 16)
+    for model, post_norm in ((pre, False), (post, True)):
+        block = model.encoder.blocks[0]
+        if post_norm:
+            h = block.attention_norm(x + block.attention(x, x, x, attn_mask=future, need_weights=False)[0])
+            expected = block.ffn_norm(h + block.ffn(h))
+        else:
+            n = block.attention_norm(x)
+            h = x + block.attention(n, n, n, attn_mask=future, need_weights=False)[0]
+            expected = h + block.ffn(block.ffn_norm(h))
+        assert torch.allclose(block(x, future), expected, atol=1e-6), post_norm
+
+
+def test_sasrec_reference_init_draws_every_projection_from_n_0_002() -> None:
+    default, reference = _sasrec(), _sasrec(sasrec_reference_init=True)
+    names = (
+        "encoder.blocks.0.attention.in_proj_weight",
+        "encoder.blocks.0.attention.out_proj.weight",
+        "encoder.blocks.0.ffn.0.weight",
+        "encoder.blocks.1.ffn.3.weight",
+    )
+    for weight in names_to_values(reference, names):
+        assert 0.012 < float(weight.std()) < 0.028
+    assert all(float(weight.std()) > 0.05 for weight in names_to_values(default, names))  # PyTorch's defaults
+    biases = ("encoder.blocks.0.ffn.0.bias", "encoder.blocks.1.ffn.3.bias", "encoder.blocks.0.attention.in_proj_bias")
+    assert all(not bias.any() for bias in names_to_values(reference, biases))
+    assert names_to_values(default, biases)[0].any()  # PyTorch's Linear bias is uniform, not zero
+    (norm,) = names_to_values(reference, ("encoder.blocks.0.ffn_norm.weight",))
+    assert torch.equal(norm, torch.ones(16))
+
+
+def test_without_actions_the_action_type_is_no_input() -> None:
+    model = _sasrec(**REFERENCE_SASREC, use_actions=False)
+    assert not any(name.startswith("encoder.inputs.actions") for name in model.state_dict())
+    items, actions, timestamps, lengths = _inputs()
+    assert torch.equal(model(items, actions, timestamps, lengths), model(items, actions * 0 + 8, timestamps, lengths))

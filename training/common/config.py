@@ -19,6 +19,9 @@ Objective = Literal["auto", "next_item", "masked_item"]
 LossKind = Literal["sampled", "sampled_logq", "full"]
 EmbeddingOptimizer = Literal["auto", "adam", "rowwise_adagrad", "adagrad", "sgd"]
 Sharding = Literal["row_wise", "table_wise"]
+# How a query and an item row are scored (``training.common.scoring``): cosine similarity (unit rows,
+# divided by the loss's temperature) or the plain dot product of the raw rows.
+Scoring = Literal["cosine", "dot"]
 
 
 class EncoderConfig(BaseModel):
@@ -38,6 +41,23 @@ class EncoderConfig(BaseModel):
         128, ge=1, description="HSTU, FuXi-alpha: buckets of log time gaps in the relative bias / temporal channel."
     )
     use_actions: bool = Field(True, description="Add an action-type embedding to every input position.")
+    scoring: Scoring = Field(
+        "cosine",
+        description="How queries score items, in the loss, evaluation and serving alike: cosine (L2-normalised "
+        "query and item rows; the loss divides by temperature) or dot (the raw rows' dot product, no temperature, "
+        "as RecBole's SASRec).",
+    )
+    sasrec_reference_init: bool = Field(
+        False,
+        description="SASRec: RecBole's initialisation (every linear and attention weight N(0, 0.02), biases zero) "
+        "instead of PyTorch's defaults.",
+    )
+    sasrec_post_norm: bool = Field(
+        False,
+        description="SASRec: RecBole's layout: the summed input embeddings (item, unscaled, + position) "
+        "LayerNorm-ed and dropped out, post-LayerNorm blocks LN(x + sublayer(x)) and no final LayerNorm; "
+        "off: scaled inputs, pre-LayerNorm blocks x + sublayer(LN(x)) and a final LayerNorm.",
+    )
     hstu_absolute_positions: bool = Field(
         False, description="HSTU: add a learned absolute position embedding to the input, as the reference does."
     )

@@ -18,11 +18,15 @@ from training.common.config import EncoderConfig
 
 
 class InputEmbedding(nn.Module):
-    """Scaled item embedding + action-type embedding (+ absolute position), with dropout."""
+    """Item embedding (scaled by sqrt(dim), or with ``normalised`` as it is) + action-type embedding
+    (+ absolute position); with ``normalised`` the sum is LayerNorm-ed; then dropout."""
 
-    def __init__(self, config: EncoderConfig, positional: bool, position_std: float = 0.02) -> None:
+    def __init__(
+        self, config: EncoderConfig, positional: bool, position_std: float = 0.02, normalised: bool = False
+    ) -> None:
         super().__init__()
-        self.scale = math.sqrt(config.dim)
+        self.scale = 1.0 if normalised else math.sqrt(config.dim)
+        self.norm = nn.LayerNorm(config.dim) if normalised else None
         self.actions = nn.Embedding(len(ACTION_IDS) + 1, config.dim) if config.use_actions else None
         self.positions = nn.Embedding(config.max_len, config.dim) if positional else None
         self.dropout = nn.Dropout(config.dropout)
@@ -37,6 +41,8 @@ class InputEmbedding(nn.Module):
             x = x + self.actions(action_ids)
         if self.positions is not None:
             x = x + self.positions.weight[: x.shape[1]]
+        if self.norm is not None:
+            x = self.norm(x)
         return self.dropout(x) * valid.unsqueeze(-1)
 
 

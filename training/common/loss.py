@@ -4,8 +4,9 @@ Position t of a history predicts the event at t + 1. What the loss does with it 
 that next event's action (``ingestion.schema``):
 
 * POSITIVE_ACTIONS (click, view, like, share, purchase): a softmax term
-  ``-log p(next item)`` where p is the softmax over cosine similarities / temperature of
-  the next item against the candidates;
+  ``-log p(next item)`` where p is the softmax over the scores of the next item against the
+  candidates (``scoring``, ``training.common.scoring``: cosine similarities / temperature, or
+  plain dot products);
 * NEGATIVE_ACTIONS (skip, dislike): a not-to-recommend (unlikelihood) term
   ``-log(1 - p(next item))`` over the same candidates, weighted by ``ntr_weight``;
 * impression: no term. An impression says the item was shown and nothing more, so it is
@@ -33,7 +34,8 @@ token) instead of position t against the event at t + 1.
 
 Matryoshka (``prefix_dims``, fMRLRec): the same loss, on the same positions and candidates, is
 also computed on the first d dims of every query, target and candidate for each d of
-``prefix_dims`` (each prefix L2-normalised on its own, as a prefix index would score it); the
+``prefix_dims`` (under cosine scoring each prefix L2-normalised on its own, as a prefix index
+would score it); the
 loss is the mean over those widths and the full one, as fMRLRec's cross-entropy over its stacked
 prefix logits is.
 """
@@ -44,10 +46,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ingestion.schema import ACTION_IDS, NEGATIVE_ACTIONS, POSITIVE_ACTIONS
-from training.common.config import LossKind
+from training.common.config import LossKind, Scoring
+from training.common.scoring import logit_scale, scored_vectors
 
 POSITIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in POSITIVE_ACTIONS))
 NEGATIVE_IDS = torch.tensor(sorted(ACTION_IDS[action] for action in NEGATIVE_ACTIONS))
@@ -83,6 +85,7 @@ def retrieval_loss(
     generator: torch.Generator | None = None,
     masked: torch.Tensor | None = None,
     prefix_dims: tuple[int, ...] = (),
+    scoring: Scoring = "cosine",
 ) -> LossTerms:
     """Loss of one batch: ``hidden`` and ``history_emb`` are (B, L, D) over ``batch``'s histories.
 
@@ -96,6 +99,7 @@ def retrieval_loss(
     masking), instead of each position's against the next event's. ``prefix_dims`` adds the
     Matryoshka loss: the same loss on each prefix width of queries, targets and candidates (each
     prefix L2-normalised on its own), averaged with the full width's, as fMRLRec's does.
+    ``scoring`` is the model's (``EncoderConfig.scoring``); ``temperature`` applies to cosine only.
     """
     queries, targets, target_ids, is_positive = _scored_pairs(hidden, history_emb, batch, ntr_weight, masked)
     if kind == "full":
@@ -113,17 +117,19 @@ def retrieval_loss(
     zero = hidden.sum().float() * 0.0  # keeps every parameter in the graph when nothing is scored
     widths = (*prefix_dims, hidden.shape[-1])
     softmax_terms, unlikely_terms = [], []
+    scale = logit_scale(scoring, temperature)
     for width in widths:
-        query, target = F.normalize(queries[:, :width], dim=-1), F.normalize(targets[:, :width], dim=-1)
-        items = F.normalize(candidates[:, :width], dim=-1)
-        target_logits = (query * target).sum(-1) / temperature
+        query = scored_vectors(queries[:, :width], scoring) * scale  # scaled once: logits = query . item
+        target = scored_vectors(targets[:, :width], scoring)
+        items = scored_vectors(candidates[:, :width], scoring)
+        target_logits = (query * target).sum(-1)
         if kind == "full":
-            log_normaliser = chunked_logsumexp(query / temperature, items, chunk_items)
+            log_normaliser = chunked_logsumexp(query, items, chunk_items)
             # log of the normaliser without the target: log(1 - p) + log_normaliser
             log_p = (target_logits - log_normaliser).clamp(max=-1e-7)
             log_others = log_normaliser + torch.log(-torch.expm1(log_p))
         else:
-            candidate_logits = query @ items.T / temperature
+            candidate_logits = query @ items.T
             if log_expected is not None:
                 candidate_logits = candidate_logits - log_expected.unsqueeze(0)
             log_others = torch.logsumexp(candidate_logits.masked_fill(accidental, float("-inf")), dim=1)

@@ -146,6 +146,7 @@ def _train_epoch(
             terms = retrieval_loss(
                 hidden, history_emb, next_item_targets(batch), negatives, negative_emb, generator=generator,
                 temperature=config.temperature, in_batch_negatives=config.in_batch_negatives, ntr_weight=0.0,
+                scoring=config.model.encoder.scoring,
             )  # fmt: skip
             loss = loss + config.next_item_weight * terms.total
         optimizer.zero_grad()

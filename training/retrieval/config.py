@@ -13,7 +13,7 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.common.config import EncoderConfig, LossKind, TableConfig, nest_table_fields
+from training.common.config import EncoderConfig, LossKind, Scoring, TableConfig, nest_table_fields
 
 LossChoice = Literal["auto", "sampled", "sampled_logq", "full"]
 LrSchedule = Literal["constant", "cosine", "linear"]
@@ -36,6 +36,7 @@ class LossOptions(TypedDict):
     ntr_weight: float
     num_items: int
     chunk_items: int
+    scoring: Scoring
 
 
 class TrainConfig(BaseModel):
@@ -81,7 +82,9 @@ class TrainConfig(BaseModel):
     )
     num_negatives: int = Field(128, ge=1, description="Uniform random negatives per batch (shared by its positions).")
     in_batch_negatives: int = Field(128, ge=0, description="Negatives drawn from the batch's own target items.")
-    temperature: float = Field(0.05, gt=0, description="Softmax temperature over cosine similarities.")
+    temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature over cosine similarities (encoder.scoring cosine; dot has none)."
+    )
     ntr_weight: float = Field(
         0.1, ge=0, description="Weight of the not-to-recommend term for skipped/disliked next items; 0 disables."
     )
@@ -161,6 +164,7 @@ class TrainConfig(BaseModel):
             "ntr_weight": self.ntr_weight,
             "num_items": num_items,
             "chunk_items": self.loss_chunk_items,
+            "scoring": self.encoder.scoring,
         }
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:

@@ -4,7 +4,8 @@ Layout (also the ``model/`` artifact of every MLflow run and registered version)
 
     model.json               format, encoder config, num_items, feature table versions read
     weights.pt               state dict of training.retrieval.model.RetrievalModel (torch.save)
-    item_embeddings.parquet  item_index (int64, 1..num_items), embedding (float32[dim], L2-normalised)
+    item_embeddings.parquet  item_index (int64, 1..num_items), embedding (float32[dim]: the item's scored
+                             vector, L2-normalised under cosine scoring, the raw row under dot)
 
 Item indices are those of ``features/item_vocab`` at the recorded version (and every later
 one: the vocabulary is append-only), so ``item_index`` joins the vocabulary to get item ids.
@@ -21,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from infra.settings import Settings
 from training.common.config import EncoderConfig
 from training.common.model import PLAIN_WEIGHT
+from training.common.scoring import scored_vectors
 from training.retrieval.model import RetrievalModel
 
 FORMAT = 1
@@ -54,7 +55,7 @@ def save_model(directory: Path, info: ModelInfo, weights: dict[str, torch.Tensor
     }
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     torch.save(weights, directory / WEIGHTS_FILE)
-    table = F.normalize(weights[PLAIN_WEIGHT].float(), dim=-1)[1:].numpy()
+    table = scored_vectors(weights[PLAIN_WEIGHT].float(), info.encoder.scoring)[1:].numpy()
     dim = table.shape[1]
     embeddings = pa.FixedSizeListArray.from_arrays(pa.array(table.reshape(-1), pa.float32()), dim)
     pq.write_table(

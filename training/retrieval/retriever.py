@@ -4,10 +4,12 @@ Worker validation, test evaluation, `streamrec evaluate` and serving all score t
 ``Retriever``. It holds a plain encoder and the item rows, nothing distributed: build it from
 an exported model directory (``from_directory``, which never imports TorchRec) or, inside a
 training worker, from the live encoder and the gathered item table. A query is the encoder's
-L2-normalised hidden state after the last event of the history (for a masked-item model, such as
-BERT4Rec, its hidden state at a mask token appended to the history); an item's score is the cosine
-similarity of the query and its row. The catalogue is scored in chunks, so a top-k (or a
-rank) over a million items never holds a (batch x catalogue) matrix.
+hidden state after the last event of the history (for a masked-item model, such as BERT4Rec, its
+hidden state at a mask token appended to the history); an item's score is the model's scoring
+(``EncoderConfig.scoring``, ``training.common.scoring``) of the query and its row: the cosine
+similarity, or the dot product. Queries and ``item_vectors`` are held as scored vectors (unit rows
+for cosine), so every score is their inner product. The catalogue is scored in chunks, so a top-k
+(or a rank) over a million items never holds a (batch x catalogue) matrix.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from training.common.bert4rec import append_mask_token
 from training.common.encoders import SequenceEncoder, last_hidden
+from training.common.scoring import scored_vectors
 from training.retrieval.io import ModelInfo, load_model
 
 DEFAULT_CHUNK_ITEMS = 65_536
@@ -34,19 +36,21 @@ class Retriever:
         self.info = info
         self.device = item_rows.device
         self.item_rows = item_rows.detach()
-        self.item_vectors = F.normalize(self.item_rows.float(), dim=-1)
+        self.scoring = encoder.config.scoring
+        self.item_vectors = scored_vectors(self.item_rows.float(), self.scoring)
         self.num_items = item_rows.shape[0] - 1
         self.max_len = encoder.config.max_len
         self.masked_query = encoder.config.training_objective == "masked_item"
 
     @classmethod
-    def from_directory(cls, directory: Path | str) -> Retriever:
-        """The retriever of an exported model directory (``training.retrieval.io`` layout)."""
+    def from_directory(cls, directory: Path | str, device: str = "cpu") -> Retriever:
+        """The retriever of an exported model directory (``training.retrieval.io`` layout), on ``device``."""
         model, info = load_model(directory)
+        model.to(device)
         return cls(model.encoder, model.item_embedding.weight, info)
 
     def queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, D) L2-normalised queries of right-padded histories (``item_indices``,
+        """(B, D) queries (``as_queries``) of right-padded histories (``item_indices``,
         ``action_ids``, ``timestamps``, ``lengths``). Items the model does not know (newer
         than its vocabulary) read as padding. Histories longer than ``max_len`` must be cut first
         (a masked-item model's query then drops the oldest event to make room for its mask token)."""
@@ -62,7 +66,12 @@ class Retriever:
             items, actions, timestamps, lengths = (query[key] for key in cut)
         with torch.inference_mode():
             hidden = self.encoder(self.item_rows[items], actions, timestamps, lengths)
-            return F.normalize(last_hidden(hidden, lengths).float(), dim=-1)
+            return self.as_queries(last_hidden(hidden, lengths))
+
+    def as_queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 queries of the encoder's hidden states (B, D) under the model's scoring:
+        unit rows (cosine) or the states themselves (dot)."""
+        return scored_vectors(hidden.float(), self.scoring)
 
     def score_chunks(
         self, queries: torch.Tensor, chunk_items: int = DEFAULT_CHUNK_ITEMS
