@@ -22,6 +22,12 @@ Sharding = Literal["row_wise", "table_wise"]
 # How a query and an item row are scored (``training.common.scoring``): cosine similarity (unit rows,
 # divided by the loss's temperature) or the plain dot product of the raw rows.
 Scoring = Literal["cosine", "dot"]
+# Where the Ray Train workers train (``training.common.device`` resolves ``auto``).
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+# The encoder's forward in float32, or under bf16 autocast; auto = bf16 on cuda, fp32 on cpu.
+PrecisionChoice = Literal["auto", "fp32", "bf16"]
+# How HSTU computes attention: all (L x L) scores at once, or blocks of queries (``training.common.hstu``).
+HSTUAttention = Literal["reference", "chunked"]
 
 
 class EncoderConfig(BaseModel):
@@ -69,6 +75,15 @@ class EncoderConfig(BaseModel):
         True,
         description="HSTU: the reference's initialisation (U/V/Q/K and relative biases N(0, 0.02), output "
         "Xavier-uniform, positions N(0, 1/dim)) instead of PyTorch defaults and zero biases.",
+    )
+    hstu_attention: HSTUAttention = Field(
+        "reference",
+        description="HSTU: reference (the (B, H, L, L) scores of every block at once) or chunked (blocks of "
+        "hstu_attention_chunk queries over the keys they may see, each recomputed in backward: memory per block "
+        "(B, H, chunk, L) instead of (B, H, L, L), at about one more attention forward per step).",
+    )
+    hstu_attention_chunk: int = Field(
+        64, ge=1, description="HSTU, hstu_attention chunked: queries per block of the attention."
     )
     fuxi_absolute_positions: bool = Field(
         True,

@@ -19,6 +19,8 @@ from typing import Any
 from infra import ray_access
 from infra.settings import Settings
 from training.common import tracking
+from training.common.config import DeviceChoice
+from training.common.device import Device, process_group_backend, resolve_device
 from training.common.errors import TrainingError
 from training.common.worker_loop import MODEL_DIR, TRAIN_STATE_FILE, LoopConfig, LoopJob
 
@@ -59,8 +61,18 @@ def connect(settings: Settings) -> None:
         raise TrainingError(str(error)) from error
 
 
-def check_resources(settings: Settings, workers: int) -> None:
-    """Fail at once, with the remedy, when the cluster can never hold the worker group."""
+def run_device(settings: Settings, choice: DeviceChoice, workers: int) -> Device:
+    """The device ``workers`` Ray Train workers train on (``training.common.device.resolve_device``
+    against the connected cluster's GPUs)."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    return resolve_device(choice, use_gpu_setting=settings.train.use_gpu, gpus_offered=gpus, workers=workers)
+
+
+def check_resources(settings: Settings, workers: int, *, use_gpu: bool) -> None:
+    """Fail at once, with the remedy, when the cluster can never hold the worker group (one GPU
+    per worker with ``use_gpu``)."""
     import ray
 
     offered = ray.cluster_resources()
@@ -71,23 +83,26 @@ def check_resources(settings: Settings, workers: int) -> None:
             f"{settings.ray.address} offers {offered.get('CPU', 0.0):g}; use fewer --workers, lower "
             "STREAMREC_TRAIN_CPUS_PER_WORKER, or give Ray more CPUs (STREAMREC_RAY_NUM_CPUS)"
         )
-    if settings.train.use_gpu and offered.get("GPU", 0.0) < workers:
+    if use_gpu and offered.get("GPU", 0.0) < workers:
         raise TrainingError(
-            f"{workers} worker(s) need one GPU each but the Ray cluster offers {offered.get('GPU', 0.0):g}"
+            f"{workers} worker(s) on cuda need one GPU each but the Ray cluster at {settings.ray.address} offers "
+            f"{offered.get('GPU', 0.0):g}; use --device cpu, fewer --workers, or a cluster with GPUs"
         )
 
 
 def torch_trainer(
     worker: Callable[[dict[str, Any]], None], job: LoopJob, *, workers: int, storage: str, run_name: str
 ) -> Any:
-    """A TorchTrainer running ``worker({"job": job})`` on ``workers`` workers; it keeps the best
-    checkpoint by the config's selection metric and the latest."""
+    """A TorchTrainer running ``worker({"job": job})`` on ``workers`` workers, each with one GPU
+    and NCCL when ``job.use_gpu``, else gloo on CPUs; it keeps the best checkpoint by the
+    config's selection metric and the latest."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     settings = job.settings
+    device: Device = "cuda" if job.use_gpu else "cpu"
     resources: dict[str, float] = {"CPU": settings.train.cpus_per_worker}
-    if settings.train.use_gpu:
+    if job.use_gpu:
         resources["GPU"] = 1.0
     return TorchTrainer(
         # The job is bound to the entry point, not passed as train_loop_config: Ray Train hands
@@ -96,10 +111,8 @@ def torch_trainer(
         # instead of 11.6 (medians, 2 cores, benchmarks/results/train_fixed_cost.json). The entry
         # point goes through the object store to the workers only, which import those modules anyway.
         functools.partial(worker, {"job": job}),
-        torch_config=TorchConfig(backend="nccl" if settings.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=settings.train.use_gpu, resources_per_worker=resources
-        ),
+        torch_config=TorchConfig(backend=process_group_backend(device)),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=job.use_gpu, resources_per_worker=resources),
         # ray.train re-exports the Train v2 RunConfig/FailureConfig at runtime (Ray 2.60's default),
         # which take logging_config and controller_failure_limit; mypy resolves the names to the
         # v1 ray.air.config classes, which do not.

@@ -79,6 +79,8 @@ class LoopJob(Protocol):
     def run_id(self) -> str: ...
     @property
     def config(self) -> LoopConfig: ...
+    @property
+    def use_gpu(self) -> bool: ...  # the run's resolved device is cuda: one GPU per worker, NCCL
 
 
 def quiet_libraries() -> None:
@@ -144,8 +146,10 @@ def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
-def mean_over_workers(total: torch.Tensor) -> float:
-    """Mean loss of all workers from each worker's (loss sum, steps) tensor (a collective)."""
+def mean_over_workers(total: torch.Tensor, device: torch.device) -> float:
+    """Mean loss of all workers from each worker's (loss sum, steps) tensor (a collective, on
+    ``device``: NCCL reduces GPU tensors only)."""
+    total = total.to(device)
     dist.all_reduce(total)
     loss_sum, steps = total.tolist()
     return loss_sum / max(steps, 1.0)

@@ -63,7 +63,7 @@ def train_ranking(
     storage = settings.train.storage or str(settings.checkpoint_dir)
     workers = workers or settings.train.workers
     driver.connect(settings)
-    driver.check_resources(settings, workers)
+    driver.check_resources(settings, workers, use_gpu=settings.train.use_gpu)
     versions = latest_ranking_versions(settings)
     kind = config.model.kind
     run_name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

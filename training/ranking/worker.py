@@ -26,6 +26,7 @@ from torchrec.distributed import DistributedModelParallel
 from features.ranking_reader import RankingExamples, RankingVersions, load_ranking_examples
 from infra.settings import Settings
 from ingestion.schema import ACTION_IDS
+from training.common.device import Device, autocast, resolve_precision
 from training.common.loss import retrieval_loss
 from training.common.model import PLAIN_WEIGHT
 from training.common.sharded_table import lookup_input, plain_weights, sharded_weights
@@ -130,7 +131,7 @@ def _train_epoch(
     config = job.config
     dmp.train()
     total = torch.zeros(2, dtype=torch.float64)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=job.use_gpu)
+    kind: Device = "cuda" if job.use_gpu else "cpu"
     generator = epoch_generator(config.seed, epoch, dist.get_rank())
     next_item = config.uses_next_item_loss()
     num_items = dmp.module.num_items
@@ -139,7 +140,7 @@ def _train_epoch(
         negatives = None
         if next_item:
             negatives = torch.randint(1, num_items + 1, (config.num_negatives,), generator=generator).to(device)
-        with autocast:
+        with autocast(kind, resolve_precision("auto", kind)):
             logits, hidden, history_emb, negative_emb = _forward(dmp, batch, negatives)
         loss = ranking_loss(logits, batch["labels"], weights, batch["valid"])
         if negatives is not None:
@@ -153,7 +154,7 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-    return mean_over_workers(total)
+    return mean_over_workers(total, device)
 
 
 def next_item_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

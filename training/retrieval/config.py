@@ -13,7 +13,15 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.common.config import EncoderConfig, LossKind, Scoring, TableConfig, nest_table_fields
+from training.common.config import (
+    DeviceChoice,
+    EncoderConfig,
+    LossKind,
+    PrecisionChoice,
+    Scoring,
+    TableConfig,
+    nest_table_fields,
+)
 
 LossChoice = Literal["auto", "sampled", "sampled_logq", "full"]
 LrSchedule = Literal["constant", "cosine", "linear"]
@@ -113,6 +121,17 @@ class TrainConfig(BaseModel):
     )
     warmup_epochs: float = Field(
         0.0, ge=0, description="Linear learning-rate warm-up from 0 over this many epochs (fractions allowed)."
+    )
+    device: DeviceChoice = Field(
+        "auto",
+        description="Where the Ray Train workers train: cpu (gloo), cuda (one GPU per worker, NCCL, FBGEMM's fused "
+        "GPU kernels for the item table); auto = cuda when train.use_gpu is set or the Ray cluster offers one GPU "
+        "per worker, else cpu.",
+    )
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="The training forward pass in fp32 or under bf16 autocast (on CPU too; the loss and the "
+        "optimizers stay float32); auto = bf16 on cuda, fp32 on cpu.",
     )
     seed: int = Field(0, description="Seed of initialisation, shuffling and negative sampling.")
     fail_once_after_epoch: int = Field(

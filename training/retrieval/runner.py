@@ -26,6 +26,7 @@ from features.examples import SequenceExamples
 from features.reader import FeatureVersions, latest_versions, load_examples
 from infra.settings import Settings
 from training.common import driver, tracking
+from training.common.device import Device, local_device, resolve_precision
 from training.common.jobs import read_job, write_job
 from training.common.plots import plot_curves
 from training.common.progress import EpochFollower
@@ -66,7 +67,6 @@ def train(
     storage = settings.train.storage or str(settings.checkpoint_dir)
     workers = workers or settings.train.workers
     driver.connect(settings)
-    driver.check_resources(settings, workers)
     if resume:
         job_record = read_job(storage, resume)
         config = TrainConfig.model_validate(job_record["config"])
@@ -76,28 +76,33 @@ def train(
     else:
         versions = latest_versions(settings)
         run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    device = driver.run_device(settings, config.device, workers)
+    use_gpu = device == "cuda"
+    driver.check_resources(settings, workers, use_gpu=use_gpu)
     # Fetched before a new run is created, so a bad version fails without leaving a run behind.
     warm_state = warm_start_state(settings, warm_start, log) if warm_start else None
     if warm_start and not resume:  # a resumed run's recorded config already has it
-        config = config.warm_started(settings.train.use_gpu)
-        log(f"warm start: item table learning rate {config.table_optimizer(settings.train.use_gpu)[1]:g}")
+        config = config.warm_started(use_gpu)
+        log(f"warm start: item table learning rate {config.table_optimizer(use_gpu)[1]:g}")
     if not resume:
         run_id = tracking.start_run(
             settings,
             run_name,
-            params=_params(config, versions, workers, warm_start, settings.train.use_gpu),
+            params=_params(config, versions, workers, warm_start, device),
             tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
             feature_versions=versions.as_dict(),
         )
         write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": versions.as_dict(),
                                       "run_id": run_id, "warm_start": warm_start})  # fmt: skip
-    log(f"run {run_name}: {config.encoder.kind}, {workers} worker(s), features {versions.as_dict()}")
+    precision = resolve_precision(config.precision, device)
+    log(f"run {run_name}: {config.encoder.kind}, {workers} worker(s) on {device} ({precision}), "
+        f"features {versions.as_dict()}")  # fmt: skip
     job = TrainJob(
         settings=settings,
         config=config,
         versions=versions,
         run_id=run_id,
-        use_gpu=settings.train.use_gpu,
+        use_gpu=use_gpu,
         warm_start=ray.put(warm_state) if warm_state else None,
         fault_marker=str(settings.home / "train-faults" / run_name) if config.fail_once_after_epoch else None,
     )
@@ -113,11 +118,12 @@ def train(
 
 
 def _params(
-    config: TrainConfig, versions: FeatureVersions, workers: int, warm_start: str | None, use_gpu: bool
+    config: TrainConfig, versions: FeatureVersions, workers: int, warm_start: str | None, device: Device
 ) -> dict[str, str]:
     params = config.flat_params()
-    table_optimizer, table_lr = config.table_optimizer(use_gpu)  # what "auto" resolved to on this device
+    table_optimizer, table_lr = config.table_optimizer(device == "cuda")  # what "auto" resolved to on this device
     params.update(table_optimizer=table_optimizer, table_lr=str(table_lr))
+    params.update(resolved_device=device, resolved_precision=resolve_precision(config.precision, device))
     params.update({f"version.{table}": str(version) for table, version in versions.as_dict().items()})
     params.update(workers=str(workers), warm_start=warm_start or "")
     return params
@@ -142,7 +148,8 @@ def _evaluate_and_register(
     best = driver.best_epoch(result, config, output, f"run {run_name}", log)
     best_epoch, history = best.epoch, best.history
 
-    retriever = Retriever.from_directory(output / MODEL_DIR)
+    # The best model is evaluated on the driver's own GPU when it has one (a CPU head node has none).
+    retriever = Retriever.from_directory(output / MODEL_DIR, device=local_device(config.device))
     metrics = best.best_val()
     val = load_examples(settings, "validation", versions, max_len=config.encoder.max_len)
     if 0 < config.val_users < len(val):

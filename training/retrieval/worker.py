@@ -36,6 +36,7 @@ from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
 from training.common import tracking
 from training.common.bert4rec import mask_action_ids, mask_positions
+from training.common.device import Device, autocast, resolve_precision
 from training.common.loss import check_full_loss_fits, retrieval_loss
 from training.common.sharded_table import lookup_input, plain_weights, sharded_weights, table_width
 from training.common.sharding import catalog_embeddings, dense_optimizer, set_table_lr, shard_model
@@ -66,7 +67,7 @@ class TrainJob:
     config: TrainConfig
     versions: FeatureVersions
     run_id: str
-    use_gpu: bool = False
+    use_gpu: bool = False  # the run's device (``TrainConfig.device``, resolved on the driver) is cuda
     warm_start: Any = None  # ray.ObjectRef of (ModelInfo, weights) of a model to start from
     fault_marker: str | None = None  # fault injection: file created by the one injected exit
 
@@ -79,6 +80,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type != ("cuda" if job.use_gpu else "cpu"):
+        raise RuntimeError(f"the run trains on {'cuda' if job.use_gpu else 'cpu'} but Ray Train gave {device}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
     torch.manual_seed(config.seed)
 
     train = load_examples(job.settings, "train", job.versions, max_len=encoder.max_len)
@@ -148,7 +153,8 @@ def _train_epoch(
     )
     dmp.train()
     total = torch.zeros(2, dtype=torch.float64)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=job.use_gpu)
+    kind: Device = "cuda" if job.use_gpu else "cpu"
+    precision = resolve_precision(config.precision, kind)
     options = config.loss_options(num_items)
     catalogue = torch.arange(1, num_items + 1, device=device)  # the full loss's candidates: every item
     steps = -(-len(shard) // config.batch_size)
@@ -172,12 +178,12 @@ def _train_epoch(
             draw = mask_positions(batch["lengths"].cpu(), length, encoder.mask_prob, encoder.max_len, generator)
             masked = draw.to(device)
             action_ids = mask_action_ids(action_ids, masked)
-        with autocast:
+        with autocast(kind, precision):
             hidden, history_emb, candidate_emb = dmp(
                 lookups, action_ids, batch["timestamps"][:, :length], batch["lengths"]
             )
         terms = retrieval_loss(
-            hidden,
+            hidden.float(),  # the loss in float32 whatever the forward's precision
             history_emb,
             batch,
             candidates,
@@ -191,7 +197,7 @@ def _train_epoch(
         terms.total.backward()
         optimizer.step()
         total += torch.tensor([terms.total.item(), 1.0], dtype=torch.float64)
-    return mean_over_workers(total)
+    return mean_over_workers(total, device)
 
 
 def _evaluate(
