@@ -122,6 +122,13 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(
         0.0, ge=0, description="Linear learning-rate warm-up from 0 over this many epochs (fractions allowed)."
     )
+    data_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Train on this share of the train split's users (a fixed hash of the user id, so 0.25 is "
+        "inside 0.5; features.subsample); validation and test keep every user.",
+    )
     device: DeviceChoice = Field(
         "auto",
         description="Where the Ray Train workers train: cpu (gloo), cuda (one GPU per worker, NCCL, FBGEMM's fused "

@@ -100,6 +100,39 @@ def split_metrics(ranks: SplitRanks, ks: tuple[int, ...], split: str) -> dict[st
     return metrics
 
 
+def cross_entropy(
+    scorer: LinearScorer,
+    examples: SequenceExamples,
+    logit_scale: float,
+    *,
+    batch_size: int = 256,
+    chunk_items: int = DEFAULT_CHUNK_ITEMS,
+) -> float:
+    """Mean cross-entropy (nats) of each evaluable row's target under a softmax over the whole
+    catalogue of ``scores x logit_scale`` (the training loss's logits:
+    ``training.common.scoring.logit_scale``; nothing filtered), the loss a scaling law is fitted
+    to. Targets the scorer does not know are left out."""
+    total, rows = 0.0, 0
+    for batch in examples.batches(batch_size):
+        known = batch["targets"] <= scorer.num_items
+        keep = batch["valid"] & (batch["targets"] > 0) & (batch["lengths"] > 0) & known
+        if not keep.any():
+            continue
+        batch = {key: value[keep] for key, value in batch.items()}
+        queries = scorer.queries(batch)
+        targets = batch["targets"].to(queries.device)
+        logsumexp = torch.full((len(targets),), float("-inf"), dtype=torch.float64, device=queries.device)
+        target_logits = torch.zeros_like(logsumexp)
+        for start, scores in scorer.score_chunks(queries, chunk_items):
+            logits = scores.double() * logit_scale
+            logsumexp = torch.logaddexp(logsumexp, torch.logsumexp(logits, dim=1))
+            inside = (targets >= start) & (targets < start + scores.shape[1])
+            target_logits[inside] = logits[inside.nonzero().squeeze(1), targets[inside] - start]
+        total += float((logsumexp - target_logits).sum())
+        rows += len(targets)
+    return total / rows if rows else float("nan")
+
+
 def _in_history(items: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     real = torch.arange(items.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
     return ((items == targets.unsqueeze(1)) & real).any(1)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 from features.reader import latest_versions, load_examples
+from features.subsample import subsample_users
 from infra.settings import Settings
 from training.common import tracking
 from training.retrieval.config import TrainConfig
@@ -23,7 +24,9 @@ def train_popularity(settings: Settings, config: TrainConfig, log: Callable[[str
         tags={"model": "popularity"},
         feature_versions=versions.as_dict(),
     )
-    train_split = load_examples(settings, "train", versions, max_len=config.encoder.max_len)
+    train_split = subsample_users(
+        load_examples(settings, "train", versions, max_len=config.encoder.max_len), config.data_fraction
+    )
     metrics: dict[str, float] = {}
     for split, name in (("validation", "val"), ("test", "test")):
         examples = load_examples(settings, split, versions, max_len=config.encoder.max_len)

@@ -59,9 +59,16 @@ def train(
     workers: int | None = None,
     resume: str | None = None,
     warm_start: str | None = None,
+    versions: FeatureVersions | None = None,
+    tags: dict[str, str] | None = None,
+    register: bool = True,
     log: Log = print,
 ) -> TrainOutcome:
-    """Train ``config`` on Ray (or resume the run named ``resume``) and register the model."""
+    """Train ``config`` on Ray (or resume the run named ``resume``) and register the model.
+
+    A new run reads the feature tables at ``versions`` (default the latest) and gets ``tags``
+    besides its own (a sweep's trial names its parent run so); ``register=False`` leaves the
+    registry alone (the outcome's model_version is then "")."""
     import ray
 
     storage = settings.train.storage or str(settings.checkpoint_dir)
@@ -74,7 +81,7 @@ def train(
         run_name, run_id, warm_start = resume, job_record["run_id"], job_record["warm_start"]
         log(f"resuming run {run_name} (MLflow run {run_id})")
     else:
-        versions = latest_versions(settings)
+        versions = versions or latest_versions(settings)
         run_name = f"{config.encoder.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     device = driver.run_device(settings, config.device, workers)
     use_gpu = device == "cuda"
@@ -89,7 +96,7 @@ def train(
             settings,
             run_name,
             params=_params(config, versions, workers, warm_start, device),
-            tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage},
+            tags={"model": config.encoder.kind, "ray_run": run_name, "ray_storage": storage, **(tags or {})},
             feature_versions=versions.as_dict(),
         )
         write_job(storage, run_name, {"config": config.model_dump(mode="json"), "versions": versions.as_dict(),
@@ -112,8 +119,9 @@ def train(
         hint=f"\ncontinue it with `streamrec train --resume {run_name}`",
     )  # fmt: skip
     with driver.finishing(settings, run_id, "streamrec-run-") as scratch:
-        outcome = _evaluate_and_register(settings, config, versions, run_name, run_id, result, scratch, log)
-    log(f"registered {settings.mlflow.registered_model} version {outcome.model_version}")
+        outcome = _evaluate_and_register(settings, config, versions, run_name, run_id, result, scratch, log, register)
+    if register:
+        log(f"registered {settings.mlflow.registered_model} version {outcome.model_version}")
     return outcome
 
 
@@ -144,6 +152,7 @@ def _evaluate_and_register(
     result: Any,
     output: Path,
     log: Log,
+    register: bool,
 ) -> TrainOutcome:
     best = driver.best_epoch(result, config, output, f"run {run_name}", log)
     best_epoch, history = best.epoch, best.history
@@ -165,6 +174,8 @@ def _evaluate_and_register(
     summary = {"best_epoch": best_epoch, "metrics": metrics, "history": history}
     (output / "metrics.json").write_text(json.dumps(summary, indent=2))
     tracking.log_artifacts(settings, run_id, output)
+    if not register:
+        return TrainOutcome(run_name, run_id, "", best_epoch, metrics, history)
     version = tracking.register(
         settings,
         run_id,

@@ -33,6 +33,7 @@ from torchrec.distributed import DistributedModelParallel
 
 from features.examples import SequenceExamples
 from features.reader import FeatureVersions, load_examples
+from features.subsample import subsample_users
 from infra.settings import Settings
 from training.common import tracking
 from training.common.bert4rec import mask_action_ids, mask_positions
@@ -86,7 +87,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)  # NCCL's object collectives use the current device
     torch.manual_seed(config.seed)
 
-    train = load_examples(job.settings, "train", job.versions, max_len=encoder.max_len)
+    train = subsample_users(
+        load_examples(job.settings, "train", job.versions, max_len=encoder.max_len), config.data_fraction
+    )
     val = load_examples(job.settings, "validation", job.versions, max_len=encoder.max_len)
     num_items = train.num_items
     loss = config.resolved_loss(num_items)
