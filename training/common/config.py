@@ -78,9 +78,8 @@ class EncoderConfig(BaseModel):
     )
     hstu_attention: HSTUAttention = Field(
         "reference",
-        description="HSTU: reference (the (B, H, L, L) scores of every block at once) or chunked (blocks of "
-        "hstu_attention_chunk queries over the keys they may see, each recomputed in backward: memory per block "
-        "(B, H, chunk, L) instead of (B, H, L, L), at about one more attention forward per step).",
+        description="HSTU: reference (all (B, H, L, L) scores at once) or chunked (blocks of hstu_attention_chunk "
+        "queries, each recomputed in backward: (B, H, chunk, L) scores held, one more attention forward).",
     )
     hstu_attention_chunk: int = Field(
         64, ge=1, description="HSTU, hstu_attention chunked: queries per block of the attention."
