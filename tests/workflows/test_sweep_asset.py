@@ -37,4 +37,5 @@ def test_a_bad_spec_fails_the_run_saying_why(config: dict, says: str) -> None:
     )
     assert not result.success
     failure = next(event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE)
-    assert says in str(failure.step_failure_data.user_failure_data.description)
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure is not None and says in str(user_failure.description)
