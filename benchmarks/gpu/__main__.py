@@ -1,0 +1,3 @@
+from benchmarks.gpu.bench import main
+
+main()
