@@ -7,7 +7,7 @@ full-length histories over ``--items`` items (the sampled logQ loss, 128 negativ
 * ``encoder``: the plain model's optimizer step (``benchmarks.train.plain_loop.plain_step``:
   item rows in an ``nn.Embedding``, one Adam), on cpu in float32 with the reference attention
   (the CPU path as it trains today) and on cuda in fp32, bf16, and bf16 with HSTU's chunked
-  attention; the GPU's peak memory of each.
+  attention; the GPU's peak memory of each, and on any device the memory a step saves for backward.
 * ``train``: a Ray Train worker's epoch (``training.retrieval.worker._train_epoch``) on a
   process group of one, without Ray: the item table sharded by DMP and trained by FBGEMM's
   kernels, as the run's device resolves them (cpu: gloo, row-wise Adagrad, fp32; cuda: NCCL,
@@ -15,7 +15,8 @@ full-length histories over ``--items`` items (the sampled logQ loss, 128 negativ
 
 Each measurement runs ``--warmup`` steps, then at most ``--steps`` steps or ``--seconds``
 seconds; a GPU out of memory is recorded, not fatal. ``--dry-run`` runs everything on CPU with
-tiny points (the cuda paths become cpu ones), to check the benchmark where there is no GPU.
+tiny points (the cuda paths become cpu ones), to check the benchmark where there is no GPU; with
+``--points`` it measures the CPU's own bf16 and chunked attention.
 
     python -m benchmarks.gpu [--dry-run] [--points hstu:256:4:200,...] [--out PATH]
 
@@ -100,14 +101,16 @@ def synthetic_examples(rows: int, max_len: int, num_items: int, seed: int) -> Se
 
 
 def paths(dry_run: bool, gpu: bool, kind: str) -> list[TrainPath]:
-    """The paths a point is measured on: the CPU path, then the GPU's (on cpu in a dry run)."""
-    other: Device = "cuda" if gpu and not dry_run else "cpu"
+    """The paths a point is measured on: the CPU path (fp32, reference attention), then the GPU's
+    in fp32, bf16 and (HSTU) bf16 with chunked attention; a dry run stays on CPU, with bf16 and
+    (HSTU) fp32 with chunked attention, so each change is measured apart from the other."""
     measured = [TrainPath("cpu", "fp32")]
-    if gpu or dry_run:
-        precisions: tuple[Precision, ...] = ("fp32", "bf16") if other == "cuda" else ("bf16",)
-        measured += [TrainPath(other, precision) for precision in precisions]
-        if kind == "hstu":
-            measured.append(TrainPath(other, "bf16", "chunked"))
+    if gpu and not dry_run:
+        measured += [TrainPath("cuda", "fp32"), TrainPath("cuda", "bf16")]
+        measured += [TrainPath("cuda", "bf16", "chunked")] if kind == "hstu" else []
+    elif dry_run:
+        measured += [TrainPath("cpu", "bf16")]
+        measured += [TrainPath("cpu", "fp32", "chunked")] if kind == "hstu" else []
     return measured
 
 
@@ -147,8 +150,24 @@ def measured(device: Device) -> Iterator[dict[str, Any]]:
         torch.cuda.empty_cache()
 
 
+def saved_for_backward_mib(step: Callable[[], object]) -> float:
+    """MiB of the tensors one call of ``step`` keeps for its backward pass (each storage once):
+    the activation memory a step holds at its peak, on any device. A block that activation
+    checkpointing recomputes in backward counts as its inputs only."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return round(sum(storages.values()) / 2**20, 3)
+
+
 def encoder_level(config: TrainConfig, path: TrainPath, args: argparse.Namespace) -> dict[str, Any]:
-    """Sequences/s of the plain model's training step on ``path``."""
+    """Sequences/s of the plain model's training step on ``path``, and the memory it saves for backward."""
     encoder = config.encoder.model_copy(update={"hstu_attention": path.attention})
     torch.manual_seed(config.seed)
     model = RetrievalModel(encoder, args.items).to(path.device).train()
@@ -160,6 +179,7 @@ def encoder_level(config: TrainConfig, path: TrainPath, args: argparse.Namespace
         step = lambda: plain_step(  # noqa: E731
             model, optimizer, batch, config, generator, device=path.device, precision=path.precision
         )
+        record["saved_for_backward_mib"] = saved_for_backward_mib(step)
         record.update(timed_steps(step, path.device, args.warmup, args.steps, args.seconds))
         record["sequences_per_s"] = round(config.batch_size * record["steps"] / record["seconds"], 1)
     return record
@@ -271,12 +291,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarise(result: dict[str, Any]) -> None:
     """A table of sequences/s and peak GPU memory per level, point and path."""
-    print(f"{'level':8} {'point':20} {'path':18} {'seq/s':>10} {'peak MiB':>9}")
+    print(f"{'level':8} {'point':20} {'path':18} {'seq/s':>10} {'peak MiB':>9} {'saved MiB':>9}")
     for row in result["rows"]:
         rate = row.get("sequences_per_s", row.get("error", "-"))
-        print(
-            f"{row['level']:8} {row['point']:20} {row['path']:18} {rate!s:>10} {row.get('peak_memory_mib', '-')!s:>9}"
-        )
+        peak, saved = row.get("peak_memory_mib", "-"), row.get("saved_for_backward_mib", "-")
+        print(f"{row['level']:8} {row['point']:20} {row['path']:18} {rate!s:>10} {peak!s:>9} {saved!s:>9}")
     for key, speedups in result.get("speedup_over_cpu", {}).items():
         print(f"speed-up over cpu_fp32, {key}: {speedups}")
 

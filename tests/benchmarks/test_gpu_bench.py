@@ -52,7 +52,7 @@ def test_a_gpu_run_measures_the_cpu_path_and_each_gpu_path() -> None:
     assert [path.name for path in paths(dry_run=True, gpu=False, kind="hstu")] == [
         "cpu_fp32",
         "cpu_bf16",
-        "cpu_bf16_chunked",
+        "cpu_fp32_chunked",
     ]
 
 
@@ -70,10 +70,12 @@ def test_without_a_gpu_only_the_dry_run_runs(tmp_path: Path) -> None:
     assert measured == [
         ("encoder", "cpu_fp32"),
         ("encoder", "cpu_bf16"),
-        ("encoder", "cpu_bf16_chunked"),
+        ("encoder", "cpu_fp32_chunked"),
         ("train", "cpu_fp32"),
         ("train", "cpu_bf16"),
     ]
     assert all(row["sequences_per_s"] > 0 for row in result["rows"])
+    saved = {row["path"]: row["saved_for_backward_mib"] for row in result["rows"] if row["level"] == "encoder"}
+    assert 0 < saved["cpu_fp32_chunked"] < saved["cpu_fp32"]  # no (L x L) scores kept for backward
     assert {row["table_optimizer"] for row in result["rows"] if row["level"] == "train"} == {"rowwise_adagrad"}
     assert set(result["speedup_over_cpu"]) == {"encoder hstu:8:1:6", "train hstu:8:1:6"}
