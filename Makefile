@@ -34,13 +34,14 @@ define run_pytest
 endef
 
 # The whole suite. Tiers (markers set by tests/conftest.py): integration tests start a real
-# service, e2e tests run several as a loop; the rest are unit tests.
+# service, e2e tests run several as a loop; the rest are unit tests. Two pytest-xdist workers,
+# each with its own session cluster: the service tests in two lanes (xdist groups, one per
+# worker, in order), the unit tests on whichever worker is free (tests/conftest.py, "Lanes").
 test: lint
-	$(call run_pytest,)
+	$(call run_pytest,-n 2 --dist loadgroup)
 
 # The unit tests only: a signal in a few minutes, on one pytest worker per core (pytest-xdist;
-# unit tests share no service, port or file). `make test` stays one process: its services
-# share the machine's cores.
+# unit tests share no service, port or file).
 test-fast: lint
 	$(call run_pytest,-m "not integration and not e2e" -n auto)
 

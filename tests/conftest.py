@@ -50,6 +50,13 @@ SERVICE_FIXTURES: dict[str, str] = {
     "cluster_env": "e2e",  # tests/infra/test_cluster_profile.py: the multi-node cluster profile
 }
 TIERS = ("integration", "e2e")
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup`). The service tests go in
+# two lanes, each an xdist group run in order on one worker with that worker's own session
+# cluster (every worker has its own home and ports: pytest_configure); the unit tests fill
+# whichever worker is free. A lane is the top-level test folder's: the pipeline lane holds every
+# user of the session's trained pipeline (built once, in that worker), the platform lane the
+# rest. The two lanes took about 1,150 and 1,230 s one after the other (--durations, loaded).
+PIPELINE_LANE = ("training", "serving", "workflows")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,6 +97,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tier in TIERS:
             if tier in tiers and item.get_closest_marker(tier) is None:
                 item.add_marker(tier)
+        if _tier_of(item):
+            item.add_marker(pytest.mark.xdist_group(lane_of(item.path, config.rootpath)))
+
+
+def lane_of(path: Path, root: Path) -> str:
+    """The xdist group of a service test: ``pipeline`` or ``platform`` by its top-level folder."""
+    folder = path.relative_to(root / "tests").parts[0]
+    return "pipeline" if folder in PIPELINE_LANE else "platform"
 
 
 def _collected_everything(config: pytest.Config) -> bool:
