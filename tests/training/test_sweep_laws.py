@@ -76,3 +76,10 @@ def test_doubling_reads_off_what_a_bigger_model_or_more_data_buys() -> None:
     assert before == pytest.approx(1.5 + 0.8 + 0.6 * 2**-0.4, rel=1e-4)
     assert after - before == pytest.approx(0.8 * (2**-0.3 - 1), rel=1e-3)  # A N^-alpha shrinks by 2^-alpha
     assert effects["tokens_m"][1] < before
+
+
+def test_the_protocol_chooses_whose_validation_metrics_the_laws_read() -> None:
+    rows = [{"best_val_ndcg_10": 0.0, "best_val_all_ndcg_10": 0.7, "best_val_hr_10": 0.0, "best_val_all_hr_10": 0.9}]
+    assert law_columns(rows)["val_ndcg_10"].tolist() == [0.0]  # seen_filtered, the default
+    columns = law_columns(rows, "all_items")
+    assert columns["val_ndcg_10"].tolist() == [0.7] and columns["val_hr_10"].tolist() == [0.9]

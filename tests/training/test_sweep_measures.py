@@ -121,6 +121,12 @@ def test_trials_the_cluster_cannot_hold_are_refused_by_name_before_any_starts() 
         SweepError, match=r"trial hstu d8 b1 L20 f1: 2 worker\(s\) x 1 CPU need 2 CPUs, the cluster offers 1"
     ):
         fit_to_cluster(small, 1.0, {"CPU": 1.0, "memory": 64 * GIB})
+    on_gpus = [PlannedTrial(p.trial, p.data, p.size, p.memory_bytes, gpus=2) for p in small]
+    assert fit_to_cluster(on_gpus, 1.0, {"CPU": 16.0, "GPU": 4.0, "memory": 64 * GIB}) == 2  # GPU-bound
+    with pytest.raises(
+        SweepError, match=r"trial hstu d8 b1 L20 f1: 2 worker\(s\) on cuda need 2 GPUs, the cluster offers 1"
+    ):
+        fit_to_cluster(on_gpus, 1.0, {"CPU": 16.0, "GPU": 1.0, "memory": 64 * GIB})
     empty = [PlannedTrial(small[0].trial, DataStats(0, 0, 0.0, 0.0), small[0].size, small[0].memory_bytes)]
     with pytest.raises(SweepError, match="no training users at data fraction 1"):
         fit_to_cluster(empty, 1.0, {"CPU": 4.0, "memory": 64 * GIB})

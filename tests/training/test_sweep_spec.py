@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clidata import WIDE, training_app
+from typer.testing import CliRunner
 
 from training.sweep.cli import spec_from
 from training.sweep.spec import ENCODERS, SweepError, parse_spec
@@ -77,15 +79,14 @@ def test_bad_specs_are_refused_with_a_clear_error(spec: dict, says: str) -> None
 
 
 def test_a_trial_train_config_rejects_is_named() -> None:
-    spec = parse_spec({"dims": [8, 9], "blocks": [1], "data_fractions": [1.0], "train": {"encoder": {"num_heads": 2}}})
     with pytest.raises(SweepError, match=r"trial hstu d9 b1 L50 f1: invalid training config: .*not divisible"):
-        spec.trials_to_run()
+        parse_spec({"dims": [8, 9], "blocks": [1], "data_fractions": [1.0], "train": {"encoder": {"num_heads": 2}}})
 
 
 def test_a_point_listed_twice_is_refused() -> None:
     point = {"encoder": "hstu", "dim": 8, "blocks": 1, "max_len": 20}
     with pytest.raises(SweepError, match="trial hstu d8 b1 L20 f1 is listed twice"):
-        parse_spec({"trials": [point, point]}).trials_to_run()
+        parse_spec({"trials": [point, point]})
 
 
 def test_command_line_options_override_the_spec_file(tmp_path: Path) -> None:
@@ -100,3 +101,22 @@ def test_command_line_options_override_the_spec_file(tmp_path: Path) -> None:
     path.write_text("- just\n- a list\n")
     with pytest.raises(SweepError, match="must be a mapping"):
         spec_from(path, {}, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sweep", "--dims", "8,0"], "dims.1: Input should be greater than or equal to 2"),
+        (["sweep", "--fractions", "0.5,2"], "data fraction 2 is outside (0, 1]"),
+        (["sweep", "--encoders", "hstu,gru4rec"], "unknown encoder 'gru4rec'"),
+        (["sweep", "--dims", ""], "the grid is empty: dims has no values"),
+        (["sweep", "--resume", "abc", "--report", "def"], "give --resume or --report, not both"),
+        (["sweep", "--report", "abc", "--dims", "8"], "give no spec or grid options"),
+        (["sweep", "--resume", "abc", "--protocol", "all_items"], "`--report RUN --protocol P` refits it"),
+        (["sweep", "--protocol", "everything"], "protocol: Input should be 'seen_filtered' or 'all_items'"),
+    ],
+)
+def test_the_command_refuses_bad_input_before_connecting_anywhere(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(training_app(), args, env=WIDE)
+    assert result.exit_code in (1, 2), result.output
+    assert says in " ".join(result.output.split()), result.output

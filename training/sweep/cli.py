@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 from infra.cli import load_settings
 from infra.console import make_console
-from training.sweep.spec import ENCODERS, SweepError, SweepSpec, parse_spec
+from training.sweep.spec import ENCODERS, EvalProtocol, SweepError, SweepSpec, parse_spec
 
 console = make_console()
 
@@ -42,6 +42,13 @@ def sweep(
         int | None, typer.Option(help="Most trials at once (default: as many as the cluster holds).")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Name of the MLflow parent run.")] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose validation HR/NDCG the laws fit: seen_filtered (default) or all_items (for data whose "
+            "users mostly return to items they had); with --report, fits that sweep again under it."
+        ),
+    ] = None,
     plots: Annotated[Path | None, typer.Option(help="Also write the PNGs to this directory.")] = None,
     resume: Annotated[
         str | None, typer.Option(help="Continue the sweep with this MLflow parent run id; finished trials are kept.")
@@ -66,12 +73,16 @@ def sweep(
         _fail("give --resume or --report, not both")
     if (resume or report) and spec_given:
         _fail("--resume and --report read the sweep's own spec from its parent run: give no spec or grid options")
+    if resume and protocol is not None:
+        _fail("--resume runs the sweep's own spec (its protocol included); `--report RUN --protocol P` refits it")
     settings = load_settings()
     try:
         if report:
-            outcome = report_sweep(settings, report, plots)
+            if protocol not in (None, *get_args(EvalProtocol)):
+                _fail(f"--protocol must be seen_filtered or all_items, not {protocol!r}")
+            outcome = report_sweep(settings, report, plots, protocol)
         else:
-            spec = None if resume else spec_from(spec_file, axes, epochs, workers, max_concurrent, name)
+            spec = None if resume else spec_from(spec_file, axes, epochs, workers, max_concurrent, name, protocol)
             prepared = prepare_sweep(settings, spec, resume=resume)
             console.print(show.plan_table(prepared.plan, prepared.done))
             if dry_run:
@@ -84,7 +95,7 @@ def sweep(
     if as_json:
         from training.sweep.runner import fits_document
 
-        print(json.dumps({"parent_run_id": outcome.parent_run_id, "trials": outcome.rows,
+        print(json.dumps({"parent_run_id": outcome.parent_run_id, "protocol": outcome.protocol, "trials": outcome.rows,
                           "fits": fits_document(outcome.fits), "plots": [str(p) for p in outcome.plots],
                           "failed": outcome.failed}))  # fmt: skip
         return
@@ -101,8 +112,8 @@ def _print_outcome(settings: Any, outcome: Any) -> None:
     from training.sweep.runner import group_by_encoder
 
     console.print(show.trial_table(outcome.rows))
-    console.print(show.fit_table(outcome.fits))
-    for line in show.doubling_lines(group_by_encoder(outcome.rows), outcome.fits):
+    console.print(show.fit_table(outcome.fits, outcome.protocol))
+    for line in show.doubling_lines(group_by_encoder(outcome.rows), outcome.fits, outcome.protocol):
         console.print(line)
     for path in outcome.plots:
         console.print(f"plot: {path}")
@@ -121,6 +132,7 @@ def spec_from(
     workers: int | None,
     max_concurrent: int | None,
     name: str | None,
+    protocol: str | None = None,
 ) -> SweepSpec:
     """The SweepSpec of ``spec_file`` (YAML or JSON) with the command line's options on top; a
     SweepError for a bad file or value."""
@@ -143,7 +155,12 @@ def spec_from(
                 raise SweepError(f"--{option.replace('_', '-')} {text!r}: {error}") from error
     if epochs is not None:
         data["train"] = {**data.get("train", {}), "epochs": epochs}
-    for key, value in (("workers", workers), ("max_concurrent", max_concurrent), ("name", name)):
+    for key, value in (
+        ("workers", workers),
+        ("max_concurrent", max_concurrent),
+        ("name", name),
+        ("protocol", protocol),
+    ):
         if value is not None:
             data[key] = value
     return parse_spec(data)

@@ -5,7 +5,7 @@ starting points, the best kept):
 
 * ``loss``: validation cross-entropy over the full catalogue L(N, D) = E + A N^-alpha + B D^-beta,
   N the non-embedding parameters and D the training tokens (Hoffmann et al. 2022's form);
-* ``compute``: NDCG@10 = a C^b against training FLOPs C, fitted in log space on the
+* ``compute``: validation NDCG@10 = a C^b against training FLOPs C, fitted in log space on the
   compute-efficient frontier (the trials no cheaper trial beats) when it has enough trials;
 * ``performance_hr_10`` / ``performance_ndcg_10``: the Performance Law of Shen et al. (2024,
   "Predictive Models in Sequential Recommendations: Bridging Performance Laws with Data Quality
@@ -13,6 +13,9 @@ starting points, the best kept):
   data term that weighs tokens by their approximate entropy, D' = tokens x ApEn. Written here
   as a saturating power law in both, P = P_max - A N^-alpha - B D'^-beta; the history length
   enters through D' (histories are cut to max_len, so a longer max_len reads more tokens).
+
+The validation metrics are those of the sweep's protocol (``SweepSpec.protocol``): seen items
+filtered (``best_val_*``), or all items (``best_val_all_*``).
 
 Units keep the constants readable: N and D in millions, C in PFLOPs (1e15). The 95% interval of
 each constant is value +- t(0.975, dof) x its standard error from the fit's covariance. The
@@ -140,7 +143,7 @@ COMPUTE_LAW = Law(
     name="compute",
     formula="NDCG@10 = a*C^b (C: training PFLOPs; fitted on the compute-efficient frontier)",
     inputs=("compute_pflops",),
-    target="best_val_ndcg_10",
+    target="val_ndcg_10",
     parameters=("a", "b"),
     function=_power,
     starts=_power_starts,
@@ -153,12 +156,12 @@ COMPUTE_LAW = Law(
 
 
 def performance_law(metric: str) -> Law:
-    """The Performance Law of ``metric`` (hr_10 or ndcg_10, validation, seen items filtered)."""
+    """The Performance Law of validation ``metric`` (hr_10 or ndcg_10)."""
     return Law(
         name=f"performance_{metric}",
         formula=f"{metric} = P_max - A*N^-alpha - B*D'^-beta (N: non-embedding params, M; D' = tokens x ApEn, M)",
         inputs=("n_params_m", "quality_tokens_m"),
-        target=f"best_val_{metric}",
+        target=f"val_{metric}",
         parameters=("P_max", "A", "alpha", "B", "beta"),
         function=_performance,
         starts=_performance_starts,
@@ -171,8 +174,13 @@ def performance_law(metric: str) -> Law:
 LAWS = (LOSS_LAW, COMPUTE_LAW, performance_law("hr_10"), performance_law("ndcg_10"))
 
 
-def law_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The columns the laws read, from trial rows (a trial's MLflow metrics)."""
+PROTOCOL_PREFIXES = {"seen_filtered": "best_val_", "all_items": "best_val_all_"}
+
+
+def law_columns(rows: Sequence[Mapping[str, Any]], protocol: str = "seen_filtered") -> dict[str, np.ndarray]:
+    """The columns the laws read, from trial rows (a trial's MLflow metrics); ``val_ndcg_10``
+    and ``val_hr_10`` are the best epoch's under ``protocol`` (seen_filtered or all_items)."""
+    prefix = PROTOCOL_PREFIXES[protocol]
 
     def column(key: str, scale: float = 1.0) -> np.ndarray:
         return np.array([float(row.get(key, math.nan)) * scale for row in rows])
@@ -183,8 +191,8 @@ def law_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         "quality_tokens_m": column("train_tokens", 1e-6) * column("data_apen"),
         "compute_pflops": column("train_flops", 1e-15),
         "val_cross_entropy": column("val_cross_entropy"),
-        "best_val_ndcg_10": column("best_val_ndcg_10"),
-        "best_val_hr_10": column("best_val_hr_10"),
+        "val_ndcg_10": column(f"{prefix}ndcg_10"),
+        "val_hr_10": column(f"{prefix}hr_10"),
     }
 
 
@@ -288,9 +296,9 @@ def _held_out(law: Law, x: np.ndarray, y: np.ndarray) -> HeldOut | None:
     return HeldOut(int(largest.sum()), int(rest.sum()), float(errors.mean()), float(errors.max()))
 
 
-def fit_all(rows: Sequence[Mapping[str, Any]]) -> list[Fit]:
-    """Every law fitted to ``rows`` (trials of one encoder)."""
-    columns = law_columns(rows)
+def fit_all(rows: Sequence[Mapping[str, Any]], protocol: str = "seen_filtered") -> list[Fit]:
+    """Every law fitted to ``rows`` (trials of one encoder), metrics under ``protocol``."""
+    columns = law_columns(rows, protocol)
     return [fit_law(law, columns) for law in LAWS]
 
 

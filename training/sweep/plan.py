@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from features.reader import FeatureVersions, load_examples
 from infra.settings import Settings
+from training.common.device import resolve_device
 from training.sweep.data import DataStats, data_stats
 from training.sweep.sizing import GIB, ModelSize, model_size, worker_memory_bytes
 from training.sweep.spec import SweepError, SweepSpec, Trial
@@ -14,12 +15,14 @@ from training.sweep.spec import SweepError, SweepSpec, Trial
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    """A trial, the data it trains on, its model's sizes and its memory estimate (all workers)."""
+    """A trial, the data it trains on, its model's sizes, its memory estimate (all workers) and
+    the GPUs it takes (one per worker on cuda, else 0)."""
 
     trial: Trial
     data: DataStats
     size: ModelSize
     memory_bytes: int
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ def plan_sweep(
             stats[point] = data_stats(splits[point[0]], point[1])
         size = model_size(trial.config.encoder, num_items)
         memory = trial.workers * worker_memory_bytes(trial.config, size, num_items, trial.workers)
-        planned.append(PlannedTrial(trial, stats[point], size, memory))
+        device = resolve_device(trial.config.device, use_gpu_setting=settings.train.use_gpu,
+                                gpus_offered=resources.get("GPU", 0.0), workers=trial.workers)  # fmt: skip
+        planned.append(PlannedTrial(trial, stats[point], size, memory, trial.workers if device == "cuda" else 0))
     concurrency = fit_to_cluster(planned, settings.train.cpus_per_worker, resources)
     if spec.max_concurrent:
         concurrency = min(concurrency, spec.max_concurrent)
@@ -65,9 +70,9 @@ def plan_sweep(
 
 def fit_to_cluster(trials: list[PlannedTrial], cpus_per_worker: float, resources: dict[str, float]) -> int:
     """How many of ``trials`` the cluster runs at once (at least 1); a SweepError naming every
-    trial whose workers need more CPUs or memory than the whole cluster offers, or that has no
-    training data at its fraction."""
-    cpus, memory = resources.get("CPU", 0.0), resources.get("memory", 0.0)
+    trial whose workers need more CPUs, GPUs or memory than the whole cluster offers, or that has
+    no training data at its fraction."""
+    cpus, gpus, memory = resources.get("CPU", 0.0), resources.get("GPU", 0.0), resources.get("memory", 0.0)
     problems = []
     for planned in trials:
         trial, needs_cpus = planned.trial, planned.trial.workers * cpus_per_worker
@@ -75,6 +80,11 @@ def fit_to_cluster(trials: list[PlannedTrial], cpus_per_worker: float, resources
             problems.append(
                 f"trial {trial.label}: {trial.workers} worker(s) x {cpus_per_worker:g} CPU need {needs_cpus:g} CPUs, "
                 f"the cluster offers {cpus:g} (fewer workers, or lower STREAMREC_TRAIN_CPUS_PER_WORKER)"
+            )
+        if planned.gpus > gpus:
+            problems.append(
+                f"trial {trial.label}: {trial.workers} worker(s) on cuda need {planned.gpus} GPUs, the cluster offers "
+                f"{gpus:g} (device cpu, or fewer workers)"
             )
         if planned.memory_bytes > memory:
             size, config = planned.size, trial.config
@@ -89,4 +99,5 @@ def fit_to_cluster(trials: list[PlannedTrial], cpus_per_worker: float, resources
         raise SweepError("trials that cannot run on this Ray cluster:\n  " + "\n  ".join(problems))
     by_cpu = min(int(cpus // (planned.trial.workers * cpus_per_worker)) for planned in trials)
     by_memory = int(memory // max(planned.memory_bytes for planned in trials))
-    return max(1, min(by_cpu, by_memory))
+    by_gpu = min((int(gpus // planned.gpus) for planned in trials if planned.gpus), default=by_cpu)
+    return max(1, min(by_cpu, by_memory, by_gpu))

@@ -15,9 +15,12 @@ PLOTS = ("scaling_loss.png", "scaling_compute.png", "scaling_performance.png")
 
 
 def plot_sweep(
-    rows_by_encoder: Mapping[str, Sequence[Mapping[str, Any]]], fits: Mapping[str, list[Fit]], directory: Path
+    rows_by_encoder: Mapping[str, Sequence[Mapping[str, Any]]],
+    fits: Mapping[str, list[Fit]],
+    directory: Path,
+    protocol: str = "seen_filtered",
 ) -> list[Path]:
-    """Write PLOTS to ``directory`` (created if missing); returns their paths."""
+    """Write PLOTS to ``directory`` (created if missing), metrics under ``protocol``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +32,8 @@ def plot_sweep(
     for name, draw in zip(PLOTS, (_loss_panel, _compute_panel, _performance_panel), strict=True):
         figure, axes = plt.subplots(1, len(encoders), figsize=(5.5 * len(encoders), 4.2), squeeze=False)
         for axis, encoder in zip(axes[0], encoders, strict=True):
-            draw(axis, encoder, law_columns(rows_by_encoder[encoder]), {fit.law: fit for fit in fits[encoder]})
+            columns = law_columns(rows_by_encoder[encoder], protocol)
+            draw(axis, f"{encoder} ({protocol})", columns, {fit.law: fit for fit in fits[encoder]})
         figure.tight_layout()
         path = directory / name
         figure.savefig(path, dpi=100)
@@ -61,8 +65,9 @@ def _loss_panel(axis: object, encoder: str, columns: dict[str, np.ndarray], fits
 
 def _compute_panel(axis: object, encoder: str, columns: dict[str, np.ndarray], fits: dict[str, Fit]) -> None:
     """NDCG@10 against training compute (log-log), the fitted power law over the range."""
-    compute, ndcg = columns["compute_pflops"], columns["best_val_ndcg_10"]
-    axis.scatter(compute, ndcg, label="trials")  # type: ignore[attr-defined]
+    compute, ndcg = columns["compute_pflops"], columns["val_ndcg_10"]
+    shown = ndcg > 0  # a log axis has no place for a model that hit nothing
+    axis.scatter(compute[shown], ndcg[shown], label="trials")  # type: ignore[attr-defined]
     fit = _fitted(fits, COMPUTE_LAW)
     if fit is not None and np.isfinite(compute).any():
         grid = np.geomspace(np.nanmin(compute), np.nanmax(compute) * 2, 50)

@@ -18,6 +18,12 @@ class TrialProgress(Callback):
         self.started: dict[str, float] = {}
         self.ended = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config (callbacks included) into the experiment's folder, for a
+        # Tuner.restore this module never calls (a sweep resumes from MLflow); the console or
+        # Dagster logger ``log`` writes to does not pickle, so a pickled copy prints instead.
+        return {**self.__dict__, "log": print}
+
     def _label(self, trial: Any) -> str:
         return self.labels.get(trial.config.get("trial", ""), str(trial))
 
@@ -29,7 +35,9 @@ class TrialProgress(Callback):
         self.ended += 1
         result = trial.last_result or {}
         shown = ", ".join(
-            f"{key} {result[key]:.4f}" for key in ("best_val_ndcg_10", "val_cross_entropy") if key in result
+            f"{key} {result[key]:.4f}"
+            for key in ("best_val_ndcg_10", "best_val_all_ndcg_10", "val_cross_entropy")
+            if key in result
         )
         self.log(f"trial {self._label(trial)} ({self.ended}/{len(self.labels)}): {shown}, "
                  f"{result.get('epochs_run', 0):.0f} epochs, {self._minutes(trial)}")  # fmt: skip

@@ -35,6 +35,7 @@ def start_parent(settings: Settings, spec: SweepSpec, versions: FeatureVersions,
     params = {
         "trials": str(len(trials)),
         "workers": str(spec.workers),
+        "protocol": spec.protocol,
         "train": json.dumps(spec.train, sort_keys=True),
         **({"points": "explicit list"} if spec.trials is not None else {}),
         **{f"grid.{axis}": ",".join(map(str, getattr(spec, axis))) for axis in _grid_axes(spec)},

@@ -57,9 +57,12 @@ def trial_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
-def fit_table(fits: Mapping[str, list[Fit]]) -> Table:
+def fit_table(fits: Mapping[str, list[Fit]], protocol: str = "seen_filtered") -> Table:
     """One row per encoder and law: its constants with 95% intervals, fit error and held-out error."""
-    table = Table(title="fitted laws (95% intervals; held-out: fitted without the largest, predicting it)")
+    table = Table(
+        title=f"fitted laws, validation metrics {protocol} (95% intervals; held-out: fitted without the largest, "
+        "predicting it)"
+    )
     for column in ("encoder", "law", "constants", "trials", "rmse", "held-out error"):
         table.add_column(column)
     for encoder, encoder_fits in fits.items():
@@ -81,13 +84,15 @@ def _constant(name: str, value: float, low: float, high: float) -> str:
 
 
 def doubling_lines(
-    rows_by_encoder: Mapping[str, Sequence[Mapping[str, Any]]], fits: Mapping[str, list[Fit]]
+    rows_by_encoder: Mapping[str, Sequence[Mapping[str, Any]]],
+    fits: Mapping[str, list[Fit]],
+    protocol: str = "seen_filtered",
 ) -> list[str]:
     """What each fitted law says doubling N, D, D' or C buys at the sweep's largest trial."""
     lines = []
     laws = {law.name: law for law in LAWS}
     for encoder, encoder_fits in fits.items():
-        columns = law_columns(rows_by_encoder[encoder])
+        columns = law_columns(rows_by_encoder[encoder], protocol)
         largest = int(max(range(len(rows_by_encoder[encoder])), key=lambda i: (columns["n_params_m"][i],
                                                                               columns["tokens_m"][i])))  # fmt: skip
         for fit in encoder_fits:

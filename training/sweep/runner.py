@@ -32,6 +32,9 @@ from training.sweep.sizing import training_flops
 from training.sweep.spec import SweepError, SweepSpec
 
 Log = Callable[[str], None]
+# A Tune trial is a Ray Train driver: its workers reserve the CPUs, it needs none. Tune refuses a
+# trial that asks for no resource at all, so it asks for one byte of memory.
+TRIAL_DRIVER_RESOURCES: dict[str, float] = {"cpu": 0.0, "memory": 1.0}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class SweepOutcome:
     fits: dict[str, list[Fit]]
     plots: list[Path]
     failed: list[str]
+    protocol: str  # whose validation metrics the compute and performance laws fit
 
 
 @dataclass(frozen=True)
@@ -92,47 +96,52 @@ def run_sweep(
         f"{plan.concurrency} at a time, features {plan.versions.as_dict()}; MLflow: {tracking.ui_url(settings, parent)}"
     )
     failed = run_on_tune(settings, plan, parent, pending, log) if pending else []
-    return finish_sweep(settings, parent, plots_dir, failed, log)
+    return finish_sweep(settings, parent, plots_dir, failed, plan.spec.protocol, log)
 
 
-def sweep_results(settings: Settings, parent: str) -> tuple[list[dict[str, Any]], dict[str, list[Fit]]]:
+def sweep_results(settings: Settings, parent: str, protocol: str) -> tuple[list[dict[str, Any]], dict[str, list[Fit]]]:
     """The finished trials of the sweep whose parent run is ``parent`` and the laws fitted to
-    them, per encoder."""
+    them, per encoder, on validation metrics under ``protocol``."""
     rows = records.trial_rows(records.child_runs(settings, parent))
-    return rows, {encoder: fit_all(encoder_rows) for encoder, encoder_rows in group_by_encoder(rows).items()}
+    fits = {encoder: fit_all(encoder_rows, protocol) for encoder, encoder_rows in group_by_encoder(rows).items()}
+    return rows, fits
 
 
 def finish_sweep(
-    settings: Settings, parent: str, plots_dir: Path | None, failed: list[str], log: Log = print
+    settings: Settings, parent: str, plots_dir: Path | None, failed: list[str], protocol: str, log: Log = print
 ) -> SweepOutcome:
     """Fit the laws to the sweep's finished trials, plot them (to ``plots_dir`` too) and log both
     to the parent run, which ends FINISHED (FAILED when a trial failed: resume it to retry)."""
     log(f"fitting the laws to the finished trials of sweep {parent}")
-    rows, fits = sweep_results(settings, parent)
+    rows, fits = sweep_results(settings, parent, protocol)
     plots: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="streamrec-sweep-") as scratch:
         logged = Path(scratch)
         if rows:
-            written = plot_sweep(group_by_encoder(rows), fits, logged / "plots")
+            written = plot_sweep(group_by_encoder(rows), fits, logged / "plots", protocol)
             plots = copy_plots(written, plots_dir)
         (logged / "fits.json").write_text(json.dumps(fits_document(fits), indent=2))
         (logged / "trials.json").write_text(json.dumps(rows, indent=2))
         tracking.log_artifacts(settings, parent, logged)
     tracking.log_metrics(settings, parent, {"trials_finished": float(len(rows)), **fit_metrics(fits)}, step=0)
     tracking.client(settings).set_terminated(parent, "FAILED" if failed else "FINISHED")
-    return SweepOutcome(parent, rows, fits, plots, failed)
+    return SweepOutcome(parent, rows, fits, plots, failed, protocol)
 
 
-def report_sweep(settings: Settings, parent: str, plots_dir: Path | None = None) -> SweepOutcome:
+def report_sweep(
+    settings: Settings, parent: str, plots_dir: Path | None = None, protocol: str | None = None
+) -> SweepOutcome:
     """The sweep whose parent run is ``parent`` as MLflow has it: its finished trials and the laws
-    fitted again (plots to ``plots_dir`` when given); the parent run is not changed."""
-    records.read_parent(settings, parent)  # a SweepError when it is not a sweep
-    rows, fits = sweep_results(settings, parent)
+    fitted again, under ``protocol`` (default the sweep's own), plots to ``plots_dir`` when given;
+    the parent run is not changed."""
+    spec, _ = records.read_parent(settings, parent)  # a SweepError when it is not a sweep
+    protocol = protocol or spec.protocol
+    rows, fits = sweep_results(settings, parent, protocol)
     plots: list[Path] = []
     if rows and plots_dir is not None:
         with tempfile.TemporaryDirectory(prefix="streamrec-sweep-") as scratch:
-            plots = copy_plots(plot_sweep(group_by_encoder(rows), fits, Path(scratch)), plots_dir)
-    return SweepOutcome(parent, rows, fits, plots, [])
+            plots = copy_plots(plot_sweep(group_by_encoder(rows), fits, Path(scratch), protocol), plots_dir)
+    return SweepOutcome(parent, rows, fits, plots, [], protocol)
 
 
 def copy_plots(paths: list[Path], directory: Path | None) -> list[Path]:
@@ -181,7 +190,9 @@ def run_on_tune(settings: Settings, plan: SweepPlan, parent: str, pending: list[
     from training.sweep.progress import TrialProgress
 
     context = TrialContext(parent, plan.versions, plan.num_items, {p.trial.key: p for p in pending})
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, settings=settings, context=context), {"cpu": 0})
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, settings=settings, context=context), TRIAL_DRIVER_RESOURCES
+    )
     storage = f"{(settings.train.storage or str(settings.checkpoint_dir)).rstrip('/')}/sweeps"
     tuner = tune.Tuner(
         trainable,
@@ -211,9 +222,12 @@ class TrialContext:
     trials: dict[str, PlannedTrial]
 
 
-def tune_trial(config: dict[str, Any], *, settings: Settings, context: TrialContext) -> dict[str, float]:
-    """Ray Tune's entry point of a trial: ``run_trial`` of the key ``config["trial"]``."""
-    return run_trial(settings, context, context.trials[config["trial"]])
+def tune_trial(config: dict[str, Any], *, settings: Settings, context: TrialContext) -> None:
+    """Ray Tune's entry point of a trial: ``run_trial`` of the key ``config["trial"]``, its
+    metrics reported to Tune as the trial's result."""
+    from ray import tune
+
+    tune.report(run_trial(settings, context, context.trials[config["trial"]]))
 
 
 def run_trial(settings: Settings, context: TrialContext, planned: PlannedTrial) -> dict[str, float]:

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,6 +27,7 @@ ENCODERS: tuple[str, ...] = get_args(EncoderKind)
 # A trial's cost is kept small unless the spec's ``train`` says otherwise: early stopping after 3
 # epochs without a better validation NDCG@10, at most 20 epochs.
 TRIAL_DEFAULTS: dict[str, Any] = {"epochs": 20, "patience": 3}
+EvalProtocol = Literal["seen_filtered", "all_items"]  # training.retrieval.evaluation.PROTOCOLS
 GRID_AXES = ("encoders", "dims", "blocks", "max_lens", "data_fractions", "seeds")
 
 
@@ -70,9 +71,9 @@ class SweepSpec(BaseModel):
 
     name: str = Field("", description="Names the MLflow parent run (default sweep-<time>).")
     encoders: tuple[str, ...] = Field(("hstu",), description="Encoders: " + ", ".join(ENCODERS) + ".")
-    dims: tuple[int, ...] = Field((16, 32), description="Widths (encoder.dim).")
-    blocks: tuple[int, ...] = Field((1, 2), description="Depths (encoder.num_blocks).")
-    max_lens: tuple[int, ...] = Field((50,), description="History lengths (encoder.max_len).")
+    dims: tuple[Annotated[int, Field(ge=2)], ...] = Field((16, 32), description="Widths (encoder.dim).")
+    blocks: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 2), description="Depths (encoder.num_blocks).")
+    max_lens: tuple[Annotated[int, Field(ge=2)], ...] = Field((50,), description="History lengths (encoder.max_len).")
     data_fractions: tuple[float, ...] = Field((0.5, 1.0), description="Shares of the train split's users.")
     seeds: tuple[int, ...] = Field((0,), description="Seeds; each point runs once per seed.")
     trials: tuple[TrialPoint, ...] | None = Field(
@@ -82,6 +83,12 @@ class SweepSpec(BaseModel):
         default_factory=dict,
         description="TrainConfig fields every trial shares, over the sweep's defaults (epochs 20, patience 3), "
         "nested as in a `streamrec train --config` file. SASRec's ffn_dim follows each trial's dim unless given.",
+    )
+    protocol: EvalProtocol = Field(
+        "seen_filtered",
+        description="Whose validation HR/NDCG the compute and performance laws fit: seen_filtered (the user's "
+        "history removed, as the HSTU reference evaluates) or all_items (nothing removed; for data whose users "
+        "mostly return to items they had, such as wikipedia.txt, where seen_filtered metrics are near 0).",
     )
     workers: int = Field(1, ge=1, description="Ray Train workers per trial (trials run side by side).")
     max_concurrent: int = Field(0, ge=0, description="Most trials at once; 0 = as many as the cluster holds.")
@@ -175,11 +182,14 @@ def check_encoder(encoder: str) -> str:
 
 
 def parse_spec(data: dict[str, Any]) -> SweepSpec:
-    """The SweepSpec of ``data``; a SweepError with every problem when it is not one."""
+    """The SweepSpec of ``data`` whose every trial TrainConfig accepts; a SweepError with every
+    problem of the spec, or naming the first trial TrainConfig rejects."""
     try:
-        return SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data)
     except ValidationError as error:
         raise SweepError(f"invalid sweep spec: {problems(error)}") from error
+    spec.trials_to_run()
+    return spec
 
 
 def problems(error: ValidationError) -> str:

@@ -62,6 +62,7 @@ def scaling_sweep(
         "mlflow_parent_run_id": outcome.parent_run_id,
         "mlflow_run": dg.MetadataValue.url(tracking.ui_url(settings, outcome.parent_run_id)),
         "trials_finished": len(outcome.rows),
+        "protocol": outcome.protocol,
     }
     for encoder, fits in outcome.fits.items():
         for fit in fits:

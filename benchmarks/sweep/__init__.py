@@ -1,0 +1,1 @@
+"""The scaling-sweep benchmark: `python -m benchmarks.sweep --help`."""

@@ -1,0 +1,3 @@
+from benchmarks.sweep.run import main
+
+main()
