@@ -75,6 +75,7 @@ def test_the_run_is_in_mlflow_with_metrics_artifacts_and_a_registered_version(
         assert source["path"] == settings.table_uri(table) and source["delta_table_version"] == version
     assert run.data.params["encoder.kind"] == "hstu" and run.data.params["workers"] == "2"
     assert run.data.params["table_optimizer"] == "rowwise_adagrad" and run.data.params["table_lr"] == "0.05"
+    assert run.data.params["resolved_device"] == "cpu" and run.data.params["resolved_precision"] == "fp32"
     assert run.data.params["loss"] == "auto" and run.data.params["resolved_loss"] == "full"  # 1,000 items
     artifacts = {item.path for item in client.list_artifacts(hstu_run.run_id)}
     assert {"model", "training_curve.png", "metrics.json"} <= artifacts
@@ -185,4 +186,6 @@ def test_impossible_requests_fail_at_once_without_leaving_a_run(settings: Settin
         train(settings, tiny_config(), workers=too_many)
     with pytest.raises(LookupError, match="no version '999'"):
         train(settings, tiny_config(), warm_start="999")
+    with pytest.raises(TrainingError, match="1 worker\\(s\\) on cuda need one GPU each .* offers 0"):
+        train(settings, tiny_config(device="cuda"), workers=1)
     assert runs() == runs_before
