@@ -1,7 +1,8 @@
 """GPU benchmark: training throughput (sequences/s) of the largest model points on a GPU against
 the CPU path, in each precision and HSTU attention, within a fixed time budget.
 
-Two levels, each at every ``--points`` model point (encoder:dim:blocks:max_len), on synthetic
+Two levels, each at every ``--points`` model point (encoder:dim:blocks:max_len; or with ``--spec``
+the largest trial of each encoder of a ``streamrec sweep`` spec, its training fields included), on synthetic
 full-length histories over ``--items`` items (the sampled logQ loss, 128 negatives, batch 128):
 
 * ``encoder``: the plain model's optimizer step (``benchmarks.train.plain_loop.plain_step``:
@@ -18,7 +19,7 @@ seconds; a GPU out of memory is recorded, not fatal. ``--dry-run`` runs everythi
 tiny points (the cuda paths become cpu ones), to check the benchmark where there is no GPU; with
 ``--points`` it measures the CPU's own bf16 and chunked attention.
 
-    python -m benchmarks.gpu [--dry-run] [--points hstu:256:4:200,...] [--out PATH]
+    python -m benchmarks.gpu [--dry-run] [--points hstu:256:4:200,... | --spec SWEEP.yaml] [--out PATH]
 
 ``benchmarks/gpu/run.sh`` runs it on a GPU machine; it writes benchmarks/results/gpu.json (or
 ``--out``) and prints its path.
@@ -82,6 +83,27 @@ def parse_points(text: str) -> list[EncoderConfig]:
     if not points:
         raise SystemExit("--points names no point")
     return points
+
+
+def spec_configs(path: Path) -> list[TrainConfig]:
+    """The largest trial of each encoder of the sweep spec at ``path`` (most non-embedding
+    parameters, then the longest history), with the spec's shared training fields."""
+    from training.sweep.cli import spec_from
+    from training.sweep.sizing import model_size
+    from training.sweep.spec import SweepError
+
+    try:
+        trials = spec_from(path, {}, None, None, None, None).trials_to_run()
+    except SweepError as error:
+        raise SystemExit(f"--spec: {error}") from error
+    largest: dict[str, TrainConfig] = {}
+    for trial in trials:
+        encoder = trial.config.encoder
+        size = (model_size(encoder, 0).non_embedding, encoder.max_len)
+        best = largest.get(encoder.kind)
+        if best is None or size > (model_size(best.encoder, 0).non_embedding, best.encoder.max_len):
+            largest[encoder.kind] = trial.config
+    return list(largest.values())
 
 
 def synthetic_examples(rows: int, max_len: int, num_items: int, seed: int) -> SequenceExamples:
@@ -236,13 +258,13 @@ def train_level(config: TrainConfig, path: TrainPath, args: argparse.Namespace, 
     return record
 
 
-def _train_rows(args: argparse.Namespace, path: TrainPath, encoder_rate: float | None) -> int:
+def _train_rows(args: argparse.Namespace, batch_size: int, encoder_rate: float | None) -> int:
     """Histories of the train level's timed epoch: ``--steps`` batches, fewer where the encoder
     level's rate on the same path says they would take longer than ``--seconds``."""
-    rows = args.batch_size * args.steps
+    rows = batch_size * args.steps
     if encoder_rate is not None:
         rows = min(rows, int(encoder_rate * args.seconds))
-    return max(rows, args.batch_size)
+    return max(rows, batch_size)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,8 +281,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"train level skipped: this machine lacks {environment['lacks']}")
         levels.remove("train")
     result: dict[str, Any] = {**header("gpu", args, [0]), "environment": environment, "levels": levels, "rows": []}
-    for encoder in parse_points(args.points):
-        config = TrainConfig(encoder=encoder, batch_size=args.batch_size)
+    if args.spec:
+        given = {"batch_size": args.batch_size} if args.batch_size else {}  # else the spec's own
+        configs = [config.model_copy(update=given) for config in spec_configs(args.spec)]
+    else:
+        configs = [TrainConfig(encoder=encoder, batch_size=args.batch_size) for encoder in parse_points(args.points)]
+    for config in configs:
+        encoder = config.encoder
         point = f"{encoder.kind}:{encoder.dim}:{encoder.num_blocks}:{encoder.max_len}"
         rates: dict[tuple[str, str], float] = {}  # (level, path) -> sequences/s
         for level in levels:
@@ -271,7 +298,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if level == "encoder":
                     record = encoder_level(config, path, args)
                 else:
-                    record = train_level(config, path, args, _train_rows(args, path, rates.get(("encoder", path.name))))
+                    record = train_level(
+                        config, path, args, _train_rows(args, config.batch_size, rates.get(("encoder", path.name)))
+                    )
                 if "sequences_per_s" in record:
                     rates[level, path.name] = record["sequences_per_s"]
                 row = {"level": level, "point": point, "path": path.name, **record}
@@ -304,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU only, tiny points: check the benchmark itself")
     parser.add_argument("--points", help=f"encoder:dim:blocks:max_len,... (default {DEFAULT_POINTS})")
+    parser.add_argument(
+        "--spec", type=Path, help="a `streamrec sweep` spec: its largest trial of each encoder instead of --points"
+    )
     parser.add_argument("--levels", default="encoder,train", help="encoder, train or both (default both)")
     parser.add_argument("--items", type=int, help="catalogue size (default 100000; dry run 1000)")
     parser.add_argument("--batch-size", type=int, help="histories per step (default 128; dry run 8)")
@@ -315,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dry = {"points": DRY_POINTS, "items": 1000, "batch_size": 8, "steps": 3, "out": DRY_RESULT}
     full = {"points": DEFAULT_POINTS, "items": 100_000, "batch_size": 128, "steps": 20, "out": RESULT}
+    if args.spec:
+        del dry["batch_size"], full["batch_size"]  # a spec's trials have their own
     for key, value in (dry if args.dry_run else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu.bench import parse_points, paths
+from benchmarks.gpu.bench import parse_points, paths, spec_configs
 from benchmarks.gpu.probe import probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,23 @@ def test_points_are_checked_before_anything_runs() -> None:
     for bad in ("hstu:64:2", "hstu:64:two:100", ""):
         with pytest.raises(SystemExit):
             parse_points(bad)
+
+
+def test_a_sweep_spec_gives_its_largest_trial_of_each_encoder(tmp_path: Path) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        "encoders: [hstu, sasrec]\ndims: [16, 32]\nblocks: [1, 2]\nmax_lens: [20, 50]\ndata_fractions: [0.5, 1.0]\n"
+        "train: {loss: full, batch_size: 64}\n"
+    )
+    configs = spec_configs(spec)
+    assert [(c.encoder.kind, c.encoder.dim, c.encoder.num_blocks, c.encoder.max_len) for c in configs] == [
+        ("hstu", 32, 2, 50),
+        ("sasrec", 32, 2, 50),
+    ]
+    assert all(c.loss == "full" and c.batch_size == 64 for c in configs)  # the spec's training fields
+    spec.write_text("encoders: [nope]\n")
+    with pytest.raises(SystemExit, match="--spec: .*unknown encoder 'nope'"):
+        spec_configs(spec)
 
 
 def test_a_gpu_run_measures_the_cpu_path_and_each_gpu_path() -> None:
