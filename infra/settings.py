@@ -260,6 +260,11 @@ class ServeSettings(_Section):
         "models; 0: off; a width: that one "
         "(a model not trained with it is refused at load, the previous version serving: docs/serving.md).",
     )
+    prefix_codec: Literal["flat", "fp16"] = Field(
+        "fp16",
+        description="Two-stage retrieval: how an exact prefix index stores each prefix: fp16 (half the bytes a "
+        "scan reads) or flat (float32). Candidates are rescored at the full width either way (docs/serving.md).",
+    )
     rescore: int = Field(
         1_000,
         ge=0,

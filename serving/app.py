@@ -182,6 +182,7 @@ class Recommender:
                     settings.serve.hnsw_m,
                     settings.serve.hnsw_ef_search,
                     settings.serve.delta_rebuild_fraction,
+                    settings.serve.prefix_codec,
                 ),
                 poll_s=settings.serve.delta_poll_s,
                 resolve=lambda: served_version(settings),

@@ -36,6 +36,7 @@ from training.common import tracking
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import DeltaPosition
 
+CODECS = ("flat", "fp16")  # how an exact index stores its rows (build_index)
 KnownEvents = list[tuple[int, str, int]]  # (item index, action, ts), oldest first
 
 
@@ -201,7 +202,8 @@ def load_catalog(settings: Settings, version: str, *, exact_max_items: int, hnsw
     item_ids = read_item_ids(settings, vocab_version, retriever.num_items)
     popular = read_popularity(settings, retriever.num_items)
     vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix, retriever.scoring)
-    index, kind = build_index(vectors, exact_max_items, hnsw_m, ef_search)
+    codec = settings.serve.prefix_codec if prefix else "flat"
+    index, kind = build_index(vectors, exact_max_items, hnsw_m, ef_search, codec)
     return Catalog(
         version=str(version),
         run_id=run_id,
@@ -248,14 +250,26 @@ def read_popularity(settings: Settings, num_items: int) -> tuple[np.ndarray, np.
     return stats["item_index"].to_numpy()[order], positives[order]
 
 
-def build_index(vectors: np.ndarray, exact_max_items: int, hnsw_m: int, ef_search: int) -> tuple[Any, str]:
-    """A FAISS inner-product index over ``vectors`` (rows = item indices 1..N): exact or HNSW."""
+def build_index(
+    vectors: np.ndarray, exact_max_items: int, hnsw_m: int, ef_search: int, codec: str = "flat"
+) -> tuple[Any, str]:
+    """A FAISS inner-product index over ``vectors`` (rows = item indices 1..N): exact or HNSW.
+
+    ``codec`` is how an exact index stores the rows: ``flat`` (float32, ``IndexFlatIP``) or
+    ``fp16`` (``IndexScalarQuantizer`` QT_fp16: half the bytes, so half the memory a scan reads;
+    serving uses it for a two-stage prefix index, whose candidates are rescored at full width)."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     if len(vectors) <= exact_max_items:
-        exact = faiss.IndexFlatIP(dim)
+        exact: Any
+        if codec == "flat":
+            exact = faiss.IndexFlatIP(dim)
+        elif codec == "fp16":
+            exact = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"unknown index codec {codec!r}; allowed: {', '.join(CODECS)}")
         exact.add(vectors)
         return exact, "exact"
     graph = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -263,3 +277,18 @@ def build_index(vectors: np.ndarray, exact_max_items: int, hnsw_m: int, ef_searc
     graph.hnsw.efSearch = ef_search
     graph.add(vectors)
     return graph, "hnsw"
+
+
+def overwrite_rows(index: Any, positions: np.ndarray, vectors: np.ndarray) -> None:
+    """Replace rows ``positions`` (FAISS ids) of an exact index (``build_index``, either codec)
+    with ``vectors``, in place; the ids stay where they were."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if isinstance(index, faiss.IndexFlat):
+        stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        stored[positions] = vectors
+        return
+    size = index.code_size
+    codes = faiss.rev_swig_ptr(index.codes.data(), index.ntotal * size).reshape(index.ntotal, size)
+    codes[positions] = index.sa_encode(vectors)

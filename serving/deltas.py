@@ -10,8 +10,8 @@ item rows, the FAISS index, the vocabulary); then one reference assignment publi
 request takes one catalog per batch, so it sees the state before a delta or after it, never a
 mix. The index:
 
-* exact (``IndexFlatIP``): a clone whose changed rows are overwritten and new items appended, so
-  FAISS id = item index - 1 still holds;
+* exact (``IndexFlatIP``, or fp16 codes for a prefix): a clone whose changed rows are overwritten
+  and new items appended, so FAISS id = item index - 1 still holds;
 * HNSW: a clone in which each changed item is added again as a new node and its old node hidden
   from results (an HNSW node cannot be moved: a vector overwritten in place keeps the links of
   its old neighbourhood, and searches near its new one do not reach it); past
@@ -47,7 +47,7 @@ import pyarrow as pa
 import torch
 from deltalake import DeltaTable
 
-from serving.catalog import Catalog, build_index, index_filter
+from serving.catalog import Catalog, build_index, index_filter, overwrite_rows
 from serving.index import prefix_rows
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import (
@@ -77,6 +77,7 @@ class IndexParams:
     hnsw_m: int
     ef_search: int
     rebuild_fraction: float
+    prefix_codec: str = "flat"  # an exact prefix index's codec (``build_index``; the full-width one is flat)
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,7 @@ def _updated_index(
         grown = retriever.num_items - index.ntotal
         if grown:
             index.add(np.zeros((grown, index.d), dtype=np.float32))
-        stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-        stored[rows - 1] = indexed(rows)
+        overwrite_rows(index, rows - 1, indexed(rows))
         return {"index": index, "index_labels": None, "index_filter": index_filter(index, unknown)}
     labels = catalog.index_labels
     labels = np.arange(1, catalog.index.ntotal + 1) if labels is None else labels
@@ -188,7 +188,10 @@ def _updated_index(
     known = np.concatenate([[False], ~unknown])
     stale = int((hidden & known[labels]).sum())  # nodes of known items that searches skip
     if stale > params.rebuild_fraction * retriever.num_items:
-        index, kind = build_index(indexed(slice(1, None)), params.exact_max_items, params.hnsw_m, params.ef_search)
+        codec = params.prefix_codec if catalog.prefix_dims else "flat"
+        index, kind = build_index(
+            indexed(slice(1, None)), params.exact_max_items, params.hnsw_m, params.ef_search, codec
+        )
         logger.info("model deltas: %d stale HNSW nodes, index rebuilt (%s, %d items)", stale, kind, index.ntotal)
         return {"index": index, "index_kind": kind, "index_labels": None, "index_filter": index_filter(index, unknown)}
     index = faiss.clone_index(catalog.index)

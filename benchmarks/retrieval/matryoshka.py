@@ -19,13 +19,16 @@ In process, no services. What runs:
 4. Truth: exact full-width search (FAISS flat, inner product) top 100. Each configuration is a
    serving ``Catalog`` searched through ``Catalog.search`` (what a replica runs): one-stage full
    width (exact flat; HNSW as serving builds it above ``serve.exact_max_items``), and two-stage
-   (``serving.index``): an index of the normalised first 16 or 32 dims, flat or HNSW, its best
+   (``serving.index``): an index of the normalised first 16 or 32 dims, exact (float32 or fp16
+   codes, ``--codecs``, as ``serve.prefix_codec``) or HNSW, its best
    ``--rescore`` candidates rescored at the full width. Per configuration: recall@100, the time of
    one-query searches (one FAISS and torch thread, as in a replica) p50/p99 in ms, the index's
-   memory (vectors + HNSW links; every catalog also holds the full rows in its Retriever, which
+   memory (vectors or codes + HNSW links; every catalog also holds the full rows in its Retriever, which
    the rescoring reads) and its build time.
 
     .venv/bin/python -m benchmarks.retrieval.matryoshka [--sizes 100000 1000000] [--seeds 0 1 2] [--out PATH]
+
+``--index-kinds exact`` leaves HNSW out, the full-width graph too (its build is minutes at 1M).
 
 Writes benchmarks/results/matryoshka_retrieval.json (``--out``) and prints its path.
 """
@@ -44,7 +47,7 @@ import torch
 from benchmarks.harness import RESULTS, header, loads, log, phase, write_result
 from infra.settings import ServeSettings
 from ingestion.schema import ACTION_IDS
-from serving.catalog import Catalog, build_index
+from serving.catalog import CODECS, Catalog, build_index
 from serving.index import prefix_rows
 from training.common.config import EncoderConfig
 from training.common.loss import retrieval_loss
@@ -130,6 +133,8 @@ def index_bytes(index: Any) -> int:
     """Bytes of an index's vectors and, for HNSW, its links (the bulk of what it holds)."""
     import faiss
 
+    if isinstance(index, faiss.IndexScalarQuantizer):
+        return int(index.ntotal * index.code_size)
     if hasattr(index, "hnsw"):
         storage = faiss.downcast_index(index.storage)
         return int(storage.ntotal * storage.d * 4 + index.hnsw.neighbors.size() * 4 + index.hnsw.offsets.size() * 8)
@@ -180,8 +185,10 @@ def measure(
     truth = [set((row + 1).tolist()) for row in ids]
     item_ids = np.zeros(0, dtype=object)  # Catalog.search reads neither ids nor names
     results = []
-    layouts = [(0, "exact"), (0, "hnsw")] + [(p, kind) for p in args.prefixes for kind in args.index_kinds]
-    for prefix, kind in layouts:
+    layouts = [(0, kind, "flat") for kind in ("exact", "hnsw") if kind in args.index_kinds]
+    layouts += [(p, kind, codec) for p in args.prefixes for kind in args.index_kinds
+                for codec in (args.codecs if kind == "exact" else ["flat"])]  # fmt: skip
+    for prefix, kind, codec in layouts:
         if kind == "hnsw" and name == "control":
             continue  # the control shows the prefix's quality; flat indexes measure it without HNSW's misses
         faiss.omp_set_num_threads(args.build_threads)
@@ -190,17 +197,18 @@ def measure(
             index = exact
         else:
             index, _ = build_index(prefix_rows(vectors, prefix), size if kind == "exact" else 0, serve.hnsw_m,
-                                   serve.hnsw_ef_search)  # fmt: skip
+                                   serve.hnsw_ef_search, codec)  # fmt: skip
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)  # searches as a replica runs them
         for rescore in args.rescore if prefix else [0]:
             catalog = Catalog("bench", "", retriever, item_ids, {}, index, kind, {}, prefix_dims=prefix,
                               rescore=rescore)  # fmt: skip
-            row = {"model": name, "items": size, "seed": seed, "index": kind, "prefix_dims": prefix or None,
+            row = {"model": name, "items": size, "seed": seed, "index": kind, "codec": codec,
+                   "prefix_dims": prefix or None,
                    "rescore": rescore or None, "ef_search": serve.hnsw_ef_search if kind == "hnsw" else None,
                    "index_mib": round(index_bytes(index) / 2**20, 1), "build_s": round(build_s, 1),
                    **evaluate(catalog, queries, truth, args.timed)}  # fmt: skip
-            log(f"  {name} {size:,} seed {seed} {kind} prefix {prefix or 'full'} rescore {rescore or '-'}: "
+            log(f"  {name} {size:,} seed {seed} {kind} ({codec}) prefix {prefix or 'full'} rescore {rescore or '-'}: "
                 f"recall@100 {row['recall_at_100']}, p50 {row['p50_ms']} ms, {row['index_mib']} MiB")  # fmt: skip
             results.append(row)
         if index is not exact:
@@ -211,7 +219,7 @@ def measure(
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread (min, max) over seeds of each configuration's recall and p50 time."""
-    keys = ("model", "items", "index", "prefix_dims", "rescore")
+    keys = ("model", "items", "index", "codec", "prefix_dims", "rescore")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[key] for key in keys), []).append(row)
@@ -233,6 +241,8 @@ def main() -> None:
     parser.add_argument("--seeds-1m", type=int, nargs="+", help="seeds at sizes >= 1M (default: --seeds)")
     parser.add_argument("--prefixes", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--index-kinds", nargs="+", default=["exact", "hnsw"], choices=["exact", "hnsw"])
+    parser.add_argument("--codecs", nargs="+", default=["flat", "fp16"], choices=list(CODECS),
+                        help="how an exact prefix index stores the prefixes (serve.prefix_codec)")  # fmt: skip
     parser.add_argument("--rescore", type=int, nargs="+", default=[100, 200, 500, 1000, 2000])
     parser.add_argument("--dims", default="16,32", help="Matryoshka widths of the trained model")
     parser.add_argument("--dim", type=int, default=64)

@@ -77,6 +77,7 @@ ENVIRONMENT: list[tuple[str, str, str, Any]] = [
     ("STREAMREC_SERVE_HNSW_M", "serve.hnsw_m", "16", 16),
     ("STREAMREC_SERVE_HNSW_EF_SEARCH", "serve.hnsw_ef_search", "256", 256),
     ("STREAMREC_SERVE_PREFIX_DIMS", "serve.prefix_dims", "32", 32),
+    ("STREAMREC_SERVE_PREFIX_CODEC", "serve.prefix_codec", "flat", "flat"),
     ("STREAMREC_SERVE_RESCORE", "serve.rescore", "500", 500),
     ("STREAMREC_SERVE_MAX_K", "serve.max_k", "100", 100),
     ("STREAMREC_SERVE_MAX_HISTORY_ITEMS", "serve.max_history_items", "500", 500),

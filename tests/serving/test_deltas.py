@@ -31,15 +31,16 @@ DIM = 8
 HISTORY = [(2, "click", 1_000), (9, "click", 2_000), (4, "like", 3_000)]
 
 
-def _catalog(index: str = "exact", version: int = BASE, seed: int = 0, prefix: int = 0) -> Catalog:
-    """``prefix``: two-stage, an index of the first ``prefix`` dims (normalised), rescoring 10 candidates."""
+def _catalog(index: str = "exact", version: int = BASE, seed: int = 0, prefix: int = 0, codec: str = "flat") -> Catalog:
+    """``prefix``: two-stage, an index of the first ``prefix`` dims (normalised, stored as ``codec``),
+    rescoring 10 candidates."""
     torch.manual_seed(seed)
     config = EncoderConfig(kind="sasrec", dim=DIM, num_blocks=1, num_heads=1, max_len=10, dropout=0.0, ffn_dim=DIM)
     model = RetrievalModel(config, ITEMS).eval()
     retriever = Retriever(model.encoder, model.item_embedding.weight)
     item_ids = np.array(["", *(f"item-{n}" for n in range(1, ITEMS + 1))], dtype=object)
     vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix)
-    built, kind = build_index(vectors, 1_000 if index == "exact" else 0, 8, 64)
+    built, kind = build_index(vectors, 1_000 if index == "exact" else 0, 8, 64, codec)
     index_of = {item: n for n, item in enumerate(item_ids) if n}
     two_stage = {"prefix_dims": prefix, "rescore": 10 if prefix else 0}
     return Catalog(str(version), "run", retriever, item_ids, index_of, built, kind, {}, **two_stage)
@@ -187,6 +188,28 @@ def test_a_two_stage_index_holds_the_normalised_prefix_of_every_changed_and_new_
     expected = prefix_rows(rebuilt.retriever.item_vectors.numpy(), 4)
     assert rebuilt.index_labels is None and rebuilt.index.ntotal == ITEMS + 1
     assert np.allclose(stored[: ITEMS + 1], expected[1 : ITEMS + 2], atol=1e-6)
+
+
+def test_an_fp16_prefix_index_takes_changed_and_new_rows_as_fp16_codes(uri: str) -> None:
+    """serve.prefix_codec fp16: a delta overwrites the changed rows' codes and appends the new
+    item's, so the codes decode to every row's normalised prefix, as a fresh build's would."""
+    import faiss
+
+    base = _catalog(prefix=4, codec="fp16")
+    assert isinstance(base.index, faiss.IndexScalarQuantizer) and base.index.code_size == 8  # 4 dims x 2 bytes
+    query = _query(base)
+    rng = np.random.default_rng(6)
+    _publish(uri, {3: 2 * query, 7: rng.standard_normal(DIM), ITEMS + 1: rng.standard_normal(DIM)},
+             new_items={"fresh": ITEMS + 1})  # fmt: skip
+    served = _follower(uri, params=_params()).caught_up(base)
+    assert isinstance(served.index, faiss.IndexScalarQuantizer) and served.index.ntotal == ITEMS + 1
+    codes = faiss.vector_to_array(served.index.codes).reshape(served.index.ntotal, -1)
+    decoded = served.index.sa_decode(codes)
+    expected = prefix_rows(served.retriever.item_vectors.numpy(), 4)[1:]
+    assert np.allclose(decoded, expected, atol=1e-3)  # fp16: about 3 decimal digits
+    assert not np.allclose(faiss.vector_to_array(base.index.codes), codes[:ITEMS].ravel())  # the base is untouched
+    top = served.search(query[None, :], 3, [set()])[0]
+    assert top[0][0] == 3 and top[0][1] == pytest.approx(1.0, abs=1e-5)  # rescored from the new full row
 
 
 def test_hnsw_finds_changed_items_where_an_overwrite_in_place_does_not(uri: str) -> None:

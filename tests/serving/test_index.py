@@ -33,11 +33,13 @@ def _retriever(dims: tuple[int, ...] = (4, 8), seed: int = 0) -> Retriever:
     return Retriever(model.encoder, model.item_embedding.weight, ModelInfo(config, ITEMS))
 
 
-def _catalog(prefix: int, rescore: int, index: str = "exact", retriever: Retriever | None = None) -> Catalog:
+def _catalog(
+    prefix: int, rescore: int, index: str = "exact", retriever: Retriever | None = None, codec: str = "flat"
+) -> Catalog:
     retriever = retriever or _retriever()
     item_ids = np.array(["", *(f"item-{n}" for n in range(1, ITEMS + 1))], dtype=object)
     vectors = prefix_rows(retriever.item_vectors[1:].numpy(), prefix)
-    built, kind = build_index(vectors, 10_000 if index == "exact" else 0, 8, 64)
+    built, kind = build_index(vectors, 10_000 if index == "exact" else 0, 8, 64, codec)
     index_of = {item: n for n, item in enumerate(item_ids) if n}
     return Catalog("1", "run", retriever, item_ids, index_of, built, kind, {}, prefix_dims=prefix, rescore=rescore)
 
@@ -98,6 +100,21 @@ def test_rescoring_every_item_is_the_exact_full_width_search() -> None:
     for got, want in zip(two_stage.search(queries, 50, exclude), full.search(queries, 50, exclude), strict=True):
         assert [item for item, _ in got] == [item for item, _ in want]
         assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-5)
+
+
+def test_an_fp16_prefix_index_holds_half_the_bytes_and_rescored_in_full_is_the_exact_search() -> None:
+    full, two_stage = _catalog(0, 0), _catalog(4, ITEMS, codec="fp16")
+    assert two_stage.index.code_size == 4 * 2 and two_stage.index.ntotal == ITEMS  # fp16: 2 bytes a dim
+    queries = _queries()
+    for got, want in zip(two_stage.search(queries, 50, [set()] * 20), full.search(queries, 50, [set()] * 20),
+                         strict=True):  # fmt: skip
+        assert [item for item, _ in got] == [item for item, _ in want]
+        assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-5)
+
+
+def test_an_unknown_index_codec_is_refused_with_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match="unknown index codec 'int4'; allowed: flat, fp16"):
+        build_index(np.zeros((3, 4), np.float32), 10, 8, 64, "int4")
 
 
 def test_scores_are_full_width_cosines_of_the_prefix_stages_candidates() -> None:
