@@ -41,7 +41,10 @@ LEVELS = ("encoder", "train")
 def _version(name: str) -> str | None:
     """The installed version of the package imported as ``name``, None when there is none (found,
     not imported: importing Ray or MLflow takes seconds)."""
-    if importlib.util.find_spec(name) is None:
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except (ImportError, ValueError):  # a broken or half-removed install
         return None
     for distribution in importlib.metadata.packages_distributions().get(name, []):
         return importlib.metadata.version(distribution)

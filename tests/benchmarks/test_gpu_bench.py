@@ -31,6 +31,22 @@ def test_the_probe_names_what_this_machine_lacks() -> None:
     assert any("CUDA GPU" in missing for missing in found["lacks"])
 
 
+def test_a_package_that_cannot_be_found_counts_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def broken_ray(name: str, *args: object) -> object:
+        if name == "ray":
+            raise ValueError("ray.__spec__ is None")  # what a half-removed install gives
+        return find_spec(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", broken_ray)
+    found = probe()
+    assert found["packages"]["ray"] is None and found["levels"] == {"encoder": True, "train": False}
+    assert "ray (needed by the train level)" in found["lacks"]
+
+
 def test_points_are_checked_before_anything_runs() -> None:
     assert [(c.kind, c.dim, c.num_blocks, c.max_len) for c in parse_points("hstu:64:2:100, sasrec:8:1:5")] == [
         ("hstu", 64, 2, 100),
