@@ -17,7 +17,7 @@ def test_a_two_trial_sweep_runs_on_tune_logs_children_and_resumes_without_rerunn
     settings: Settings, tmp_path: Path
 ) -> None:
     spec = parse_spec({"name": "sweep-integration", "dims": [8], "blocks": [1], "max_lens": [20],
-                       "data_fractions": [0.5, 1.0], "train": {"epochs": 2, "batch_size": 64}})  # fmt: skip
+                       "data_fractions": [0.5, 1.0], "train": {"epochs": 1, "batch_size": 64}})  # fmt: skip
     client = tracking.client(settings)
     versions_before = client.search_model_versions(f"name = '{settings.mlflow.registered_model}'")
     lines: list[str] = []

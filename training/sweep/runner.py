@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +208,23 @@ def run_on_tune(settings: Settings, plan: SweepPlan, parent: str, pending: list[
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    results = tuner.fit()
+    with quiet_tune():
+        results = tuner.fit()
     outcomes = [results[index] for index in range(len(results))]
     return [context.trials[(result.config or {})["trial"]].trial.label for result in outcomes if result.error]
+
+
+@contextmanager
+def quiet_tune() -> Iterator[None]:
+    """Tune's own console output off while a sweep runs (its new output engine prints an
+    experiment banner and a TensorBoard hint even at verbose 0); TrialProgress prints instead."""
+    added = "RAY_AIR_NEW_OUTPUT" not in os.environ
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        yield
+    finally:
+        if added:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 @dataclass(frozen=True)
