@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features.examples import SequenceExamples
+if TYPE_CHECKING:  # features.examples imports torch: the CLI (training.sweep.spec) must not
+    from features.examples import SequenceExamples
 
 HASH_SCALE = float(2**64)
 

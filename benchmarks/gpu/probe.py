@@ -13,12 +13,14 @@ services (Ray, MLflow, Spark with Java, the lake) besides these.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 import json
 import platform
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 # Package (import name) -> the levels that need it.
@@ -115,9 +117,16 @@ def probe() -> dict[str, Any]:
 
 
 def main() -> None:
-    """Print the probe as JSON; exit 1 when not even the encoder level can run."""
+    """Print the probe as JSON (and write it to ``--out``); exit 1 when not even the encoder
+    level can run."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
     found = probe()
-    print(json.dumps(found, indent=2))
+    text = json.dumps(found, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
     sys.exit(0 if found["levels"]["encoder"] else 1)
 
 

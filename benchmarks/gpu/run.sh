@@ -51,7 +51,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 probe_status=0
-"$python" -m benchmarks.gpu.probe >"$results/gpu_probe.json" || probe_status=$?
+"$python" -m benchmarks.gpu.probe --out "$results/gpu_probe.json" >/dev/null || probe_status=$?
 "$python" - "$results/gpu_probe.json" <<'EOF'
 import json, sys
 found = json.load(open(sys.argv[1]))
