@@ -34,11 +34,11 @@ define run_pytest
 endef
 
 # The whole suite. Tiers (markers set by tests/conftest.py): integration tests start a real
-# service, e2e tests run several as a loop; the rest are unit tests. Two pytest-xdist workers,
-# each with its own session cluster: the service tests in two lanes (xdist groups, one per
-# worker, in order), the unit tests on whichever worker is free (tests/conftest.py, "Lanes").
+# service, e2e tests run several as a loop; the rest are unit tests. One process: the two-lane
+# mode (`make test PYTEST_ARGS="-n 2 --dist loadgroup"`, tests/conftest.py) has not yet passed
+# on a quiet machine (README, "Tests, in tiers").
 test: lint
-	$(call run_pytest,-n 2 --dist loadgroup)
+	$(call run_pytest,)
 
 # The unit tests only: a signal in a few minutes, on one pytest worker per core (pytest-xdist;
 # unit tests share no service, port or file).
