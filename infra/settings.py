@@ -40,6 +40,10 @@ DEFAULT_CONFIG_FILE = Path("streamrec.yaml")
 ENV_PREFIX = "STREAMREC_"
 
 
+# How an exact FAISS index stores its rows (serving.catalog.build_index).
+IndexCodec = Literal["flat", "fp16"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -260,7 +264,7 @@ class ServeSettings(_Section):
         "models; 0: off; a width: that one "
         "(a model not trained with it is refused at load, the previous version serving: docs/serving.md).",
     )
-    prefix_codec: Literal["flat", "fp16"] = Field(
+    prefix_codec: IndexCodec = Field(
         "fp16",
         description="Two-stage retrieval: how an exact prefix index stores each prefix: fp16 (half the bytes a "
         "scan reads) or flat (float32). Candidates are rescored at the full width either way (docs/serving.md).",

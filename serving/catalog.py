@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 import pyarrow.compute as pc
@@ -29,14 +29,14 @@ from deltalake import DeltaTable
 
 from features.tables import ITEM_STATS_TABLE, ITEM_VOCAB_TABLE
 from infra.errors import StreamrecError
-from infra.settings import Settings
+from infra.settings import IndexCodec, Settings
 from ingestion.schema import ACTION_IDS, POSITIVE_ACTIONS
 from serving.index import prefix_rows, rescored, served_prefix
 from training.common import tracking
 from training.retrieval.retriever import Retriever
 from training.streaming.deltas import DeltaPosition
 
-CODECS = ("flat", "fp16")  # how an exact index stores its rows (build_index)
+CODECS: tuple[str, ...] = get_args(IndexCodec)  # how an exact index stores its rows (build_index)
 KnownEvents = list[tuple[int, str, int]]  # (item index, action, ts), oldest first
 
 
